@@ -1,0 +1,353 @@
+"""The command line: arguments, questions, progress display, exit codes.
+
+The only module that prints.  Drivers report through callbacks; errors arrive as
+:class:`~p2pclone.errors.P2PCloneError` and leave as one sentence on stderr (and a
+JSON line with ``--json``) plus the documented exit code.  Tracebacks only with
+``--debug``, or for a real bug (anything that is not a P2PCloneError).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any, NoReturn, TextIO
+
+import trio
+
+from . import __version__
+from .errors import ExitCode, P2PCloneError, SafetyError, UsageError
+from .protocol import Plan
+from .session import Connected, Done, Listening, Planned, Progress, Report, Verifying, pick_error
+
+EPILOG_EXIT = """exit codes: 0 done, 1 other error, 2 usage or bad URL, 3 authentication failed,
+4 refused for safety, 5 link lost or transfer interrupted, 6 integrity failure
+(docs/errors.md)"""
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def generate_code() -> str:
+    """A short speakable code: a number and two words (about 28 bits)."""
+    words = resources.files("p2pclone").joinpath("wordlist.txt").read_text().split()
+    return f"{secrets.randbelow(99) + 1}-{secrets.choice(words)}-{secrets.choice(words)}"
+
+
+def parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1M, 4M, 65536)") from None
+
+
+# -- output ---------------------------------------------------------------------
+
+
+class Output:
+    """Renders driver reports: JSON lines, a live rich display, or quiet text."""
+
+    def __init__(self, *, json_mode: bool, role: str, stream: TextIO = sys.stdout) -> None:
+        self.json_mode = json_mode
+        self.role = role
+        self.stream = stream
+        self.live = not json_mode and sys.stderr.isatty()
+        self._progress: Any = None
+        self._task: Any = None
+        self._last_json = 0.0
+        self._phase = "copying"
+
+    def emit(self, **fields: Any) -> None:
+        print(json.dumps(fields), file=self.stream, flush=True)
+
+    def say(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(text)
+        else:
+            print(text, file=sys.stderr if self.json_mode else self.stream, flush=True)
+
+    def __call__(self, event: Report) -> None:
+        match event:
+            case Listening(url=url, code=code):
+                if self.json_mode:
+                    self.emit(event="listening", url=url, code=code)
+                else:
+                    self.say(f"Listening on {url}  —  code: {code}")
+                    self.say(f"On the source machine run:  p2pclone send SOURCE "
+                             f"tcp://THIS-HOST:{url.rsplit(':', 1)[-1]} --code {code}")
+            case Connected(url=url):
+                if self.json_mode:
+                    self.emit(event="connected", url=url)
+            case Planned() as plan:
+                self._planned(plan)
+            case Progress() as p:
+                self._show_progress(p)
+            case Verifying(total_bytes=total):
+                self._phase = "verifying"
+                if self.json_mode:
+                    self.emit(event="verifying", total_bytes=total)
+                elif self._progress is not None:
+                    self._progress.reset(self._task, total=total, description="verifying")
+                else:
+                    self.say("Verifying: re-reading the target…")
+            case Done() as d:
+                self._stop()
+                if self.json_mode:
+                    self.emit(event="done", source_bytes=d.source_bytes, wire_bytes=d.wire_bytes,
+                              chunks=d.chunks, zero_chunks=d.zero_chunks, digest=d.digest,
+                              seconds=round(d.seconds, 3), verified=d.verified)
+                else:
+                    rate = d.source_bytes / d.seconds if d.seconds > 0 else 0.0
+                    ratio = d.wire_bytes / d.source_bytes if d.source_bytes else 0.0
+                    self.say(
+                        f"Done: {human_bytes(d.source_bytes)} in {d.seconds:.1f} s "
+                        f"({human_bytes(rate)}/s); {human_bytes(d.wire_bytes)} on the wire "
+                        f"({ratio:.0%}); {d.chunks} chunks, {d.zero_chunks} zero; "
+                        f"{'verified, ' if d.verified else ''}root {d.digest[:16]}…"
+                    )
+            case _:
+                pass
+
+    def _planned(self, p: Planned) -> None:
+        if self.json_mode:
+            self.emit(event="plan", source_bytes=p.source_bytes, chunk_size=p.chunk_size,
+                      chunks=p.chunks, source=p.source, target=p.target)
+            return
+        self.say(f"{'Sending' if self.role == 'send' else 'Receiving'} "
+                 f"{human_bytes(p.source_bytes)} from {p.source.get('name', '?')} "
+                 f"to {p.target.get('name', '?')}")
+        if self.live:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress as RichProgress,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = RichProgress(
+                "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                TransferSpeedColumn(), TimeRemainingColumn(), transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("copying", total=p.source_bytes)
+
+    def _show_progress(self, p: Progress) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=p.done_bytes)
+        elif self.json_mode:
+            now = time.monotonic()
+            if now - self._last_json >= 1.0 or p.done_bytes == p.total_bytes:
+                self._last_json = now
+                self.emit(event="progress", phase=self._phase, done_bytes=p.done_bytes,
+                          total_bytes=p.total_bytes, wire_bytes=p.wire_bytes)
+
+    def _stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def error(self, exc: P2PCloneError) -> None:
+        self._stop()
+        if self.json_mode:
+            self.emit(event="error", code=exc.code, message=exc.message)
+        print(f"p2pclone: error: {exc.message}", file=sys.stderr, flush=True)
+
+
+# -- confirmation -----------------------------------------------------------------
+
+
+def make_confirm(assume_yes: bool, out: Output) -> Callable[[Plan, Any], None]:
+    def confirm(plan: Plan, target: Any) -> None:
+        # A new or empty file holds nothing to lose; anything else is overwritten
+        # only with --yes or an explicit "yes" typed at a terminal.
+        if assume_yes or (not target.is_block and target.size == 0):
+            return
+        what = f"{target.path} ({human_bytes(target.size)}"
+        if target.device is not None:
+            what += f", {target.device.model or 'unknown model'}, serial {target.device.serial or '?'}"
+        what += ")"
+        if not sys.stdin.isatty():
+            raise SafetyError(
+                f"the target {what} would be overwritten and there is no terminal to ask: "
+                "pass --yes to confirm; nothing was written"
+            )
+        out._stop()
+        answer = input(f"Overwrite {what} with {human_bytes(plan.source_size)} from "
+                       f"{plan.source.get('name', 'the sender')}? Type yes: ")
+        if answer.strip().lower() != "yes":
+            raise SafetyError("not confirmed: the target was left untouched")
+
+    return confirm
+
+
+# -- commands ---------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace, out: Output, fn: Callable[[], Any]) -> int:
+    try:
+        done = trio.run(fn)
+    except KeyboardInterrupt:
+        print("p2pclone: interrupted; the target is incomplete", file=sys.stderr)
+        return int(ExitCode.LINK)
+    except BaseException as exc:
+        err = pick_error(exc)
+        if isinstance(err, P2PCloneError):
+            out.error(err)
+            if args.debug:
+                raise
+            return int(err.exit_code)
+        raise
+    out(done)
+    return 0
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    from .receiver import receive
+
+    out = Output(json_mode=args.json, role="receive")
+    code = args.code or os.environ.get("P2PCLONE_CODE") or generate_code()
+    return _run(args, out, lambda: receive(
+        args.target, args.url, code=code, verify=args.verify,
+        confirm=make_confirm(args.yes, out), report=out,
+    ))
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from .sender import send
+
+    out = Output(json_mode=args.json, role="send")
+    code = args.code or os.environ.get("P2PCLONE_CODE")
+    return _run(args, out, lambda: send(
+        args.source, args.url, code=code, chunk_size=args.chunk_size, report=out,
+    ))
+
+
+def cmd_disks(args: argparse.Namespace) -> int:
+    from .disks import list_block_devices
+
+    disks = list_block_devices()
+    if args.json:
+        for d in disks:
+            print(json.dumps({
+                "path": d.path, "size": d.size, "model": d.model, "serial": d.serial,
+                "kind": d.kind, "sector_size": d.sector_size, "removable": d.removable,
+                "read_only": d.read_only, "mounted": bool(d.mountpoints),
+                "mountpoints": d.mountpoints, "swap": d.swap, "holders": d.holders,
+                "partitions": d.partitions, "in_use": d.in_use,
+            }))
+        return 0
+    if not disks:
+        print("No block devices found.")
+        return 0
+    print(f"{'DEVICE':<14} {'SIZE':>10}  {'MODEL':<24} {'SERIAL':<20} IN USE")
+    for d in disks:
+        print(f"{d.path:<14} {human_bytes(d.size):>10}  {d.model[:24]:<24} {d.serial[:20]:<20} "
+              f"{d.describe_use() or 'no'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    try:
+        return run_demo(size_mib=args.size, workdir=args.dir, debug=args.debug)
+    except P2PCloneError as exc:
+        print(f"p2pclone: error: {exc.message}", file=sys.stderr)
+        return int(exc.exit_code)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(int(ExitCode.USAGE), f"p2pclone: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="p2pclone",
+        description="Clone one machine's disk straight onto another's: only what must be sent, "
+                    "hashed end to end.",
+        epilog=EPILOG_EXIT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"p2pclone {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true",
+                       help="one JSON object per line on stdout (last: done or error)")
+        p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+    r = sub.add_parser(
+        "receive", help="listen and write an incoming clone to TARGET", epilog=EPILOG_EXIT,
+        description="Listen at URL, receive one clone and write it to TARGET (a block "
+                    "device or a file), then fsync; nothing is written before the sender's "
+                    "plan has been accepted.",
+    )
+    r.add_argument("target", metavar="TARGET", help="block device or file to overwrite")
+    r.add_argument("url", metavar="URL",
+                   help="where to listen: tcp://[BIND][:PORT] (default port 7411)")
+    r.add_argument("--code", help="pairing code (default: $P2PCLONE_CODE, else generated)")
+    r.add_argument("--yes", action="store_true",
+                   help="overwrite the target without asking")
+    r.add_argument("--verify", action="store_true",
+                   help="after fsync, re-read the whole target and check every chunk")
+    common(r)
+    r.set_defaults(func=cmd_receive)
+
+    s = sub.add_parser(
+        "send", help="send SOURCE to a listening receiver", epilog=EPILOG_EXIT,
+        description="Read SOURCE (a block device or a file) and send it to the receiver at "
+                    "URL: zero chunks as ranges, the rest BLAKE3-hashed and zstd-compressed.",
+    )
+    s.add_argument("source", metavar="SOURCE", help="block device or file to clone")
+    s.add_argument("url", metavar="URL", help="the receiver: tcp://HOST[:PORT]")
+    s.add_argument("--code", help="the code the receiver shows (default: $P2PCLONE_CODE)")
+    s.add_argument("--chunk-size", type=parse_size, default=1 << 20, metavar="SIZE",
+                   help="chunk size, a multiple of 4K (default 1M)")
+    common(s)
+    s.set_defaults(func=cmd_send)
+
+    d = sub.add_parser("disks", help="list local block devices",
+                       description="List block devices: size, model, serial, and what uses them.")
+    d.add_argument("--json", action="store_true", help="one JSON object per disk")
+    d.set_defaults(func=cmd_disks, debug=False)
+
+    m = sub.add_parser(
+        "demo", help="build a small disk image, clone it over loopback TCP, verify it",
+        description="Build a small ext4 disk image with files and free space, clone it to a "
+                    "second file over a real loopback TCP connection, verify it and report "
+                    "the speed. Needs no spare disk and no second machine.",
+    )
+    m.add_argument("--size", type=int, default=256, metavar="MIB",
+                   help="size of the demo disk in MiB (default 256)")
+    m.add_argument("--dir", help="keep the demo files in this folder (default: a temporary one)")
+    m.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    m.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except UsageError as exc:
+        print(f"p2pclone: error: {exc.message}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    return code

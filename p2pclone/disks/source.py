@@ -1,0 +1,111 @@
+"""A clone source: a block device or a regular file, read at chunk offsets.
+
+Sparse files are mapped with ``SEEK_DATA``/``SEEK_HOLE`` so holes are never read:
+a chunk that lies wholly in a hole is known to be zero without touching it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from ..errors import SourceError
+from .device import block_size_bytes, device_info, logical_sector_size
+
+
+class Source:
+    """An open source.  ``read`` and ``next_data`` are thread-safe (positional I/O)."""
+
+    def __init__(self, path: str, fd: int, size: int, is_block: bool, info: dict[str, str | int]):
+        self.path = path
+        self.fd = fd
+        self.size = size
+        self.is_block = is_block
+        self.info = info
+        self._seek_data = True
+
+    @classmethod
+    def open(cls, path: str) -> Source:
+        """Open ``path`` for reading.
+
+        Raises:
+            SourceError: it does not exist, is not a file or block device, or can't be read.
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise SourceError(f"the source {path} does not exist: check the path") from None
+        except PermissionError:
+            raise SourceError(
+                f"no permission to read the source {path}: run as root or fix its permissions"
+            ) from None
+        except OSError as exc:
+            raise SourceError(f"cannot open the source {path}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISBLK(st.st_mode):
+                size = block_size_bytes(fd)
+                dev = device_info(path)
+                info: dict[str, str | int] = {
+                    "name": path, "kind": "block", "model": dev.model, "serial": dev.serial,
+                    "sector": logical_sector_size(fd),
+                }
+                return cls(path, fd, size, True, info)
+            if stat.S_ISREG(st.st_mode):
+                return cls(path, fd, st.st_size, False, {"name": path, "kind": "file"})
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a file or block device"
+            raise SourceError(f"the source {path} is {kind}: give a disk or an image file")
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Read exactly ``length`` bytes at ``offset``.
+
+        Raises:
+            SourceError: a read error, or the source ended early (it shrank).
+        """
+        try:
+            data = os.pread(self.fd, length, offset)
+            while len(data) < length:
+                more = os.pread(self.fd, length - len(data), offset + len(data))
+                if not more:
+                    raise SourceError(
+                        f"the source {self.path} ended at byte {offset + len(data)} although it "
+                        f"was {self.size} bytes long: it changed during the clone"
+                    )
+                data += more
+        except OSError as exc:
+            raise SourceError(
+                f"reading the source {self.path} failed at byte {offset}: {exc.strerror}; "
+                "the disk may be failing (try GNU ddrescue to rescue it first)"
+            ) from None
+        return data
+
+    def next_data(self, offset: int) -> int:
+        """Offset of the first byte at or after ``offset`` that may hold data.
+
+        Returns ``self.size`` when only a hole remains.  Where the filesystem or
+        device can't tell, everything counts as data.
+        """
+        if not self._seek_data or self.is_block:
+            return offset
+        try:
+            return os.lseek(self.fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data after offset
+                return self.size
+            self._seek_data = False
+            return offset
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

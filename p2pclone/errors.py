@@ -1,0 +1,111 @@
+"""Every error a user can see, and the exit code it maps to.
+
+Each class's ``str()`` is one sentence a person at the keyboard can act on: what went
+wrong and what to do.  The CLI prints it as ``p2pclone: error: <sentence>`` and exits
+with ``exit_code``; anything that is *not* a :class:`P2PCloneError` is a bug and shows
+its traceback.  ``code`` is the stable machine-readable name used in ``--json`` output
+and in ERROR frames, so both ends of a session exit with the same code.
+
+The table of codes is ``docs/errors.md``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    OTHER = 1
+    USAGE = 2
+    AUTH = 3
+    SAFETY = 4
+    LINK = 5
+    INTEGRITY = 6
+
+
+class P2PCloneError(Exception):
+    """Base class: ``str(err)`` is a user-facing sentence."""
+
+    exit_code: ExitCode = ExitCode.OTHER
+    code: str = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class UsageError(P2PCloneError):
+    """Bad command line or URL."""
+
+    exit_code = ExitCode.USAGE
+    code = "usage"
+
+
+class ProtocolError(P2PCloneError):
+    """The byte stream broke the p2pclone protocol."""
+
+    exit_code = ExitCode.OTHER
+    code = "protocol"
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to do something the protocol forbids: a bug in p2pclone."""
+
+    code = "local-protocol"
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something that is not valid p2pclone protocol."""
+
+    code = "remote-protocol"
+
+
+class AuthenticationError(P2PCloneError):
+    exit_code = ExitCode.AUTH
+    code = "auth"
+
+
+class TransportError(P2PCloneError):
+    """A link could not be opened, or it broke mid-session."""
+
+    exit_code = ExitCode.LINK
+    code = "link"
+
+
+class SourceError(P2PCloneError):
+    code = "source"
+
+
+class TargetError(P2PCloneError):
+    code = "target"
+
+
+class SafetyError(P2PCloneError):
+    """Refused: going on could destroy data that should not be touched."""
+
+    exit_code = ExitCode.SAFETY
+    code = "safety"
+
+
+class IntegrityError(P2PCloneError):
+    """A hash did not match: the copy is not byte-identical."""
+
+    exit_code = ExitCode.INTEGRITY
+    code = "integrity"
+
+
+class PeerError(P2PCloneError):
+    """The peer ended the session with an ERROR frame; we exit as it did."""
+
+    def __init__(self, message: str, *, code: str, exit_code: int) -> None:
+        super().__init__(message, code=code)
+        try:
+            self.exit_code = ExitCode(exit_code)
+        except ValueError:
+            self.exit_code = ExitCode.OTHER

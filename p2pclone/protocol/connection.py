@@ -1,0 +1,222 @@
+"""The sans-I/O session object: bytes in, events out; events in, bytes out.
+
+Usage, after h11::
+
+    conn = Connection(Role.RECEIVER)
+    conn.receive_data(await stream.receive_some())   # b"" means end of stream
+    while (event := conn.next_event()) is not NEED_DATA:
+        ...
+    await stream.send_all(b"".join(conn.send(Hello(...))))
+
+Beyond the transition table (:mod:`.state`), the connection enforces what makes a
+clone complete and in order: chunks and zero ranges cover the plan exactly once, in
+index order, each with the length the plan implies; and it keeps the running root
+hash (BLAKE3 over the ordered chunk hashes) that both ends compare at END.  The
+drivers do the expensive work (hashing data, compressing, writing) outside, in
+worker threads; a receiving driver must check every chunk's data against
+``Chunk.digest`` before it writes, which is what makes the root meaningful.
+"""
+
+from __future__ import annotations
+
+import enum
+from functools import lru_cache
+
+import blake3
+
+from ..errors import LocalProtocolError, RemoteProtocolError
+from .frames import MAX_CHUNK_SIZE, FrameDecoder, FrameType, encode_frame
+from .messages import Chunk, End, Error, Event, Hello, Plan, Zero, decode_event, pack_meta
+from .state import Direction, Role, State, next_state
+
+
+class Sentinel(enum.Enum):
+    NEED_DATA = "need-data"  # feed more bytes with receive_data()
+    CLOSED = "closed"  # the peer closed its end (receive_data(b"") was called)
+
+
+NEED_DATA = Sentinel.NEED_DATA
+CLOSED = Sentinel.CLOSED
+
+
+@lru_cache(maxsize=8)
+def zero_digest(length: int) -> bytes:
+    """BLAKE3 of ``length`` zero bytes (the hash of a ZERO chunk)."""
+    return blake3.blake3(bytes(length)).digest()
+
+
+class Connection:
+    """One end of a p2pclone session, for ``role``.
+
+    Args:
+        role: which end this is.
+        max_chunk_size: the largest chunk size this end accepts in a PLAN; it bounds
+            every frame body the peer may send.
+    """
+
+    def __init__(self, role: Role, *, max_chunk_size: int = MAX_CHUNK_SIZE) -> None:
+        self.role = role
+        self.state = State.START
+        self.max_chunk_size = max_chunk_size
+        self.plan: Plan | None = None
+        self.peer_hello: Hello | None = None
+        self._decoder = FrameDecoder()
+        self._send_seq = 0
+        self._eof = False
+        self._next_index = 0
+        self._root = blake3.blake3()
+        self.bytes_out = 0
+
+    # -- accounting ----------------------------------------------------------
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes of complete frames received so far."""
+        return self._decoder.bytes_in
+
+    @property
+    def chunks_done(self) -> int:
+        """Chunks covered so far (sent or received, data and zero alike)."""
+        return self._next_index
+
+    def root_digest(self) -> bytes:
+        """BLAKE3 over the ordered chunk hashes seen so far."""
+        return self._root.digest()
+
+    # -- sending -------------------------------------------------------------
+
+    def send(self, event: Event) -> list[bytes | memoryview]:
+        """Check that ``event`` may be sent now and return the frame's buffers.
+
+        Raises:
+            LocalProtocolError: the event is illegal in this state or breaks the plan.
+        """
+        new = self._transition(Direction.SEND, event)
+        try:
+            self._check_ordering(event, LocalProtocolError)
+        except LocalProtocolError:
+            self.state = State.ERROR
+            raise
+        body = event.body if isinstance(event, Chunk) else b""
+        buffers = encode_frame(event.TYPE, self._send_seq, pack_meta(event), body)
+        self._send_seq += 1
+        self.bytes_out += sum(len(b) for b in buffers)
+        self.state = new
+        return buffers
+
+    # -- receiving -----------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes from the peer.  ``b""`` means the peer closed its end."""
+        if not data:
+            self._eof = True
+        else:
+            self._decoder.feed(data)
+
+    def next_event(self) -> Event | Sentinel:
+        """Return the next event, ``NEED_DATA`` or ``CLOSED``.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol; the state is ERROR.
+        """
+        if self.state is State.ERROR and not self._eof:
+            raise RemoteProtocolError("the session already failed")
+        try:
+            frame = self._decoder.next_frame()
+            if frame is None:
+                if self._eof:
+                    return CLOSED
+                return NEED_DATA
+            event = decode_event(frame)
+            new = self._transition(Direction.RECV, event)
+            self._check_ordering(event, RemoteProtocolError)
+        except RemoteProtocolError:
+            self.state = State.ERROR
+            raise
+        self.state = new
+        return event
+
+    # -- internals -----------------------------------------------------------
+
+    def _transition(self, direction: Direction, event: Event) -> State:
+        new = next_state(self.role, self.state, direction, event.TYPE)
+        if new is None:
+            exc = LocalProtocolError if direction is Direction.SEND else RemoteProtocolError
+            who = "we" if direction is Direction.SEND else "the peer"
+            was, self.state = self.state, State.ERROR
+            raise exc(
+                f"{who} sent {event.TYPE.name} while the {self.role.value} was in state "
+                f"{was.value}: the session is out of step"
+            )
+        return new
+
+    def _check_ordering(
+        self, event: Event, exc: type[LocalProtocolError] | type[RemoteProtocolError]
+    ) -> None:
+        """Apply the per-message rules that the transition table cannot express."""
+        if isinstance(event, Hello):
+            if exc is RemoteProtocolError:
+                if event.role != self.role.peer.value:
+                    raise RemoteProtocolError(
+                        f"the peer is also a {event.role}: run `p2pclone "
+                        f"{'receive' if self.role is Role.SENDER else 'send'}` on the other machine"
+                    )
+                self.peer_hello = event
+        elif isinstance(event, Plan):
+            if event.chunk_size > self.max_chunk_size:
+                raise exc(
+                    f"the plan's chunk size of {event.chunk_size} bytes exceeds "
+                    f"this end's limit of {self.max_chunk_size}"
+                )
+            self.plan = event
+            if self.role is Role.RECEIVER:
+                # From now on the only bodies are chunks, never longer than a chunk:
+                # a compressed body that isn't smaller than the plain bytes goes raw.
+                self._decoder.max_body = event.chunk_size
+        elif isinstance(event, Chunk):
+            plan = self._require_plan()
+            self._expect_index(event.index, 1, plan, exc)
+            if event.length != plan.chunk_length(event.index):
+                raise exc(
+                    f"chunk {event.index} claims {event.length} bytes; the plan says "
+                    f"{plan.chunk_length(event.index)}"
+                )
+            self._root.update(event.digest)
+            self._next_index += 1
+        elif isinstance(event, Zero):
+            plan = self._require_plan()
+            self._expect_index(event.index, event.count, plan, exc)
+            end = event.index + event.count
+            full = min(end, plan.source_size // plan.chunk_size) - event.index
+            digest = zero_digest(plan.chunk_size)
+            for _ in range(max(full, 0)):
+                self._root.update(digest)
+            if full < event.count:  # the run includes the short last chunk
+                self._root.update(zero_digest(plan.chunk_length(end - 1)))
+            self._next_index = end
+        elif isinstance(event, End):
+            plan = self._require_plan()
+            if event.chunk_count != plan.chunk_count or self._next_index != plan.chunk_count:
+                raise exc(
+                    f"END after {self._next_index} of {plan.chunk_count} chunks: "
+                    "the stream is incomplete"
+                )
+        elif isinstance(event, Error):
+            pass
+
+    def _require_plan(self) -> Plan:
+        if self.plan is None:  # unreachable through the transition table
+            raise LocalProtocolError("no plan yet")
+        return self.plan
+
+    def _expect_index(
+        self,
+        index: int,
+        count: int,
+        plan: Plan,
+        exc: type[LocalProtocolError] | type[RemoteProtocolError],
+    ) -> None:
+        if index != self._next_index:
+            raise exc(f"chunk {index} arrived where chunk {self._next_index} was due")
+        if index + count > plan.chunk_count:
+            raise exc(f"chunks up to {index + count} exceed the plan's {plan.chunk_count}")

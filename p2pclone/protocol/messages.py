@@ -1,0 +1,309 @@
+"""Typed protocol events and their msgpack meta.
+
+Every frame type has one event class here.  ``to_meta()`` gives the msgpack map a
+sender puts on the wire; ``from_frame()`` rebuilds the event from a received frame
+and checks every field's type and range, so the state machines and drivers above
+only ever see well-formed events.  A malformed meta is a
+:class:`~p2pclone.errors.RemoteProtocolError`, never a ``KeyError`` or a msgpack
+exception.
+
+Field names on the wire are short strings; ``docs/protocol.md`` lists them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Union
+
+import msgpack
+
+from ..errors import RemoteProtocolError
+from .frames import MAX_CHUNK_SIZE, FrameType, RawFrame
+
+HASH_SIZE = 32  # BLAKE3-256
+MAX_DISK_SIZE = 1 << 60  # 1 EiB: an upper bound that rejects nonsense, not a real limit
+
+
+class Encoding:
+    """How a CHUNK body encodes its plain bytes."""
+
+    RAW = 0
+    ZSTD = 1
+    ALL = (RAW, ZSTD)
+
+
+def _need(meta: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    try:
+        value = meta[key]
+    except KeyError:
+        raise RemoteProtocolError(f"the peer's {what} frame lacks the field {key!r}") from None
+    # bool is an int subclass; no field here is a bool unless it says so.
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+        raise RemoteProtocolError(f"the peer's {what} frame has a malformed {key!r} field")
+    return value
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _count(meta: Mapping[str, Any], key: str, what: str, *, limit: int = MAX_DISK_SIZE) -> int:
+    value: int = _need(meta, key, int, what)
+    if not 0 <= value <= limit:
+        raise RemoteProtocolError(f"the peer's {what} frame has {key!r}={value}, out of range")
+    return value
+
+
+def _text(meta: Mapping[str, Any], key: str, what: str, *, limit: int = 4096) -> str:
+    value: str = _need(meta, key, str, what)
+    if len(value) > limit:
+        raise RemoteProtocolError(f"the peer's {what} frame has an overlong {key!r} field")
+    return value
+
+
+def _digest(meta: Mapping[str, Any], key: str, what: str) -> bytes:
+    value: bytes = _need(meta, key, bytes, what)
+    if len(value) != HASH_SIZE:
+        raise RemoteProtocolError(f"the peer's {what} frame has a {len(value)}-byte hash")
+    return value
+
+
+def _info(meta: Mapping[str, Any], key: str, what: str) -> dict[str, str | int]:
+    """A small map of descriptive fields (device name, model, serial...)."""
+    value = _need(meta, key, dict, what)
+    out: dict[str, str | int] = {}
+    for k, v in value.items():
+        ok_value = (isinstance(v, int) and not isinstance(v, bool)) or (
+            isinstance(v, str) and len(v) <= 1024
+        )
+        if not isinstance(k, str) or len(k) > 64 or not ok_value:
+            raise RemoteProtocolError(f"the peer's {what} frame has a malformed {key!r} map")
+        out[k] = v
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello:
+    """First frame each way: who is speaking and what it can do."""
+
+    TYPE: ClassVar[FrameType] = FrameType.HELLO
+    role: str  # "sender" | "receiver"
+    software: str
+    features: tuple[str, ...] = ()
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"role": self.role, "sw": self.software, "feat": list(self.features)}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Hello:
+        role = _text(meta, "role", "HELLO", limit=16)
+        if role not in ("sender", "receiver"):
+            raise RemoteProtocolError(f"the peer's HELLO names an unknown role {role!r}")
+        feats = _need(meta, "feat", list, "HELLO")
+        if len(feats) > 64 or not all(isinstance(f, str) and len(f) < 64 for f in feats):
+            raise RemoteProtocolError("the peer's HELLO has a malformed feature list")
+        return cls(role=role, software=_text(meta, "sw", "HELLO", limit=128), features=tuple(feats))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """Sender -> receiver: what is about to be sent."""
+
+    TYPE: ClassVar[FrameType] = FrameType.PLAN
+    source_size: int
+    chunk_size: int
+    source: dict[str, str | int] = field(default_factory=dict)
+    hash: str = "blake3"
+
+    @property
+    def chunk_count(self) -> int:
+        return -(-self.source_size // self.chunk_size)
+
+    def chunk_length(self, index: int) -> int:
+        """Plain length of chunk ``index`` (the last one may be short)."""
+        return min(self.chunk_size, self.source_size - index * self.chunk_size)
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "size": self.source_size,
+            "chunk": self.chunk_size,
+            "count": self.chunk_count,
+            "hash": self.hash,
+            "src": self.source,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Plan:
+        size = _count(meta, "size", "PLAN")
+        chunk = _count(meta, "chunk", "PLAN", limit=MAX_CHUNK_SIZE)
+        if chunk < 4096 or chunk % 4096:
+            raise RemoteProtocolError(
+                f"the peer's PLAN has a chunk size of {chunk} bytes; "
+                "it must be a multiple of 4096 up to 64 MiB"
+            )
+        algo = _text(meta, "hash", "PLAN", limit=32)
+        if algo != "blake3":
+            raise RemoteProtocolError(f"the peer's PLAN uses hash {algo!r}; only blake3 is known")
+        plan = cls(source_size=size, chunk_size=chunk, source=_info(meta, "src", "PLAN"))
+        if _count(meta, "count", "PLAN") != plan.chunk_count:
+            raise RemoteProtocolError("the peer's PLAN chunk count disagrees with its sizes")
+        return plan
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accept:
+    """Receiver -> sender (STATE frame): the plan is accepted, describing the target."""
+
+    TYPE: ClassVar[FrameType] = FrameType.STATE
+    target: dict[str, str | int] = field(default_factory=dict)
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"tgt": self.target}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Accept:
+        return cls(target=_info(meta, "tgt", "STATE"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Chunk:
+    """One chunk of the source: where it goes, how it is encoded, its BLAKE3."""
+
+    TYPE: ClassVar[FrameType] = FrameType.CHUNK
+    index: int
+    length: int  # plain (decoded) length
+    digest: bytes  # BLAKE3 of the plain bytes
+    encoding: int
+    body: bytes | memoryview = field(repr=False)
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"i": self.index, "n": self.length, "h": self.digest, "e": self.encoding}
+
+    @classmethod
+    def from_frame(cls, meta: Mapping[str, Any], body: bytes) -> Chunk:
+        enc = _count(meta, "e", "CHUNK", limit=255)
+        if enc not in Encoding.ALL:
+            raise RemoteProtocolError(f"the peer's CHUNK uses an unknown encoding {enc}")
+        length = _count(meta, "n", "CHUNK", limit=MAX_CHUNK_SIZE)
+        if enc == Encoding.RAW and len(body) != length:
+            raise RemoteProtocolError("the peer's raw CHUNK body length disagrees with its meta")
+        return cls(
+            index=_count(meta, "i", "CHUNK"),
+            length=length,
+            digest=_digest(meta, "h", "CHUNK"),
+            encoding=enc,
+            body=body,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Zero:
+    """A run of ``count`` all-zero chunks starting at ``index``: no body at all."""
+
+    TYPE: ClassVar[FrameType] = FrameType.ZERO
+    index: int
+    count: int
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"i": self.index, "c": self.count}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Zero:
+        count = _count(meta, "c", "ZERO")
+        if count == 0:
+            raise RemoteProtocolError("the peer sent an empty ZERO range")
+        return cls(index=_count(meta, "i", "ZERO"), count=count)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class End:
+    """Sender -> receiver: every chunk has been sent; the root hash over them."""
+
+    TYPE: ClassVar[FrameType] = FrameType.END
+    chunk_count: int
+    root: bytes
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"count": self.chunk_count, "root": self.root}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> End:
+        return cls(chunk_count=_count(meta, "count", "END"), root=_digest(meta, "root", "END"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Result:
+    """Receiver -> sender: the target is written, synced (and verified) with this root."""
+
+    TYPE: ClassVar[FrameType] = FrameType.RESULT
+    root: bytes
+    verified: bool
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"root": self.root, "verified": self.verified}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Result:
+        return cls(root=_digest(meta, "root", "RESULT"), verified=_need(meta, "verified", bool, "RESULT"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Error:
+    """Either way: the session is over; ``code``/``exit`` say why (docs/errors.md)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.ERROR
+    code: str
+    message: str
+    exit: int = 1
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"code": self.code, "msg": self.message, "exit": self.exit}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Error:
+        return cls(
+            code=_text(meta, "code", "ERROR", limit=64),
+            message=_text(meta, "msg", "ERROR", limit=2048),
+            exit=_count(meta, "exit", "ERROR", limit=255),
+        )
+
+
+Event = Union[Hello, Plan, Accept, Chunk, Zero, End, Result, Error]
+
+_META_PARSERS: dict[FrameType, Callable[[Mapping[str, Any]], Event]] = {
+    FrameType.HELLO: Hello.from_meta,
+    FrameType.PLAN: Plan.from_meta,
+    FrameType.STATE: Accept.from_meta,
+    FrameType.ZERO: Zero.from_meta,
+    FrameType.END: End.from_meta,
+    FrameType.RESULT: Result.from_meta,
+    FrameType.ERROR: Error.from_meta,
+}
+
+
+def pack_meta(event: Event) -> bytes:
+    out: bytes = msgpack.packb(event.to_meta(), use_bin_type=True)
+    return out
+
+
+def decode_event(frame: RawFrame) -> Event:
+    """Turn a checked frame into a typed event.
+
+    Raises:
+        RemoteProtocolError: the meta is not a well-formed map for this frame type.
+    """
+    try:
+        # unpackb bounds every container and string by the input's own length.
+        meta = msgpack.unpackb(frame.meta, raw=False, strict_map_key=True, use_list=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise RemoteProtocolError(
+            f"the peer's {frame.type.name} frame carries unreadable meta ({type(exc).__name__})"
+        ) from None
+    if not isinstance(meta, dict):
+        raise RemoteProtocolError(f"the peer's {frame.type.name} frame meta is not a map")
+    if frame.type is FrameType.CHUNK:
+        return Chunk.from_frame(meta, frame.body)
+    if frame.body:
+        raise RemoteProtocolError(f"the peer's {frame.type.name} frame has an unexpected body")
+    return _META_PARSERS[frame.type](meta)

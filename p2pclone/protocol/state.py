@@ -1,0 +1,89 @@
+"""The session state machines, as one transition table.
+
+A session has two roles.  The *sender* connects and speaks first; the *receiver*
+listens.  Each side runs its own copy of the machine for its own role, and every
+frame it sends or receives must be an edge of this table: anything else moves the
+connection to ERROR and raises.  ``docs/protocol.md`` draws the same table.
+
+Sender::
+
+    START --send HELLO--> AWAIT_HELLO --recv HELLO--> PLAN --send PLAN--> AWAIT_STATE
+    AWAIT_STATE --recv STATE--> DATA --send CHUNK|ZERO--> DATA --send END--> AWAIT_RESULT
+    AWAIT_RESULT --recv RESULT--> DONE
+
+Receiver::
+
+    START --recv HELLO--> HELLO --send HELLO--> AWAIT_PLAN --recv PLAN--> DECIDE
+    DECIDE --send STATE--> DATA --recv CHUNK|ZERO--> DATA --recv END--> FINISH
+    FINISH --send RESULT--> DONE
+
+Both, from any state but DONE and ERROR: send or receive ERROR --> ERROR.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from .frames import FrameType
+
+
+class Role(enum.Enum):
+    SENDER = "sender"
+    RECEIVER = "receiver"
+
+    @property
+    def peer(self) -> Role:
+        return Role.RECEIVER if self is Role.SENDER else Role.SENDER
+
+
+class State(enum.Enum):
+    START = "start"
+    AWAIT_HELLO = "await-hello"  # sender: HELLO sent, waiting for the receiver's
+    HELLO = "hello"  # receiver: HELLO received, must answer with its own
+    PLAN = "plan"  # sender: must send PLAN
+    AWAIT_PLAN = "await-plan"  # receiver
+    AWAIT_STATE = "await-state"  # sender: PLAN sent, waiting for STATE (or ERROR)
+    DECIDE = "decide"  # receiver: must accept (STATE) or refuse (ERROR)
+    DATA = "data"  # chunks flow sender -> receiver until END
+    AWAIT_RESULT = "await-result"  # sender: END sent
+    FINISH = "finish"  # receiver: END received, must sync/verify and send RESULT
+    DONE = "done"
+    ERROR = "error"
+
+
+class Direction(enum.Enum):
+    SEND = "send"
+    RECV = "recv"
+
+
+S, R = Role.SENDER, Role.RECEIVER
+OUT, IN = Direction.SEND, Direction.RECV
+
+#: (role, state, direction, frame type) -> next state.  The whole protocol.
+TRANSITIONS: dict[tuple[Role, State, Direction, FrameType], State] = {
+    (S, State.START, OUT, FrameType.HELLO): State.AWAIT_HELLO,
+    (S, State.AWAIT_HELLO, IN, FrameType.HELLO): State.PLAN,
+    (S, State.PLAN, OUT, FrameType.PLAN): State.AWAIT_STATE,
+    (S, State.AWAIT_STATE, IN, FrameType.STATE): State.DATA,
+    (S, State.DATA, OUT, FrameType.CHUNK): State.DATA,
+    (S, State.DATA, OUT, FrameType.ZERO): State.DATA,
+    (S, State.DATA, OUT, FrameType.END): State.AWAIT_RESULT,
+    (S, State.AWAIT_RESULT, IN, FrameType.RESULT): State.DONE,
+    (R, State.START, IN, FrameType.HELLO): State.HELLO,
+    (R, State.HELLO, OUT, FrameType.HELLO): State.AWAIT_PLAN,
+    (R, State.AWAIT_PLAN, IN, FrameType.PLAN): State.DECIDE,
+    (R, State.DECIDE, OUT, FrameType.STATE): State.DATA,
+    (R, State.DATA, IN, FrameType.CHUNK): State.DATA,
+    (R, State.DATA, IN, FrameType.ZERO): State.DATA,
+    (R, State.DATA, IN, FrameType.END): State.FINISH,
+    (R, State.FINISH, OUT, FrameType.RESULT): State.DONE,
+}
+
+TERMINAL = frozenset({State.DONE, State.ERROR})
+
+
+def next_state(role: Role, state: State, direction: Direction, ftype: FrameType) -> State | None:
+    """The state after this frame, or ``None`` if the frame is illegal here."""
+    if ftype is FrameType.ERROR:
+        return None if state in TERMINAL else State.ERROR
+    return TRANSITIONS.get((role, state, direction, ftype))

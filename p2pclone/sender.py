@@ -1,0 +1,216 @@
+"""The sending driver: source -> pipeline -> frames -> transport.
+
+One nursery per session.  In the data phase three kinds of task run:
+
+* the *producer* walks the chunk indices in order, skipping holes of a sparse
+  source, and starts one worker per chunk (read, zero check, hash, compress in a
+  thread; at most ``threads`` at once);
+* the *writer* (this task) takes the workers' results strictly in index order
+  through a bounded channel, merges zero chunks into ZERO runs, and sends frames;
+* the *watcher* reads the back-channel, so a receiver's ERROR ends the session at
+  once with the receiver's own sentence.
+
+The channel's bound (``inflight``) caps memory: at most ``inflight + threads`` chunks
+exist at a time, whatever the disk size.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import trio
+
+from transports import open_transport
+
+from .disks import Source
+from .errors import IntegrityError, P2PCloneError, PeerError, TransportError
+from .pipeline import Encoded, encode_chunk
+from .protocol import Accept, Connection, End, Hello, Plan, Result, Role, Zero
+from .session import (
+    SOFTWARE,
+    Channel,
+    Connected,
+    Done,
+    Planned,
+    Progress,
+    Reporter,
+    no_report,
+    pick_error,
+)
+
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+
+
+@dataclass
+class _Slot:
+    index: int
+    zero_run: int = 0  # >0: a run of this many hole chunks, known without reading
+    result: Encoded | None = None
+
+    def __post_init__(self) -> None:
+        self.ready = trio.Event()
+        if self.zero_run:
+            self.ready.set()
+
+
+def default_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+async def send(
+    source_path: str,
+    url: str,
+    *,
+    code: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    threads: int | None = None,
+    report: Reporter = no_report,
+) -> Done:
+    """Clone ``source_path`` to the receiver at ``url``; return the final statistics.
+
+    Raises:
+        P2PCloneError: any failure, with a user-facing sentence and exit code.
+    """
+    del code  # accepted now; pairing (SPAKE2) gives it meaning in the next protocol step
+    if chunk_size < 4096 or chunk_size % 4096 or chunk_size > 64 * 1024 * 1024:
+        from .errors import UsageError
+
+        raise UsageError("the chunk size must be a multiple of 4 KiB between 4 KiB and 64 MiB")
+    transport = open_transport(url)
+    source = await trio.to_thread.run_sync(Source.open, source_path)
+    try:
+        stream = await transport.connect()
+        report(Connected(url))
+        channel = Channel(Connection(Role.SENDER), stream, url)
+        try:
+            return await _session(channel, source, chunk_size, threads or default_threads(),
+                                  report)
+        except BaseException as exc:
+            await channel.fail(pick_error(exc))
+            raise
+    finally:
+        source.close()
+
+
+async def _session(
+    channel: Channel, source: Source, chunk_size: int, threads: int, report: Reporter
+) -> Done:
+    started = trio.current_time()
+    await channel.send(Hello(role="sender", software=SOFTWARE, features=("zstd",)))
+    await channel.expect(Hello, "the receiver's HELLO")
+    plan = Plan(source_size=source.size, chunk_size=chunk_size, source=source.info)
+    await channel.send(plan)
+    accept = await channel.expect(Accept, "the receiver to accept the plan")
+    report(Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source,
+                   accept.target))
+
+    result: list[Result] = []
+    zero_chunks = 0
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch, channel, result)
+            zero_chunks = await _stream_chunks(channel, source, plan, threads, nursery, report)
+            await channel.send(End(chunk_count=plan.chunk_count,
+                                   root=channel.conn.root_digest()))
+    except BaseException as exc:
+        raise pick_error(exc) from None
+    if result[0].root != channel.conn.root_digest():
+        raise IntegrityError(
+            "the receiver computed a different root hash than this sender: the copy is not "
+            "identical; run the clone again"
+        )
+    done = Done(
+        source_bytes=plan.source_size,
+        wire_bytes=channel.conn.bytes_out + channel.conn.bytes_in,
+        chunks=plan.chunk_count,
+        zero_chunks=zero_chunks,
+        digest=channel.conn.root_digest().hex(),
+        seconds=trio.current_time() - started,
+        verified=result[0].verified,
+    )
+    await channel.close()
+    return done
+
+
+async def _watch(channel: Channel, result: list[Result]) -> None:
+    """Read the back-channel: the RESULT ends the session, an ERROR aborts it."""
+    try:
+        result.append(await channel.expect(Result, "the receiver's RESULT"))
+    except TransportError:
+        raise TransportError(
+            f"the receiver closed the link {channel.url} before confirming the clone: "
+            "the transfer was interrupted and the target is incomplete; run both sides again"
+        ) from None
+    except PeerError:
+        raise
+
+
+async def _stream_chunks(
+    channel: Channel,
+    source: Source,
+    plan: Plan,
+    threads: int,
+    nursery: trio.Nursery,
+    report: Reporter,
+) -> int:
+    inflight = 2 * threads + 4
+    slots_send, slots_recv = trio.open_memory_channel[_Slot](inflight)
+    limiter = trio.CapacityLimiter(threads)
+
+    async def work(slot: _Slot) -> None:
+        slot.result = await trio.to_thread.run_sync(
+            encode_chunk, source, plan, slot.index, limiter=limiter
+        )
+        slot.ready.set()
+
+    async def produce() -> None:
+        async with slots_send:
+            index = 0
+            while index < plan.chunk_count:
+                offset = index * plan.chunk_size
+                data_at = source.next_data(offset)
+                first_data = min(data_at // plan.chunk_size, plan.chunk_count)
+                if first_data > index:  # whole chunks inside a hole: zero, unread
+                    await slots_send.send(_Slot(index, zero_run=first_data - index))
+                    index = first_data
+                    continue
+                slot = _Slot(index)
+                await slots_send.send(slot)
+                nursery.start_soon(work, slot)
+                index += 1
+
+    nursery.start_soon(produce)
+    zero_start, zero_count, zero_total = 0, 0, 0
+    last_report = -1.0
+
+    async def flush_zero() -> None:
+        nonlocal zero_count
+        if zero_count:
+            await channel.send(Zero(index=zero_start, count=zero_count))
+            zero_count = 0
+
+    async with slots_recv:
+        async for slot in slots_recv:
+            await slot.ready.wait()
+            run = slot.zero_run or (1 if slot.result and slot.result.chunk is None else 0)
+            if run:
+                if not zero_count:
+                    zero_start = slot.index
+                zero_count += run
+                zero_total += run
+            else:
+                await flush_zero()
+                assert slot.result is not None and slot.result.chunk is not None
+                await channel.send(slot.result.chunk)
+            now = trio.current_time()
+            if now - last_report >= 0.1:
+                last_report = now
+                done = min(plan.source_size, (slot.index + max(run, 1)) * plan.chunk_size)
+                report(Progress(done, plan.source_size, channel.conn.bytes_out))
+        await flush_zero()
+    report(Progress(plan.source_size, plan.source_size, channel.conn.bytes_out))
+    return zero_total
+
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "P2PCloneError", "send"]

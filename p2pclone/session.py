@@ -1,0 +1,204 @@
+"""What both drivers share: a framed channel over a trio stream, and the reports
+they give the CLI.
+
+``Channel`` pairs a sans-I/O :class:`~p2pclone.protocol.Connection` with a
+``trio.abc.Stream``: it writes the frames the connection produces and feeds it what
+the stream yields, mapping stream failures to :class:`TransportError`.
+
+Drivers never print: they call ``report(event)`` with the dataclasses below, and the
+CLI decides how to show them (a live display, JSON lines, or nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+
+from transports import link_errors
+
+from . import __version__
+from .errors import (
+    IntegrityError,
+    LocalProtocolError,
+    P2PCloneError,
+    PeerError,
+    ProtocolError,
+    SafetyError,
+    TransportError,
+)
+from .protocol import CLOSED, NEED_DATA, Connection, Error, Event, State
+
+RECEIVE_SIZE = 256 * 1024
+SOFTWARE = f"p2pclone {__version__}"
+E = TypeVar("E")
+
+
+# -- reports to the CLI ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    url: str
+    code: str
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    source_bytes: int
+    chunk_size: int
+    chunks: int
+    source: dict[str, Any]
+    target: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    done_bytes: int
+    total_bytes: int
+    wire_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verifying:
+    total_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    source_bytes: int
+    wire_bytes: int
+    chunks: int
+    zero_chunks: int
+    digest: str
+    seconds: float
+    verified: bool = False
+
+
+Report = Listening | Connected | Planned | Progress | Verifying | Done
+Reporter = Callable[[Report], None]
+
+
+def no_report(_: Report) -> None:
+    pass
+
+
+# -- errors -----------------------------------------------------------------------
+
+# When several tasks fail at once (the peer's ERROR frame and our broken pipe, say),
+# the most telling error is the one the user sees.
+_PRIORITY: list[type[P2PCloneError]] = [
+    PeerError, SafetyError, IntegrityError, ProtocolError, TransportError, P2PCloneError,
+]
+
+
+def pick_error(exc: BaseException) -> BaseException:
+    """The one exception to report from ``exc`` (which may be an exception group)."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for sub in e.exceptions:
+                walk(sub)
+        else:
+            leaves.append(e)
+
+    walk(exc)
+    for kind in _PRIORITY:
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    for leaf in leaves:
+        if not isinstance(leaf, trio.Cancelled):
+            return leaf
+    return leaves[0]
+
+
+# -- the framed channel ---------------------------------------------------------------
+
+
+class Channel:
+    """Frames over a stream.  One task sends, one task receives (they may differ)."""
+
+    def __init__(self, conn: Connection, stream: trio.abc.Stream, url: str) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.url = url
+        self._mid_frame = False  # a send was interrupted: the stream is unusable
+
+    async def send(self, event: Event) -> None:
+        buffers = self.conn.send(event)
+        with link_errors(self.url, "sending"):
+            self._mid_frame = True
+            if len(buffers[1]) < 65536:  # small frame: one write
+                await self.stream.send_all(b"".join(buffers))
+            else:  # keep a big body uncopied
+                for buf in buffers:
+                    await self.stream.send_all(buf)
+            self._mid_frame = False
+
+    async def receive(self) -> Event | None:
+        """The next event, or ``None`` if the peer closed the link."""
+        while True:
+            event = self.conn.next_event()
+            if event is CLOSED:
+                return None
+            if event is not NEED_DATA:
+                assert not isinstance(event, type(NEED_DATA))
+                return event
+            with link_errors(self.url, "receiving"):
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            self.conn.receive_data(data)
+
+    async def expect(self, kind: type[E], waiting_for: str) -> E:
+        """Receive an event of ``kind``; an ERROR or a closed link raises."""
+        event = await self.receive()
+        if event is None:
+            raise TransportError(
+                f"the peer closed the link {self.url} while we waited for {waiting_for}: "
+                "the session was interrupted; see the other side's message"
+            )
+        if isinstance(event, Error):
+            raise PeerError(event.message, code=event.code, exit_code=event.exit)
+        if not isinstance(event, kind):  # the state table makes this unreachable
+            raise LocalProtocolError(f"expected {waiting_for}, got {type(event).__name__}")
+        return event
+
+    async def fail(self, error: BaseException) -> None:
+        """Best effort: tell the peer why we stop, then close gracefully."""
+        if (
+            isinstance(error, P2PCloneError)
+            and not isinstance(error, (PeerError, TransportError, ProtocolError))
+            and not self._mid_frame
+            and self.conn.state not in (State.DONE, State.ERROR)
+        ):
+            with trio.move_on_after(5):
+                try:
+                    await self.send(Error(code=error.code, message=error.message,
+                                          exit=int(error.exit_code)))
+                except P2PCloneError:
+                    pass
+        await self.close()
+
+    async def close(self) -> None:
+        """Half-close and drain briefly, so our last frame is read before the FIN/RST."""
+        with trio.move_on_after(2) as scope:
+            scope.shield = True
+            try:
+                if isinstance(self.stream, trio.abc.HalfCloseableStream) and not self._mid_frame:
+                    await self.stream.send_eof()
+                while await self.stream.receive_some(RECEIVE_SIZE):
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()

@@ -1,0 +1,103 @@
+"""tcp://HOST[:PORT] — a direct TCP link (crossover cable, switch, or routed).
+
+The receiver listens (``tcp://`` or ``tcp://:PORT`` = every address, both IPv4 and
+IPv6; ``tcp://BIND[:PORT]`` = one address); the sender connects to ``tcp://HOST[:PORT]``.
+IPv6 literals go in brackets: ``tcp://[fe80::1%eth0]:7411``.  Default port 7411.
+"""
+
+from __future__ import annotations
+
+import socket
+from urllib.parse import urlsplit
+
+import trio
+
+from p2pclone.errors import TransportError, UsageError
+
+from . import LinkListener, Transport
+
+DEFAULT_PORT = 7411
+
+
+def _format_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class TcpListener(LinkListener):
+    def __init__(self, listeners: list[trio.SocketListener], url: str) -> None:
+        self._listeners = listeners
+        self.url = url
+
+    async def accept(self) -> trio.abc.Stream:
+        # One listener per address family when binding everywhere: take whichever
+        # sender arrives first, on any of them.
+        accepted: list[trio.SocketStream] = []
+        async with trio.open_nursery() as nursery:
+
+            async def one(listener: trio.SocketListener) -> None:
+                stream = await listener.accept()
+                if accepted:
+                    await stream.aclose()
+                    return
+                accepted.append(stream)
+                nursery.cancel_scope.cancel()
+
+            for listener in self._listeners:
+                nursery.start_soon(one, listener)
+        return accepted[0]
+
+    async def aclose(self) -> None:
+        for listener in self._listeners:
+            await listener.aclose()
+
+
+class TcpTransport(Transport):
+    scheme = "tcp"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise UsageError(f"bad TCP URL {url!r}: {exc}; write tcp://HOST:PORT") from None
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            raise UsageError(f"bad TCP URL {url!r}: write tcp://HOST:PORT and nothing more")
+        self.host: str | None = parts.hostname or None
+        self.port = DEFAULT_PORT if port is None else port
+
+    async def connect(self) -> trio.abc.Stream:
+        if not self.host:
+            raise UsageError(
+                f"{self.url!r} names no host to connect to: write tcp://HOST[:PORT], "
+                f"e.g. tcp://192.0.2.7:{DEFAULT_PORT}"
+            )
+        if self.port == 0:
+            raise UsageError(f"{self.url!r}: port 0 can't be connected to")
+        where = f"tcp://{_format_host(self.host)}:{self.port}"
+        try:
+            stream = await trio.open_tcp_stream(self.host, self.port)
+        except socket.gaierror:
+            raise TransportError(
+                f"cannot resolve the host {self.host!r}: check the name or use an IP address"
+            ) from None
+        except OSError as exc:
+            raise TransportError(
+                f"nobody is listening at {where} ({exc.strerror or exc}): start "
+                "`p2pclone receive` on the target machine first and check the address and port"
+            ) from None
+        return stream
+
+    async def listen(self) -> TcpListener:
+        try:
+            listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        except socket.gaierror:
+            raise TransportError(f"cannot resolve the address {self.host!r} to listen on") from None
+        except OSError as exc:
+            raise TransportError(
+                f"cannot listen on tcp://{_format_host(self.host or '')}:{self.port} "
+                f"({exc.strerror or exc}): choose another port or address"
+            ) from None
+        sockname = listeners[0].socket.getsockname()
+        host = self.host or "0.0.0.0"
+        return TcpListener(listeners, f"tcp://{_format_host(host)}:{sockname[1]}")
