@@ -87,8 +87,10 @@ class Output:
                     self.emit(event="listening", url=url, code=code)
                 else:
                     self.say(f"Listening on {url}  —  code: {code}")
-                    self.say(f"On the source machine run:  p2pclone send SOURCE "
-                             f"tcp://THIS-HOST:{url.rsplit(':', 1)[-1]} --code {code}")
+                    self.say(
+                        f"On the source machine run:  p2pclone send SOURCE "
+                        f"tcp://THIS-HOST:{url.rsplit(':', 1)[-1]} --code {code}"
+                    )
             case Connected(url=url):
                 if self.json_mode:
                     self.emit(event="connected", url=url)
@@ -107,9 +109,16 @@ class Output:
             case Done() as d:
                 self._stop()
                 if self.json_mode:
-                    self.emit(event="done", source_bytes=d.source_bytes, wire_bytes=d.wire_bytes,
-                              chunks=d.chunks, zero_chunks=d.zero_chunks, digest=d.digest,
-                              seconds=round(d.seconds, 3), verified=d.verified)
+                    self.emit(
+                        event="done",
+                        source_bytes=d.source_bytes,
+                        wire_bytes=d.wire_bytes,
+                        chunks=d.chunks,
+                        zero_chunks=d.zero_chunks,
+                        digest=d.digest,
+                        seconds=round(d.seconds, 3),
+                        verified=d.verified,
+                    )
                 else:
                     rate = d.source_bytes / d.seconds if d.seconds > 0 else 0.0
                     ratio = d.wire_bytes / d.source_bytes if d.source_bytes else 0.0
@@ -124,24 +133,38 @@ class Output:
 
     def _planned(self, p: Planned) -> None:
         if self.json_mode:
-            self.emit(event="plan", source_bytes=p.source_bytes, chunk_size=p.chunk_size,
-                      chunks=p.chunks, source=p.source, target=p.target)
+            self.emit(
+                event="plan",
+                source_bytes=p.source_bytes,
+                chunk_size=p.chunk_size,
+                chunks=p.chunks,
+                source=p.source,
+                target=p.target,
+            )
             return
-        self.say(f"{'Sending' if self.role == 'send' else 'Receiving'} "
-                 f"{human_bytes(p.source_bytes)} from {p.source.get('name', '?')} "
-                 f"to {p.target.get('name', '?')}")
+        self.say(
+            f"{'Sending' if self.role == 'send' else 'Receiving'} "
+            f"{human_bytes(p.source_bytes)} from {p.source.get('name', '?')} "
+            f"to {p.target.get('name', '?')}"
+        )
         if self.live:
             from rich.progress import (
                 BarColumn,
                 DownloadColumn,
-                Progress as RichProgress,
                 TimeRemainingColumn,
                 TransferSpeedColumn,
             )
+            from rich.progress import (
+                Progress as RichProgress,
+            )
 
             self._progress = RichProgress(
-                "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), TimeRemainingColumn(), transient=True,
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                transient=True,
             )
             self._progress.start()
             self._task = self._progress.add_task("copying", total=p.source_bytes)
@@ -153,8 +176,13 @@ class Output:
             now = time.monotonic()
             if now - self._last_json >= 1.0 or p.done_bytes == p.total_bytes:
                 self._last_json = now
-                self.emit(event="progress", phase=self._phase, done_bytes=p.done_bytes,
-                          total_bytes=p.total_bytes, wire_bytes=p.wire_bytes)
+                self.emit(
+                    event="progress",
+                    phase=self._phase,
+                    done_bytes=p.done_bytes,
+                    total_bytes=p.total_bytes,
+                    wire_bytes=p.wire_bytes,
+                )
 
     def _stop(self) -> None:
         if self._progress is not None:
@@ -179,7 +207,8 @@ def make_confirm(assume_yes: bool, out: Output) -> Callable[[Plan, Any], None]:
             return
         what = f"{target.path} ({human_bytes(target.size)}"
         if target.device is not None:
-            what += f", {target.device.model or 'unknown model'}, serial {target.device.serial or '?'}"
+            dev = target.device
+            what += f", {dev.model or 'unknown model'}, serial {dev.serial or '?'}"
         what += ")"
         if not sys.stdin.isatty():
             raise SafetyError(
@@ -187,8 +216,10 @@ def make_confirm(assume_yes: bool, out: Output) -> Callable[[Plan, Any], None]:
                 "pass --yes to confirm; nothing was written"
             )
         out._stop()
-        answer = input(f"Overwrite {what} with {human_bytes(plan.source_size)} from "
-                       f"{plan.source.get('name', 'the sender')}? Type yes: ")
+        answer = input(
+            f"Overwrite {what} with {human_bytes(plan.source_size)} from "
+            f"{plan.source.get('name', 'the sender')}? Type yes: "
+        )
         if answer.strip().lower() != "yes":
             raise SafetyError("not confirmed: the target was left untouched")
 
@@ -221,10 +252,18 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
     out = Output(json_mode=args.json, role="receive")
     code = args.code or os.environ.get("P2PCLONE_CODE") or generate_code()
-    return _run(args, out, lambda: receive(
-        args.target, args.url, code=code, verify=args.verify,
-        confirm=make_confirm(args.yes, out), report=out,
-    ))
+    return _run(
+        args,
+        out,
+        lambda: receive(
+            args.target,
+            args.url,
+            code=code,
+            verify=args.verify,
+            confirm=make_confirm(args.yes, out),
+            report=out,
+        ),
+    )
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -232,9 +271,17 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     out = Output(json_mode=args.json, role="send")
     code = args.code or os.environ.get("P2PCLONE_CODE")
-    return _run(args, out, lambda: send(
-        args.source, args.url, code=code, chunk_size=args.chunk_size, report=out,
-    ))
+    return _run(
+        args,
+        out,
+        lambda: send(
+            args.source,
+            args.url,
+            code=code,
+            chunk_size=args.chunk_size,
+            report=out,
+        ),
+    )
 
 
 def cmd_disks(args: argparse.Namespace) -> int:
@@ -243,21 +290,36 @@ def cmd_disks(args: argparse.Namespace) -> int:
     disks = list_block_devices()
     if args.json:
         for d in disks:
-            print(json.dumps({
-                "path": d.path, "size": d.size, "model": d.model, "serial": d.serial,
-                "kind": d.kind, "sector_size": d.sector_size, "removable": d.removable,
-                "read_only": d.read_only, "mounted": bool(d.mountpoints),
-                "mountpoints": d.mountpoints, "swap": d.swap, "holders": d.holders,
-                "partitions": d.partitions, "in_use": d.in_use,
-            }))
+            print(
+                json.dumps(
+                    {
+                        "path": d.path,
+                        "size": d.size,
+                        "model": d.model,
+                        "serial": d.serial,
+                        "kind": d.kind,
+                        "sector_size": d.sector_size,
+                        "removable": d.removable,
+                        "read_only": d.read_only,
+                        "mounted": bool(d.mountpoints),
+                        "mountpoints": d.mountpoints,
+                        "swap": d.swap,
+                        "holders": d.holders,
+                        "partitions": d.partitions,
+                        "in_use": d.in_use,
+                    }
+                )
+            )
         return 0
     if not disks:
         print("No block devices found.")
         return 0
     print(f"{'DEVICE':<14} {'SIZE':>10}  {'MODEL':<24} {'SERIAL':<20} IN USE")
     for d in disks:
-        print(f"{d.path:<14} {human_bytes(d.size):>10}  {d.model[:24]:<24} {d.serial[:20]:<20} "
-              f"{d.describe_use() or 'no'}")
+        print(
+            f"{d.path:<14} {human_bytes(d.size):>10}  {d.model[:24]:<24} {d.serial[:20]:<20} "
+            f"{d.describe_use() or 'no'}"
+        )
     return 0
 
 
@@ -281,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="p2pclone",
         description="Clone one machine's disk straight onto another's: only what must be sent, "
-                    "hashed end to end.",
+        "hashed end to end.",
         epilog=EPILOG_EXIT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -289,53 +351,77 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--json", action="store_true",
-                       help="one JSON object per line on stdout (last: done or error)")
+        p.add_argument(
+            "--json",
+            action="store_true",
+            help="one JSON object per line on stdout (last: done or error)",
+        )
         p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
 
     r = sub.add_parser(
-        "receive", help="listen and write an incoming clone to TARGET", epilog=EPILOG_EXIT,
+        "receive",
+        help="listen and write an incoming clone to TARGET",
+        epilog=EPILOG_EXIT,
         description="Listen at URL, receive one clone and write it to TARGET (a block "
-                    "device or a file), then fsync; nothing is written before the sender's "
-                    "plan has been accepted.",
+        "device or a file), then fsync; nothing is written before the sender's "
+        "plan has been accepted.",
     )
     r.add_argument("target", metavar="TARGET", help="block device or file to overwrite")
-    r.add_argument("url", metavar="URL",
-                   help="where to listen: tcp://[BIND][:PORT] (default port 7411)")
+    r.add_argument(
+        "url", metavar="URL", help="where to listen: tcp://[BIND][:PORT] (default port 7411)"
+    )
     r.add_argument("--code", help="pairing code (default: $P2PCLONE_CODE, else generated)")
-    r.add_argument("--yes", action="store_true",
-                   help="overwrite the target without asking")
-    r.add_argument("--verify", action="store_true",
-                   help="after fsync, re-read the whole target and check every chunk")
+    r.add_argument("--yes", action="store_true", help="overwrite the target without asking")
+    r.add_argument(
+        "--verify",
+        action="store_true",
+        help="after fsync, re-read the whole target and check every chunk",
+    )
     common(r)
     r.set_defaults(func=cmd_receive)
 
     s = sub.add_parser(
-        "send", help="send SOURCE to a listening receiver", epilog=EPILOG_EXIT,
+        "send",
+        help="send SOURCE to a listening receiver",
+        epilog=EPILOG_EXIT,
         description="Read SOURCE (a block device or a file) and send it to the receiver at "
-                    "URL: zero chunks as ranges, the rest BLAKE3-hashed and zstd-compressed.",
+        "URL: zero chunks as ranges, the rest BLAKE3-hashed and zstd-compressed.",
     )
     s.add_argument("source", metavar="SOURCE", help="block device or file to clone")
     s.add_argument("url", metavar="URL", help="the receiver: tcp://HOST[:PORT]")
     s.add_argument("--code", help="the code the receiver shows (default: $P2PCLONE_CODE)")
-    s.add_argument("--chunk-size", type=parse_size, default=1 << 20, metavar="SIZE",
-                   help="chunk size, a multiple of 4K (default 1M)")
+    s.add_argument(
+        "--chunk-size",
+        type=parse_size,
+        default=1 << 20,
+        metavar="SIZE",
+        help="chunk size, a multiple of 4K (default 1M)",
+    )
     common(s)
     s.set_defaults(func=cmd_send)
 
-    d = sub.add_parser("disks", help="list local block devices",
-                       description="List block devices: size, model, serial, and what uses them.")
+    d = sub.add_parser(
+        "disks",
+        help="list local block devices",
+        description="List block devices: size, model, serial, and what uses them.",
+    )
     d.add_argument("--json", action="store_true", help="one JSON object per disk")
     d.set_defaults(func=cmd_disks, debug=False)
 
     m = sub.add_parser(
-        "demo", help="build a small disk image, clone it over loopback TCP, verify it",
+        "demo",
+        help="build a small disk image, clone it over loopback TCP, verify it",
         description="Build a small ext4 disk image with files and free space, clone it to a "
-                    "second file over a real loopback TCP connection, verify it and report "
-                    "the speed. Needs no spare disk and no second machine.",
+        "second file over a real loopback TCP connection, verify it and report "
+        "the speed. Needs no spare disk and no second machine.",
     )
-    m.add_argument("--size", type=int, default=256, metavar="MIB",
-                   help="size of the demo disk in MiB (default 256)")
+    m.add_argument(
+        "--size",
+        type=int,
+        default=256,
+        metavar="MIB",
+        help="size of the demo disk in MiB (default 256)",
+    )
     m.add_argument("--dir", help="keep the demo files in this folder (default: a temporary one)")
     m.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     m.set_defaults(func=cmd_demo)

@@ -52,10 +52,13 @@ def populate(root: Path, budget: int, seed: int = 7) -> tuple[int, int]:
     while written < budget * 0.4:
         lines = [" ".join(rng.choices(words, k=rng.randint(6, 14))) for _ in range(4000)]
         put(f"home/user/documents/note-{i:03}.txt", "\n".join(lines).encode())
-        log = "\n".join(f"2026-11-{rng.randint(1, 28):02} {rng.randint(0, 23):02}:"
-                        f"{rng.randint(0, 59):02} host{rng.randint(1, 9)} service[{rng.randint(100, 999)}]: "
-                        f"{rng.choice(words)} {rng.choice(words)} status={rng.randint(0, 5)}"
-                        for _ in range(6000))
+        log = "\n".join(
+            f"2026-11-{rng.randint(1, 28):02} {rng.randint(0, 23):02}:"
+            f"{rng.randint(0, 59):02} host{rng.randint(1, 9)} "
+            f"service[{rng.randint(100, 999)}]: "
+            f"{rng.choice(words)} {rng.choice(words)} status={rng.randint(0, 5)}"
+            for _ in range(6000)
+        )
         put(f"var/log/app-{i:03}.log", log.encode())
         i += 1
     # About 30%: real program files, as an installed system would have.
@@ -80,10 +83,15 @@ def build_disk(path: Path, size: int, staging: Path) -> str:
     files, used = populate(staging, int(size * 0.45))
     mkfs = _find_mkfs()
     if mkfs is not None:
-        subprocess.run([mkfs, "-q", "-F", "-L", "p2pdemo", "-d", str(staging), str(path),
-                        f"{size // 1024}k"], check=True, capture_output=True)
-        return (f"an ext4 filesystem of {size >> 20} MiB with {files} files "
-                f"({used >> 20} MiB of text, logs, program files and random media) and free space")
+        subprocess.run(
+            [mkfs, "-q", "-F", "-L", "p2pdemo", "-d", str(staging), str(path), f"{size // 1024}k"],
+            check=True,
+            capture_output=True,
+        )
+        return (
+            f"an ext4 filesystem of {size >> 20} MiB with {files} files "
+            f"({used >> 20} MiB of text, logs, program files and random media) and free space"
+        )
     # Without e2fsprogs: lay the same files end to end with zero gaps, like a disk.
     with open(path, "wb") as out:
         out.truncate(size)
@@ -95,8 +103,10 @@ def build_disk(path: Path, size: int, staging: Path) -> str:
             out.seek(offset)
             out.write(data)
             offset += -(-(len(data) + 65536) // 4096) * 4096
-    return (f"a {size >> 20} MiB disk image holding {files} files laid out with gaps "
-            "(mkfs.ext4 was not found, so there is no real filesystem)")
+    return (
+        f"a {size >> 20} MiB disk image holding {files} files laid out with gaps "
+        "(mkfs.ext4 was not found, so there is no real filesystem)"
+    )
 
 
 def _hash_file(path: Path) -> str:
@@ -134,31 +144,40 @@ def run_demo(*, size_mib: int = 256, workdir: str | None = None, debug: bool = F
             async with trio.open_nursery() as nursery:
 
                 async def rx(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-                    results["rx"] = await receive(str(target), "tcp://127.0.0.1:0",
-                                                  code="demo", verify=True,
-                                                  task_status=task_status)
+                    results["rx"] = await receive(
+                        str(target),
+                        "tcp://127.0.0.1:0",
+                        code="demo",
+                        verify=True,
+                        task_status=task_status,
+                    )
 
                 url = await nursery.start(rx)
-                print(f"2/3 Receiver listening on {url}; sending {source.name} to it …",
-                      flush=True)
+                print(f"2/3 Receiver listening on {url}; sending {source.name} to it …", flush=True)
                 results["tx"] = await send(str(source), url, code="demo", report=events.append)
             return results["tx"], results["rx"]
 
         tx, rx = trio.run(both)
         rate = tx.source_bytes / tx.seconds / 1e6 if tx.seconds else 0.0
-        print(f"    {tx.source_bytes >> 20} MiB cloned in {tx.seconds:.2f} s ({rate:.0f} MB/s): "
-              f"{tx.wire_bytes / 1e6:.1f} MB on the wire ({tx.wire_bytes / tx.source_bytes:.0%} "
-              f"of the disk), {tx.zero_chunks} of {tx.chunks} chunks were zero and not sent.",
-              flush=True)
+        print(
+            f"    {tx.source_bytes >> 20} MiB cloned in {tx.seconds:.2f} s ({rate:.0f} MB/s): "
+            f"{tx.wire_bytes / 1e6:.1f} MB on the wire ({tx.wire_bytes / tx.source_bytes:.0%} "
+            f"of the disk), {tx.zero_chunks} of {tx.chunks} chunks were zero and not sent.",
+            flush=True,
+        )
         print("3/3 Checking …", flush=True)
         same = _hash_file(source) == _hash_file(target)
         if not (same and rx.verified and rx.digest == tx.digest):
             print("p2pclone: error: the demo target differs from its source", file=sys.stderr)
             return 6
-        print(f"    The receiver re-read the target and checked every chunk (root "
-              f"{rx.digest[:16]}…), and target.img is byte-identical to source.img.")
-        print("\nOn two real machines:  p2pclone receive /dev/sdX tcp://   (on the target)\n"
-              "                       p2pclone send /dev/sdY tcp://TARGET-HOST --code CODE")
+        print(
+            f"    The receiver re-read the target and checked every chunk (root "
+            f"{rx.digest[:16]}…), and target.img is byte-identical to source.img."
+        )
+        print(
+            "\nOn two real machines:  p2pclone receive /dev/sdX tcp://   (on the target)\n"
+            "                       p2pclone send /dev/sdY tcp://TARGET-HOST --code CODE"
+        )
         return 0
     except P2PCloneError:
         raise

@@ -70,8 +70,9 @@ def encode_chunk(source: Source, plan: Plan, index: int) -> Encoded:
         body, encoding = packed, Encoding.ZSTD
     else:
         body, encoding = data, Encoding.RAW
-    return Encoded(index, Chunk(index=index, length=length, digest=digest,
-                                encoding=encoding, body=body))
+    return Encoded(
+        index, Chunk(index=index, length=length, digest=digest, encoding=encoding, body=body)
+    )
 
 
 def decode_chunk(chunk: Chunk, plan: Plan) -> bytes:

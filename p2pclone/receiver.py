@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from typing import IO
 
 import trio
 
 from transports import open_transport
 
 from .disks import Target
-from .errors import IntegrityError, P2PCloneError, TransportError
+from .errors import IntegrityError, P2PCloneError, PeerError, TransportError
 from .pipeline import hash_target_chunk, write_chunk, zero_chunks
 from .protocol import Accept, Chunk, Connection, End, Error, Hello, Plan, Result, Role, Zero
 from .protocol.connection import zero_digest
+from .sender import default_threads
 from .session import (
     SOFTWARE,
     Channel,
@@ -43,7 +45,6 @@ from .session import (
     no_report,
     pick_error,
 )
-from .sender import default_threads
 
 Confirm = Callable[[Plan, Target], None]
 
@@ -82,15 +83,32 @@ async def receive(
         finally:
             await listener.aclose()
         report(Connected(url))
-        channel = Channel(Connection(Role.RECEIVER), stream, url)
-        try:
-            return await _session(channel, target, verify, confirm,
-                                  threads or default_threads(), report)
-        except BaseException as exc:
-            await channel.fail(pick_error(exc))
-            raise
+        return await receive_stream(
+            stream, target, url=url, verify=verify, confirm=confirm, threads=threads, report=report
+        )
     finally:
         target.close()
+
+
+async def receive_stream(
+    stream: trio.abc.Stream,
+    target: Target,
+    *,
+    url: str = "stream",
+    verify: bool = False,
+    confirm: Confirm = _no_confirm,
+    threads: int | None = None,
+    report: Reporter = no_report,
+) -> Done:
+    """Run a receiving session over an already open ``stream`` (closed on return)."""
+    channel = Channel(Connection(Role.RECEIVER), stream, url)
+    try:
+        return await _session(
+            channel, target, verify, confirm, threads or default_threads(), report
+        )
+    except BaseException as exc:
+        await channel.fail(pick_error(exc))
+        raise
 
 
 async def _session(
@@ -109,8 +127,9 @@ async def _session(
     confirm(plan, target)
     await trio.to_thread.run_sync(target.prepare, plan.source_size)
     await channel.send(Accept(target=target.describe()))
-    report(Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source,
-                   target.describe()))
+    report(
+        Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, target.describe())
+    )
 
     with tempfile.TemporaryFile(prefix="p2pclone-hashes-") if verify else _NullLog() as log:
         try:
@@ -157,7 +176,7 @@ async def _receive_chunks(
     target: Target,
     plan: Plan,
     threads: int,
-    log: tempfile._TemporaryFileWrapper[bytes] | _NullLog,
+    log: IO[bytes] | _NullLog,
     report: Reporter,
 ) -> tuple[End, int]:
     limiter = trio.CapacityLimiter(threads)
@@ -181,8 +200,6 @@ async def _receive_chunks(
                     "interrupted and the target is incomplete; run both sides again"
                 )
             if isinstance(event, Error):
-                from .errors import PeerError
-
                 raise PeerError(event.message, code=event.code, exit_code=event.exit)
             if isinstance(event, End):
                 break
@@ -207,7 +224,7 @@ async def _receive_chunks(
 async def _verify(
     target: Target,
     plan: Plan,
-    log: tempfile._TemporaryFileWrapper[bytes] | _NullLog,
+    log: IO[bytes] | _NullLog,
     threads: int,
     report: Reporter,
 ) -> None:
@@ -225,9 +242,10 @@ async def _verify(
         expected = log.read(32 * len(indices))
         got: dict[int, bytes] = {}
 
-        async def one(i: int) -> None:
-            got[i] = await trio.to_thread.run_sync(hash_target_chunk, target, plan, i,
-                                                   limiter=limiter)
+        async def one(i: int, got: dict[int, bytes] = got) -> None:
+            got[i] = await trio.to_thread.run_sync(
+                hash_target_chunk, target, plan, i, limiter=limiter
+            )
 
         async with trio.open_nursery() as nursery:
             for i in indices:
@@ -235,8 +253,15 @@ async def _verify(
         for k, i in enumerate(indices):
             if got[i] != expected[32 * k : 32 * k + 32]:
                 bad.append(i)
-        report(Progress(min(plan.source_size, indices[-1] * plan.chunk_size
-                            + plan.chunk_length(indices[-1])), plan.source_size, 0))
+        report(
+            Progress(
+                min(
+                    plan.source_size, indices[-1] * plan.chunk_size + plan.chunk_length(indices[-1])
+                ),
+                plan.source_size,
+                0,
+            )
+        )
     if bad:
         spans = ", ".join(
             f"bytes {i * plan.chunk_size}-{i * plan.chunk_size + plan.chunk_length(i) - 1}"
@@ -249,4 +274,4 @@ async def _verify(
         )
 
 
-__all__ = ["P2PCloneError", "receive"]
+__all__ = ["P2PCloneError", "receive", "receive_stream"]

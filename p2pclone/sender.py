@@ -24,9 +24,9 @@ import trio
 from transports import open_transport
 
 from .disks import Source
-from .errors import IntegrityError, P2PCloneError, PeerError, TransportError
+from .errors import IntegrityError, P2PCloneError, PeerError, TransportError, UsageError
 from .pipeline import Encoded, encode_chunk
-from .protocol import Accept, Connection, End, Hello, Plan, Result, Role, Zero
+from .protocol import MAX_CHUNK_SIZE, Accept, Connection, End, Hello, Plan, Result, Role, Zero
 from .session import (
     SOFTWARE,
     Channel,
@@ -72,25 +72,49 @@ async def send(
     Raises:
         P2PCloneError: any failure, with a user-facing sentence and exit code.
     """
-    del code  # accepted now; pairing (SPAKE2) gives it meaning in the next protocol step
-    if chunk_size < 4096 or chunk_size % 4096 or chunk_size > 64 * 1024 * 1024:
-        from .errors import UsageError
-
-        raise UsageError("the chunk size must be a multiple of 4 KiB between 4 KiB and 64 MiB")
     transport = open_transport(url)
+    _check_chunk_size(chunk_size)
     source = await trio.to_thread.run_sync(Source.open, source_path)
     try:
         stream = await transport.connect()
         report(Connected(url))
-        channel = Channel(Connection(Role.SENDER), stream, url)
-        try:
-            return await _session(channel, source, chunk_size, threads or default_threads(),
-                                  report)
-        except BaseException as exc:
-            await channel.fail(pick_error(exc))
-            raise
+        return await send_stream(
+            stream,
+            source,
+            url=url,
+            code=code,
+            chunk_size=chunk_size,
+            threads=threads,
+            report=report,
+        )
     finally:
         source.close()
+
+
+async def send_stream(
+    stream: trio.abc.Stream,
+    source: Source,
+    *,
+    url: str = "stream",
+    code: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    threads: int | None = None,
+    report: Reporter = no_report,
+) -> Done:
+    """Run a sending session over an already open ``stream`` (closed on return)."""
+    del code  # accepted now; pairing (SPAKE2) gives it meaning in the next protocol step
+    _check_chunk_size(chunk_size)
+    channel = Channel(Connection(Role.SENDER), stream, url)
+    try:
+        return await _session(channel, source, chunk_size, threads or default_threads(), report)
+    except BaseException as exc:
+        await channel.fail(pick_error(exc))
+        raise
+
+
+def _check_chunk_size(chunk_size: int) -> None:
+    if chunk_size < 4096 or chunk_size % 4096 or chunk_size > MAX_CHUNK_SIZE:
+        raise UsageError("the chunk size must be a multiple of 4 KiB between 4 KiB and 64 MiB")
 
 
 async def _session(
@@ -102,8 +126,7 @@ async def _session(
     plan = Plan(source_size=source.size, chunk_size=chunk_size, source=source.info)
     await channel.send(plan)
     accept = await channel.expect(Accept, "the receiver to accept the plan")
-    report(Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source,
-                   accept.target))
+    report(Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, accept.target))
 
     result: list[Result] = []
     zero_chunks = 0
@@ -111,8 +134,7 @@ async def _session(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch, channel, result)
             zero_chunks = await _stream_chunks(channel, source, plan, threads, nursery, report)
-            await channel.send(End(chunk_count=plan.chunk_count,
-                                   root=channel.conn.root_digest()))
+            await channel.send(End(chunk_count=plan.chunk_count, root=channel.conn.root_digest()))
     except BaseException as exc:
         raise pick_error(exc) from None
     if result[0].root != channel.conn.root_digest():
@@ -213,4 +235,4 @@ async def _stream_chunks(
     return zero_total
 
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "P2PCloneError", "send"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "P2PCloneError", "send", "send_stream"]

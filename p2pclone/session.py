@@ -11,6 +11,7 @@ CLI decides how to show them (a live display, JSON lines, or nothing).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -29,7 +30,7 @@ from .errors import (
     SafetyError,
     TransportError,
 )
-from .protocol import CLOSED, NEED_DATA, Connection, Error, Event, State
+from .protocol import CLOSED, Connection, Error, Event, Sentinel, State
 
 RECEIVE_SIZE = 256 * 1024
 SOFTWARE = f"p2pclone {__version__}"
@@ -95,7 +96,12 @@ def no_report(_: Report) -> None:
 # When several tasks fail at once (the peer's ERROR frame and our broken pipe, say),
 # the most telling error is the one the user sees.
 _PRIORITY: list[type[P2PCloneError]] = [
-    PeerError, SafetyError, IntegrityError, ProtocolError, TransportError, P2PCloneError,
+    PeerError,
+    SafetyError,
+    IntegrityError,
+    ProtocolError,
+    TransportError,
+    P2PCloneError,
 ]
 
 
@@ -152,8 +158,7 @@ class Channel:
             event = self.conn.next_event()
             if event is CLOSED:
                 return None
-            if event is not NEED_DATA:
-                assert not isinstance(event, type(NEED_DATA))
+            if not isinstance(event, Sentinel):  # NEED_DATA is the only other sentinel
                 return event
             with link_errors(self.url, "receiving"):
                 data = await self.stream.receive_some(RECEIVE_SIZE)
@@ -182,11 +187,10 @@ class Channel:
             and self.conn.state not in (State.DONE, State.ERROR)
         ):
             with trio.move_on_after(5):
-                try:
-                    await self.send(Error(code=error.code, message=error.message,
-                                          exit=int(error.exit_code)))
-                except P2PCloneError:
-                    pass
+                with contextlib.suppress(P2PCloneError):
+                    await self.send(
+                        Error(code=error.code, message=error.message, exit=int(error.exit_code))
+                    )
         await self.close()
 
     async def close(self) -> None:

@@ -117,5 +117,13 @@ def link_errors(url: str, doing: str) -> Iterator[None]:
         ) from exc
 
 
-__all__ = ["ENTRY_POINT_GROUP", "LinkListener", "Transport", "available_schemes",
-           "link_errors", "open_transport", "split_scheme", "transport_class"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "LinkListener",
+    "Transport",
+    "available_schemes",
+    "link_errors",
+    "open_transport",
+    "split_scheme",
+    "transport_class",
+]

@@ -7,6 +7,7 @@ are simply empty: only the ioctls are needed to clone.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -192,8 +193,10 @@ def device_info(path: str) -> DeviceInfo:
         disk_dir = sysdir if (sysdir / "queue").exists() else sysdir.parent
         info.model = _read(disk_dir / "device/model") or _read(disk_dir / "loop/backing_file")
         info.serial = _read(disk_dir / "device/serial") or _read(disk_dir / "serial")
-        info.kind = "loop" if info.name.startswith("loop") else (
-            "partition" if (sysdir / "partition").exists() else "disk"
+        info.kind = (
+            "loop"
+            if info.name.startswith("loop")
+            else ("partition" if (sysdir / "partition").exists() else "disk")
         )
         # The device and each of its partitions count: a mounted /dev/sdb1 makes
         # /dev/sdb unsafe to overwrite.
@@ -211,16 +214,14 @@ def device_info(path: str) -> DeviceInfo:
             if holders.exists():
                 info.holders += sorted(h.name for h in holders.iterdir())
     else:
-        try:
+        with contextlib.suppress(OSError):
             info.mountpoints = mounts.get(os.stat(real).st_rdev, [])
-        except OSError:
-            pass
     return info
 
 
 def list_block_devices() -> list[DeviceInfo]:
     """Every whole disk with a non-zero size (partitions appear inside their disk)."""
-    out = []
+    out: list[DeviceInfo] = []
     base = Path("/sys/block")
     if not base.exists():
         return out

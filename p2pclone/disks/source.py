@@ -48,7 +48,10 @@ class Source:
                 size = block_size_bytes(fd)
                 dev = device_info(path)
                 info: dict[str, str | int] = {
-                    "name": path, "kind": "block", "model": dev.model, "serial": dev.serial,
+                    "name": path,
+                    "kind": "block",
+                    "model": dev.model,
+                    "serial": dev.serial,
                     "sector": logical_sector_size(fd),
                 }
                 return cls(path, fd, size, True, info)

@@ -16,6 +16,7 @@ Life cycle, in the order the receiver uses it:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 
@@ -98,11 +99,12 @@ class Target:
 
     def describe(self) -> dict[str, str | int]:
         out: dict[str, str | int] = {
-            "name": self.path, "kind": "block" if self.is_block else "file", "size": self.size,
+            "name": self.path,
+            "kind": "block" if self.is_block else "file",
+            "size": self.size,
         }
         if self.device is not None:
-            out.update(model=self.device.model, serial=self.device.serial,
-                       sector=self.sector_size)
+            out.update(model=self.device.model, serial=self.device.serial, sector=self.sector_size)
         return out
 
     def check_plan(self, source_size: int, source: dict[str, str | int]) -> None:
@@ -156,10 +158,8 @@ class Target:
 
     def drop_cache(self) -> None:
         """Ask the kernel to forget cached pages, so a verify reads the medium."""
-        try:
+        with contextlib.suppress(OSError):
             os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        except OSError:
-            pass
 
     def read(self, offset: int, length: int) -> bytes:
         try:

@@ -25,7 +25,7 @@ from functools import lru_cache
 import blake3
 
 from ..errors import LocalProtocolError, RemoteProtocolError
-from .frames import MAX_CHUNK_SIZE, FrameDecoder, FrameType, encode_frame
+from .frames import MAX_CHUNK_SIZE, FrameDecoder, encode_frame
 from .messages import Chunk, End, Error, Event, Hello, Plan, Zero, decode_event, pack_meta
 from .state import Direction, Role, State, next_state
 

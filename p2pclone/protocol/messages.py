@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import msgpack
 
@@ -245,7 +245,9 @@ class Result:
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Result:
-        return cls(root=_digest(meta, "root", "RESULT"), verified=_need(meta, "verified", bool, "RESULT"))
+        return cls(
+            root=_digest(meta, "root", "RESULT"), verified=_need(meta, "verified", bool, "RESULT")
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -269,7 +271,7 @@ class Error:
         )
 
 
-Event = Union[Hello, Plan, Accept, Chunk, Zero, End, Result, Error]
+Event = Hello | Plan | Accept | Chunk | Zero | End | Result | Error
 
 _META_PARSERS: dict[FrameType, Callable[[Mapping[str, Any]], Event]] = {
     FrameType.HELLO: Hello.from_meta,
