@@ -55,8 +55,13 @@ MEDIA_KINDS: tuple[tuple[str, str, int, int], ...] = (
 )
 
 
-def realistic_recipe(size: int, seed: int, roots: tuple[str, ...] = DEFAULT_ROOTS,
-                     fill: float = 0.55, compressible_share: float = 2 / 3) -> dict[str, Any]:
+def realistic_recipe(
+    size: int,
+    seed: int,
+    roots: tuple[str, ...] = DEFAULT_ROOTS,
+    fill: float = 0.55,
+    compressible_share: float = 2 / 3,
+) -> dict[str, Any]:
     return {
         "kind": "realistic",
         "version": RECIPE_VERSION,
@@ -67,7 +72,8 @@ def realistic_recipe(size: int, seed: int, roots: tuple[str, ...] = DEFAULT_ROOT
         "compressible_source_roots": list(roots),
         "max_copied_file_bytes": MAX_COPIED_FILE,
         "incompressible_generator": "random.Random(seed).randbytes, files posing as media/archives",
-        "mkfs": f"mkfs.ext4 -q -F -E nodiscard -d TREE IMAGE {size // 1024}k (image pre-written with zeros)",
+        "mkfs": f"mkfs.ext4 -q -F -E nodiscard -d TREE IMAGE {size // 1024}k"
+        " (image pre-written with zeros)",
     }
 
 
@@ -89,10 +95,14 @@ def load_if_current(image: Path, recipe: dict[str, Any]) -> dict[str, Any] | Non
     """Return the stored description if ``image`` was built from ``recipe``."""
     side = _sidecar(image)
     try:
-        info = json.loads(side.read_text())
+        info: dict[str, Any] = json.loads(side.read_text())
     except (OSError, ValueError):
         return None
-    if info.get("recipe") != recipe or not image.is_file() or image.stat().st_size != recipe["size_bytes"]:
+    if (
+        info.get("recipe") != recipe
+        or not image.is_file()
+        or image.stat().st_size != recipe["size_bytes"]
+    ):
         return None
     return info
 
@@ -213,8 +223,20 @@ def build_realistic(image: Path, recipe: dict[str, Any]) -> dict[str, Any]:
     _log(f"writing zeros to {image}")
     _zero_fill(image, size)
     _log("running mkfs.ext4 -d")
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard", "-d", str(tree), str(image), f"{size // 1024}k"],
-                   check=True)
+    subprocess.run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-E",
+            "nodiscard",
+            "-d",
+            str(tree),
+            str(image),
+            f"{size // 1024}k",
+        ],
+        check=True,
+    )
     shutil.rmtree(tree)
     with open(image, "rb+") as f:
         os.fsync(f.fileno())
@@ -252,7 +274,9 @@ def build_random(image: Path, recipe: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("kind", choices=("realistic", "random"))
     ap.add_argument("image", type=Path)
     ap.add_argument("--size-mib", type=int, default=1024)

@@ -14,7 +14,8 @@ processes started through ``ip netns exec``:
               ``python -m p2pclone send SOURCE tcp://HOST:PORT --json``
 * cat | nc:   ``cat SOURCE | nc -N HOST PORT``  ->  ``nc -l HOST PORT | dd of=TARGET ...``
 * dd | nc:    ``dd if=SOURCE bs=1M | nc -N HOST PORT``  ->  ``nc -l HOST PORT | dd of=TARGET ...``
-* zstd | nc:  ``zstd -1 -T0 -c SOURCE | nc -N HOST PORT``  ->  ``nc -l | zstd -d | dd of=TARGET ...``
+* zstd | nc:  ``zstd -1 -T0 -c SOURCE | nc -N HOST PORT``
+              ->  ``nc -l HOST PORT | zstd -d | dd of=TARGET ...``
 
 Every baseline writes with ``dd of=TARGET bs=1M iflag=fullblock conv=fsync``, so
 like p2pclone's receiver it has fsynced the target before it exits.
@@ -54,20 +55,24 @@ Fairness choices:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import datetime as dt
 import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mkdisk  # noqa: E402
@@ -90,6 +95,7 @@ TBF = ["tbf", "rate", "1gbit", "burst", "256kb", "latency", "50ms"]
 
 # --------------------------------------------------------------------------- networks
 
+
 @dataclass(frozen=True)
 class Network:
     key: str
@@ -101,9 +107,18 @@ class Network:
     reverse_if: tuple[str, str] | None = None
 
 
-LOOPBACK = Network("loopback", "loopback (127.0.0.1, private netns)", NS_LO, NS_LO, "127.0.0.1", (NS_LO, "lo"))
-LINK = Network("link", "1 Gbit link (veth + tbf 1gbit between two netns)", NS_A, NS_B, ADDR_B,
-               (NS_A, VETH_A), (NS_B, VETH_B))
+LOOPBACK = Network(
+    "loopback", "loopback (127.0.0.1, private netns)", NS_LO, NS_LO, "127.0.0.1", (NS_LO, "lo")
+)
+LINK = Network(
+    "link",
+    "1 Gbit link (veth + tbf 1gbit between two netns)",
+    NS_A,
+    NS_B,
+    ADDR_B,
+    (NS_A, VETH_A),
+    (NS_B, VETH_B),
+)
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -126,13 +141,24 @@ def setup_netns() -> dict[str, Any]:
         _ip("link", "set", dev, "netns", ns)
         _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
         _ip("-n", ns, "link", "set", dev, "up")
-        subprocess.run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "root", *TBF],
-                       check=True, capture_output=True, text=True)
-    shown = {dev: subprocess.run(["tc", "-n", ns, "qdisc", "show", "dev", dev], capture_output=True,
-                                 text=True).stdout.strip()
-             for ns, dev in ((NS_A, VETH_A), (NS_B, VETH_B))}
-    return {"qdisc_command": "tc qdisc add dev VETH root " + " ".join(TBF), "qdisc_show": shown,
-            "veth_mtu": 1500, "offloads": "kernel defaults (GSO/GRO on)"}
+        subprocess.run(
+            ["tc", "-n", ns, "qdisc", "add", "dev", dev, "root", *TBF],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    shown = {
+        dev: subprocess.run(
+            ["tc", "-n", ns, "qdisc", "show", "dev", dev], capture_output=True, text=True
+        ).stdout.strip()
+        for ns, dev in ((NS_A, VETH_A), (NS_B, VETH_B))
+    }
+    return {
+        "qdisc_command": "tc qdisc add dev VETH root " + " ".join(TBF),
+        "qdisc_show": shown,
+        "veth_mtu": 1500,
+        "offloads": "kernel defaults (GSO/GRO on)",
+    }
 
 
 def tx_bytes(ns: str, dev: str) -> int:
@@ -141,8 +167,11 @@ def tx_bytes(ns: str, dev: str) -> int:
 
 
 def port_listening(ns: str, port: int) -> bool:
-    r = subprocess.run(["ip", "netns", "exec", ns, "ss", "-ltnH", f"sport = :{port}"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["ip", "netns", "exec", ns, "ss", "-ltnH", f"sport = :{port}"],
+        capture_output=True,
+        text=True,
+    )
     return bool(r.stdout.strip())
 
 
@@ -160,42 +189,56 @@ class Tool:
     json_events: bool = False  # p2pclone: JSON lines on stdout, "listening" marks readiness
 
 
-def _dd_out(target: Path) -> list[str]:
-    return ["dd", f"of={target}", "bs=1M", "iflag=fullblock", "conv=fsync", "status=none"]
+def make_tools(python: str, sparse_baselines: bool = False) -> dict[str, Tool]:
+    """The contenders; ``sparse_baselines`` lets the baselines' dd skip writing zero blocks."""
+    conv = "conv=sparse,fsync" if sparse_baselines else "conv=fsync"
 
+    def dd_out(target: Path) -> list[str]:
+        return ["dd", f"of={target}", "bs=1M", "iflag=fullblock", conv, "status=none"]
 
-def _nc_listen(host: str, port: int) -> list[str]:
-    return ["nc", "-l", host, str(port)]
+    def nc_listen(host: str, port: int) -> list[str]:
+        return ["nc", "-l", host, str(port)]
 
+    def nc_send(host: str, port: int) -> list[str]:
+        return ["nc", "-N", host, str(port)]
 
-def _nc_send(host: str, port: int) -> list[str]:
-    return ["nc", "-N", host, str(port)]
-
-
-def make_tools(python: str) -> dict[str, Tool]:
     def p2p_send(src: Path, host: str, port: int) -> Stages:
-        return [[python, "-m", "p2pclone", "send", str(src), f"tcp://{host}:{port}", "--code", CODE, "--json"]]
+        url = f"tcp://{host}:{port}"
+        return [[python, "-m", "p2pclone", "send", str(src), url, "--code", CODE, "--json"]]
 
     def p2p_recv(dst: Path, host: str, port: int) -> Stages:
-        return [[python, "-m", "p2pclone", "receive", str(dst), f"tcp://{host}:{port}",
-                 "--code", CODE, "--yes", "--json"]]
+        url = f"tcp://{host}:{port}"
+        return [
+            [python, "-m", "p2pclone", "receive", str(dst), url, "--code", CODE, "--yes"]
+            + ["--json"]
+        ]
 
     tools = [
         Tool("p2pclone", "p2pclone", p2p_send, p2p_recv, json_events=True),
-        Tool("cat-nc", "cat | nc",
-             lambda s, h, p: [["cat", str(s)], _nc_send(h, p)],
-             lambda t, h, p: [_nc_listen(h, p), _dd_out(t)]),
-        Tool("dd-nc", "dd | nc",
-             lambda s, h, p: [["dd", f"if={s}", "bs=1M", "status=none"], _nc_send(h, p)],
-             lambda t, h, p: [_nc_listen(h, p), _dd_out(t)]),
-        Tool("zstd-nc", "zstd -1 -T0 | nc | zstd -d",
-             lambda s, h, p: [["zstd", "-1", "-T0", "-q", "-c", str(s)], _nc_send(h, p)],
-             lambda t, h, p: [_nc_listen(h, p), ["zstd", "-d", "-q", "-c"], _dd_out(t)]),
+        Tool(
+            "cat-nc",
+            "cat | nc",
+            lambda s, h, p: [["cat", str(s)], nc_send(h, p)],
+            lambda t, h, p: [nc_listen(h, p), dd_out(t)],
+        ),
+        Tool(
+            "dd-nc",
+            "dd | nc",
+            lambda s, h, p: [["dd", f"if={s}", "bs=1M", "status=none"], nc_send(h, p)],
+            lambda t, h, p: [nc_listen(h, p), dd_out(t)],
+        ),
+        Tool(
+            "zstd-nc",
+            "zstd -1 -T0 | nc | zstd -d",
+            lambda s, h, p: [["zstd", "-1", "-T0", "-q", "-c", str(s)], nc_send(h, p)],
+            lambda t, h, p: [nc_listen(h, p), ["zstd", "-d", "-q", "-c"], dd_out(t)],
+        ),
     ]
     return {t.key: t for t in tools}
 
 
 # --------------------------------------------------------------------------- processes
+
 
 @dataclass
 class Proc:
@@ -251,9 +294,17 @@ class Side:
             wrap = [GNU_TIME, "-f", "%M", "-o", str(rss_path)] if rss_path else []
             full = ["ip", "netns", "exec", self.ns, *wrap, *argv]
             with open(err_path, "wb") as err:
-                p = subprocess.Popen(full, stdin=prev, stderr=err, cwd=REPO, env=self.env,
-                                     stdout=subprocess.PIPE if (not last or self.json_events) else subprocess.DEVNULL,
-                                     process_group=self.pgid)
+                p = subprocess.Popen(
+                    full,
+                    stdin=prev,
+                    stderr=err,
+                    cwd=REPO,
+                    env=self.env,
+                    stdout=subprocess.PIPE
+                    if (not last or self.json_events)
+                    else subprocess.DEVNULL,
+                    process_group=self.pgid,
+                )
             if not self.pgid:
                 self.pgid = p.pid
             if not isinstance(prev, int):
@@ -304,10 +355,8 @@ class Side:
 
     def kill(self) -> None:
         if self.pgid and any(p.end is None for p in self.procs):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         for p in self.procs:
             if p.reaper is not None:
                 p.reaper.join(10)
@@ -331,13 +380,38 @@ class Side:
             "rss_kib_sum": sum(p.maxrss_kib for p in self.procs),
             "rss_kib_max": max((p.maxrss_kib for p in self.procs), default=0),
             "cpu_seconds": round(sum(p.cpu_user + p.cpu_sys for p in self.procs), 3),
-            "processes": [{"argv": p.argv, "exit_code": p.exit_code, "maxrss_kib": p.maxrss_kib,
-                           "cpu_user": round(p.cpu_user, 3), "cpu_sys": round(p.cpu_sys, 3)}
-                          for p in self.procs],
+            "processes": [
+                {
+                    "argv": p.argv,
+                    "exit_code": p.exit_code,
+                    "maxrss_kib": p.maxrss_kib,
+                    "cpu_user": round(p.cpu_user, 3),
+                    "cpu_sys": round(p.cpu_sys, 3),
+                }
+                for p in self.procs
+            ],
         }
 
 
 # --------------------------------------------------------------------------- one run
+
+
+def become_subreaper() -> None:
+    """Adopt orphans: a killed GNU time leaves its child to us, not to a PID 1 that may not reap."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def reap_orphans(grace: float = 2.0) -> None:
+    """Collect adopted children; call only when no tracked child is still running."""
+    deadline = time.monotonic() + grace
+    with contextlib.suppress(ChildProcessError):  # raised once we have no children at all
+        while True:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.01)
+
 
 def drop_caches() -> bool:
     os.sync()
@@ -353,15 +427,39 @@ def files_identical(a: Path, b: Path) -> tuple[bool, str]:
     return r.returncode == 0, (r.stdout + r.stderr).strip()
 
 
-def run_once(tool: Tool, net: Network, source: Path, target: Path, port: int, timeout: float,
-             env: dict[str, str], log_dir: Path) -> dict[str, Any]:
+def run_once(
+    tool: Tool,
+    net: Network,
+    source: Path,
+    target: Path,
+    port: int,
+    timeout: float,
+    env: dict[str, str],
+    log_dir: Path,
+) -> dict[str, Any]:
     log_dir.mkdir(parents=True, exist_ok=True)
     target.unlink(missing_ok=True)
-    res: dict[str, Any] = {"tool": tool.key, "network": net.key, "source": str(source),
-                           "source_bytes": source.stat().st_size, "port": port, "ok": False, "error": None}
+    res: dict[str, Any] = {
+        "tool": tool.key,
+        "network": net.key,
+        "source": str(source),
+        "source_bytes": source.stat().st_size,
+        "port": port,
+        "ok": False,
+        "error": None,
+    }
     res["caches_dropped"] = drop_caches()
-    recv = Side("receiver", net.recv_ns, tool.receiver(target, net.host, port), tool.json_events, log_dir, env)
-    send = Side("sender", net.send_ns, tool.sender(source, net.host, port), tool.json_events, log_dir, env)
+    recv = Side(
+        "receiver",
+        net.recv_ns,
+        tool.receiver(target, net.host, port),
+        tool.json_events,
+        log_dir,
+        env,
+    )
+    send = Side(
+        "sender", net.send_ns, tool.sender(source, net.host, port), tool.json_events, log_dir, env
+    )
     res["receiver_cmd"] = " | ".join(shlex.join(s) for s in recv.stages)
     res["sender_cmd"] = " | ".join(shlex.join(s) for s in send.stages)
     try:
@@ -386,13 +484,22 @@ def run_once(tool: Tool, net: Network, source: Path, target: Path, port: int, ti
         t1 = max(p.end for p in send.procs + recv.procs if p.end is not None)
         after = (tx_bytes(*net.data_if), tx_bytes(*net.reverse_if) if net.reverse_if else 0)
         wall = t1 - t0
-        res.update(wall_seconds=round(wall, 3),
-                   throughput_MBps=round(res["source_bytes"] / wall / MB, 2),
-                   wire_bytes_iface=after[0] - before[0],
-                   wire_bytes_iface_reverse=(after[1] - before[1]) if net.reverse_if else None)
-        bad = [(s.name, p.argv[0], p.exit_code) for s in (send, recv) for p in s.procs if p.exit_code != 0]
+        res.update(
+            wall_seconds=round(wall, 3),
+            throughput_MBps=round(res["source_bytes"] / wall / MB, 2),
+            wire_bytes_iface=after[0] - before[0],
+            wire_bytes_iface_reverse=(after[1] - before[1]) if net.reverse_if else None,
+        )
+        bad = [
+            (s.name, p.argv[0], p.exit_code)
+            for s in (send, recv)
+            for p in s.procs
+            if p.exit_code != 0
+        ]
         if bad:
-            raise RuntimeError("non-zero exit: " + ", ".join(f"{n} {Path(a).name}={c}" for n, a, c in bad))
+            raise RuntimeError(
+                "non-zero exit: " + ", ".join(f"{n} {Path(a).name}={c}" for n, a, c in bad)
+            )
         if tool.json_events:
             for side in (send, recv):
                 err = side.event("error")
@@ -408,28 +515,45 @@ def run_once(tool: Tool, net: Network, source: Path, target: Path, port: int, ti
     finally:
         send.kill()
         recv.kill()
+        reap_orphans()
         res["sender"], res["receiver"] = send.summary(), recv.summary()
         if tool.json_events:
-            res["sender_events"] = [e for e in send.events if e.get("event") in ("done", "error", "listening")]
-            res["receiver_events"] = [e for e in recv.events if e.get("event") in ("done", "error", "listening")]
+            res["sender_events"] = [
+                e for e in send.events if e.get("event") in ("done", "error", "listening")
+            ]
+            res["receiver_events"] = [
+                e for e in recv.events if e.get("event") in ("done", "error", "listening")
+            ]
             done = send.event("done") or recv.event("done")
             res["wire_bytes_self_reported"] = done.get("wire_bytes") if done else None
         if not res["ok"]:
             res["stderr"] = {"sender": send.stderr_tail(), "receiver": recv.stderr_tail()}
             if tool.json_events:
-                res["stdout_other"] = {"sender": send.other_stdout[-20:], "receiver": recv.other_stdout[-20:]}
+                res["stdout_other"] = {
+                    "sender": send.other_stdout[-20:],
+                    "receiver": recv.other_stdout[-20:],
+                }
         target.unlink(missing_ok=True)
     return res
 
 
 # --------------------------------------------------------------------------- environment
 
+
 def _cmd_out(argv: list[str], **kw: Any) -> str:
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=60, **kw)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"unavailable ({e})"
-    return (r.stdout or r.stderr).strip()
+    out: str = (r.stdout or r.stderr).strip()
+    return out
+
+
+def meminfo_kib(key: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
 
 
 def machine_info(python: str, env: dict[str, str], scratch: Path) -> dict[str, Any]:
@@ -438,8 +562,6 @@ def machine_info(python: str, env: dict[str, str], scratch: Path) -> dict[str, A
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
-    mem = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/meminfo").read_text().splitlines()
-                if ln.startswith("MemTotal")), "?")
     os_name = "?"
     try:
         for ln in Path("/etc/os-release").read_text().splitlines():
@@ -450,18 +572,23 @@ def machine_info(python: str, env: dict[str, str], scratch: Path) -> dict[str, A
     return {
         "nproc": os.cpu_count(),
         "cpu_model": cpu,
-        "memory": mem,
+        "memory": f"{meminfo_kib('MemTotal') / MIB:.1f} GiB",
         "os": os_name,
         "kernel": platform.release(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "mem_available_at_start": f"{meminfo_kib('MemAvailable') / MIB:.1f} GiB",
         "python": _cmd_out([python, "-c", "import sys; print(sys.version.split()[0])"]),
         "scratch_fs": _cmd_out(["findmnt", "-n", "-T", str(scratch), "-o", "SOURCE,FSTYPE"]),
         "tools": {
             "p2pclone": _cmd_out(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
             "trio": _cmd_out([python, "-c", "import trio; print(trio.__version__)"], env=env),
             "netcat-openbsd": _cmd_out(["dpkg-query", "-W", "-f=${Version}", "netcat-openbsd"]),
-            "zstd": _cmd_out(["zstd", "--version"]),
-            "dd": _cmd_out(["dd", "--version"]).splitlines()[0],
-            "iproute2": _cmd_out(["ip", "-V"]),
+            "zstd": _cmd_out(["zstd", "-V"]).split(" v")[-1].split(",")[0],
+            "dd (coreutils)": _cmd_out(["dd", "--version"]).splitlines()[0].split()[-1],
+            "iproute2": _cmd_out(["ip", "-V"]).split("iproute2-")[-1].split(",")[0],
+            "GNU time": _cmd_out(["dpkg-query", "-W", "-f=${Version}", "time"])
+            if USE_GNU_TIME
+            else "missing",
             "e2fsprogs": _cmd_out(["dpkg-query", "-W", "-f=${Version}", "e2fsprogs"]),
         },
     }
@@ -469,14 +596,21 @@ def machine_info(python: str, env: dict[str, str], scratch: Path) -> dict[str, A
 
 def p2pclone_available(python: str, env: dict[str, str]) -> tuple[bool, str]:
     try:
-        r = subprocess.run([python, "-m", "p2pclone", "--help"], capture_output=True, text=True,
-                           timeout=60, cwd=REPO, env=env)
+        r = subprocess.run(
+            [python, "-m", "p2pclone", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+            env=env,
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, str(e)
     return r.returncode == 0, (r.stderr or r.stdout).strip()[-500:]
 
 
 # --------------------------------------------------------------------------- reporting
+
 
 def _esc(s: str, markdown: bool) -> str:
     return s.replace("|", "\\|") if markdown else s
@@ -487,12 +621,16 @@ def table(headers: list[str], rows: list[list[str]], markdown: bool = True) -> s
     headers = [_esc(h, markdown) for h in headers]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     if markdown:
+
         def fmt(cells: list[str]) -> str:
-            return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+            return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
         sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     else:
+
         def fmt(cells: list[str]) -> str:
-            return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+            return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
         sep = "  ".join("-" * w for w in widths)
     return "\n".join([fmt(headers), sep, *(fmt(r) for r in rows)])
 
@@ -506,22 +644,48 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     good = sorted((r for r in runs if r["ok"]), key=lambda r: r["wall_seconds"])
     failed = [r for r in runs if not r["ok"]]
     rep = good[(len(good) - 1) // 2] if good else None
-    out: dict[str, Any] = {"status": "FAILED" if failed else "ok", "repeats": len(runs),
-                           "errors": [r["error"] for r in failed],
-                           "wall_seconds_all": [r.get("wall_seconds") for r in runs]}
+    out: dict[str, Any] = {
+        "status": "FAILED" if failed else "ok",
+        "repeats": len(runs),
+        "errors": [r["error"] for r in failed],
+        "wall_seconds_all": [r.get("wall_seconds") for r in runs],
+    }
     if rep is not None:
-        out.update({k: rep.get(k) for k in ("wall_seconds", "throughput_MBps", "wire_bytes_iface",
-                                              "wire_bytes_iface_reverse", "wire_bytes_self_reported")})
+        out.update(
+            {
+                k: rep.get(k)
+                for k in (
+                    "wall_seconds",
+                    "throughput_MBps",
+                    "wire_bytes_iface",
+                    "wire_bytes_iface_reverse",
+                    "wire_bytes_self_reported",
+                )
+            }
+        )
         out["sender_rss_kib"] = rep["sender"]["rss_kib_sum"]
         out["receiver_rss_kib"] = rep["receiver"]["rss_kib_sum"]
         out["sender_cpu_seconds"] = rep["sender"]["cpu_seconds"]
         out["receiver_cpu_seconds"] = rep["receiver"]["cpu_seconds"]
-        out["wall_seconds_stdev"] = round(statistics.stdev(r["wall_seconds"] for r in good), 3) if len(good) > 1 else None
+        walls = [r["wall_seconds"] for r in good]
+        out["wall_seconds_stdev"] = round(statistics.stdev(walls), 3) if len(walls) > 1 else None
     return out
 
 
-SUMMARY_HEADERS = ["input", "tool", "status", "wall s", "MB/s", "wire MiB (iface)", "wire/size",
-                   "p2pclone wire MiB", "RSS send MiB", "RSS recv MiB", "CPU send s", "CPU recv s"]
+SUMMARY_HEADERS = [
+    "input",
+    "tool",
+    "status",
+    "wall s",
+    "MB/s",
+    "wire MiB (iface)",
+    "wire/size",
+    "p2pclone wire MiB",
+    "RSS send MiB",
+    "RSS recv MiB",
+    "CPU send s",
+    "CPU recv s",
+]
 
 
 def summary_rows(entries: list[dict[str, Any]]) -> list[list[str]]:
@@ -533,22 +697,35 @@ def summary_rows(entries: list[dict[str, Any]]) -> list[list[str]]:
             rows.append([e["input"], e["tool_name"], s["status"]] + ["-"] * 9)
             continue
         walls = [w for w in s["wall_seconds_all"] if w is not None]
-        wall = f"{s['wall_seconds']:.2f}" + (f" ({', '.join(f'{w:.2f}' for w in walls)})" if len(walls) > 1 else "")
+        wall = f"{s['wall_seconds']:.2f}" + (
+            f" ({', '.join(f'{w:.2f}' for w in walls)})" if len(walls) > 1 else ""
+        )
         selfw = s.get("wire_bytes_self_reported")
-        rows.append([
-            e["input"], e["tool_name"], s["status"], wall, f"{s['throughput_MBps']:.1f}",
-            f"{s['wire_bytes_iface'] / MIB:.1f}", f"{s['wire_bytes_iface'] / size:.3f}",
-            "-" if selfw is None else f"{selfw / MIB:.1f}",
-            _mib(s["sender_rss_kib"]), _mib(s["receiver_rss_kib"]),
-            f"{s['sender_cpu_seconds']:.2f}", f"{s['receiver_cpu_seconds']:.2f}",
-        ])
+        rows.append(
+            [
+                e["input"],
+                e["tool_name"],
+                s["status"],
+                wall,
+                f"{s['throughput_MBps']:.1f}",
+                f"{s['wire_bytes_iface'] / MIB:.1f}",
+                f"{s['wire_bytes_iface'] / size:.3f}",
+                "-" if selfw is None else f"{selfw / MIB:.1f}",
+                _mib(s["sender_rss_kib"]),
+                _mib(s["receiver_rss_kib"]),
+                f"{s['sender_cpu_seconds']:.2f}",
+                f"{s['receiver_cpu_seconds']:.2f}",
+            ]
+        )
     return rows
 
 
 def evaluate_targets(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def get(setting: str, inp: str, tool: str) -> dict[str, Any] | None:
         for e in entries:
-            if (e["setting"], e["input"], e["tool"]) == (setting, inp, tool) and e["summary"]["status"] == "ok":
+            if (e["setting"], e["input"], e["tool"]) == (setting, inp, tool) and e["summary"][
+                "status"
+            ] == "ok":
                 return e
         return None
 
@@ -561,21 +738,51 @@ def evaluate_targets(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     out: list[dict[str, Any]] = []
 
-    def add(name: str, value: tuple[float | None, str], op: str, target: float, unit: str = "") -> None:
+    def add(
+        name: str, value: tuple[float | None, str], op: str, target: float, unit: str = ""
+    ) -> None:
         v, detail = value
-        status = "N/A" if v is None else ("PASS" if (v >= target if op == ">=" else v <= target) else "FAIL")
-        out.append({"target": name, "value": None if v is None else round(v, 3), "op": op, "threshold": target,
-                    "unit": unit, "status": status, "detail": detail})
+        status = (
+            "N/A"
+            if v is None
+            else ("PASS" if (v >= target if op == ">=" else v <= target) else "FAIL")
+        )
+        out.append(
+            {
+                "target": name,
+                "value": None if v is None else round(v, 3),
+                "op": op,
+                "threshold": target,
+                "unit": unit,
+                "status": status,
+                "detail": detail,
+            }
+        )
 
-    add("1 Gbit link, realistic disk: p2pclone / dd|nc throughput",
-        ratio("link", "realistic", "p2pclone", "dd-nc"), ">=", 2.5)
-    add("1 Gbit link, random disk: p2pclone / dd|nc throughput",
-        ratio("link", "random", "p2pclone", "dd-nc"), ">=", 0.9)
-    add("loopback, realistic disk: p2pclone / zstd -1 -T0|nc|zstd -d throughput",
-        ratio("loopback", "realistic", "p2pclone", "zstd-nc"), ">=", 1.0)
+    add(
+        "1 Gbit link, realistic disk: p2pclone / dd|nc throughput",
+        ratio("link", "realistic", "p2pclone", "dd-nc"),
+        ">=",
+        2.5,
+    )
+    add(
+        "1 Gbit link, random disk: p2pclone / dd|nc throughput",
+        ratio("link", "random", "p2pclone", "dd-nc"),
+        ">=",
+        0.9,
+    )
+    add(
+        "loopback, realistic disk: p2pclone / zstd -1 -T0|nc|zstd -d throughput",
+        ratio("loopback", "realistic", "p2pclone", "zstd-nc"),
+        ">=",
+        1.0,
+    )
 
     wire: tuple[float | None, str] = (None, "missing: p2pclone realistic run")
-    for setting, what in (("link", "sender veth tx bytes"), ("loopback", "lo tx bytes, both directions")):
+    for setting, what in (
+        ("link", "sender veth tx bytes"),
+        ("loopback", "lo tx bytes, both directions"),
+    ):
         e = get(setting, "realistic", "p2pclone")
         if e is not None:
             s = e["summary"]
@@ -589,25 +796,56 @@ def evaluate_targets(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rss: tuple[float | None, str] = (None, "missing: p2pclone RSS run")
     if e is not None:
         s = e["summary"]
-        rss = (max(s["sender_rss_kib"], s["receiver_rss_kib"]) / 1024,
-               f"{e['source_bytes'] / GIB:.1f} GiB source; sender {_mib(s['sender_rss_kib'])}, "
-               f"receiver {_mib(s['receiver_rss_kib'])} MiB")
+        rss = (
+            max(s["sender_rss_kib"], s["receiver_rss_kib"]) / 1024,
+            f"{e['source_bytes'] / GIB:.1f} GiB source; sender {_mib(s['sender_rss_kib'])}, "
+            f"receiver {_mib(s['receiver_rss_kib'])} MiB",
+        )
     add("peak RSS, max(sender, receiver), loopback", rss, "<=", 200, "MiB")
     return out
 
 
 def target_rows(targets: list[dict[str, Any]]) -> list[list[str]]:
-    return [[t["target"], f"{t['op']} {t['threshold']:g}{(' ' + t['unit']) if t['unit'] else ''}",
-             "-" if t["value"] is None else f"{t['value']:.3f}", t["status"], t["detail"]] for t in targets]
+    return [
+        [
+            t["target"],
+            f"{t['op']} {t['threshold']:g}{(' ' + t['unit']) if t['unit'] else ''}",
+            "-" if t["value"] is None else f"{t['value']:.3f}",
+            t["status"],
+            t["detail"],
+        ]
+        for t in targets
+    ]
 
 
 TARGET_HEADERS = ["target", "goal", "measured", "result", "detail"]
 
 
+def describe_input(name: str, inp: dict[str, Any]) -> str:
+    rec, size = inp["info"]["recipe"], f"{inp['size_bytes'] / MIB:.0f} MiB"
+    if rec["kind"] != "realistic":
+        return f"- **{name}** ({size}): {rec['generator']}, seed {rec['seed']}."
+    c = inp["info"]["composition"]
+    roots = ", ".join(rec["compressible_source_roots"])
+    exts = ", ".join(list(c["compressible_top_extensions_by_bytes"])[:6])
+    return (
+        f"- **{name}** ({size}): ext4 image, `{rec['mkfs']}`."
+        f" Files fill {c['file_bytes_fraction_of_image']:.0%} of it:"
+        f" {c['compressible_bytes'] / MIB:.0f} MiB in {c['compressible_files']} copies of real"
+        f" files (seeded shuffle of all regular files of at most"
+        f" {rec['max_copied_file_bytes'] // MIB} MiB under {roots}; most bytes in {exts}) and"
+        f" {c['incompressible_bytes'] / MIB:.0f} MiB in {c['incompressible_files']}"
+        " pseudo-random files posing as media and archives. The rest is free space: zero"
+        f" blocks, written, not sparse. Seed {rec['seed']}."
+    )
+
+
 def render_markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     lines = [
-        f"Run {res['started']} on {m['nproc']} × {m['cpu_model']}, {m['memory']} RAM, {m['os']}, "
+        f"Run {res['started']} on {m['nproc']} × {m['cpu_model']}, {m['memory']} RAM"
+        f" ({m['mem_available_at_start']} available, load average"
+        f" {' / '.join(map(str, m['loadavg_at_start']))} at start), {m['os']}, "
         f"kernel {m['kernel']}, Python {m['python']}; scratch on {m['scratch_fs']}.",
         "",
         "Tool versions: " + ", ".join(f"{k} {v}" for k, v in m["tools"].items()) + ".",
@@ -621,55 +859,111 @@ def render_markdown(res: dict[str, Any]) -> str:
         "### Inputs",
         "",
     ]
-    for name, inp in res["inputs"].items():
-        rec = inp["info"]["recipe"]
-        if rec["kind"] == "realistic":
-            c = inp["info"]["composition"]
-            lines.append(
-                f"- **{name}** ({inp['size_bytes'] / MIB:.0f} MiB): ext4 image, `{rec['mkfs']}`; files fill "
-                f"{c['file_bytes_fraction_of_image']:.0%} of it: {c['compressible_bytes'] / MIB:.0f} MiB in "
-                f"{c['compressible_files']} copies of real files (seeded shuffle of regular files ≤ "
-                f"{rec['max_copied_file_bytes'] // MIB} MiB under {', '.join(rec['compressible_source_roots'])}; "
-                f"top extensions by bytes: {', '.join(list(c['compressible_top_extensions_by_bytes'])[:6])}) and "
-                f"{c['incompressible_bytes'] / MIB:.0f} MiB in {c['incompressible_files']} pseudo-random files "
-                f"posing as media/archives; the rest is free space (zero blocks, not sparse). Seed {rec['seed']}.")
-        else:
-            lines.append(f"- **{name}** ({inp['size_bytes'] / MIB:.0f} MiB): {rec['generator']}, seed {rec['seed']}.")
-    lines += ["", f"Page cache dropped before every run: {'yes' if res['caches_dropped_all'] else 'NO'}. "
-              f"Repeats per configuration: {res['repeat']} (table shows the median run; all wall times in "
-              "brackets). MB = 10^6 bytes; RSS = sum of peak RSS over a side's processes, measured with "
-              f"{res['rss_method']}. Wire MiB (iface) = interface tx bytes: the sender's veth on the link, "
-              "`lo` (both directions) on loopback.", ""]
-    for key, title in (("loopback", LOOPBACK.title), ("link", LINK.title), ("rss", "peak RSS check (loopback)")):
+    lines += [describe_input(name, inp) for name, inp in res["inputs"].items()]
+    dropped = "yes" if res["caches_dropped_all"] else "**NO**"
+    lines += [
+        "",
+        "### Method",
+        "",
+        f"- Page cache dropped before every run: {dropped}. Sources and targets are files in"
+        f" the scratch directory; every target is compared with its source (`cmp`).",
+        f"- Repeats per configuration: {res['repeat']}; tables show the median run (all wall"
+        " times in brackets). Wall time: sender launch until both sides have exited (target"
+        " complete and fsynced; baselines write with `dd ... conv=fsync`).",
+        "- MB/s = source bytes / wall seconds, MB = 10^6 bytes.",
+        "- Wire MiB (iface) = interface tx bytes during the run: the sender's veth on the link"
+        " (data direction), `lo` in a private namespace on loopback (both directions).",
+        f"- RSS = sum of peak RSS over a side's processes ({res['rss_method']});"
+        " CPU = user+sys seconds summed over a side's processes.",
+        "- Commands (each process runs as `ip netns exec NS /usr/bin/time -f %M ... CMD`):",
+    ]
+    seen: set[str] = set()
+    for r in res["runs"]:
+        if r["tool"] not in seen:
+            seen.add(r["tool"])
+            lines.append(f"- `{r['tool']}`: `{r['sender_cmd']}`  →  `{r['receiver_cmd']}`")
+    if res["notes"]:
+        lines += ["", "### Notes", ""] + [f"- {n}" for n in res["notes"]]
+    lines.append("")
+    for key, title in (
+        ("loopback", LOOPBACK.title),
+        ("link", LINK.title),
+        ("rss", "peak RSS check (loopback)"),
+    ):
         entries = [e for e in res["entries"] if e["setting"] == key]
         if entries:
             lines += [f"### {title}", "", table(SUMMARY_HEADERS, summary_rows(entries)), ""]
     lines += ["### Targets", "", table(TARGET_HEADERS, target_rows(res["targets"])), ""]
     if res["failures"]:
         lines += ["### FAILURES", ""] + [f"- {f}" for f in res["failures"]] + [""]
-    for n in res["notes"]:
-        lines.append(f"- {n}")
     return "\n".join(lines).rstrip() + "\n"
 
 
 # --------------------------------------------------------------------------- main
 
+
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size-gib", type=float, default=1.0, help="size of the realistic and random disks (default 1)")
-    ap.add_argument("--rss-size-gib", type=float, default=4.0, help="size of the peak-RSS source (default 4)")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke test: 256 MiB disks, 1 GiB RSS source, 1 repeat; results default to the scratch dir")
-    ap.add_argument("--repeat", type=int, default=None, help="runs per configuration, median reported (default 3, quick 1)")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="results JSON (default docs/benchmarks-results.json; with --quick SCRATCH/quick-results.json)")
-    ap.add_argument("--markdown", type=Path, default=None, help="write the markdown report here (default: print it)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--size-gib",
+        type=float,
+        default=1.0,
+        help="size of the realistic and random disks (default 1)",
+    )
+    ap.add_argument(
+        "--rss-size-gib", type=float, default=4.0, help="size of the peak-RSS source (default 4)"
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 256 MiB disks, 1 GiB RSS source, 1 repeat;"
+        " results go to the scratch dir unless --out is given",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="runs per configuration, median reported (default 3, quick 1)",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results JSON (default docs/benchmarks-results.json;"
+        " with --quick SCRATCH/quick-results.json)",
+    )
+    ap.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        help="write the markdown report here (default: print it)",
+    )
     ap.add_argument("--scratch", type=Path, default=Path("/var/tmp/p2pclone-bench"))
-    ap.add_argument("--python", default=sys.executable, help="interpreter that runs p2pclone (default: this one)")
-    ap.add_argument("--settings", default="loopback,link,rss", help="comma list of loopback, link, rss")
-    ap.add_argument("--tools", default="p2pclone,cat-nc,dd-nc,zstd-nc", help="comma list of tools to run")
-    ap.add_argument("--timeout", type=float, default=None,
-                    help="per-run timeout in seconds (default 60 + source size at 10 MB/s)")
+    ap.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter that runs p2pclone (default: this one)",
+    )
+    ap.add_argument(
+        "--settings", default="loopback,link,rss", help="comma list of loopback, link, rss"
+    )
+    ap.add_argument(
+        "--tools", default="p2pclone,cat-nc,dd-nc,zstd-nc", help="comma list of tools to run"
+    )
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="per-run timeout in seconds (default 60 + source size at 10 MB/s)",
+    )
+    ap.add_argument(
+        "--sparse-baselines",
+        action="store_true",
+        help="baselines write with dd conv=sparse,fsync (skip zero blocks, as p2pclone does"
+        " for a file target) instead of conv=fsync",
+    )
     ap.add_argument("--seed", type=int, default=1)
     return ap.parse_args()
 
@@ -690,15 +984,21 @@ def main() -> int:
     size = int((0.25 if args.quick else args.size_gib) * GIB) // MIB * MIB
     rss_size = int((1.0 if args.quick else args.rss_size_gib) * GIB) // MIB * MIB
     repeat = args.repeat or (1 if args.quick else 3)
-    out_path = args.out or (args.scratch / "quick-results.json" if args.quick else Path("docs/benchmarks-results.json"))
+    out_path = args.out or (
+        args.scratch / "quick-results.json" if args.quick else Path("docs/benchmarks-results.json")
+    )
     settings = [s for s in args.settings.split(",") if s]
     wanted_tools = [t for t in args.tools.split(",") if t]
     scratch: Path = args.scratch.resolve()
     scratch.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(scratch / "logs", ignore_errors=True)  # per-run stderr of this invocation only
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
-    tools = make_tools(args.python)
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+    )
+    tools = make_tools(args.python, args.sparse_baselines)
     unknown = [t for t in wanted_tools if t not in tools] + [s for s in settings if s not in PLAN]
     if unknown:
         print(f"unknown tool/setting: {unknown}", file=sys.stderr)
@@ -716,17 +1016,38 @@ def main() -> int:
     # inputs
     need_rss = "rss" in settings and "p2pclone" in wanted_tools
     inputs: dict[str, dict[str, Any]] = {}
-    specs = [("realistic", f"realistic-{size // MIB}M.img", mkdisk.build_realistic,
-              mkdisk.realistic_recipe(size, args.seed)),
-             ("random", f"random-{size // MIB}M.img", mkdisk.build_random, mkdisk.random_recipe(size, args.seed))]
+    specs = [
+        (
+            "realistic",
+            f"realistic-{size // MIB}M.img",
+            mkdisk.build_realistic,
+            mkdisk.realistic_recipe(size, args.seed),
+        ),
+        (
+            "random",
+            f"random-{size // MIB}M.img",
+            mkdisk.build_random,
+            mkdisk.random_recipe(size, args.seed),
+        ),
+    ]
     if need_rss:
-        specs.append(("realistic-rss", f"realistic-{rss_size // MIB}M.img", mkdisk.build_realistic,
-                      mkdisk.realistic_recipe(rss_size, args.seed)))
+        specs.append(
+            (
+                "realistic-rss",
+                f"realistic-{rss_size // MIB}M.img",
+                mkdisk.build_realistic,
+                mkdisk.realistic_recipe(rss_size, args.seed),
+            )
+        )
     for name, fname, build, recipe in specs:
         path = scratch / fname
-        inputs[name] = {"path": str(path), "size_bytes": recipe["size_bytes"], "info": build(path, recipe)}
+        inputs[name] = {
+            "path": str(path),
+            "size_bytes": recipe["size_bytes"],
+            "info": build(path, recipe),
+        }
 
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     result: dict[str, Any] = {
         "schema": 1,
         "started": started,
@@ -736,10 +1057,24 @@ def main() -> int:
         "method": (__doc__ or "").split("Method\n------\n", 1)[-1].strip(),
         "inputs": inputs,
     }
-    result["rss_method"] = ("GNU time %M per process (wrapper inside the namespace)" if USE_GNU_TIME else
-                            "os.wait4 ru_maxrss (UPPER BOUND: includes the harness's own peak)")
+    result["rss_method"] = (
+        "GNU time %M per process (wrapper inside the namespace)"
+        if USE_GNU_TIME
+        else "os.wait4 ru_maxrss (UPPER BOUND: includes the harness's own peak)"
+    )
     if not USE_GNU_TIME:
-        notes.append(f"WARNING: {GNU_TIME} missing (apt-get install time); RSS figures are wait4 upper bounds")
+        notes.append(
+            f"WARNING: {GNU_TIME} missing (apt-get install time);"
+            " RSS figures are wait4 upper bounds"
+        )
+    load1 = result["machine"]["loadavg_at_start"][0]
+    if load1 > 0.5:
+        notes.append(
+            f"WARNING: the machine was not idle (1-min load average {load1} at start);"
+            " other processes competed for CPU, memory and disk"
+        )
+    if args.sparse_baselines:
+        notes.append("baselines wrote with `dd conv=sparse,fsync` (zero blocks skipped)")
     if "tmpfs" in result["machine"]["scratch_fs"]:
         notes.append("WARNING: scratch directory is on tmpfs; targets are not written to a disk")
 
@@ -747,6 +1082,7 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _on_term)
+    become_subreaper()
     runs: list[dict[str, Any]] = []
     entries: list[dict[str, Any]] = []
     port = FIRST_PORT
@@ -766,14 +1102,25 @@ def main() -> int:
                     for k in keys:  # interleave tools so drift affects all alike
                         tag = f"{setting}/{inp}/{k}#{rep + 1}"
                         print(f"[bench] {tag} ...", file=sys.stderr, end=" ", flush=True)
-                        r = run_once(tools[k], net, source, scratch / "target.img", port, timeout, env,
-                                     scratch / "logs" / f"{setting}-{inp}-{k}-{rep + 1}")
+                        r = run_once(
+                            tools[k],
+                            net,
+                            source,
+                            scratch / "target.img",
+                            port,
+                            timeout,
+                            env,
+                            scratch / "logs" / f"{setting}-{inp}-{k}-{rep + 1}",
+                        )
                         port += 1
                         r.update(setting=setting, input=inp, repeat_index=rep + 1)
                         runs.append(r)
                         per_tool[k].append(r)
                         if r["ok"]:
-                            print(f"{r['wall_seconds']:.2f} s, {r['throughput_MBps']:.1f} MB/s", file=sys.stderr)
+                            print(
+                                f"{r['wall_seconds']:.2f} s, {r['throughput_MBps']:.1f} MB/s",
+                                file=sys.stderr,
+                            )
                         else:
                             msg = f"{tag}: {r['error']}"
                             failures.append(msg)
@@ -782,19 +1129,33 @@ def main() -> int:
                                 if text:
                                     print(f"!!! {side} stderr: {text}", file=sys.stderr)
                 for k in keys:
-                    entries.append({"setting": setting, "network": net.key, "input": inp, "tool": k,
-                                    "tool_name": tools[k].name, "source_bytes": inputs[inp]["size_bytes"],
-                                    "summary": summarize(per_tool[k])})
+                    entries.append(
+                        {
+                            "setting": setting,
+                            "network": net.key,
+                            "input": inp,
+                            "tool": k,
+                            "tool_name": tools[k].name,
+                            "source_bytes": inputs[inp]["size_bytes"],
+                            "summary": summarize(per_tool[k]),
+                        }
+                    )
     except KeyboardInterrupt:
         failures.append("interrupted")
         print("\n!!! interrupted", file=sys.stderr)
     finally:
         teardown_netns()
 
-    result.update(runs=runs, entries=entries, failures=failures,
-                  caches_dropped_all=bool(runs) and all(r["caches_dropped"] for r in runs))
+    result.update(
+        runs=runs,
+        entries=entries,
+        failures=failures,
+        caches_dropped_all=bool(runs) and all(r["caches_dropped"] for r in runs),
+    )
     if runs and not result["caches_dropped_all"]:
-        notes.append("WARNING: dropping the page cache failed for some runs; sources may have been read warm")
+        notes.append(
+            "WARNING: dropping the page cache failed for some runs; sources may have been read warm"
+        )
     result["targets"] = evaluate_targets(entries)
     result["notes"] = notes
 
@@ -805,7 +1166,11 @@ def main() -> int:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(md)
 
-    for key, title in (("loopback", LOOPBACK.title), ("link", LINK.title), ("rss", "peak RSS check")):
+    for key, title in (
+        ("loopback", LOOPBACK.title),
+        ("link", LINK.title),
+        ("rss", "peak RSS check"),
+    ):
         sel = [e for e in entries if e["setting"] == key]
         if sel:
             print(f"\n== {title}\n{table(SUMMARY_HEADERS, summary_rows(sel), markdown=False)}")

@@ -114,13 +114,14 @@ class Connection:
             self._decoder.feed(data)
 
     def next_event(self) -> Event | Sentinel:
-        """Return the next event, ``NEED_DATA`` or ``CLOSED``.
+        """Return the next event, ``NEED_DATA``, or ``CLOSED`` (end of stream, or the
+        session is in ERROR and nothing more will be delivered).
 
         Raises:
             RemoteProtocolError: the peer broke the protocol; the state is ERROR.
         """
-        if self.state is State.ERROR and not self._eof:
-            raise RemoteProtocolError("the session already failed")
+        if self.state is State.ERROR:
+            return CLOSED  # after an ERROR (sent, received or detected) nothing more counts
         try:
             frame = self._decoder.next_frame()
             if frame is None:
