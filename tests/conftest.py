@@ -40,7 +40,7 @@ def write_layout(path: Path, size: int, seed: int = 1) -> bytes:
     data = bytes(buf)
     with open(path, "wb") as f:
         f.truncate(size)
-        # Leave chunks 4..7 as a real hole; write everything else that is not zero.
+        # All-zero chunks stay holes (sparse); everything else is written.
         for off in range(0, size, MiB):
             piece = data[off : off + MiB]
             if piece.count(0) != len(piece):

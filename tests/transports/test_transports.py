@@ -1,0 +1,166 @@
+"""Transports: URL parsing, the registry, and trio's own stream conformance tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from p2pclone.errors import TransportError, UsageError
+from transports import available_schemes, open_transport, transport_class
+from transports.memory import MemoryTransport
+from transports.tcp import DEFAULT_PORT, TcpTransport
+
+
+def has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port"),
+    [
+        ("tcp://192.0.2.7:9000", "192.0.2.7", 9000),
+        ("tcp://example.org", "example.org", DEFAULT_PORT),
+        ("tcp://[::1]:7000", "::1", 7000),
+        ("tcp://", None, DEFAULT_PORT),
+        ("tcp://:8000", None, 8000),
+        ("TCP://host:1", "host", 1),
+    ],
+)
+def test_tcp_urls(url: str, host: str | None, port: int) -> None:
+    t = open_transport(url)
+    assert isinstance(t, TcpTransport)
+    assert (t.host, t.port) == (host, port)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://host", "unknown transport ftp://"),
+        ("host:7411", "not a transport URL"),
+        ("/dev/sdb", "not a transport URL"),
+        ("tcp://host:99999", "bad TCP URL"),
+        ("tcp://host:port", "bad TCP URL"),
+        ("tcp://host/path", "nothing more"),
+    ],
+)
+def test_bad_urls_are_usage_errors(url: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        open_transport(url)
+
+
+async def test_sender_url_needs_a_host() -> None:
+    with pytest.raises(UsageError, match="names no host"):
+        await open_transport("tcp://:7411").connect()
+
+
+async def test_nobody_listening_is_a_link_error() -> None:
+    with socket.socket() as s:  # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(TransportError, match="nobody is listening .* start `p2pclone receive`"):
+        await open_transport(f"tcp://127.0.0.1:{port}").connect()
+
+
+async def tcp_pair(host: str = "127.0.0.1") -> tuple[trio.abc.Stream, trio.abc.Stream]:
+    listener = await open_transport(f"tcp://{'[' + host + ']' if ':' in host else host}:0").listen()
+    port = listener.url.rsplit(":", 1)[1]
+    url = f"tcp://{'[' + host + ']' if ':' in host else host}:{port}"
+    async with trio.open_nursery() as nursery:
+        got: list[trio.abc.Stream] = []
+
+        async def acc() -> None:
+            got.append(await listener.accept())
+
+        nursery.start_soon(acc)
+        client = await open_transport(url).connect()
+    await listener.aclose()
+    return client, got[0]
+
+
+async def clogged_tcp_pair(host: str = "127.0.0.1") -> tuple[trio.abc.Stream, trio.abc.Stream]:
+    """A TCP pair whose sending side's buffers are already full (as trio's own tests do)."""
+    client, server = await tcp_pair(host)
+    assert isinstance(client, trio.SocketStream) and isinstance(server, trio.SocketStream)
+    for end in (client, server):  # both ways: the checks flip the pair too
+        with socket.socket(fileno=os.dup(end.socket.fileno())) as raw:
+            raw.setblocking(False)
+            while True:
+                try:
+                    raw.send(b"x" * 65536)
+                except BlockingIOError:
+                    break
+    return client, server
+
+
+async def test_tcp_passes_trios_two_way_stream_checks() -> None:
+    await trio.testing.check_two_way_stream(tcp_pair, clogged_tcp_pair)
+
+
+@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback on this machine")
+async def test_tcp_over_ipv6() -> None:
+    await trio.testing.check_two_way_stream(lambda: tcp_pair("::1"), lambda: clogged_tcp_pair("::1"))
+
+
+async def test_listening_everywhere_accepts_ipv4() -> None:
+    listener = await open_transport("tcp://:0").listen()
+    port = int(listener.url.rsplit(":", 1)[1])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(listener.accept)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.aclose()
+    await listener.aclose()
+
+
+_counter = 0
+
+
+async def memory_pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
+    global _counter
+    _counter += 1
+    listener = await MemoryTransport(f"memory://pair{_counter}").listen()
+    client = await MemoryTransport(f"memory://pair{_counter}").connect()
+    server = await listener.accept()
+    await listener.aclose()
+    return client, server
+
+
+async def test_memory_passes_trios_two_way_stream_checks() -> None:
+    await trio.testing.check_two_way_stream(memory_pair, None)
+
+
+def test_builtins_are_registered_as_entry_points() -> None:
+    assert {"tcp", "memory"} <= set(available_schemes())
+    assert transport_class("tcp") is TcpTransport
+
+
+def test_a_third_party_transport_is_found_by_entry_point(tmp_path: Path, monkeypatch) -> None:
+    """An installed distribution declaring `p2pclone.transports` adds a URL scheme."""
+    (tmp_path / "echo_transport.py").write_text(textwrap.dedent("""
+        from transports import Transport
+        class EchoTransport(Transport):
+            scheme = "echo"
+            async def connect(self): raise NotImplementedError
+            async def listen(self): raise NotImplementedError
+    """))
+    dist = tmp_path / "echo_transport-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: echo-transport\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[p2pclone.transports]\necho = echo_transport:EchoTransport\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "echo" in available_schemes()
+    t = open_transport("echo://anything")
+    assert type(t).__name__ == "EchoTransport" and t.url == "echo://anything"
+    sys.modules.pop("echo_transport", None)
