@@ -38,10 +38,8 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 def is_zero(data: bytes | memoryview) -> bool:
     """True if every byte is zero (compares with a preallocated zero buffer: ~20 GB/s)."""
-    n = len(data)
-    if n <= len(_ZERO):
-        return data == memoryview(_ZERO)[:n]
-    return data == bytes(n)
+    # bytes == bytes is a memcmp; comparing with a memoryview is ~100x slower.
+    return data == (_ZERO if len(data) == len(_ZERO) else bytes(len(data)))
 
 
 def chunk_span(plan: Plan, index: int) -> str:

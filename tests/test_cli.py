@@ -1,0 +1,140 @@
+"""The command line as a user runs it: real processes, exit codes, JSON lines, sentences."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MiB, random_file, write_layout
+
+CLI = [sys.executable, "-m", "p2pclone"]
+
+
+def run(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_receiver(*args: str) -> tuple[subprocess.Popen[str], dict]:
+    rx = subprocess.Popen([*CLI, "receive", *args, "--json"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    assert rx.stdout is not None
+    first = json.loads(rx.stdout.readline())
+    return rx, first
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_clone_with_json_output_on_both_sides(tmp_path: Path) -> None:
+    source = tmp_path / "s.img"
+    data = write_layout(source, 10 * MiB + 4321)
+    target = tmp_path / "t.img"
+    rx, first = start_receiver(str(target), "tcp://127.0.0.1:0", "--code", "4-cli-test",
+                               "--verify")
+    assert first["event"] == "listening" and first["code"] == "4-cli-test"
+    tx = run("send", str(source), first["url"], "--code", "4-cli-test", "--json")
+    rx_out, rx_err = rx.communicate(timeout=60)
+    assert tx.returncode == 0, tx.stderr
+    assert rx.returncode == 0, rx_err
+    tx_done, rx_done = json_lines(tx.stdout)[-1], json_lines(rx_out)[-1]
+    for done in (tx_done, rx_done):
+        assert done["event"] == "done"
+        assert set(done) >= {"source_bytes", "wire_bytes", "chunks", "zero_chunks", "digest",
+                             "seconds"}
+        assert done["source_bytes"] == len(data) and done["chunks"] == 11
+    assert tx_done["digest"] == rx_done["digest"] and tx_done["wire_bytes"] == rx_done["wire_bytes"]
+    assert target.read_bytes() == data
+
+
+def test_receiver_generates_and_prints_a_code(tmp_path: Path) -> None:
+    rx, first = start_receiver(str(tmp_path / "t.img"), f"tcp://127.0.0.1:{free_port()}")
+    rx.kill()
+    rx.communicate()
+    number, w1, w2 = first["code"].split("-")
+    assert 1 <= int(number) <= 99 and w1.isalpha() and w2.isalpha()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "sentence"),
+    [
+        (["send", "{src}", "ftp://host"], 2, "unknown transport ftp://"),
+        (["send", "{src}", "tcp://:7411"], 2, "names no host"),
+        (["send", "{src}", "host:7411"], 2, "not a transport URL"),
+        (["send", "{tmp}/missing.img", "tcp://127.0.0.1:1"], 1, "does not exist: check the path"),
+        (["send", "{src}", "tcp://127.0.0.1:{port}"], 5, "nobody is listening"),
+        (["receive", "{tmp}/no/such/dir/t.img", "tcp://127.0.0.1:0"], 1, "does not exist: create it"),
+        (["receive", "{tmp}", "tcp://127.0.0.1:0"], 1, "is a folder"),
+        (["send", "{src}", "tcp://127.0.0.1:1", "--chunk-size", "1000"], 2, "multiple of 4 KiB"),
+        (["frobnicate"], 2, "invalid choice"),
+    ],
+)
+def test_bad_input_gets_one_sentence_and_the_documented_exit_code(tmp_path, args, code, sentence):
+    src = tmp_path / "s.img"
+    random_file(src, 8192)
+    argv = [a.format(src=src, tmp=tmp_path, port=free_port()) for a in args]
+    r = run(*argv, "--json") if argv[0] in ("send", "receive") else run(*argv)
+    assert r.returncode == code, (r.stdout, r.stderr)
+    assert sentence in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if ln.startswith("p2pclone: error:")]) == 1
+    if argv[0] in ("send", "receive") and code != 2:
+        assert json_lines(r.stdout)[-1]["event"] == "error"
+
+
+def test_existing_target_without_yes_and_without_terminal_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "s.img"
+    write_layout(source, 3 * MiB)
+    target = tmp_path / "t.img"
+    junk = random_file(target, 4 * MiB)
+    port = free_port()
+    rx = subprocess.Popen([*CLI, "receive", str(target), f"tcp://127.0.0.1:{port}", "--code", "x"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          stdin=subprocess.DEVNULL)
+    assert rx.stdout is not None
+    rx.stdout.readline()  # listening
+    tx = run("send", str(source), f"tcp://127.0.0.1:{port}", "--code", "x")
+    _, rx_err = rx.communicate(timeout=30)
+    assert rx.returncode == 4 and tx.returncode == 4
+    assert "pass --yes to confirm; nothing was written" in rx_err
+    assert "pass --yes to confirm" in tx.stderr
+    assert target.read_bytes() == junk
+
+
+def test_disks_lists_block_devices_as_json() -> None:
+    r = run("disks", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json_lines(r.stdout)
+    for row in rows:
+        assert {"path", "size", "model", "serial", "mounted"} <= set(row)
+    if os.path.exists("/sys/block") and any(Path("/sys/block").iterdir()):
+        assert rows, "sysfs lists block devices but `disks` found none"
+    text = run("disks")
+    assert text.returncode == 0 and "DEVICE" in text.stdout
+
+
+def test_help_names_every_command_and_exit_code() -> None:
+    r = run("--help")
+    assert r.returncode == 0
+    for word in ("receive", "send", "disks", "demo", "5 link lost"):
+        assert word in r.stdout
+
+
+@pytest.mark.slow
+def test_demo_runs_and_says_what_it_did(tmp_path: Path) -> None:
+    r = run("demo", "--size", "32", "--dir", str(tmp_path / "demo"), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "byte-identical" in r.stdout and "MB/s" in r.stdout
