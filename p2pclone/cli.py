@@ -184,6 +184,10 @@ class Output:
                     wire_bytes=p.wire_bytes,
                 )
 
+    def pause(self) -> None:
+        """Stop any live display before asking a question."""
+        self._stop()
+
     def _stop(self) -> None:
         if self._progress is not None:
             self._progress.stop()
@@ -199,31 +203,62 @@ class Output:
 # -- confirmation -----------------------------------------------------------------
 
 
+def describe_target(target: Any) -> str:
+    """Path, model, serial, size and current partitions: what a person recognises."""
+    lines = [f"  {target.path}  {human_bytes(target.size)}"]
+    dev = target.device
+    if dev is not None:
+        lines[0] += f"  model: {dev.model or 'unknown'}  serial: {dev.serial or 'unknown'}"
+        if dev.partitions:
+            import shutil
+            import subprocess
+
+            listing = ""
+            if shutil.which("lsblk"):
+                listing = subprocess.run(
+                    ["lsblk", "-no", "NAME,SIZE,FSTYPE,LABEL", target.path],
+                    capture_output=True, text=True, check=False,
+                ).stdout.rstrip()
+            lines.append("  current partitions:")
+            lines += [f"    {ln}" for ln in (listing.splitlines()[1:] or dev.partitions)]
+        else:
+            lines.append("  no partitions")
+    return "\n".join(lines)
+
+
 def make_confirm(assume_yes: bool, out: Output) -> Callable[[Plan, Any], None]:
     def confirm(plan: Plan, target: Any) -> None:
         # A new or empty file holds nothing to lose; anything else is overwritten
         # only with --yes or an explicit "yes" typed at a terminal.
         if assume_yes or (not target.is_block and target.size == 0):
             return
-        what = f"{target.path} ({human_bytes(target.size)}"
-        if target.device is not None:
-            dev = target.device
-            what += f", {dev.model or 'unknown model'}, serial {dev.serial or '?'}"
-        what += ")"
         if not sys.stdin.isatty():
             raise SafetyError(
-                f"the target {what} would be overwritten and there is no terminal to ask: "
-                "pass --yes to confirm; nothing was written"
+                f"the target {target.path} ({human_bytes(target.size)}) would be overwritten "
+                "and there is no terminal to ask: pass --yes to confirm; nothing was written"
             )
-        out._stop()
-        answer = input(
-            f"Overwrite {what} with {human_bytes(plan.source_size)} from "
-            f"{plan.source.get('name', 'the sender')}? Type yes: "
-        )
+        out.pause()
+        print(f"About to OVERWRITE this target with {human_bytes(plan.source_size)} from "
+              f"{plan.source.get('name', 'the sender')}:\n{describe_target(target)}",
+              file=sys.stderr)
+        answer = input("Type yes to overwrite it: ")
         if answer.strip().lower() != "yes":
             raise SafetyError("not confirmed: the target was left untouched")
 
     return confirm
+
+
+def ask_code() -> str:
+    """Prompt for the receiver's code on a terminal; without one, it is a usage error."""
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "no pairing code: pass the code the receiver shows with --code "
+            "(or set P2PCLONE_CODE)"
+        )
+    code = input("Code shown by the receiver: ").strip()
+    if not code:
+        raise UsageError("no pairing code given")
+    return code
 
 
 # -- commands ---------------------------------------------------------------------
@@ -270,7 +305,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     from .sender import send
 
     out = Output(json_mode=args.json, role="send")
-    code = args.code or os.environ.get("P2PCLONE_CODE")
+    code = args.code or os.environ.get("P2PCLONE_CODE") or ask_code()
     return _run(
         args,
         out,

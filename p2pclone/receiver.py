@@ -29,11 +29,10 @@ from transports import open_transport
 from .disks import Target
 from .errors import IntegrityError, P2PCloneError, PeerError, TransportError
 from .pipeline import hash_target_chunk, write_chunk, zero_chunks
-from .protocol import Accept, Chunk, Connection, End, Error, Hello, Plan, Result, Role, Zero
+from .protocol import Accept, Chunk, Connection, End, Error, Plan, Result, Role, Zero
 from .protocol.connection import zero_digest
 from .sender import default_threads
 from .session import (
-    SOFTWARE,
     Channel,
     Connected,
     Done,
@@ -43,10 +42,14 @@ from .session import (
     Reporter,
     Verifying,
     no_report,
+    pair,
     pick_error,
 )
 
 Confirm = Callable[[Plan, Target], None]
+
+#: Start writeback after this many bytes, so the final fsync has little left to do.
+WRITEBACK_EVERY = 64 * 1024 * 1024
 
 
 def _no_confirm(plan: Plan, target: Target) -> None:
@@ -84,7 +87,8 @@ async def receive(
             await listener.aclose()
         report(Connected(url))
         return await receive_stream(
-            stream, target, url=url, verify=verify, confirm=confirm, threads=threads, report=report
+            stream, target, code=code, url=url, verify=verify, confirm=confirm, threads=threads,
+            report=report,
         )
     finally:
         target.close()
@@ -94,6 +98,7 @@ async def receive_stream(
     stream: trio.abc.Stream,
     target: Target,
     *,
+    code: str,
     url: str = "stream",
     verify: bool = False,
     confirm: Confirm = _no_confirm,
@@ -101,7 +106,7 @@ async def receive_stream(
     report: Reporter = no_report,
 ) -> Done:
     """Run a receiving session over an already open ``stream`` (closed on return)."""
-    channel = Channel(Connection(Role.RECEIVER), stream, url)
+    channel = Channel(Connection(Role.RECEIVER, code=code), stream, url)
     try:
         return await _session(
             channel, target, verify, confirm, threads or default_threads(), report
@@ -120,8 +125,7 @@ async def _session(
     report: Reporter,
 ) -> Done:
     started = trio.current_time()
-    await channel.expect(Hello, "the sender's HELLO")
-    await channel.send(Hello(role="receiver", software=SOFTWARE, features=("zstd",)))
+    await pair(channel)
     plan = await channel.expect(Plan, "the sender's PLAN")
     target.check_plan(plan.source_size, plan.source)
     confirm(plan, target)
@@ -184,6 +188,7 @@ async def _receive_chunks(
     room = trio.Semaphore(2 * threads + 4)
     zero_total = 0
     last_report = -1.0
+    unflushed = 0  # bytes written since writeback was last started
 
     async def run(fn: Callable[..., None], *args: object) -> None:
         try:
@@ -207,6 +212,11 @@ async def _receive_chunks(
             if isinstance(event, Chunk):
                 log.write(event.digest)
                 nursery.start_soon(run, write_chunk, target, event, plan)
+                unflushed += event.length
+                if unflushed >= WRITEBACK_EVERY:
+                    unflushed = 0
+                    await room.acquire()
+                    nursery.start_soon(run, target.start_writeback)
             elif isinstance(event, Zero):
                 zero_total += event.count
                 for i in range(event.index, event.index + event.count):

@@ -16,6 +16,7 @@ exist at a time, whatever the disk size.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -26,9 +27,8 @@ from transports import open_transport
 from .disks import Source
 from .errors import IntegrityError, P2PCloneError, PeerError, TransportError, UsageError
 from .pipeline import Encoded, encode_chunk
-from .protocol import MAX_CHUNK_SIZE, Accept, Connection, End, Hello, Plan, Result, Role, Zero
+from .protocol import MAX_CHUNK_SIZE, Accept, Connection, End, Plan, Result, Role, Zero
 from .session import (
-    SOFTWARE,
     Channel,
     Connected,
     Done,
@@ -36,6 +36,7 @@ from .session import (
     Progress,
     Reporter,
     no_report,
+    pair,
     pick_error,
 )
 
@@ -62,19 +63,24 @@ async def send(
     source_path: str,
     url: str,
     *,
-    code: str | None = None,
+    code: str,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     threads: int | None = None,
+    allow_mounted: bool = False,
     report: Reporter = no_report,
 ) -> Done:
     """Clone ``source_path`` to the receiver at ``url``; return the final statistics.
+
+    ``allow_mounted`` accepts a source mounted read-write (the copy may be inconsistent).
 
     Raises:
         P2PCloneError: any failure, with a user-facing sentence and exit code.
     """
     transport = open_transport(url)
     _check_chunk_size(chunk_size)
-    source = await trio.to_thread.run_sync(Source.open, source_path)
+    source = await trio.to_thread.run_sync(
+        functools.partial(Source.open, source_path, allow_mounted=allow_mounted)
+    )
     try:
         stream = await transport.connect()
         report(Connected(url))
@@ -95,16 +101,15 @@ async def send_stream(
     stream: trio.abc.Stream,
     source: Source,
     *,
+    code: str,
     url: str = "stream",
-    code: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     threads: int | None = None,
     report: Reporter = no_report,
 ) -> Done:
     """Run a sending session over an already open ``stream`` (closed on return)."""
-    del code  # accepted now; pairing (SPAKE2) gives it meaning in the next protocol step
     _check_chunk_size(chunk_size)
-    channel = Channel(Connection(Role.SENDER), stream, url)
+    channel = Channel(Connection(Role.SENDER, code=code), stream, url)
     try:
         return await _session(channel, source, chunk_size, threads or default_threads(), report)
     except BaseException as exc:
@@ -121,8 +126,7 @@ async def _session(
     channel: Channel, source: Source, chunk_size: int, threads: int, report: Reporter
 ) -> Done:
     started = trio.current_time()
-    await channel.send(Hello(role="sender", software=SOFTWARE, features=("zstd",)))
-    await channel.expect(Hello, "the receiver's HELLO")
+    await pair(channel)
     plan = Plan(source_size=source.size, chunk_size=chunk_size, source=source.info)
     await channel.send(plan)
     accept = await channel.expect(Accept, "the receiver to accept the plan")

@@ -30,7 +30,7 @@ from .errors import (
     SafetyError,
     TransportError,
 )
-from .protocol import CLOSED, Connection, Error, Event, Sentinel, State
+from .protocol import CLOSED, Confirm, Connection, Error, Event, Hello, Pake, Role, Sentinel
 
 RECEIVE_SIZE = 256 * 1024
 SOFTWARE = f"p2pclone {__version__}"
@@ -129,6 +129,35 @@ def pick_error(exc: BaseException) -> BaseException:
     return leaves[0]
 
 
+# -- pairing ---------------------------------------------------------------------------
+
+
+async def pair(channel: Channel) -> None:
+    """HELLO, PAKE and CONFIRM both ways (docs/protocol.md); after it, all is sealed.
+
+    The sender speaks first at each step; the receiver checks the sender's key
+    confirmation before it gives its own, so a wrong code learns nothing more.
+
+    Raises:
+        AuthenticationError: wrong code, or someone in the middle.
+    """
+    conn = channel.conn
+    if conn.role is Role.SENDER:
+        await channel.send(conn.hello(SOFTWARE, ("zstd",)))
+        await channel.expect(Hello, "the receiver's HELLO")
+        await channel.send(conn.pake())
+        await channel.expect(Pake, "the receiver's PAKE message")
+        await channel.send(conn.confirmation())
+        await channel.expect(Confirm, "the receiver's key confirmation")
+    else:
+        await channel.expect(Hello, "the sender's HELLO")
+        await channel.send(conn.hello(SOFTWARE, ("zstd",)))
+        await channel.expect(Pake, "the sender's PAKE message")
+        await channel.send(conn.pake())
+        await channel.expect(Confirm, "the sender's key confirmation")
+        await channel.send(conn.confirmation())
+
+
 # -- the framed channel ---------------------------------------------------------------
 
 
@@ -184,7 +213,7 @@ class Channel:
             isinstance(error, P2PCloneError)
             and not isinstance(error, (PeerError, TransportError, ProtocolError))
             and not self._mid_frame
-            and self.conn.state not in (State.DONE, State.ERROR)
+            and self.conn.can_send_error
         ):
             with trio.move_on_after(5):
                 with contextlib.suppress(P2PCloneError):

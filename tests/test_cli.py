@@ -86,7 +86,7 @@ def test_bad_input_gets_one_sentence_and_the_documented_exit_code(tmp_path, args
     src = tmp_path / "s.img"
     random_file(src, 8192)
     argv = [a.format(src=src, tmp=tmp_path, port=free_port()) for a in args]
-    r = run(*argv, "--json") if argv[0] in ("send", "receive") else run(*argv)
+    r = run(*argv, "--json", "--code", "1-a-b") if argv[0] in ("send", "receive") else run(*argv)
     assert r.returncode == code, (r.stdout, r.stderr)
     assert sentence in r.stderr
     assert "Traceback" not in r.stderr

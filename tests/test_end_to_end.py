@@ -36,7 +36,6 @@ from p2pclone.protocol import (
     Encoding,
     End,
     FrameType,
-    Hello,
     Plan,
     Role,
     Sentinel,
@@ -173,8 +172,8 @@ async def test_streams_with_hostile_timing(tmp_path: Path, pair: str) -> None:
     try:
         with trio.fail_after(120):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(lambda: receive_stream(b, tgt))
-                await send_stream(a, src, chunk_size=chunk)
+                nursery.start_soon(lambda: receive_stream(b, tgt, code="9-x-y"))
+                await send_stream(a, src, code="9-x-y", chunk_size=chunk)
     finally:
         src.close()
         tgt.close()
@@ -331,7 +330,7 @@ async def test_a_corrupted_chunk_is_never_written(tmp_path: Path) -> None:
     tgt = Target.open(str(target))
 
     async def evil_sender() -> None:
-        conn = Connection(Role.SENDER)
+        conn = Connection(Role.SENDER, code="c")
 
         async def put(event) -> None:
             for buf in conn.send(event):
@@ -342,7 +341,11 @@ async def test_a_corrupted_chunk_is_never_written(tmp_path: Path) -> None:
                 conn.receive_data(await a.receive_some())
             return ev
 
-        await put(Hello(role="sender", software="evil"))
+        await put(conn.hello("evil"))
+        await get()
+        await put(conn.pake())
+        await get()
+        await put(conn.confirmation())
         await get()
         plan = Plan(source_size=3 * MiB, chunk_size=MiB)
         await put(plan)
@@ -361,7 +364,7 @@ async def test_a_corrupted_chunk_is_never_written(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(evil_sender)
             with pytest.raises(IntegrityError, match=r"chunk 1 \(bytes 1048576-2097151\) does not"):
-                await receive_stream(b, tgt)
+                await receive_stream(b, tgt, code="c")
     tgt.close()
     written = target.read_bytes()
     assert written[MiB : 2 * MiB] == junk[MiB : 2 * MiB]  # the bad chunk never landed

@@ -27,10 +27,24 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 
 SYS_BLOCK = Path("/sys/class/block")
 
+SYNC_FILE_RANGE_WRITE = 2
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _fallocate = _libc.fallocate
 _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _fallocate.restype = ctypes.c_int
+_sync_file_range = _libc.sync_file_range
+_sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_sync_file_range.restype = ctypes.c_int
+
+
+def start_writeback(fd: int) -> None:
+    """Start writing dirty pages back now, without waiting for them.
+
+    Without this the kernel holds up to dirty_background_ratio of RAM (gigabytes)
+    before writing anything, and the final fsync then waits for all of it.
+    """
+    _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)  # best effort: errors surface at fsync
 
 
 def is_block_device(path: str | os.PathLike[str]) -> bool:
@@ -119,6 +133,7 @@ class DeviceInfo:
     read_only: bool = False
     kind: str = "disk"
     mountpoints: list[str] = field(default_factory=list)
+    rw_mountpoints: list[str] = field(default_factory=list)  # the subset mounted read-write
     swap: bool = False
     holders: list[str] = field(default_factory=list)
     partitions: list[str] = field(default_factory=list)
@@ -127,8 +142,14 @@ class DeviceInfo:
     def in_use(self) -> bool:
         return bool(self.mountpoints or self.swap or self.holders)
 
+    @property
+    def holds_running_system(self) -> bool:
+        return any(m in SYSTEM_MOUNTS for m in self.mountpoints)
+
     def describe_use(self) -> str:
         uses = []
+        if self.holds_running_system:
+            uses.append("it holds the running system")
         if self.mountpoints:
             uses.append("mounted at " + ", ".join(self.mountpoints))
         if self.swap:
@@ -138,9 +159,15 @@ class DeviceInfo:
         return "; ".join(uses)
 
 
-def _mounts_by_devno() -> dict[int, list[str]]:
-    """st_rdev -> mount points, from /proc/self/mountinfo (field 3 is major:minor)."""
-    out: dict[int, list[str]] = {}
+SYSTEM_MOUNTS = frozenset({"/", "/boot", "/boot/efi", "/usr", "/var"})
+
+
+def _mounts_by_devno() -> dict[int, list[tuple[str, bool]]]:
+    """st_rdev -> [(mount point, read-write?)], from /proc/self/mountinfo.
+
+    Field 3 is major:minor, field 5 the mount point, field 6 the per-mount options.
+    """
+    out: dict[int, list[tuple[str, bool]]] = {}
     try:
         text = Path("/proc/self/mountinfo").read_text()
     except OSError:
@@ -155,7 +182,7 @@ def _mounts_by_devno() -> dict[int, list[str]]:
         except ValueError:
             continue
         mnt = parts[4].replace("\\040", " ")
-        out.setdefault(devno, []).append(mnt)
+        out.setdefault(devno, []).append((mnt, parts[5].split(",")[0] == "rw"))
     return out
 
 
@@ -207,7 +234,10 @@ def device_info(path: str) -> DeviceInfo:
             devno_text = _read(member / "dev")
             if devno_text:
                 major, _, minor = devno_text.partition(":")
-                info.mountpoints += mounts.get(os.makedev(int(major), int(minor)), [])
+                for mnt, rw in mounts.get(os.makedev(int(major), int(minor)), []):
+                    info.mountpoints.append(mnt)
+                    if rw:
+                        info.rw_mountpoints.append(mnt)
             if f"/dev/{member.name}" in swaps:
                 info.swap = True
             holders = member / "holders"
@@ -215,7 +245,10 @@ def device_info(path: str) -> DeviceInfo:
                 info.holders += sorted(h.name for h in holders.iterdir())
     else:
         with contextlib.suppress(OSError):
-            info.mountpoints = mounts.get(os.stat(real).st_rdev, [])
+            for mnt, rw in mounts.get(os.stat(real).st_rdev, []):
+                info.mountpoints.append(mnt)
+                if rw:
+                    info.rw_mountpoints.append(mnt)
     return info
 
 

@@ -10,7 +10,7 @@ import errno
 import os
 import stat
 
-from ..errors import SourceError
+from ..errors import SafetyError, SourceError
 from .device import block_size_bytes, device_info, logical_sector_size
 
 
@@ -26,11 +26,15 @@ class Source:
         self._seek_data = True
 
     @classmethod
-    def open(cls, path: str) -> Source:
+    def open(cls, path: str, *, allow_mounted: bool = False) -> Source:
         """Open ``path`` for reading.
+
+        A block device mounted read-write is refused unless ``allow_mounted``: files
+        changing under the copy make an inconsistent clone.
 
         Raises:
             SourceError: it does not exist, is not a file or block device, or can't be read.
+            SafetyError: it is mounted read-write (and ``allow_mounted`` is false).
         """
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -47,6 +51,14 @@ class Source:
             if stat.S_ISBLK(st.st_mode):
                 size = block_size_bytes(fd)
                 dev = device_info(path)
+                if dev.rw_mountpoints and not allow_mounted:
+                    where = ", ".join(dev.rw_mountpoints)
+                    raise SafetyError(
+                        f"the source {path} is mounted read-write at {where}: files changing "
+                        "during the copy would make an inconsistent clone; unmount it or "
+                        f"remount it read-only (mount -o remount,ro {dev.rw_mountpoints[0]}), "
+                        "or pass --allow-mounted to accept a possibly inconsistent copy"
+                    )
                 info: dict[str, str | int] = {
                     "name": path,
                     "kind": "block",

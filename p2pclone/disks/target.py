@@ -28,6 +28,7 @@ from .device import (
     logical_sector_size,
     punch_hole,
     pwrite_all,
+    start_writeback,
     zero_out,
 )
 
@@ -74,6 +75,12 @@ class Target:
             raise TargetError(f"the target {path} is a folder: give a disk or a file path")
         if stat.S_ISBLK(st.st_mode):
             dev = device_info(path)
+            if dev.holds_running_system:
+                raise SafetyError(
+                    f"the target {path} holds the running system ({dev.describe_use()}): "
+                    "boot the target machine from a live system, or choose another disk; "
+                    "nothing was written"
+                )
             if dev.in_use:
                 raise SafetyError(
                     f"the target {path} is in use ({dev.describe_use()}): unmount it "
@@ -111,12 +118,21 @@ class Target:
         """Refuse a plan this target can't hold, before anything is written.
 
         Raises:
-            SafetyError: the block device is smaller than the source.
+            SafetyError: the block device is smaller than the source, or its logical
+                sector size differs from a block-device source's.
         """
         if self.is_block and self.size < source_size:
             raise SafetyError(
                 f"the target {self.path} holds {_human(self.size)} but the source is "
                 f"{_human(source_size)}: choose a target at least as large; nothing was written"
+            )
+        src_sector = source.get("sector")
+        if self.is_block and isinstance(src_sector, int) and src_sector != self.sector_size:
+            raise SafetyError(
+                f"the source disk has {src_sector}-byte logical sectors and the target "
+                f"{self.path} has {self.sector_size}-byte ones: its partition table would be "
+                "wrong on the target; choose a target with the same sector size; "
+                "nothing was written"
             )
 
     def prepare(self, source_size: int) -> None:
@@ -149,6 +165,10 @@ class Target:
             raise TargetError(
                 f"zeroing the target {self.path} failed at byte {offset}: {exc.strerror}"
             ) from None
+
+    def start_writeback(self) -> None:
+        """Begin flushing what has been written so far (returns without waiting)."""
+        start_writeback(self.fd)
 
     def sync(self) -> None:
         try:

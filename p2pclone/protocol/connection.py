@@ -2,11 +2,18 @@
 
 Usage, after h11::
 
-    conn = Connection(Role.RECEIVER)
+    conn = Connection(Role.RECEIVER, code="7-guitar-remind")
     conn.receive_data(await stream.receive_some())   # b"" means end of stream
     while (event := conn.next_event()) is not NEED_DATA:
         ...
-    await stream.send_all(b"".join(conn.send(Hello(...))))
+    await stream.send_all(b"".join(conn.send(conn.hello("p2pclone 1.0"))))
+
+Pairing lives here too (it is pure computation): ``pake()`` and ``confirmation()``
+make this side's PAKE and CONFIRM events; receiving the peer's PAKE derives the
+keys, receiving its CONFIRM checks them (AuthenticationError on a wrong code), and
+from our own CONFIRM on, every frame we send is sealed, and from the peer's on,
+every frame we receive must be.  The handshake transcript that the keys are bound
+to is every HELLO and PAKE frame, header and meta, as it crossed the wire.
 
 Beyond the transition table (:mod:`.state`), the connection enforces what makes a
 clone complete and in order: chunks and zero ranges cover the plan exactly once, in
@@ -20,13 +27,27 @@ worker threads; a receiving driver must check every chunk's data against
 from __future__ import annotations
 
 import enum
+import hashlib
 from functools import lru_cache
 
 import blake3
 
-from ..errors import LocalProtocolError, RemoteProtocolError
+from ..crypto import Pairing, SessionKeys, choose_cipher, cpu_has_aes, transcript_update
+from ..errors import LocalProtocolError, P2PCloneError, RemoteProtocolError
 from .frames import MAX_CHUNK_SIZE, FrameDecoder, encode_frame
-from .messages import Chunk, End, Error, Event, Hello, Plan, Zero, decode_event, pack_meta
+from .messages import (
+    Chunk,
+    Confirm,
+    End,
+    Error,
+    Event,
+    Hello,
+    Pake,
+    Plan,
+    Zero,
+    decode_event,
+    pack_meta,
+)
 from .state import Direction, Role, State, next_state
 
 
@@ -50,17 +71,35 @@ class Connection:
 
     Args:
         role: which end this is.
+        code: the pairing code both ends were given.
         max_chunk_size: the largest chunk size this end accepts in a PLAN; it bounds
             every frame body the peer may send.
+        aes: whether this CPU has AES instructions (AES-256-GCM is then offered).
     """
 
-    def __init__(self, role: Role, *, max_chunk_size: int = MAX_CHUNK_SIZE) -> None:
+    AES_FEATURE = "aes-gcm"
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        code: str,
+        max_chunk_size: int = MAX_CHUNK_SIZE,
+        aes: bool | None = None,
+    ) -> None:
         self.role = role
+        self._pairing = Pairing(code, sender=role is Role.SENDER)
+        self._aes = cpu_has_aes() if aes is None else aes
+        self._transcript = hashlib.sha256()
+        self.keys: SessionKeys | None = None
+        self._error_sent = False
         self.state = State.START
         self.max_chunk_size = max_chunk_size
         self.plan: Plan | None = None
         self.peer_hello: Hello | None = None
         self._decoder = FrameDecoder()
+        self._sealing = False
+        self._peer_pake: bytes | None = None
         self._send_seq = 0
         self._eof = False
         self._next_index = 0
@@ -83,6 +122,30 @@ class Connection:
         """BLAKE3 over the ordered chunk hashes seen so far."""
         return self._root.digest()
 
+    @property
+    def can_send_error(self) -> bool:
+        """An ERROR frame may still go out (once; not after a clean finish)."""
+        return self.state is not State.DONE and not self._error_sent
+
+    @property
+    def cipher(self) -> str | None:
+        return self.keys.cipher if self.keys else None
+
+    # -- handshake events --------------------------------------------------------
+
+    def hello(self, software: str, features: tuple[str, ...] = ()) -> Hello:
+        if self._aes:
+            features = (*features, self.AES_FEATURE)
+        return Hello(role=self.role.value, software=software, features=features)
+
+    def pake(self) -> Pake:
+        return Pake(message=self._pairing.message)
+
+    def confirmation(self) -> Confirm:
+        if self.keys is None:
+            raise LocalProtocolError("no keys yet: exchange PAKE messages first")
+        return Confirm(mac=self.keys.my_confirmation())
+
     # -- sending -------------------------------------------------------------
 
     def send(self, event: Event) -> list[bytes | memoryview]:
@@ -91,18 +154,37 @@ class Connection:
         Raises:
             LocalProtocolError: the event is illegal in this state or breaks the plan.
         """
-        new = self._transition(Direction.SEND, event)
+        if isinstance(event, Error) and self.state is State.ERROR and not self._error_sent:
+            new = State.ERROR  # one ERROR to tell the peer why we stopped
+        else:
+            new = self._transition(Direction.SEND, event)
         try:
             self._check_ordering(event, LocalProtocolError)
         except LocalProtocolError:
             self.state = State.ERROR
             raise
         body = event.body if isinstance(event, Chunk) else b""
-        buffers = encode_frame(event.TYPE, self._send_seq, pack_meta(event), body)
+        key = self.keys.send if self._sealing and self.keys is not None else None
+        buffers = encode_frame(event.TYPE, self._send_seq, pack_meta(event), body, key)
         self._send_seq += 1
         self.bytes_out += sum(len(b) for b in buffers)
         self.state = new
+        self._error_sent |= isinstance(event, Error)
+        if isinstance(event, (Hello, Pake)):
+            transcript_update(self._transcript, bytes(buffers[0]))
+            if isinstance(event, Pake) and self.role is Role.RECEIVER:
+                self._derive_keys()
+        elif isinstance(event, Confirm):
+            self._sealing = True  # everything after our CONFIRM is sealed
         return buffers
+
+    def _derive_keys(self) -> None:
+        """Both PAKE messages are in the transcript: derive the session keys."""
+        assert self._peer_pake is not None and self.peer_hello is not None
+        theirs = self.AES_FEATURE in self.peer_hello.features
+        self.keys = self._pairing.finish(
+            self._peer_pake, self._transcript.digest(), choose_cipher(self._aes, theirs)
+        )
 
     # -- receiving -----------------------------------------------------------
 
@@ -119,6 +201,7 @@ class Connection:
 
         Raises:
             RemoteProtocolError: the peer broke the protocol; the state is ERROR.
+            AuthenticationError: wrong code, or a record was tampered with.
         """
         if self.state is State.ERROR:
             return CLOSED  # after an ERROR (sent, received or detected) nothing more counts
@@ -131,7 +214,17 @@ class Connection:
             event = decode_event(frame)
             new = self._transition(Direction.RECV, event)
             self._check_ordering(event, RemoteProtocolError)
-        except RemoteProtocolError:
+            if isinstance(event, (Hello, Pake)):
+                transcript_update(self._transcript, frame.header + frame.meta)
+                if isinstance(event, Pake):
+                    self._peer_pake = event.message
+                    if self.role is Role.SENDER:
+                        self._derive_keys()
+            elif isinstance(event, Confirm):
+                assert self.keys is not None
+                self.keys.check_peer_confirmation(event.mac)
+                self._decoder.key = self.keys.recv  # everything after it is sealed
+        except P2PCloneError:
             self.state = State.ERROR
             raise
         self.state = new

@@ -15,13 +15,20 @@ A p2pclone stream is a sequence of frames.  Each frame is::
     .       .     body         raw bytes (chunk data); never passes through msgpack
     .       8     trailer      xxh3-64 of header + meta + body, little-endian
 
+Once pairing has confirmed the keys, every frame is *sealed*: flags bit 0 is set,
+meta and body are encrypted as one AEAD message with the 28-byte header as
+associated data, and the trailer is the 16-byte AEAD tag (see p2pclone/crypto.py)::
+
+    header (28, clear) | encrypt(meta || body) | tag (16)
+
 All integers are little-endian.  The decoder trusts nothing after the fixed header
 until the header CRC matches, the magic and version are ours and both lengths are
 inside the current limits: only then is the rest buffered.  So a hostile or confused
 peer can make us allocate at most ``HEADER_SIZE + max_meta + max_body + TRAILER_SIZE``.
 
-The trailer is an integrity check against a corrupted link, not a defence against
-an attacker; pairing and authenticated encryption replace it with an AEAD tag.
+The xxh3 trailer of the (few, small) handshake frames is a check against a
+corrupted link, not a defence against an attacker: the handshake's integrity comes
+from the transcript hash that pairing binds into the keys.
 
 This module is pure: no I/O, no clock, no trio.
 """
@@ -35,7 +42,8 @@ from dataclasses import dataclass
 
 import xxhash
 
-from ..errors import LocalProtocolError, RemoteProtocolError
+from ..crypto import TAG_SIZE, RecordKey
+from ..errors import AuthenticationError, LocalProtocolError, RemoteProtocolError
 
 MAGIC = b"P2PC"
 PROTOCOL_VERSION = 1
@@ -44,7 +52,8 @@ _HEADER = struct.Struct("<4sBBHIIQ")
 _CRC = struct.Struct("<I")
 _TRAILER = struct.Struct("<Q")
 HEADER_SIZE = _HEADER.size + _CRC.size  # 28
-TRAILER_SIZE = _TRAILER.size  # 8
+TRAILER_SIZE = _TRAILER.size  # 8 (unsealed frames)
+FLAG_SEALED = 0x0001
 
 #: Upper bound of a meta map in any state: metas are a few dozen bytes.
 MAX_META = 64 * 1024
@@ -63,6 +72,8 @@ class FrameType(enum.IntEnum):
     END = 6
     RESULT = 7
     ERROR = 8
+    PAKE = 9
+    CONFIRM = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +84,7 @@ class RawFrame:
     seq: int
     meta: bytes
     body: bytes
+    header: bytes = b""
 
 
 def _checksum(header: bytes, meta: bytes, body: bytes | memoryview) -> bytes:
@@ -83,17 +95,26 @@ def _checksum(header: bytes, meta: bytes, body: bytes | memoryview) -> bytes:
 
 
 def encode_frame(
-    ftype: FrameType, seq: int, meta: bytes, body: bytes | memoryview = b""
+    ftype: FrameType,
+    seq: int,
+    meta: bytes,
+    body: bytes | memoryview = b"",
+    key: RecordKey | None = None,
 ) -> list[bytes | memoryview]:
     """Return the frame as a list of buffers to write in order.
 
-    The body is returned as given (not copied) so a 1 MiB chunk goes straight from
-    the compressor to the socket.
+    Unsealed, the body is returned as given (not copied), so a chunk goes straight
+    from the compressor to the socket; the first buffer is always header + meta
+    (what the handshake transcript hashes).  Sealed (``key`` given), the result is
+    ``[header, ciphertext || tag]``.
     """
     if len(meta) > MAX_META:
         raise LocalProtocolError(f"frame meta of {len(meta)} bytes exceeds {MAX_META}")
-    head = _HEADER.pack(MAGIC, PROTOCOL_VERSION, int(ftype), 0, len(meta), len(body), seq)
+    flags = FLAG_SEALED if key is not None else 0
+    head = _HEADER.pack(MAGIC, PROTOCOL_VERSION, int(ftype), flags, len(meta), len(body), seq)
     header = head + _CRC.pack(zlib.crc32(head))
+    if key is not None:
+        return [header, key.seal(seq, header, meta + bytes(body) if body else meta)]
     return [header + meta, body, _checksum(header, meta, body)]
 
 
@@ -123,6 +144,8 @@ class FrameDecoder:
         self._pending: tuple[FrameType, int, int, int, bytes] | None = None
         #: bytes consumed in complete frames (for wire accounting)
         self.bytes_in = 0
+        #: set once the peer's key is confirmed: every later frame must be sealed
+        self.key: RecordKey | None = None
 
     @property
     def buffered(self) -> int:
@@ -137,6 +160,8 @@ class FrameDecoder:
         Raises:
             RemoteProtocolError: the bytes are not a valid frame (bad magic,
                 version, CRC, flags, sequence, length beyond the limits, checksum).
+            AuthenticationError: after pairing, a record failed to open (altered,
+                replayed, reordered) or arrived unsealed.
         """
         if self._pending is None:
             if len(self._buf) < HEADER_SIZE:
@@ -151,22 +176,28 @@ class FrameDecoder:
                 return None
             self._pending = self._parse_header(bytes(self._buf[:HEADER_SIZE]))
         ftype, meta_len, body_len, seq, header = self._pending
-        total = HEADER_SIZE + meta_len + body_len + TRAILER_SIZE
+        trailer_size = TAG_SIZE if self.key is not None else TRAILER_SIZE
+        total = HEADER_SIZE + meta_len + body_len + trailer_size
         if len(self._buf) < total:
             return None
         buf = self._buf
-        meta = bytes(buf[HEADER_SIZE : HEADER_SIZE + meta_len])
-        body = bytes(buf[HEADER_SIZE + meta_len : HEADER_SIZE + meta_len + body_len])
-        trailer = bytes(buf[total - TRAILER_SIZE : total])
-        del buf[:total]
+        if self.key is not None:
+            plain = self.key.open(seq, header, bytes(buf[HEADER_SIZE:total]))
+            del buf[:total]
+            meta, body = plain[:meta_len], plain[meta_len:]
+        else:
+            meta = bytes(buf[HEADER_SIZE : HEADER_SIZE + meta_len])
+            body = bytes(buf[HEADER_SIZE + meta_len : HEADER_SIZE + meta_len + body_len])
+            trailer = bytes(buf[total - TRAILER_SIZE : total])
+            del buf[:total]
+            if trailer != _checksum(header, meta, body):
+                raise RemoteProtocolError(
+                    f"frame {seq} failed its checksum: the link corrupted data in transit"
+                )
         self._pending = None
-        if trailer != _checksum(header, meta, body):
-            raise RemoteProtocolError(
-                f"frame {seq} failed its checksum: the link corrupted data in transit"
-            )
         self._next_seq += 1
         self.bytes_in += total
-        return RawFrame(ftype, seq, meta, body)
+        return RawFrame(ftype, seq, meta, body, header)
 
     def _parse_header(self, header: bytes) -> tuple[FrameType, int, int, int, bytes]:
         magic, version, ftype, flags, meta_len, body_len, seq = _HEADER.unpack_from(header)
@@ -188,8 +219,14 @@ class FrameDecoder:
             kind = FrameType(ftype)
         except ValueError:
             raise RemoteProtocolError(f"the peer sent an unknown frame type {ftype}") from None
-        if flags != 0:
-            raise RemoteProtocolError(f"the peer set unknown frame flags {flags:#x}")
+        expected = FLAG_SEALED if self.key is not None else 0
+        if flags == 0 and expected:
+            raise AuthenticationError(
+                f"frame {seq} arrived unprotected after pairing: someone on the link is "
+                "injecting data; the session was stopped"
+            )
+        if flags != expected:
+            raise RemoteProtocolError(f"the peer set unexpected frame flags {flags:#x}")
         if seq != self._next_seq:
             raise RemoteProtocolError(
                 f"frame {seq} arrived where frame {self._next_seq} was due: "

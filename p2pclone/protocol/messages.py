@@ -107,6 +107,39 @@ class Hello:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Pake:
+    """Each way, after HELLO: one SPAKE2 message (sender = side A, receiver = side B)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.PAKE
+    message: bytes
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"msg": self.message}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Pake:
+        msg: bytes = _need(meta, "msg", bytes, "PAKE")
+        if not 1 <= len(msg) <= 256:
+            raise RemoteProtocolError("the peer's PAKE message has an impossible length")
+        return cls(message=msg)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Confirm:
+    """Each way, after PAKE: HMAC proving the sender of it derived the same keys."""
+
+    TYPE: ClassVar[FrameType] = FrameType.CONFIRM
+    mac: bytes
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"mac": self.mac}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Confirm:
+        return cls(mac=_digest(meta, "mac", "CONFIRM"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
     """Sender -> receiver: what is about to be sent."""
 
@@ -271,10 +304,12 @@ class Error:
         )
 
 
-Event = Hello | Plan | Accept | Chunk | Zero | End | Result | Error
+Event = Hello | Pake | Confirm | Plan | Accept | Chunk | Zero | End | Result | Error
 
 _META_PARSERS: dict[FrameType, Callable[[Mapping[str, Any]], Event]] = {
     FrameType.HELLO: Hello.from_meta,
+    FrameType.PAKE: Pake.from_meta,
+    FrameType.CONFIRM: Confirm.from_meta,
     FrameType.PLAN: Plan.from_meta,
     FrameType.STATE: Accept.from_meta,
     FrameType.ZERO: Zero.from_meta,

@@ -7,17 +7,23 @@ connection to ERROR and raises.  ``docs/protocol.md`` draws the same table.
 
 Sender::
 
-    START --send HELLO--> AWAIT_HELLO --recv HELLO--> PLAN --send PLAN--> AWAIT_STATE
+    START --send HELLO--> AWAIT_HELLO --recv HELLO--> PAKE --send PAKE--> AWAIT_PAKE
+    AWAIT_PAKE --recv PAKE--> CONFIRM --send CONFIRM--> AWAIT_CONFIRM
+    AWAIT_CONFIRM --recv CONFIRM--> PLAN --send PLAN--> AWAIT_STATE
     AWAIT_STATE --recv STATE--> DATA --send CHUNK|ZERO--> DATA --send END--> AWAIT_RESULT
     AWAIT_RESULT --recv RESULT--> DONE
 
 Receiver::
 
-    START --recv HELLO--> HELLO --send HELLO--> AWAIT_PLAN --recv PLAN--> DECIDE
+    START --recv HELLO--> HELLO --send HELLO--> AWAIT_PAKE --recv PAKE--> PAKE
+    PAKE --send PAKE--> AWAIT_CONFIRM --recv CONFIRM--> CONFIRM
+    CONFIRM --send CONFIRM--> AWAIT_PLAN --recv PLAN--> DECIDE
     DECIDE --send STATE--> DATA --recv CHUNK|ZERO--> DATA --recv END--> FINISH
     FINISH --send RESULT--> DONE
 
-Both, from any state but DONE and ERROR: send or receive ERROR --> ERROR.
+Both, from any state but DONE and ERROR: send or receive ERROR --> ERROR.  A side
+that has just detected an error (and so is in ERROR) may still send one ERROR frame
+to tell its peer why.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ class State(enum.Enum):
     START = "start"
     AWAIT_HELLO = "await-hello"  # sender: HELLO sent, waiting for the receiver's
     HELLO = "hello"  # receiver: HELLO received, must answer with its own
+    PAKE = "pake"  # must send our PAKE message
+    AWAIT_PAKE = "await-pake"
+    CONFIRM = "confirm"  # must send our key confirmation
+    AWAIT_CONFIRM = "await-confirm"
     PLAN = "plan"  # sender: must send PLAN
     AWAIT_PLAN = "await-plan"  # receiver
     AWAIT_STATE = "await-state"  # sender: PLAN sent, waiting for STATE (or ERROR)
@@ -62,7 +72,11 @@ OUT, IN = Direction.SEND, Direction.RECV
 #: (role, state, direction, frame type) -> next state.  The whole protocol.
 TRANSITIONS: dict[tuple[Role, State, Direction, FrameType], State] = {
     (S, State.START, OUT, FrameType.HELLO): State.AWAIT_HELLO,
-    (S, State.AWAIT_HELLO, IN, FrameType.HELLO): State.PLAN,
+    (S, State.AWAIT_HELLO, IN, FrameType.HELLO): State.PAKE,
+    (S, State.PAKE, OUT, FrameType.PAKE): State.AWAIT_PAKE,
+    (S, State.AWAIT_PAKE, IN, FrameType.PAKE): State.CONFIRM,
+    (S, State.CONFIRM, OUT, FrameType.CONFIRM): State.AWAIT_CONFIRM,
+    (S, State.AWAIT_CONFIRM, IN, FrameType.CONFIRM): State.PLAN,
     (S, State.PLAN, OUT, FrameType.PLAN): State.AWAIT_STATE,
     (S, State.AWAIT_STATE, IN, FrameType.STATE): State.DATA,
     (S, State.DATA, OUT, FrameType.CHUNK): State.DATA,
@@ -70,7 +84,11 @@ TRANSITIONS: dict[tuple[Role, State, Direction, FrameType], State] = {
     (S, State.DATA, OUT, FrameType.END): State.AWAIT_RESULT,
     (S, State.AWAIT_RESULT, IN, FrameType.RESULT): State.DONE,
     (R, State.START, IN, FrameType.HELLO): State.HELLO,
-    (R, State.HELLO, OUT, FrameType.HELLO): State.AWAIT_PLAN,
+    (R, State.HELLO, OUT, FrameType.HELLO): State.AWAIT_PAKE,
+    (R, State.AWAIT_PAKE, IN, FrameType.PAKE): State.PAKE,
+    (R, State.PAKE, OUT, FrameType.PAKE): State.AWAIT_CONFIRM,
+    (R, State.AWAIT_CONFIRM, IN, FrameType.CONFIRM): State.CONFIRM,
+    (R, State.CONFIRM, OUT, FrameType.CONFIRM): State.AWAIT_PLAN,
     (R, State.AWAIT_PLAN, IN, FrameType.PLAN): State.DECIDE,
     (R, State.DECIDE, OUT, FrameType.STATE): State.DATA,
     (R, State.DATA, IN, FrameType.CHUNK): State.DATA,

@@ -12,12 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pclone.errors import LocalProtocolError, RemoteProtocolError
+from p2pclone.protocol.messages import pack_meta
 from p2pclone.protocol import (
     CLOSED,
     NEED_DATA,
     TRANSITIONS,
     Accept,
     Chunk,
+    Confirm,
     Connection,
     Encoding,
     End,
@@ -39,8 +41,28 @@ MiB = 1 << 20
 class Pair:
     """A sender and a receiver connection wired back to back (after h11's ConnectionPair)."""
 
-    def __init__(self) -> None:
-        self.conns = {Role.SENDER: Connection(Role.SENDER), Role.RECEIVER: Connection(Role.RECEIVER)}
+    def __init__(self, code: str = "7-test-code", receiver_code: str | None = None) -> None:
+        self.conns = {Role.SENDER: Connection(Role.SENDER, code=code),
+                      Role.RECEIVER: Connection(Role.RECEIVER, code=receiver_code or code)}
+
+    def forge(self, role: Role, event) -> bytes:
+        """The frame ``role`` would send for ``event``, bypassing its own checks (a hostile peer)."""
+        c = self.conns[role]
+        key = c.keys.send if c._sealing else None
+        body = event.body if isinstance(event, Chunk) else b""
+        raw = encode_frame(event.TYPE, c._send_seq, pack_meta(event), body, key)
+        c._send_seq += 1
+        return b"".join(bytes(b) for b in raw)
+
+    def handshake(self) -> None:
+        S, R = Role.SENDER, Role.RECEIVER
+        s, r = self.conns[S], self.conns[R]
+        self.send(S, s.hello("t"))
+        self.send(R, r.hello("t"))
+        self.send(S, s.pake())
+        self.send(R, r.pake())
+        self.send(S, s.confirmation())
+        self.send(R, r.confirmation())
 
     def send(self, role: Role, event, *, split: int = 0) -> list:
         """Send from ``role``; deliver to the other side (in ``split``-byte pieces); return its events."""
@@ -64,8 +86,13 @@ def chunk(plan: Plan, index: int, fill: int) -> Chunk:
 def run_session(split: int = 0) -> Pair:
     p = Pair()
     S, R = Role.SENDER, Role.RECEIVER
-    assert p.send(S, Hello(role="sender", software="t"), split=split) == [Hello(role="sender", software="t")]
-    p.send(R, Hello(role="receiver", software="t"), split=split)
+    hello = p.conns[S].hello("t")
+    assert p.send(S, hello, split=split) == [hello]
+    p.send(R, p.conns[R].hello("t"), split=split)
+    p.send(S, p.conns[S].pake(), split=split)
+    p.send(R, p.conns[R].pake(), split=split)
+    p.send(S, p.conns[S].confirmation(), split=split)
+    p.send(R, p.conns[R].confirmation(), split=split)
     plan = Plan(source_size=5 * MiB + 100, chunk_size=MiB, source={"name": "x"})
     assert p.send(S, plan, split=split) == [plan]
     p.send(R, Accept(target={"name": "y"}), split=split)
@@ -98,19 +125,11 @@ def test_root_is_blake3_over_ordered_chunk_hashes() -> None:
 
 def to_data_phase() -> tuple[Pair, Plan]:
     p = Pair()
-    p.send(Role.SENDER, Hello(role="sender", software="t"))
-    p.send(Role.RECEIVER, Hello(role="receiver", software="t"))
+    p.handshake()
     plan = Plan(source_size=3 * MiB, chunk_size=MiB)
     p.send(Role.SENDER, plan)
     p.send(Role.RECEIVER, Accept())
     return p, plan
-
-
-def forge(conn: Connection, ftype: FrameType, meta: dict, body: bytes = b"", seq: int | None = None) -> None:
-    """Feed ``conn`` a frame built by hand, as a hostile peer would."""
-    seq = conn.bytes_in and None or seq
-    raw = b"".join(bytes(b) for b in encode_frame(ftype, seq or 0, msgpack.packb(meta), body))
-    conn.receive_data(raw)
 
 
 @pytest.mark.parametrize(
@@ -126,30 +145,22 @@ def forge(conn: Connection, ftype: FrameType, meta: dict, body: bytes = b"", seq
 )
 def test_receiver_rejects_out_of_plan_events(event_factory, message) -> None:
     p, plan = to_data_phase()
-    sender = Connection(Role.SENDER)
-    # Bypass the sender's own checks: build the frame the way a hostile peer would.
-    event = event_factory(plan)
-    body = event.body if isinstance(event, Chunk) else b""
-    from p2pclone.protocol.messages import pack_meta
-
-    wire = b"".join(bytes(b) for b in encode_frame(event.TYPE, 2, pack_meta(event), body))
     recv = p.conns[Role.RECEIVER]
-    recv.receive_data(wire)
+    recv.receive_data(p.forge(Role.SENDER, event_factory(plan)))
     with pytest.raises(RemoteProtocolError, match=message):
         recv.next_event()
     assert recv.state is State.ERROR
-    del sender
 
 
 def test_local_misuse_is_a_local_error() -> None:
-    c = Connection(Role.SENDER)
+    c = Connection(Role.SENDER, code="x")
     with pytest.raises(LocalProtocolError, match="PLAN while the sender was in state start"):
         c.send(Plan(source_size=1, chunk_size=4096))
     assert c.state is State.ERROR
 
 
 def test_two_senders_are_told_to_run_receive() -> None:
-    a, b = Connection(Role.SENDER), Connection(Role.SENDER)
+    a, b = Connection(Role.SENDER, code="x"), Connection(Role.SENDER, code="x")
     raw = b"".join(bytes(x) for x in a.send(Hello(role="sender", software="t")))
     # b is a sender too; make it act as if it were waiting for a receiver's HELLO
     b.send(Hello(role="sender", software="t"))
@@ -167,64 +178,141 @@ def test_error_frame_ends_the_session_from_any_live_state() -> None:
 
 
 def test_eof_is_reported_as_closed() -> None:
-    c = Connection(Role.RECEIVER)
+    c = Connection(Role.RECEIVER, code="x")
     c.receive_data(b"")
     from p2pclone.protocol import CLOSED
 
     assert c.next_event() is CLOSED
 
 
-ALL_EVENTS = {
-    FrameType.HELLO: lambda role: Hello(role=role.peer.value, software="t"),
-    FrameType.PLAN: lambda role: Plan(source_size=MiB, chunk_size=MiB),
-    FrameType.STATE: lambda role: Accept(),
-    FrameType.CHUNK: lambda role: Chunk(index=0, length=MiB, digest=bytes(32), encoding=1, body=b"z"),
-    FrameType.ZERO: lambda role: Zero(index=0, count=1),
-    FrameType.END: lambda role: End(chunk_count=1, root=bytes(32)),
-    FrameType.RESULT: lambda role: Result(root=bytes(32), verified=False),
-}
+def all_events(p: Pair, role: Role) -> dict:
+    """One well-formed event of every type, as ``role``'s peer would send it."""
+    peer = p.conns[role.peer]
+    return {
+        FrameType.HELLO: Hello(role=role.peer.value, software="t"),
+        FrameType.PAKE: peer.pake(),
+        FrameType.CONFIRM: Confirm(mac=bytes(32)),
+        FrameType.PLAN: Plan(source_size=MiB, chunk_size=MiB),
+        FrameType.STATE: Accept(),
+        FrameType.CHUNK: Chunk(index=0, length=MiB, digest=bytes(32), encoding=1, body=b"z"),
+        FrameType.ZERO: Zero(index=0, count=1),
+        FrameType.END: End(chunk_count=1, root=bytes(32)),
+        FrameType.RESULT: Result(root=bytes(32), verified=False),
+    }
 
 
-@pytest.mark.parametrize("role", list(Role))
-@pytest.mark.parametrize("ftype", list(ALL_EVENTS))
-def test_every_received_frame_outside_the_table_is_an_error(role: Role, ftype: FrameType) -> None:
-    """Drive a fresh connection into every reachable state, then offer ``ftype``."""
-    for state in State:
-        conn = reach(role, state)
-        if conn is None:
-            continue
-        legal = (role, state, __import__("p2pclone.protocol", fromlist=["Direction"]).Direction.RECV, ftype) in TRANSITIONS
-        event = ALL_EVENTS[ftype](role)
-        body = event.body if isinstance(event, Chunk) else b""
-        from p2pclone.protocol.messages import pack_meta
-
-        seq = conn._decoder._next_seq
-        conn._decoder.max_body = MiB
-        conn.receive_data(b"".join(bytes(b) for b in encode_frame(ftype, seq, pack_meta(event), body)))
-        if legal:
-            continue  # legal edges are exercised by the full-session tests
-        with pytest.raises(RemoteProtocolError):
-            conn.next_event()
-        assert conn.state is State.ERROR
-
-
-def reach(role: Role, target: State) -> Connection | None:
-    """A connection of ``role`` brought to ``target`` by a legal exchange, if reachable."""
-    p, _ = Pair(), None
+def reach(role: Role, target: State) -> Pair | None:
+    """A pair whose ``role`` side was brought to ``target`` by a legal exchange, if reachable."""
+    p = Pair()
+    s, r = p.conns[Role.SENDER], p.conns[Role.RECEIVER]
     steps = [
-        (Role.SENDER, lambda: Hello(role="sender", software="t")),
-        (Role.RECEIVER, lambda: Hello(role="receiver", software="t")),
+        (Role.SENDER, lambda: s.hello("t")),
+        (Role.RECEIVER, lambda: r.hello("t")),
+        (Role.SENDER, s.pake),
+        (Role.RECEIVER, r.pake),
+        (Role.SENDER, s.confirmation),
+        (Role.RECEIVER, r.confirmation),
         (Role.SENDER, lambda: Plan(source_size=MiB, chunk_size=MiB)),
         (Role.RECEIVER, lambda: Accept()),
         (Role.SENDER, lambda: Zero(index=0, count=1)),
-        (Role.SENDER, lambda: End(chunk_count=1, root=p.conns[Role.SENDER].root_digest())),
+        (Role.SENDER, lambda: End(chunk_count=1, root=s.root_digest())),
         (Role.RECEIVER, lambda: Result(root=bytes(32), verified=False)),
     ]
     for who, make in steps:
         if p.conns[role].state is target:
-            return p.conns[role]
+            return p
         p.send(who, make())
-    return p.conns[role] if p.conns[role].state is target else None
+    return p if p.conns[role].state is target else None
+
+
+@pytest.mark.parametrize("role", list(Role))
+@pytest.mark.parametrize("ftype", [t for t in FrameType if t is not FrameType.ERROR])
+def test_every_received_frame_outside_the_table_is_an_error(role: Role, ftype: FrameType) -> None:
+    """Bring a connection into every reachable state, then offer it ``ftype``."""
+    from p2pclone.errors import P2PCloneError
+    from p2pclone.protocol import Direction
+
+    reached = 0
+    for state in State:
+        p = reach(role, state)
+        if p is None:
+            continue
+        reached += 1
+        conn = p.conns[role]
+        if (role, state, Direction.RECV, ftype) in TRANSITIONS:
+            continue  # legal edges are exercised by the full-session tests
+        conn._decoder.max_body = MiB
+        conn.receive_data(p.forge(role.peer, all_events(p, role)[ftype]))
+        with pytest.raises(P2PCloneError):
+            conn.next_event()
+        assert conn.state is State.ERROR
+    assert reached >= 8
+
+
+def test_wrong_code_fails_key_confirmation_and_nothing_else_is_accepted() -> None:
+    from p2pclone.errors import AuthenticationError
+
+    p = Pair(code="7-right-code", receiver_code="7-wrong-code")
+    s, r = p.conns[Role.SENDER], p.conns[Role.RECEIVER]
+    p.send(Role.SENDER, s.hello("t"))
+    p.send(Role.RECEIVER, r.hello("t"))
+    p.send(Role.SENDER, s.pake())
+    p.send(Role.RECEIVER, r.pake())
+    with pytest.raises(AuthenticationError, match="wrong code, or someone in the middle"):
+        p.send(Role.SENDER, s.confirmation())
+    assert r.state is State.ERROR and r.keys is not None
+    # The receiver may tell the sender why, once, in the clear (it never confirmed keys).
+    [err] = p.send(Role.RECEIVER, Error(code="auth", message="wrong code", exit=3))
+    assert err.exit == 3
+
+
+def test_codes_are_compared_without_case_or_spacing() -> None:
+    p = Pair(code="7-Guitar-Remind", receiver_code=" 7 guitar remind ")
+    p.handshake()
+    assert p.conns[Role.SENDER].state is State.PLAN
+
+
+def test_after_pairing_every_frame_is_sealed_and_tamper_evident() -> None:
+    from p2pclone.errors import AuthenticationError
+
+    p, plan = to_data_phase()
+    wire = p.forge(Role.SENDER, chunk(plan, 0, 9))
+    assert b"\x09" * 64 not in wire  # the chunk's bytes are not in the clear
+    recv = p.conns[Role.RECEIVER]
+    flipped = wire[:100] + bytes([wire[100] ^ 1]) + wire[101:]
+    recv.receive_data(flipped)
+    with pytest.raises(AuthenticationError, match="failed authentication"):
+        recv.next_event()
+
+
+def test_replayed_record_is_refused() -> None:
+    p, plan = to_data_phase()
+    wire = p.forge(Role.SENDER, chunk(plan, 0, 9))
+    recv = p.conns[Role.RECEIVER]
+    recv.receive_data(wire + wire)
+    assert isinstance(recv.next_event(), Chunk)
+    with pytest.raises(RemoteProtocolError, match="frame .* arrived where frame"):
+        recv.next_event()
+
+
+def test_cipher_follows_the_cpus() -> None:
+    for aes_s, aes_r, cipher in ((True, True, "aes-256-gcm"), (True, False, "chacha20-poly1305")):
+        p = Pair()
+        p.conns[Role.SENDER]._aes, p.conns[Role.RECEIVER]._aes = aes_s, aes_r
+        p.handshake()
+        assert p.conns[Role.SENDER].cipher == p.conns[Role.RECEIVER].cipher == cipher
+
+
+def test_rekey_keeps_both_directions_in_step(monkeypatch) -> None:
+    import p2pclone.crypto as crypto
+
+    monkeypatch.setattr(crypto, "REKEY_RECORDS", 3)
+    p, plan = to_data_phase()
+    p.send(Role.SENDER, chunk(plan, 0, 1))
+    p.send(Role.SENDER, chunk(plan, 1, 2))
+    p.send(Role.SENDER, chunk(plan, 2, 3))
+    assert p.conns[Role.SENDER].keys.send.generation >= 1
+    assert p.conns[Role.RECEIVER].keys.recv.generation == p.conns[Role.SENDER].keys.send.generation
 
 
 INTS = st.integers(min_value=-(2**63), max_value=2**64 - 1)  # what msgpack can carry

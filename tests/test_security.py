@@ -1,0 +1,285 @@
+"""Pairing, encryption and target safety, end to end over real TCP and loop devices.
+
+Each hostile case asserts the session ended with the right error on the right side
+and that the target is byte-for-byte untouched where nothing should be written.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from p2pclone.errors import (
+    AuthenticationError,
+    ExitCode,
+    P2PCloneError,
+    PeerError,
+    RemoteProtocolError,
+    SafetyError,
+    TransportError,
+)
+from p2pclone.receiver import receive
+from p2pclone.sender import send
+from p2pclone.session import pick_error
+from tests.conftest import MiB, random_file, read_dev, write_layout
+
+Mangle = Callable[[int, bytes], bytes]  # (byte offset in the sender->receiver stream, data) -> data
+
+
+async def session(source: Path | str, target: Path | str, *, tx_code: str = "5-alpha-beta",
+                  rx_code: str = "5-alpha-beta", relay: Mangle | None = None,
+                  allow_mounted: bool = False) -> dict[str, object]:
+    """Run receiver and sender over loopback TCP, optionally through a mangling relay.
+
+    Returns {"tx": Done or exception, "rx": Done or exception}.
+    """
+    out: dict[str, object] = {}
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
+                try:
+                    out["rx"] = await receive(str(target), "tcp://127.0.0.1:0", code=rx_code,
+                                              task_status=task_status)
+                except BaseException as exc:  # noqa: BLE001 - inspected by the tests
+                    out["rx"] = pick_error(exc)
+
+            url = await nursery.start(rx)
+            if relay is not None:
+                url = await nursery.start(run_relay, int(url.rsplit(":", 1)[1]), relay)
+            try:
+                out["tx"] = await send(str(source), url, code=tx_code,
+                                       allow_mounted=allow_mounted)
+            except BaseException as exc:  # noqa: BLE001
+                out["tx"] = pick_error(exc)
+            nursery.cancel_scope.cancel()
+    return out
+
+
+async def run_relay(port: int, mangle: Mangle, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """A man in the middle: forwards both ways, passing sender->receiver bytes through mangle."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(f"tcp://127.0.0.1:{listeners[0].socket.getsockname()[1]}")
+    a = await listeners[0].accept()
+    b = await trio.open_tcp_stream("127.0.0.1", port)
+
+    async def pump(src, dst, fn: Mangle | None) -> None:
+        offset = 0
+        try:
+            while data := await src.receive_some(65536):
+                out = fn(offset, data) if fn else data
+                offset += len(data)
+                if out:
+                    await dst.send_all(out)
+            await dst.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pump, a, b, mangle)
+        nursery.start_soon(pump, b, a, None)
+
+
+def flip_at(position: int) -> Mangle:
+    def fn(offset: int, data: bytes) -> bytes:
+        if offset <= position < offset + len(data):
+            i = position - offset
+            return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :]
+        return data
+    return fn
+
+
+@pytest.fixture
+def dirty_target(tmp_path: Path) -> tuple[Path, bytes]:
+    t = tmp_path / "target.img"
+    return t, random_file(t, 6 * MiB, seed=3)
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> tuple[Path, bytes]:
+    s = tmp_path / "source.img"
+    return s, write_layout(s, 6 * MiB)
+
+
+async def test_right_code_clones_and_the_wire_is_encrypted(source, dirty_target) -> None:
+    captured = bytearray()
+
+    def tap(offset: int, data: bytes) -> bytes:
+        captured.extend(data)
+        return data
+
+    out = await session(source[0], dirty_target[0], relay=tap)
+    assert not isinstance(out["rx"], BaseException), out
+    assert dirty_target[0].read_bytes() == source[1]
+    assert b"the quick brown fox" in source[1]
+    assert b"quick brown fox" not in captured  # no plaintext on the wire
+    assert str(source[0]).encode() not in captured  # not even the source's name
+
+
+async def test_wrong_code_ends_both_sides_with_exit_3(source, dirty_target) -> None:
+    out = await session(source[0], dirty_target[0], tx_code="5-alpha-gamma")
+    tx, rx = out["tx"], out["rx"]
+    assert isinstance(rx, AuthenticationError) and "wrong code, or someone in the middle" in str(rx)
+    assert isinstance(tx, PeerError) and tx.exit_code == ExitCode.AUTH
+    assert "wrong code, or someone in the middle" in str(tx)
+    assert dirty_target[0].read_bytes() == dirty_target[1]
+
+
+@pytest.mark.parametrize("where", [5, 40, 200, 2000, 300_000, 1_500_000])
+async def test_a_man_in_the_middle_flipping_one_bit_is_detected(where, source, dirty_target):
+    """Handshake bytes, PLAN, chunk bodies: any flipped bit stops the session."""
+    out = await session(source[0], dirty_target[0], relay=flip_at(where))
+    assert isinstance(out["rx"], P2PCloneError), out
+    assert isinstance(out["tx"], P2PCloneError), out
+    # Whatever was written before the flip came from authenticated chunks of the
+    # real source; nothing else is in the target.
+    got = dirty_target[0].read_bytes()
+    src, old = source[1], dirty_target[1]
+    for off in range(0, len(got), MiB):
+        piece = got[off : off + MiB]
+        assert piece in (src[off : off + MiB], old[off : off + MiB])
+
+
+async def test_dropped_bytes_are_detected(source, dirty_target) -> None:
+    def drop(offset: int, data: bytes) -> bytes:
+        return data[:100] + data[101:] if offset < 300_000 <= offset + len(data) else data
+
+    out = await session(source[0], dirty_target[0], relay=drop)
+    assert isinstance(out["rx"], P2PCloneError) and isinstance(out["tx"], P2PCloneError)
+
+
+async def test_replayed_data_is_detected(source, dirty_target) -> None:
+    seen: list[bytes] = []
+
+    def replay(offset: int, data: bytes) -> bytes:
+        seen.append(data)
+        if offset > 400_000 and len(seen) == 30:
+            return data + seen[20]  # re-send an earlier piece of the stream
+        return data
+
+    out = await session(source[0], dirty_target[0], relay=replay)
+    assert isinstance(out["rx"], P2PCloneError)
+
+
+async def connect_and_send(port: int, payload: bytes) -> None:
+    s = await trio.open_tcp_stream("127.0.0.1", port)
+    await s.send_all(payload)
+    await s.send_eof()
+    with trio.move_on_after(5):
+        while await s.receive_some(65536):
+            pass
+    await s.aclose()
+
+
+def header(ftype: int, meta_len: int, body_len: int, seq: int = 0, version: int = 1) -> bytes:
+    head = struct.pack("<4sBBHIIQ", b"P2PC", version, ftype, 0, meta_len, body_len, seq)
+    return head + struct.pack("<I", zlib.crc32(head))
+
+
+@pytest.mark.parametrize(
+    ("payload", "error", "message"),
+    [
+        (random.Random(1).randbytes(5000), RemoteProtocolError, "not speaking the p2pclone"),
+        (header(1, 10, 0xFFFFFFF0), RemoteProtocolError, "limit here is 0"),
+        (header(1, 0xFFFFFFF0, 0), RemoteProtocolError, "bytes of frame meta"),
+        (header(1, 100, 0)[:20], TransportError, "closed the link"),  # truncated header
+        (header(1, 100, 0) + b"\x80" * 50, TransportError, "closed the link"),  # truncated frame
+        (header(1, 1, 0, version=0) + b"\x80" + bytes(8), RemoteProtocolError, "version 0"),
+        (header(1, 1, 0, version=2) + b"\x80" + bytes(8), RemoteProtocolError, "version 2"),
+    ],
+)
+async def test_hostile_peers_never_touch_the_target(dirty_target, payload, error, message):
+    target, old = dirty_target
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
+                with pytest.raises(error, match=message):
+                    await receive(str(target), "tcp://127.0.0.1:0", code="1-a-b",
+                                  task_status=task_status)
+
+            url = await nursery.start(rx)
+            await connect_and_send(int(url.rsplit(":", 1)[1]), payload)
+    assert target.read_bytes() == old
+
+
+async def test_sector_size_mismatch_is_refused(tmp_path, loop_device) -> None:
+    content = write_layout(tmp_path / "c.img", 4 * MiB)
+    src = loop_device(4 * MiB, content)
+    junk = random.Random(4).randbytes(8 * MiB)
+    backing = tmp_path / "big4k.img"
+    backing.write_bytes(junk)
+    dst = subprocess.run(["losetup", "--find", "--show", "--sector-size", "4096", str(backing)],
+                         capture_output=True, text=True)
+    if dst.returncode:
+        pytest.skip(f"losetup --sector-size is not supported here: {dst.stderr.strip()}")
+    dev = dst.stdout.strip()
+    try:
+        out = await session(src, dev)
+        assert isinstance(out["rx"], SafetyError) and "512-byte logical sectors" in str(out["rx"])
+        assert isinstance(out["tx"], PeerError) and out["tx"].exit_code == ExitCode.SAFETY
+        assert read_dev(dev, 8 * MiB) == junk
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+
+
+async def test_mounted_read_write_source_needs_an_explicit_flag(tmp_path, loop_device) -> None:
+    dev = loop_device(32 * MiB, None)
+    if subprocess.run(["mkfs.ext4", "-q", dev], capture_output=True).returncode:
+        pytest.skip("mkfs.ext4 is not available")
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    subprocess.run(["mount", dev, str(mnt)], check=True)
+    target = tmp_path / "t.img"
+    try:
+        out = await session(dev, target)
+        assert isinstance(out["tx"], SafetyError)
+        assert "mounted read-write" in str(out["tx"]) and "--allow-mounted" in str(out["tx"])
+        assert not target.exists()
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        out = await session(dev, target)  # read-only: a consistent copy, accepted
+        assert not isinstance(out["tx"], BaseException), out
+        assert target.read_bytes() == read_dev(dev, 32 * MiB)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_cli_wrong_code_exits_3_on_both_sides(tmp_path: Path) -> None:
+    src = tmp_path / "s.img"
+    write_layout(src, 2 * MiB)
+    target = tmp_path / "t.img"
+    junk = random_file(target, 3 * MiB)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cli = [sys.executable, "-m", "p2pclone"]
+    rx = subprocess.Popen([*cli, "receive", str(target), f"tcp://127.0.0.1:{port}", "--code",
+                           "3-one-two", "--yes", "--json"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    assert rx.stdout is not None
+    rx.stdout.readline()
+    tx = subprocess.run([*cli, "send", str(src), f"tcp://127.0.0.1:{port}", "--code",
+                         "3-one-three"], capture_output=True, text=True, timeout=30,
+                        stdin=subprocess.DEVNULL)
+    _, rx_err = rx.communicate(timeout=30)
+    assert (tx.returncode, rx.returncode) == (3, 3)
+    assert "wrong code, or someone in the middle" in tx.stderr
+    assert "wrong code, or someone in the middle" in rx_err
+    assert target.read_bytes() == junk
+
+
+def test_sender_without_code_or_terminal_is_told_to_pass_one(tmp_path: Path) -> None:
+    src = tmp_path / "s.img"
+    random_file(src, 4096)
+    env = {k: v for k, v in os.environ.items() if k != "P2PCLONE_CODE"}
+    r = subprocess.run([sys.executable, "-m", "p2pclone", "send", str(src), "tcp://127.0.0.1:9"],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
+    assert r.returncode == 2 and "pass the code the receiver shows with --code" in r.stderr
