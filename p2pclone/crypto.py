@@ -175,7 +175,7 @@ class RecordKey:
         self._account(len(plaintext))
         return out
 
-    def open(self, seq: int, header: bytes, sealed: bytes) -> bytes:
+    def open(self, seq: int, header: bytes, sealed: bytes | memoryview) -> bytes:
         """The plaintext, or AuthenticationError if the record was altered or misplaced."""
         try:
             out = self._aead.decrypt(self._nonce(seq), sealed, header)

@@ -73,7 +73,7 @@ def encode_chunk(source: Source, plan: Plan, index: int) -> Encoded:
     )
 
 
-def decode_chunk(chunk: Chunk, plan: Plan) -> bytes:
+def decode_chunk(chunk: Chunk, plan: Plan) -> bytes | memoryview:
     """The plain bytes of ``chunk``, checked against its BLAKE3.
 
     Raises:
@@ -81,6 +81,7 @@ def decode_chunk(chunk: Chunk, plan: Plan) -> bytes:
             with the announced hash.
     """
     span = chunk_span(plan, chunk.index)
+    data: bytes | memoryview
     if chunk.encoding == Encoding.ZSTD:
         # Check the declared size *before* decompressing: zstandard allocates what
         # the frame header says and ignores max_output_size when a size is given.
@@ -101,7 +102,7 @@ def decode_chunk(chunk: Chunk, plan: Plan) -> bytes:
                 "written: run the clone again"
             ) from None
     else:
-        data = bytes(chunk.body)
+        data = chunk.body
     if len(data) != chunk.length or blake3.blake3(data).digest() != chunk.digest:
         raise IntegrityError(
             f"chunk {chunk.index} ({span}) does not match its BLAKE3 hash; nothing of it "

@@ -83,7 +83,7 @@ class RawFrame:
     type: FrameType
     seq: int
     meta: bytes
-    body: bytes
+    body: bytes | memoryview
     header: bytes = b""
 
 
@@ -181,10 +181,12 @@ class FrameDecoder:
         if len(self._buf) < total:
             return None
         buf = self._buf
+        body: bytes | memoryview
         if self.key is not None:
-            plain = self.key.open(seq, header, bytes(buf[HEADER_SIZE:total]))
+            with memoryview(buf) as view:  # decrypt straight out of the buffer, no copy
+                plain = self.key.open(seq, header, view[HEADER_SIZE:total])
             del buf[:total]
-            meta, body = plain[:meta_len], plain[meta_len:]
+            meta, body = plain[:meta_len], memoryview(plain)[meta_len:]
         else:
             meta = bytes(buf[HEADER_SIZE : HEADER_SIZE + meta_len])
             body = bytes(buf[HEADER_SIZE + meta_len : HEADER_SIZE + meta_len + body_len])

@@ -214,7 +214,7 @@ class Chunk:
         return {"i": self.index, "n": self.length, "h": self.digest, "e": self.encoding}
 
     @classmethod
-    def from_frame(cls, meta: Mapping[str, Any], body: bytes) -> Chunk:
+    def from_frame(cls, meta: Mapping[str, Any], body: bytes | memoryview) -> Chunk:
         enc = _count(meta, "e", "CHUNK", limit=255)
         if enc not in Encoding.ALL:
             raise RemoteProtocolError(f"the peer's CHUNK uses an unknown encoding {enc}")
