@@ -10,8 +10,11 @@ One nursery per session.  In the data phase three kinds of task run:
 * the *watcher* reads the back-channel, so a receiver's ERROR ends the session at
   once with the receiver's own sentence.
 
-The channel's bound (``inflight``) caps memory: at most ``inflight + threads`` chunks
-exist at a time, whatever the disk size.
+The channel's bound (``READ_AHEAD`` chunks) caps memory: at most
+``READ_AHEAD + threads`` chunks exist at a time, whatever the disk size.  It is deep
+on purpose: when the link is the bottleneck, the reader runs up to that many chunks
+ahead, so reading a long zero region (which sends nothing) overlaps with sending the
+data queued before it instead of leaving the link idle.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ from .session import (
 )
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
+#: Chunks the reader may run ahead of the link (~32 MiB of 1 MiB chunks at most;
+#: compressed ones are smaller).  Measured on a 1 Gbit link: 16 -> 32 saves ~0.3 s/GiB.
+READ_AHEAD = 32
 
 
 @dataclass
@@ -180,8 +186,7 @@ async def _stream_chunks(
     nursery: trio.Nursery,
     report: Reporter,
 ) -> int:
-    inflight = 2 * threads + 4
-    slots_send, slots_recv = trio.open_memory_channel[_Slot](inflight)
+    slots_send, slots_recv = trio.open_memory_channel[_Slot](READ_AHEAD)
     limiter = trio.CapacityLimiter(threads)
 
     async def work(slot: _Slot) -> None:

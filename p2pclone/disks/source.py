@@ -6,6 +6,7 @@ a chunk that lies wholly in a hole is known to be zero without touching it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -66,14 +67,22 @@ class Source:
                     "serial": dev.serial,
                     "sector": logical_sector_size(fd),
                 }
+                cls._sequential(fd)
                 return cls(path, fd, size, True, info)
             if stat.S_ISREG(st.st_mode):
+                cls._sequential(fd)
                 return cls(path, fd, st.st_size, False, {"name": path, "kind": "file"})
             kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a file or block device"
             raise SourceError(f"the source {path} is {kind}: give a disk or an image file")
         except BaseException:
             os.close(fd)
             raise
+
+    @staticmethod
+    def _sequential(fd: int) -> None:
+        """Read in order: tell the kernel, so it reads ahead further (helps cold disks)."""
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
     def read(self, offset: int, length: int) -> bytes:
         """Read exactly ``length`` bytes at ``offset``.
