@@ -15,6 +15,7 @@ import os
 import secrets
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, NoReturn, TextIO
@@ -22,7 +23,7 @@ from typing import Any, NoReturn, TextIO
 import trio
 
 from . import __version__
-from .errors import ExitCode, P2PCloneError, SafetyError, UsageError
+from .errors import ExitCode, P2PCloneError, SafetyError, TransportError, UsageError
 from .protocol import Plan
 from .session import Connected, Done, Listening, Planned, Progress, Report, Verifying, pick_error
 
@@ -269,14 +270,15 @@ def _run(args: argparse.Namespace, out: Output, fn: Callable[[], Any]) -> int:
     try:
         done = trio.run(fn)
     except KeyboardInterrupt:
-        print("p2pclone: interrupted; the target is incomplete", file=sys.stderr)
+        out.error(TransportError("interrupted: the transfer was stopped and the target is "
+                                 "incomplete; run both sides again", code="interrupted"))
         return int(ExitCode.LINK)
     except BaseException as exc:
         err = pick_error(exc)
         if isinstance(err, P2PCloneError):
-            out.error(err)
             if args.debug:
-                raise
+                traceback.print_exception(exc)
+            out.error(err)
             return int(err.exit_code)
         raise
     out(done)
@@ -306,7 +308,11 @@ def cmd_send(args: argparse.Namespace) -> int:
     from .sender import send
 
     out = Output(json_mode=args.json, role="send")
-    code = args.code or os.environ.get("P2PCLONE_CODE") or ask_code()
+    try:
+        code = args.code or os.environ.get("P2PCLONE_CODE") or ask_code()
+    except UsageError as exc:
+        out.error(exc)
+        return int(exc.exit_code)
     return _run(
         args,
         out,
@@ -315,6 +321,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             args.url,
             code=code,
             chunk_size=args.chunk_size,
+            allow_mounted=args.allow_mounted,
             report=out,
         ),
     )
@@ -427,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("url", metavar="URL", help="the receiver: tcp://HOST[:PORT]")
     s.add_argument("--code", help="the code the receiver shows (default: $P2PCLONE_CODE)")
     s.add_argument(
+        "--allow-mounted",
+        action="store_true",
+        help="send a source that is mounted read-write (the copy may be inconsistent: "
+        "files can change while it is read)",
+    )
+    s.add_argument(
         "--chunk-size",
         type=parse_size,
         default=1 << 20,
@@ -474,7 +487,7 @@ def tune_malloc() -> None:
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt(-3, 128 << 20)  # M_MMAP_THRESHOLD: above the largest chunk (64 MiB)
-        libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD: keep up to this much freed memory
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to this much freed memory
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
 

@@ -24,7 +24,7 @@ import trio
 from .errors import P2PCloneError
 from .receiver import receive
 from .sender import send
-from .session import Done, Report
+from .session import Done, Report, pick_error
 
 
 def _find_mkfs() -> str | None:
@@ -157,7 +157,10 @@ def run_demo(*, size_mib: int = 256, workdir: str | None = None, debug: bool = F
                 results["tx"] = await send(str(source), url, code="demo", report=events.append)
             return results["tx"], results["rx"]
 
-        tx, rx = trio.run(both)
+        try:
+            tx, rx = trio.run(both)
+        except BaseException as exc:
+            raise pick_error(exc) from None
         rate = tx.source_bytes / tx.seconds / 1e6 if tx.seconds else 0.0
         print(
             f"    {tx.source_bytes >> 20} MiB cloned in {tx.seconds:.2f} s ({rate:.0f} MB/s): "

@@ -109,3 +109,5 @@ class PeerError(P2PCloneError):
             self.exit_code = ExitCode(exit_code)
         except ValueError:
             self.exit_code = ExitCode.OTHER
+        if self.exit_code is ExitCode.OK:  # an ERROR is never a success
+            self.exit_code = ExitCode.OTHER

@@ -7,6 +7,7 @@ context: zstandard objects shared between threads crash the interpreter.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 
@@ -20,6 +21,11 @@ from .protocol import Chunk, Encoding, Plan
 ZSTD_LEVEL = 1
 _ZERO = bytes(1 << 20)
 _local = threading.local()
+
+
+def default_threads() -> int:
+    """Worker threads for hashing and compression: one per core, at most four."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _compressor() -> zstandard.ZstdCompressor:

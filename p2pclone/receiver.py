@@ -28,10 +28,9 @@ from transports import open_transport
 
 from .disks import Target
 from .errors import IntegrityError, P2PCloneError, PeerError, TransportError
-from .pipeline import hash_target_chunk, write_chunk, zero_chunks
+from .pipeline import default_threads, hash_target_chunk, write_chunk, zero_chunks
 from .protocol import Accept, Chunk, Connection, End, Error, Plan, Result, Role, Zero
 from .protocol.connection import zero_digest
-from .sender import default_threads
 from .session import (
     Channel,
     Connected,
@@ -148,7 +147,8 @@ async def _session(
             )
         if verify:
             await _verify(target, plan, log, threads, report)
-    await channel.send(Result(root=end.root, verified=verify))
+    # Our own root (equal to END's, checked above): the sender checks it against its own.
+    await channel.send(Result(root=channel.conn.root_digest(), verified=verify))
     done = Done(
         source_bytes=plan.source_size,
         wire_bytes=channel.conn.bytes_in + channel.conn.bytes_out,
@@ -184,8 +184,8 @@ async def _receive_chunks(
     report: Reporter,
 ) -> tuple[End, int]:
     limiter = trio.CapacityLimiter(threads)
-    # Chunks received but not yet written: bounds memory to ~inflight chunks.
-    room = trio.Semaphore(2 * threads + 4)
+    # Chunks received but not yet written: a few per thread, at most ~32 MiB of them.
+    room = trio.Semaphore(max(2, min(2 * threads + 4, (32 << 20) // plan.chunk_size)))
     zero_total = 0
     last_report = -1.0
     unflushed = 0  # bytes written since writeback was last started

@@ -10,8 +10,8 @@ One nursery per session.  In the data phase three kinds of task run:
 * the *watcher* reads the back-channel, so a receiver's ERROR ends the session at
   once with the receiver's own sentence.
 
-The channel's bound (``READ_AHEAD`` chunks) caps memory: at most
-``READ_AHEAD + threads`` chunks exist at a time, whatever the disk size.  It is deep
+The channel's bound (``READ_AHEAD_BYTES`` of chunks) caps memory: at most that
+plus ``threads`` chunks exist at a time, whatever the disk size.  It is deep
 on purpose: when the link is the bottleneck, the reader runs up to that many chunks
 ahead, so reading a long zero region (which sends nothing) overlaps with sending the
 data queued before it instead of leaving the link idle.
@@ -20,7 +20,6 @@ data queued before it instead of leaving the link idle.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import trio
@@ -29,7 +28,7 @@ from transports import open_transport
 
 from .disks import Source
 from .errors import IntegrityError, P2PCloneError, PeerError, TransportError, UsageError
-from .pipeline import Encoded, encode_chunk
+from .pipeline import Encoded, default_threads, encode_chunk
 from .protocol import MAX_CHUNK_SIZE, Accept, Connection, End, Plan, Result, Role, Zero
 from .session import (
     Channel,
@@ -44,9 +43,10 @@ from .session import (
 )
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
-#: Chunks the reader may run ahead of the link (~32 MiB of 1 MiB chunks at most;
-#: compressed ones are smaller).  Measured on a 1 Gbit link: 16 -> 32 saves ~0.3 s/GiB.
-READ_AHEAD = 32
+#: Bytes of chunks the reader may run ahead of the link (32 chunks of 1 MiB; at
+#: least 4 chunks whatever their size).  Measured on a 1 Gbit link: 16 -> 32 MiB
+#: saves ~0.3 s per GiB of a disk with long zero regions.
+READ_AHEAD_BYTES = 32 * 1024 * 1024
 
 
 @dataclass
@@ -59,10 +59,6 @@ class _Slot:
         self.ready = trio.Event()
         if self.zero_run:
             self.ready.set()
-
-
-def default_threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 async def send(
@@ -186,7 +182,8 @@ async def _stream_chunks(
     nursery: trio.Nursery,
     report: Reporter,
 ) -> int:
-    slots_send, slots_recv = trio.open_memory_channel[_Slot](READ_AHEAD)
+    read_ahead = max(4, READ_AHEAD_BYTES // plan.chunk_size)
+    slots_send, slots_recv = trio.open_memory_channel[_Slot](read_ahead)
     limiter = trio.CapacityLimiter(threads)
 
     async def work(slot: _Slot) -> None:

@@ -171,15 +171,23 @@ class Channel:
         self._mid_frame = False  # a send was interrupted: the stream is unusable
 
     async def send(self, event: Event) -> None:
+        """Write one whole frame.
+
+        The write is shielded from cancellation, so a failure elsewhere (a read error
+        on the source, say) does not leave half a frame on the link and the ERROR
+        frame that explains it can still follow.  A stuck link still ends it: the
+        transports time out on their own (TCP: keepalive and TCP_USER_TIMEOUT).
+        """
         buffers = self.conn.send(event)
-        with link_errors(self.url, "sending"):
+        with link_errors(self.url, "sending"), trio.CancelScope(shield=True):
             self._mid_frame = True
-            if len(buffers[1]) < 65536:  # small frame: one write
+            if sum(len(b) for b in buffers) < 65536:  # small frame: one write
                 await self.stream.send_all(b"".join(buffers))
             else:  # keep a big body uncopied
                 for buf in buffers:
                     await self.stream.send_all(buf)
             self._mid_frame = False
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def receive(self) -> Event | None:
         """The next event, or ``None`` if the peer closed the link."""

@@ -18,6 +18,30 @@ from . import LinkListener, Transport
 
 DEFAULT_PORT = 7411
 
+#: A silent peer (pulled cable, powered-off machine) is declared dead after about
+#: KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT seconds when the link is
+#: idle, and after USER_TIMEOUT seconds when sent data goes unacknowledged.  Long
+#: enough for a busy disk to catch up, short enough that nobody waits forever.
+KEEPALIVE_IDLE = 10
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 4
+USER_TIMEOUT = 60
+
+
+def tune(stream: trio.SocketStream) -> trio.SocketStream:
+    """Keepalives and a user timeout, so a dead link ends in an error, never a hang."""
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+        ("TCP_USER_TIMEOUT", USER_TIMEOUT * 1000),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:  # Linux has them all; elsewhere the defaults stand
+            stream.setsockopt(socket.IPPROTO_TCP, option, value)
+    return stream
+
 
 def _format_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
@@ -39,7 +63,7 @@ class TcpListener(LinkListener):
                 if accepted:
                     await stream.aclose()
                     return
-                accepted.append(stream)
+                accepted.append(tune(stream))
                 nursery.cancel_scope.cancel()
 
             for listener in self._listeners:
@@ -86,11 +110,18 @@ class TcpTransport(Transport):
                 f"nobody is listening at {where} ({exc.strerror or exc}): start "
                 "`p2pclone receive` on the target machine first and check the address and port"
             ) from None
-        return stream
+        return tune(stream)
 
     async def listen(self) -> TcpListener:
         try:
             listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+            if self.port == 0 and len(listeners) > 1:
+                # Port 0 on every address gives each family its own random port; the
+                # URL we print must hold for all of them, so take the first one's.
+                port = listeners[0].socket.getsockname()[1]
+                for listener in listeners:
+                    await listener.aclose()
+                listeners = await trio.open_tcp_listeners(port, host=self.host)
         except socket.gaierror:
             raise TransportError(f"cannot resolve the address {self.host!r} to listen on") from None
         except OSError as exc:

@@ -148,8 +148,6 @@ class DeviceInfo:
 
     def describe_use(self) -> str:
         uses = []
-        if self.holds_running_system:
-            uses.append("it holds the running system")
         if self.mountpoints:
             uses.append("mounted at " + ", ".join(self.mountpoints))
         if self.swap:

@@ -173,7 +173,11 @@ class Connection:
         if isinstance(event, (Hello, Pake)):
             transcript_update(self._transcript, bytes(buffers[0]))
             if isinstance(event, Pake) and self.role is Role.RECEIVER:
-                self._derive_keys()
+                try:
+                    self._derive_keys()
+                except P2PCloneError:
+                    self.state = State.ERROR
+                    raise
         elif isinstance(event, Confirm):
             self._sealing = True  # everything after our CONFIRM is sealed
         return buffers

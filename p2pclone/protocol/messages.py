@@ -83,6 +83,11 @@ def _info(meta: Mapping[str, Any], key: str, what: str) -> dict[str, str | int]:
     return out
 
 
+def _clip_info(info: Mapping[str, str | int]) -> dict[str, str | int]:
+    """Descriptive maps are for people: cut values to what ``_info`` accepts."""
+    return {k[:64]: (v[:1024] if isinstance(v, str) else v) for k, v in info.items()}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Hello:
     """First frame each way: who is speaking and what it can do."""
@@ -163,7 +168,7 @@ class Plan:
             "chunk": self.chunk_size,
             "count": self.chunk_count,
             "hash": self.hash,
-            "src": self.source,
+            "src": _clip_info(self.source),
         }
 
     @classmethod
@@ -192,7 +197,7 @@ class Accept:
     target: dict[str, str | int] = field(default_factory=dict)
 
     def to_meta(self) -> dict[str, Any]:
-        return {"tgt": self.target}
+        return {"tgt": _clip_info(self.target)}
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Accept:
@@ -293,7 +298,8 @@ class Error:
     exit: int = 1
 
     def to_meta(self) -> dict[str, Any]:
-        return {"code": self.code, "msg": self.message, "exit": self.exit}
+        # Stay inside the receiving side's limits, whatever the sentence.
+        return {"code": self.code[:64], "msg": self.message[:2000], "exit": self.exit}
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Error:
