@@ -219,7 +219,9 @@ def describe_target(target: Any) -> str:
             if shutil.which("lsblk"):
                 listing = subprocess.run(
                     ["lsblk", "-no", "NAME,SIZE,FSTYPE,LABEL", target.path],
-                    capture_output=True, text=True, check=False,
+                    capture_output=True,
+                    text=True,
+                    check=False,
                 ).stdout.rstrip()
             lines.append("  current partitions:")
             lines += [f"    {ln}" for ln in (listing.splitlines()[1:] or dev.partitions)]
@@ -240,9 +242,11 @@ def make_confirm(assume_yes: bool, out: Output) -> Callable[[Plan, Any], None]:
                 "and there is no terminal to ask: pass --yes to confirm; nothing was written"
             )
         out.pause()
-        print(f"About to OVERWRITE this target with {human_bytes(plan.source_size)} from "
-              f"{plan.source.get('name', 'the sender')}:\n{describe_target(target)}",
-              file=sys.stderr)
+        print(
+            f"About to OVERWRITE this target with {human_bytes(plan.source_size)} from "
+            f"{plan.source.get('name', 'the sender')}:\n{describe_target(target)}",
+            file=sys.stderr,
+        )
         answer = input("Type yes to overwrite it: ")
         if answer.strip().lower() != "yes":
             raise SafetyError("not confirmed: the target was left untouched")
@@ -254,8 +258,7 @@ def ask_code() -> str:
     """Prompt for the receiver's code on a terminal; without one, it is a usage error."""
     if not sys.stdin.isatty():
         raise UsageError(
-            "no pairing code: pass the code the receiver shows with --code "
-            "(or set P2PCLONE_CODE)"
+            "no pairing code: pass the code the receiver shows with --code (or set P2PCLONE_CODE)"
         )
     code = input("Code shown by the receiver: ").strip()
     if not code:
@@ -270,8 +273,13 @@ def _run(args: argparse.Namespace, out: Output, fn: Callable[[], Any]) -> int:
     try:
         done = trio.run(fn)
     except KeyboardInterrupt:
-        out.error(TransportError("interrupted: the transfer was stopped and the target is "
-                                 "incomplete; run both sides again", code="interrupted"))
+        out.error(
+            TransportError(
+                "interrupted: the transfer was stopped and the target is "
+                "incomplete; run both sides again",
+                code="interrupted",
+            )
+        )
         return int(ExitCode.LINK)
     except BaseException as exc:
         err = pick_error(exc)

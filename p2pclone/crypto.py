@@ -105,14 +105,19 @@ class Pairing:
                 f"the peer's pairing message is invalid ({type(exc).__name__})"
             ) from None
         okm = HKDF(
-            algorithm=hashes.SHA256(), length=4 * 32 + 2 * 12, salt=transcript,
+            algorithm=hashes.SHA256(),
+            length=4 * 32 + 2 * 12,
+            salt=transcript,
             info=b"p2pclone v1 session keys",
         ).derive(shared)
         c_s, c_r, k_s, k_r = (okm[i : i + 32] for i in range(0, 128, 32))
         iv_s, iv_r = okm[128:140], okm[140:152]
         return SessionKeys(
-            sender=self._sender, transcript=transcript, cipher=cipher,
-            confirm_sender=c_s, confirm_receiver=c_r,
+            sender=self._sender,
+            transcript=transcript,
+            cipher=cipher,
+            confirm_sender=c_s,
+            confirm_receiver=c_r,
             send=RecordKey(cipher, k_s if self._sender else k_r, iv_s if self._sender else iv_r),
             recv=RecordKey(cipher, k_r if self._sender else k_s, iv_r if self._sender else iv_s),
         )

@@ -86,7 +86,13 @@ async def receive(
             await listener.aclose()
         report(Connected(url))
         return await receive_stream(
-            stream, target, code=code, url=url, verify=verify, confirm=confirm, threads=threads,
+            stream,
+            target,
+            code=code,
+            url=url,
+            verify=verify,
+            confirm=confirm,
+            threads=threads,
             report=report,
         )
     finally:

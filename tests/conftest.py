@@ -88,8 +88,12 @@ def loop_device(tmp_path: Path) -> Iterator[Callable[[int, bytes | None], str]]:
             if content is not None:
                 f.write(content)
             f.truncate(size)
-        dev = subprocess.run(["losetup", "--find", "--show", str(backing)], check=True,
-                             capture_output=True, text=True).stdout.strip()
+        dev = subprocess.run(
+            ["losetup", "--find", "--show", str(backing)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         attached.append(dev)
         return dev
 

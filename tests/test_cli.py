@@ -17,8 +17,14 @@ CLI = [sys.executable, "-m", "p2pclone"]
 
 
 def run(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, **kw)
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        **kw,
+    )
 
 
 def free_port() -> int:
@@ -28,8 +34,13 @@ def free_port() -> int:
 
 
 def start_receiver(*args: str) -> tuple[subprocess.Popen[str], dict]:
-    rx = subprocess.Popen([*CLI, "receive", *args, "--json"], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    rx = subprocess.Popen(
+        [*CLI, "receive", *args, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     assert rx.stdout is not None
     first = json.loads(rx.stdout.readline())
     return rx, first
@@ -43,8 +54,7 @@ def test_clone_with_json_output_on_both_sides(tmp_path: Path) -> None:
     source = tmp_path / "s.img"
     data = write_layout(source, 10 * MiB + 4321)
     target = tmp_path / "t.img"
-    rx, first = start_receiver(str(target), "tcp://127.0.0.1:0", "--code", "4-cli-test",
-                               "--verify")
+    rx, first = start_receiver(str(target), "tcp://127.0.0.1:0", "--code", "4-cli-test", "--verify")
     assert first["event"] == "listening" and first["code"] == "4-cli-test"
     tx = run("send", str(source), first["url"], "--code", "4-cli-test", "--json")
     rx_out, rx_err = rx.communicate(timeout=60)
@@ -53,8 +63,14 @@ def test_clone_with_json_output_on_both_sides(tmp_path: Path) -> None:
     tx_done, rx_done = json_lines(tx.stdout)[-1], json_lines(rx_out)[-1]
     for done in (tx_done, rx_done):
         assert done["event"] == "done"
-        assert set(done) >= {"source_bytes", "wire_bytes", "chunks", "zero_chunks", "digest",
-                             "seconds"}
+        assert set(done) >= {
+            "source_bytes",
+            "wire_bytes",
+            "chunks",
+            "zero_chunks",
+            "digest",
+            "seconds",
+        }
         assert done["source_bytes"] == len(data) and done["chunks"] == 11
     assert tx_done["digest"] == rx_done["digest"] and tx_done["wire_bytes"] == rx_done["wire_bytes"]
     assert target.read_bytes() == data
@@ -76,7 +92,11 @@ def test_receiver_generates_and_prints_a_code(tmp_path: Path) -> None:
         (["send", "{src}", "host:7411"], 2, "not a transport URL"),
         (["send", "{tmp}/missing.img", "tcp://127.0.0.1:1"], 1, "does not exist: check the path"),
         (["send", "{src}", "tcp://127.0.0.1:{port}"], 5, "nobody is listening"),
-        (["receive", "{tmp}/no/such/dir/t.img", "tcp://127.0.0.1:0"], 1, "does not exist: create it"),
+        (
+            ["receive", "{tmp}/no/such/dir/t.img", "tcp://127.0.0.1:0"],
+            1,
+            "does not exist: create it",
+        ),
         (["receive", "{tmp}", "tcp://127.0.0.1:0"], 1, "is a folder"),
         (["send", "{src}", "tcp://127.0.0.1:1", "--chunk-size", "1000"], 2, "multiple of 4 KiB"),
         (["frobnicate"], 2, "invalid choice"),
@@ -101,9 +121,13 @@ def test_existing_target_without_yes_and_without_terminal_is_refused(tmp_path: P
     target = tmp_path / "t.img"
     junk = random_file(target, 4 * MiB)
     port = free_port()
-    rx = subprocess.Popen([*CLI, "receive", str(target), f"tcp://127.0.0.1:{port}", "--code", "x"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          stdin=subprocess.DEVNULL)
+    rx = subprocess.Popen(
+        [*CLI, "receive", str(target), f"tcp://127.0.0.1:{port}", "--code", "x"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     assert rx.stdout is not None
     rx.stdout.readline()  # listening
     tx = run("send", str(source), f"tcp://127.0.0.1:{port}", "--code", "x")

@@ -34,7 +34,6 @@ from p2pclone.protocol import (
     Chunk,
     Connection,
     Encoding,
-    End,
     FrameType,
     Plan,
     Role,
@@ -49,19 +48,27 @@ from tests.conftest import MiB, random_file, read_dev, write_layout
 _names = iter(range(10**6))
 
 
-async def clone(source: Path | str, target: Path | str, url: str | None = None, *,
-                verify: bool = False, chunk_size: int = MiB) -> tuple[Done, Done]:
+async def clone(
+    source: Path | str,
+    target: Path | str,
+    url: str | None = None,
+    *,
+    verify: bool = False,
+    chunk_size: int = MiB,
+) -> tuple[Done, Done]:
     """Run a receiver and a sender against each other; return (sender, receiver) stats."""
     url = url or f"memory://e2e{next(_names)}"
     out: dict[str, Done] = {}
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
+
             async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
-                out["rx"] = await receive(str(target), url, code="1-test-code", verify=verify,
-                                          task_status=task_status)
+                out["rx"] = await receive(
+                    str(target), url, code="1-test-code", verify=verify, task_status=task_status
+                )
+
             real_url = await nursery.start(rx)
-            out["tx"] = await send(str(source), real_url, code="1-test-code",
-                                   chunk_size=chunk_size)
+            out["tx"] = await send(str(source), real_url, code="1-test-code", chunk_size=chunk_size)
     return out["tx"], out["rx"]
 
 
@@ -71,11 +78,13 @@ async def both_fail(source, target, url=None) -> tuple[BaseException, BaseExcept
     errors: dict[str, BaseException] = {}
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
+
             async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
                 try:
                     await receive(str(target), url, code="c", task_status=task_status)
                 except BaseException as exc:  # noqa: BLE001 - collected for the assertions
                     errors["rx"] = pick_error(exc)
+
             real_url = await nursery.start(rx)
             try:
                 await send(str(source), real_url, code="c")
@@ -202,8 +211,9 @@ async def test_loop_device_source(tmp_path: Path, loop_device) -> None:
     assert target.read_bytes() == content
 
 
-async def test_too_small_loop_device_is_refused_on_both_sides(tmp_path, layout_source,
-                                                              loop_device) -> None:
+async def test_too_small_loop_device_is_refused_on_both_sides(
+    tmp_path, layout_source, loop_device
+) -> None:
     source, data = layout_source
     junk = random.Random(6).randbytes(8 * MiB)
     dev = loop_device(8 * MiB, junk)
@@ -245,10 +255,14 @@ async def test_link_cut_mid_transfer_fails_both_sides(tmp_path: Path) -> None:
 
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
+
             async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
                 try:
-                    done.append(await receive(str(target), "tcp://127.0.0.1:0", code="c",
-                                              task_status=task_status))
+                    done.append(
+                        await receive(
+                            str(target), "tcp://127.0.0.1:0", code="c", task_status=task_status
+                        )
+                    )
                 except BaseException as exc:  # noqa: BLE001
                     errors["rx"] = pick_error(exc)
 
@@ -292,9 +306,11 @@ async def test_link_cut_mid_transfer_fails_both_sides(tmp_path: Path) -> None:
 async def test_receiver_refuses_a_peer_speaking_http(tmp_path: Path) -> None:
     target = tmp_path / "t.img"
     async with trio.open_nursery() as nursery:
+
         async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
             with pytest.raises(RemoteProtocolError, match="looks like HTTP"):
                 await receive(str(target), "tcp://127.0.0.1:0", code="c", task_status=task_status)
+
         url = await nursery.start(rx)
         s = await trio.open_tcp_stream("127.0.0.1", int(url.rsplit(":", 1)[1]))
         await s.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -351,14 +367,35 @@ async def test_a_corrupted_chunk_is_never_written(tmp_path: Path) -> None:
         await put(plan)
         assert isinstance(await get(), Accept)
         good = b"\x11" * MiB
-        await put(Chunk(index=0, length=MiB, digest=blake3.blake3(good).digest(),
-                        encoding=Encoding.RAW, body=good))
-        await put(Chunk(index=1, length=MiB, digest=blake3.blake3(good).digest(),
-                        encoding=Encoding.RAW, body=b"\x66" * MiB))
+        await put(
+            Chunk(
+                index=0,
+                length=MiB,
+                digest=blake3.blake3(good).digest(),
+                encoding=Encoding.RAW,
+                body=good,
+            )
+        )
+        await put(
+            Chunk(
+                index=1,
+                length=MiB,
+                digest=blake3.blake3(good).digest(),
+                encoding=Encoding.RAW,
+                body=b"\x66" * MiB,
+            )
+        )
         # The receiver has stopped by now; whatever happens to the rest is irrelevant.
         with contextlib.suppress(trio.BrokenResourceError, P2PCloneError):
-            await put(Chunk(index=2, length=MiB, digest=blake3.blake3(good).digest(),
-                            encoding=Encoding.RAW, body=good))
+            await put(
+                Chunk(
+                    index=2,
+                    length=MiB,
+                    digest=blake3.blake3(good).digest(),
+                    encoding=Encoding.RAW,
+                    body=good,
+                )
+            )
 
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:

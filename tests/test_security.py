@@ -36,9 +36,15 @@ from tests.conftest import MiB, random_file, read_dev, write_layout
 Mangle = Callable[[int, bytes], bytes]  # (byte offset in the sender->receiver stream, data) -> data
 
 
-async def session(source: Path | str, target: Path | str, *, tx_code: str = "5-alpha-beta",
-                  rx_code: str = "5-alpha-beta", relay: Mangle | None = None,
-                  allow_mounted: bool = False) -> dict[str, object]:
+async def session(
+    source: Path | str,
+    target: Path | str,
+    *,
+    tx_code: str = "5-alpha-beta",
+    rx_code: str = "5-alpha-beta",
+    relay: Mangle | None = None,
+    allow_mounted: bool = False,
+) -> dict[str, object]:
     """Run receiver and sender over loopback TCP, optionally through a mangling relay.
 
     Returns {"tx": Done or exception, "rx": Done or exception}.
@@ -46,10 +52,12 @@ async def session(source: Path | str, target: Path | str, *, tx_code: str = "5-a
     out: dict[str, object] = {}
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
+
             async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
                 try:
-                    out["rx"] = await receive(str(target), "tcp://127.0.0.1:0", code=rx_code,
-                                              task_status=task_status)
+                    out["rx"] = await receive(
+                        str(target), "tcp://127.0.0.1:0", code=rx_code, task_status=task_status
+                    )
                 except BaseException as exc:  # noqa: BLE001 - inspected by the tests
                     out["rx"] = pick_error(exc)
 
@@ -57,8 +65,7 @@ async def session(source: Path | str, target: Path | str, *, tx_code: str = "5-a
             if relay is not None:
                 url = await nursery.start(run_relay, int(url.rsplit(":", 1)[1]), relay)
             try:
-                out["tx"] = await send(str(source), url, code=tx_code,
-                                       allow_mounted=allow_mounted)
+                out["tx"] = await send(str(source), url, code=tx_code, allow_mounted=allow_mounted)
             except BaseException as exc:  # noqa: BLE001
                 out["tx"] = pick_error(exc)
             nursery.cancel_scope.cancel()
@@ -95,6 +102,7 @@ def flip_at(position: int) -> Mangle:
             i = position - offset
             return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :]
         return data
+
     return fn
 
 
@@ -201,10 +209,12 @@ async def test_hostile_peers_never_touch_the_target(dirty_target, payload, error
     target, old = dirty_target
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
+
             async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
                 with pytest.raises(error, match=message):
-                    await receive(str(target), "tcp://127.0.0.1:0", code="1-a-b",
-                                  task_status=task_status)
+                    await receive(
+                        str(target), "tcp://127.0.0.1:0", code="1-a-b", task_status=task_status
+                    )
 
             url = await nursery.start(rx)
             await connect_and_send(int(url.rsplit(":", 1)[1]), payload)
@@ -217,8 +227,11 @@ async def test_sector_size_mismatch_is_refused(tmp_path, loop_device) -> None:
     junk = random.Random(4).randbytes(8 * MiB)
     backing = tmp_path / "big4k.img"
     backing.write_bytes(junk)
-    dst = subprocess.run(["losetup", "--find", "--show", "--sector-size", "4096", str(backing)],
-                         capture_output=True, text=True)
+    dst = subprocess.run(
+        ["losetup", "--find", "--show", "--sector-size", "4096", str(backing)],
+        capture_output=True,
+        text=True,
+    )
     if dst.returncode:
         pytest.skip(f"losetup --sector-size is not supported here: {dst.stderr.strip()}")
     dev = dst.stdout.strip()
@@ -261,14 +274,31 @@ def test_cli_wrong_code_exits_3_on_both_sides(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cli = [sys.executable, "-m", "p2pclone"]
-    rx = subprocess.Popen([*cli, "receive", str(target), f"tcp://127.0.0.1:{port}", "--code",
-                           "3-one-two", "--yes", "--json"], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    rx = subprocess.Popen(
+        [
+            *cli,
+            "receive",
+            str(target),
+            f"tcp://127.0.0.1:{port}",
+            "--code",
+            "3-one-two",
+            "--yes",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     assert rx.stdout is not None
     rx.stdout.readline()
-    tx = subprocess.run([*cli, "send", str(src), f"tcp://127.0.0.1:{port}", "--code",
-                         "3-one-three"], capture_output=True, text=True, timeout=30,
-                        stdin=subprocess.DEVNULL)
+    tx = subprocess.run(
+        [*cli, "send", str(src), f"tcp://127.0.0.1:{port}", "--code", "3-one-three"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
     _, rx_err = rx.communicate(timeout=30)
     assert (tx.returncode, rx.returncode) == (3, 3)
     assert "wrong code, or someone in the middle" in tx.stderr
@@ -280,6 +310,11 @@ def test_sender_without_code_or_terminal_is_told_to_pass_one(tmp_path: Path) -> 
     src = tmp_path / "s.img"
     random_file(src, 4096)
     env = {k: v for k, v in os.environ.items() if k != "P2PCLONE_CODE"}
-    r = subprocess.run([sys.executable, "-m", "p2pclone", "send", str(src), "tcp://127.0.0.1:9"],
-                       capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "p2pclone", "send", str(src), "tcp://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
     assert r.returncode == 2 and "pass the code the receiver shows with --code" in r.stderr

@@ -79,7 +79,7 @@ def test_block_target_zero_really_zeroes(loop_device) -> None:
     got = read_dev(dev, 8 * MiB)
     assert got[MiB : 4 * MiB] == bytes(3 * MiB)
     assert got[5 * MiB + 512 : 5 * MiB + 1512] == bytes(1000)
-    assert got[: MiB] == junk[: MiB] and got[4 * MiB : 5 * MiB] == junk[4 * MiB : 5 * MiB]
+    assert got[:MiB] == junk[:MiB] and got[4 * MiB : 5 * MiB] == junk[4 * MiB : 5 * MiB]
 
 
 def test_block_target_is_held_exclusively(loop_device) -> None:

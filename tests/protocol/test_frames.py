@@ -31,7 +31,9 @@ def decode_all(data: bytes, *, max_body: int = 1 << 20, pieces: list[int] | None
 
 
 def test_round_trip_whole_and_one_byte_at_a_time() -> None:
-    wire = frame(FrameType.HELLO, 0, b"\x80") + frame(FrameType.CHUNK, 1, b"\x81\xa1i\x00", b"xyz" * 1000)
+    wire = frame(FrameType.HELLO, 0, b"\x80") + frame(
+        FrameType.CHUNK, 1, b"\x81\xa1i\x00", b"xyz" * 1000
+    )
     for pieces in (None, list(range(1, len(wire)))):
         frames, dec = decode_all(wire, pieces=pieces)
         assert [(f.type, f.seq, f.meta, f.body) for f in frames] == [
@@ -92,8 +94,11 @@ def test_unknown_type_flags_and_sequence_gaps() -> None:
         head = struct.pack("<4sBBHIIQ", b"P2PC", 1, ftype, flags, 0, 0, seq)
         return head + struct.pack("<I", zlib.crc32(head))
 
-    for data, msg in ((raw(99, 0, 0), "unknown frame type"), (raw(1, 4, 0), "flags"),
-                      (raw(1, 0, 5), "frame 5 arrived where frame 0")):
+    for data, msg in (
+        (raw(99, 0, 0), "unknown frame type"),
+        (raw(1, 4, 0), "flags"),
+        (raw(1, 0, 5), "frame 5 arrived where frame 0"),
+    ):
         dec = FrameDecoder()
         dec.feed(data)
         with pytest.raises(RemoteProtocolError, match=msg):

@@ -110,7 +110,9 @@ async def test_tcp_passes_trios_two_way_stream_checks() -> None:
 
 @pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback on this machine")
 async def test_tcp_over_ipv6() -> None:
-    await trio.testing.check_two_way_stream(lambda: tcp_pair("::1"), lambda: clogged_tcp_pair("::1"))
+    await trio.testing.check_two_way_stream(
+        lambda: tcp_pair("::1"), lambda: clogged_tcp_pair("::1")
+    )
 
 
 async def test_listening_everywhere_accepts_ipv4() -> None:
@@ -147,18 +149,21 @@ def test_builtins_are_registered_as_entry_points() -> None:
 
 def test_a_third_party_transport_is_found_by_entry_point(tmp_path: Path, monkeypatch) -> None:
     """An installed distribution declaring `p2pclone.transports` adds a URL scheme."""
-    (tmp_path / "echo_transport.py").write_text(textwrap.dedent("""
+    (tmp_path / "echo_transport.py").write_text(
+        textwrap.dedent("""
         from transports import Transport
         class EchoTransport(Transport):
             scheme = "echo"
             async def connect(self): raise NotImplementedError
             async def listen(self): raise NotImplementedError
-    """))
+    """)
+    )
     dist = tmp_path / "echo_transport-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: echo-transport\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(
-        "[p2pclone.transports]\necho = echo_transport:EchoTransport\n")
+        "[p2pclone.transports]\necho = echo_transport:EchoTransport\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "echo" in available_schemes()
     t = open_transport("echo://anything")
