@@ -112,3 +112,38 @@ def test_mounted_device_is_reported_in_use(loop_device, tmp_path: Path) -> None:
         assert info.in_use and str(mnt) in info.mountpoints
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_swap_device_is_refused(loop_device) -> None:
+    from p2pclone.errors import SafetyError
+
+    dev = loop_device(16 * MiB, None)
+    if subprocess.run(["mkswap", dev], capture_output=True).returncode:
+        pytest.skip("mkswap is not available")
+    if subprocess.run(["swapon", dev], capture_output=True).returncode:
+        pytest.skip("swapon is not permitted here")
+    try:
+        with pytest.raises(SafetyError, match="used as swap"):
+            Target.open(dev)
+    finally:
+        subprocess.run(["swapoff", dev], check=False)
+
+
+def test_device_held_by_device_mapper_is_refused(loop_device) -> None:
+    import shutil
+
+    from p2pclone.errors import SafetyError
+
+    if shutil.which("dmsetup") is None:
+        pytest.skip("dmsetup (device-mapper) is not installed")
+    dev = loop_device(8 * MiB, None)
+    name = f"p2pclone-test-{os.getpid()}"
+    made = subprocess.run(["dmsetup", "create", name, "--table",
+                           f"0 {8 * MiB // 512} linear {dev} 0"], capture_output=True, text=True)
+    if made.returncode:
+        pytest.skip(f"device-mapper is not usable here: {made.stderr.strip()}")
+    try:
+        with pytest.raises(SafetyError, match="held by dm-"):
+            Target.open(dev)
+    finally:
+        subprocess.run(["dmsetup", "remove", name], check=False)
