@@ -138,8 +138,11 @@ def test_device_held_by_device_mapper_is_refused(loop_device) -> None:
         pytest.skip("dmsetup (device-mapper) is not installed")
     dev = loop_device(8 * MiB, None)
     name = f"p2pclone-test-{os.getpid()}"
-    made = subprocess.run(["dmsetup", "create", name, "--table",
-                           f"0 {8 * MiB // 512} linear {dev} 0"], capture_output=True, text=True)
+    made = subprocess.run(
+        ["dmsetup", "create", name, "--table", f"0 {8 * MiB // 512} linear {dev} 0"],
+        capture_output=True,
+        text=True,
+    )
     if made.returncode:
         pytest.skip(f"device-mapper is not usable here: {made.stderr.strip()}")
     try:

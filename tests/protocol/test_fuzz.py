@@ -18,14 +18,31 @@ from p2pclone.protocol import CLOSED, NEED_DATA, Connection, FrameType, Role, en
 INTS = st.integers(min_value=-(2**63), max_value=2**64 - 1)
 VALUES = st.recursive(
     st.one_of(INTS, st.binary(max_size=64), st.text(max_size=16), st.booleans(), st.none()),
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 METAS = st.dictionaries(
-    st.sampled_from(["role", "sw", "feat", "msg", "mac", "size", "chunk", "count", "hash",
-                     "src", "code", "exit", "x"]),
-    VALUES, max_size=6,
+    st.sampled_from(
+        [
+            "role",
+            "sw",
+            "feat",
+            "msg",
+            "mac",
+            "size",
+            "chunk",
+            "count",
+            "hash",
+            "src",
+            "code",
+            "exit",
+            "x",
+        ]
+    ),
+    VALUES,
+    max_size=6,
 )
 
 
@@ -41,8 +58,12 @@ def drain(conn: Connection) -> None:
 def fresh(role: Role, steps: int) -> tuple[Connection, Connection]:
     """A connection of ``role`` after ``steps`` legal handshake frames, and its peer."""
     s, r = Connection(Role.SENDER, code="1-a-b"), Connection(Role.RECEIVER, code="1-a-b")
-    order = [(s, r, lambda: s.hello("t")), (r, s, lambda: r.hello("t")),
-             (s, r, s.pake), (r, s, r.pake)]
+    order = [
+        (s, r, lambda: s.hello("t")),
+        (r, s, lambda: r.hello("t")),
+        (s, r, s.pake),
+        (r, s, r.pake),
+    ]
     for src, dst, make in order[:steps]:
         dst.receive_data(b"".join(bytes(b) for b in src.send(make())))
         assert dst.next_event() not in (NEED_DATA, CLOSED)
@@ -69,6 +90,7 @@ def test_random_bytes_in_any_handshake_state(role: Role, steps: int, data: bytes
 def test_well_framed_garbage_in_any_handshake_state(role, steps, ftype, meta, body) -> None:
     conn, peer = fresh(role, steps if role is Role.RECEIVER else steps - steps % 2)
     seq = peer._send_seq
-    conn.receive_data(b"".join(bytes(b) for b in encode_frame(ftype, seq, msgpack.packb(meta),
-                                                               body)))
+    conn.receive_data(
+        b"".join(bytes(b) for b in encode_frame(ftype, seq, msgpack.packb(meta), body))
+    )
     drain(conn)
