@@ -117,6 +117,7 @@ class Output:
                         wire_bytes=d.wire_bytes,
                         chunks=d.chunks,
                         zero_chunks=d.zero_chunks,
+                        same_chunks=d.same_chunks,
                         digest=d.digest,
                         seconds=round(d.seconds, 3),
                         verified=d.verified,
@@ -127,7 +128,8 @@ class Output:
                     self.say(
                         f"Done: {human_bytes(d.source_bytes)} in {d.seconds:.1f} s "
                         f"({human_bytes(rate)}/s); {human_bytes(d.wire_bytes)} on the wire "
-                        f"({ratio:.0%}); {d.chunks} chunks, {d.zero_chunks} zero; "
+                        f"({ratio:.0%}); {d.chunks} chunks, {d.zero_chunks} zero, "
+                        f"{d.same_chunks} already there; "
                         f"{'verified, ' if d.verified else ''}root {d.digest[:16]}…"
                     )
             case _:
@@ -307,6 +309,9 @@ def cmd_receive(args: argparse.Namespace) -> int:
             code=code,
             verify=args.verify,
             confirm=make_confirm(args.yes, out),
+            state_dir=args.state_dir,
+            fresh=args.fresh,
+            delta=args.delta,
             report=out,
         ),
     )
@@ -330,6 +335,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             code=code,
             chunk_size=args.chunk_size,
             allow_mounted=args.allow_mounted,
+            delta=args.delta,
             report=out,
         ),
     )
@@ -428,6 +434,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="after fsync, re-read the whole target and check every chunk",
     )
+    r.add_argument(
+        "--delta",
+        action="store_true",
+        help="hash the target first and receive only the chunks that differ",
+    )
+    r.add_argument(
+        "--fresh",
+        action="store_true",
+        help="ignore an interrupted earlier run's journal and start over",
+    )
+    r.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the resume journal lives (default: $P2PCLONE_STATE_DIR, else "
+        "/var/lib/p2pclone for root, ~/.local/state/p2pclone for others)",
+    )
     common(r)
     r.set_defaults(func=cmd_receive)
 
@@ -441,6 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("source", metavar="SOURCE", help="block device or file to clone")
     s.add_argument("url", metavar="URL", help="the receiver: tcp://HOST[:PORT]")
     s.add_argument("--code", help="the code the receiver shows (default: $P2PCLONE_CODE)")
+    s.add_argument(
+        "--delta",
+        action="store_true",
+        help="ask the receiver to hash its target and send only the chunks that differ",
+    )
     s.add_argument(
         "--allow-mounted",
         action="store_true",

@@ -16,7 +16,7 @@ import zstandard
 
 from .disks import Source, Target
 from .errors import IntegrityError
-from .protocol import Chunk, Encoding, Plan
+from .protocol import Chunk, Encoding, Plan, zero_digest
 
 ZSTD_LEVEL = 1
 _ZERO = bytes(1 << 20)
@@ -55,19 +55,33 @@ def chunk_span(plan: Plan, index: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Encoded:
-    """A chunk ready to send, or ``chunk=None`` for an all-zero chunk."""
+    """What to send for one chunk: exactly one of the three is set.
+
+    ``chunk``: its CHUNK event; ``zero``: it is all zeros (a ZERO range); ``same``:
+    the receiver already holds it, and this is its hash (a SAME range).
+    """
 
     index: int
-    chunk: Chunk | None
+    chunk: Chunk | None = None
+    zero: bool = False
+    same: bytes | None = None
 
 
-def encode_chunk(source: Source, plan: Plan, index: int) -> Encoded:
-    """Read chunk ``index`` and make its CHUNK event (or mark it zero)."""
+def encode_chunk(source: Source, plan: Plan, index: int, have: bytes | None = None) -> Encoded:
+    """Read chunk ``index`` and decide what to send for it.
+
+    ``have`` is the hash the receiver reports for this chunk (resume or delta), if
+    any: a match costs a hash and no compression, and nothing but its hash is sent.
+    """
     length = plan.chunk_length(index)
     data = source.read(index * plan.chunk_size, length)
     if is_zero(data):
-        return Encoded(index, None)
+        if have is not None and have == zero_digest(length):
+            return Encoded(index, same=have)
+        return Encoded(index, zero=True)
     digest = blake3.blake3(data).digest()
+    if digest == have:
+        return Encoded(index, same=digest)
     packed = _compressor().compress(data)
     # Raw when compression saves under ~3%: decompressing would cost more than it saves.
     if len(packed) < length - length // 32:

@@ -18,8 +18,12 @@ Order of a session, and why:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 import trio
@@ -27,9 +31,32 @@ import trio
 from transports import open_transport
 
 from .disks import Target
-from .errors import IntegrityError, P2PCloneError, PeerError, TransportError
+from .errors import (
+    IntegrityError,
+    P2PCloneError,
+    PeerError,
+    RemoteProtocolError,
+    TransportError,
+)
+from .journal import Header, Journal, default_state_dir
 from .pipeline import default_threads, hash_target_chunk, write_chunk, zero_chunks
-from .protocol import Accept, Chunk, Connection, End, Error, Plan, Result, Role, Zero
+from .protocol import (
+    HASH_SIZE,
+    MAX_HASHES,
+    Accept,
+    Ack,
+    Chunk,
+    Connection,
+    End,
+    Error,
+    Have,
+    Plan,
+    Result,
+    Role,
+    Same,
+    State,
+    Zero,
+)
 from .protocol.connection import zero_digest
 from .session import (
     Channel,
@@ -55,6 +82,19 @@ def _no_confirm(plan: Plan, target: Target) -> None:
     pass
 
 
+@dataclass
+class Options:
+    """How a receiver runs (see :func:`receive`)."""
+
+    verify: bool = False
+    confirm: Confirm = _no_confirm
+    threads: int = 1
+    journal: bool = True
+    state_dir: Path | None = None
+    fresh: bool = False
+    delta: bool = False
+
+
 async def receive(
     target_path: str,
     url: str,
@@ -63,6 +103,10 @@ async def receive(
     verify: bool = False,
     confirm: Confirm = _no_confirm,
     threads: int | None = None,
+    journal: bool = True,
+    state_dir: str | Path | None = None,
+    fresh: bool = False,
+    delta: bool = False,
     report: Reporter = no_report,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> Done:
@@ -70,6 +114,9 @@ async def receive(
 
     ``task_status.started()`` gets the URL actually listened on (with the real port).
     ``confirm(plan, target)`` may raise to refuse the plan (before anything is written).
+    With ``journal`` (the default) progress is journaled in ``state_dir`` and an
+    interrupted clone resumes where it stopped (``fresh`` ignores an old journal);
+    ``delta`` hashes the current target so only chunks that differ are sent.
 
     Raises:
         P2PCloneError: any failure, with a user-facing sentence and exit code.
@@ -82,6 +129,7 @@ async def receive(
             report(Listening(listener.url, code))
             task_status.started(listener.url)
             stream = await listener.accept()
+            url = listener.url  # name the link by the real address from now on
         finally:
             await listener.aclose()
         report(Connected(url))
@@ -93,6 +141,10 @@ async def receive(
             verify=verify,
             confirm=confirm,
             threads=threads,
+            journal=journal,
+            state_dir=state_dir,
+            fresh=fresh,
+            delta=delta,
             report=report,
         )
     finally:
@@ -108,64 +160,103 @@ async def receive_stream(
     verify: bool = False,
     confirm: Confirm = _no_confirm,
     threads: int | None = None,
+    journal: bool = True,
+    state_dir: str | Path | None = None,
+    fresh: bool = False,
+    delta: bool = False,
     report: Reporter = no_report,
 ) -> Done:
     """Run a receiving session over an already open ``stream`` (closed on return)."""
+    opts = Options(
+        verify=verify,
+        confirm=confirm,
+        threads=threads or default_threads(),
+        journal=journal,
+        state_dir=Path(state_dir) if state_dir else None,
+        fresh=fresh,
+        delta=delta,
+    )
     channel = Channel(Connection(Role.RECEIVER, code=code), stream, url)
     try:
-        return await _session(
-            channel, target, verify, confirm, threads or default_threads(), report
-        )
+        return await _session(channel, target, opts, report)
     except BaseException as exc:
         await channel.fail(pick_error(exc))
         raise
 
 
-async def _session(
-    channel: Channel,
-    target: Target,
-    verify: bool,
-    confirm: Confirm,
-    threads: int,
-    report: Reporter,
-) -> Done:
+async def _session(channel: Channel, target: Target, opts: Options, report: Reporter) -> Done:
     started = trio.current_time()
     await pair(channel)
     plan = await channel.expect(Plan, "the sender's PLAN")
     target.check_plan(plan.source_size, plan.source)
-    confirm(plan, target)
+    opts.confirm(plan, target)
     await trio.to_thread.run_sync(target.prepare, plan.source_size)
-    await channel.send(Accept(target=target.describe()))
+    journal = None
+    if opts.journal:
+        header = Header(plan.chunk_size, plan.source_size, target.identity())
+        journal = await trio.to_thread.run_sync(
+            functools.partial(
+                Journal.open, opts.state_dir or default_state_dir(), header, fresh=opts.fresh
+            )
+        )
+        await _recheck_tail(journal, target, plan)
+    delta = opts.delta or plan.delta
+    await channel.send(
+        Accept(target=target.describe(), have=delta or bool(journal and journal.have))
+    )
     report(
         Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, target.describe())
     )
-
-    with tempfile.TemporaryFile(prefix="p2pclone-hashes-") if verify else _NullLog() as log:
-        try:
-            end, zero_total = await _receive_chunks(channel, target, plan, threads, log, report)
-        except BaseException as exc:
-            raise pick_error(exc) from None
-        await trio.to_thread.run_sync(target.sync)
-        if end.root != channel.conn.root_digest():
-            raise IntegrityError(
-                "the root hash over all chunks differs from the sender's: the copy is not "
-                "identical; run the clone again"
-            )
-        if verify:
-            await _verify(target, plan, log, threads, report)
+    try:
+        hash_log = tempfile.TemporaryFile(prefix="p2pclone-") if opts.verify else _NullLog()  # noqa: SIM115 - closed by the with below
+        with hash_log as log:
+            state = _DataState(channel, target, plan, journal, log, opts.threads, report)
+            try:
+                end = await state.run(delta)
+            except BaseException as exc:
+                # Keep what was written: a re-run resumes after it.
+                with trio.CancelScope(shield=True), contextlib.suppress(P2PCloneError):
+                    await state.commit(ack=False)
+                raise pick_error(exc) from None
+            await trio.to_thread.run_sync(target.sync)
+            if end.root != channel.conn.root_digest():
+                raise IntegrityError(
+                    "the root hash over all chunks differs from the sender's: the copy is not "
+                    "identical; run the clone again"
+                )
+            if opts.verify:
+                await _verify(target, plan, log, opts.threads, report)
+    finally:
+        if journal is not None:
+            journal.close()
+    if journal is not None:
+        await trio.to_thread.run_sync(journal.finish)
     # Our own root (equal to END's, checked above): the sender checks it against its own.
-    await channel.send(Result(root=channel.conn.root_digest(), verified=verify))
+    await channel.send(Result(root=channel.conn.root_digest(), verified=opts.verify))
     done = Done(
         source_bytes=plan.source_size,
         wire_bytes=channel.conn.bytes_in + channel.conn.bytes_out,
         chunks=plan.chunk_count,
-        zero_chunks=zero_total,
+        zero_chunks=state.zero_total,
+        same_chunks=state.same_total,
         digest=end.root.hex(),
         seconds=trio.current_time() - started,
-        verified=verify,
+        verified=opts.verify,
     )
     await channel.close()
     return done
+
+
+async def _recheck_tail(journal: Journal, target: Target, plan: Plan) -> None:
+    """Re-hash the last committed chunks before trusting them (a crash may have lost them)."""
+    tail = [i for i in journal.tail if i < plan.chunk_count and i in journal.have]
+    bad = [
+        i
+        for i in tail
+        if await trio.to_thread.run_sync(hash_target_chunk, target, plan, i) != journal.have[i]
+    ]
+    journal.forget(bad)
+    journal.forget([i for i in list(journal.have) if i >= plan.chunk_count])
 
 
 class _NullLog:
@@ -181,60 +272,188 @@ class _NullLog:
         pass
 
 
-async def _receive_chunks(
-    channel: Channel,
-    target: Target,
-    plan: Plan,
-    threads: int,
-    log: IO[bytes] | _NullLog,
-    report: Reporter,
-) -> tuple[End, int]:
-    limiter = trio.CapacityLimiter(threads)
-    # Chunks received but not yet written: a few per thread, at most ~32 MiB of them.
-    room = trio.Semaphore(max(2, min(2 * threads + 4, (32 << 20) // plan.chunk_size)))
-    zero_total = 0
-    last_report = -1.0
-    unflushed = 0  # bytes written since writeback was last started
+UNKNOWN = bytes(HASH_SIZE)
+#: Commit the journal (fsync target, append, fsync journal, ACK) this often ...
+COMMIT_SECONDS = 1.0
+#: ... or after this many bytes written, whichever comes first.
+COMMIT_BYTES = 64 * 1024 * 1024
+#: Chunks hashed per worker call when scanning the target for a delta.
+DELTA_BATCH = 64
 
-    async def run(fn: Callable[..., None], *args: object) -> None:
+
+class _DataState:
+    """The receiver's data phase: writes, HAVE reports, journal commits."""
+
+    def __init__(
+        self,
+        channel: Channel,
+        target: Target,
+        plan: Plan,
+        journal: Journal | None,
+        log: IO[bytes] | _NullLog,
+        threads: int,
+        report: Reporter,
+    ) -> None:
+        self.channel, self.target, self.plan = channel, target, plan
+        self.journal, self.log, self.threads, self.report = journal, log, threads, report
+        self.limiter = trio.CapacityLimiter(threads)
+        # Chunks received but not yet written: a few per thread, at most ~32 MiB of them.
+        self.room = trio.Semaphore(max(2, min(2 * threads + 4, (32 << 20) // plan.chunk_size)))
+        self.pending: list[tuple[int, bytes]] = []  # written, not yet journaled
+        self.pending_bytes = 0
+        self.commit_now = trio.Event()
+        self.commit_lock = trio.Lock()
+        self.announced: dict[int, bytes] = {}  # what our HAVE frames said, until used
+        self.zero_total = 0
+        self.same_total = 0
+
+    async def run(self, delta: bool) -> End:
+        async with trio.open_nursery() as nursery:
+            if self.channel.conn.have_expected:
+                nursery.start_soon(self._send_have, delta)
+            if self.journal is not None:
+                nursery.start_soon(self._committer)
+            end = await self._receive(nursery)
+            nursery.cancel_scope.cancel()  # the helpers; writers finish (threads can't stop)
+        await self.commit(ack=True)
+        self.report(
+            Progress(self.plan.source_size, self.plan.source_size, self.channel.conn.bytes_in)
+        )
+        return end
+
+    async def _receive(self, nursery: trio.Nursery) -> End:
+        plan, conn = self.plan, self.channel.conn
+        last_report = -1.0
+        unflushed = 0
+        async with trio.open_nursery() as writers:
+            while True:
+                event = await self.channel.receive()
+                if event is None:
+                    raise TransportError(
+                        f"the sender closed the link {self.channel.url} before the end: the "
+                        "transfer was interrupted and the target is incomplete; run both sides "
+                        "again (the receiver resumes where it stopped)"
+                    )
+                if isinstance(event, Error):
+                    raise PeerError(event.message, code=event.code, exit_code=event.exit)
+                if isinstance(event, End):
+                    break
+                if isinstance(event, Chunk):
+                    await self.room.acquire()
+                    self.announced.pop(event.index, None)
+                    self.log.write(event.digest)
+                    writers.start_soon(self._write, event)
+                    unflushed += event.length
+                    if unflushed >= WRITEBACK_EVERY and self.journal is None:
+                        unflushed = 0
+                        await self.room.acquire()
+                        writers.start_soon(self._in_thread, self.target.start_writeback)
+                elif isinstance(event, Zero):
+                    await self.room.acquire()
+                    self.zero_total += event.count
+                    for i in range(event.index, event.index + event.count):
+                        self.announced.pop(i, None)
+                        self.log.write(zero_digest(plan.chunk_length(i)))
+                    writers.start_soon(self._zero, event)
+                elif isinstance(event, Same):
+                    self._same(event)
+                now = trio.current_time()
+                if now - last_report >= 0.1:
+                    last_report = now
+                    done = min(plan.source_size, conn.chunks_done * plan.chunk_size)
+                    self.report(Progress(done, plan.source_size, conn.bytes_in))
+        return event
+
+    async def _in_thread(self, fn: Callable[..., None], *args: object) -> None:
         try:
-            await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+            await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
         finally:
-            room.release()
+            self.room.release()
 
-    async with trio.open_nursery() as nursery:
-        while True:
-            event = await channel.receive()
-            if event is None:
-                raise TransportError(
-                    f"the sender closed the link {channel.url} before the end: the transfer was "
-                    "interrupted and the target is incomplete; run both sides again"
+    async def _write(self, chunk: Chunk) -> None:
+        await self._in_thread(write_chunk, self.target, chunk, self.plan)
+        self._written([(chunk.index, chunk.digest)], chunk.length)
+
+    async def _zero(self, event: Zero) -> None:
+        await self._in_thread(zero_chunks, self.target, self.plan, event.index, event.count)
+        plan = self.plan
+        self._written(
+            [
+                (i, zero_digest(plan.chunk_length(i)))
+                for i in range(event.index, event.index + event.count)
+            ],
+            0,
+        )
+
+    def _same(self, event: Same) -> None:
+        """Chunks we said we hold: check the sender agrees with what we announced."""
+        fresh: list[tuple[int, bytes]] = []
+        for k in range(event.count):
+            i = event.index + k
+            digest = event.hashes[HASH_SIZE * k : HASH_SIZE * (k + 1)]
+            if self.announced.pop(i, None) != digest:
+                raise RemoteProtocolError(
+                    f"the sender called chunk {i} unchanged although it differs from what this "
+                    "receiver reported: refusing to trust it"
                 )
-            if isinstance(event, Error):
-                raise PeerError(event.message, code=event.code, exit_code=event.exit)
-            if isinstance(event, End):
-                break
-            await room.acquire()
-            if isinstance(event, Chunk):
-                log.write(event.digest)
-                nursery.start_soon(run, write_chunk, target, event, plan)
-                unflushed += event.length
-                if unflushed >= WRITEBACK_EVERY:
-                    unflushed = 0
-                    await room.acquire()
-                    nursery.start_soon(run, target.start_writeback)
-            elif isinstance(event, Zero):
-                zero_total += event.count
-                for i in range(event.index, event.index + event.count):
-                    log.write(zero_digest(plan.chunk_length(i)))
-                nursery.start_soon(run, zero_chunks, target, plan, event.index, event.count)
-            now = trio.current_time()
-            if now - last_report >= 0.1:
-                last_report = now
-                done = min(plan.source_size, channel.conn.chunks_done * plan.chunk_size)
-                report(Progress(done, plan.source_size, channel.conn.bytes_in))
-    report(Progress(plan.source_size, plan.source_size, channel.conn.bytes_in))
-    return event, zero_total
+            self.log.write(digest)
+            if self.journal is not None and i not in self.journal.have:
+                fresh.append((i, digest))
+        self.same_total += event.count
+        self._written(fresh, 0)
+
+    def _written(self, entries: list[tuple[int, bytes]], nbytes: int) -> None:
+        self.pending += entries
+        self.pending_bytes += nbytes
+        if self.pending_bytes >= COMMIT_BYTES:
+            self.commit_now.set()
+
+    async def _committer(self) -> None:
+        while True:
+            with trio.move_on_after(COMMIT_SECONDS):
+                await self.commit_now.wait()
+            await self.commit(ack=True)
+
+    async def commit(self, *, ack: bool) -> None:
+        """Make what is written durable, then journal it, then tell the sender."""
+        if self.journal is None:
+            return
+        async with self.commit_lock:
+            self.commit_now = trio.Event()
+            entries, self.pending, self.pending_bytes = self.pending, [], 0
+            if not entries:
+                return
+            await trio.to_thread.run_sync(self.target.sync)
+            await trio.to_thread.run_sync(self.journal.commit, entries)
+            if ack and self.channel.conn.state in (State.DATA, State.FINISH):
+                await self.channel.send(Ack(durable=len(self.journal.have)))
+
+    async def _send_have(self, delta: bool) -> None:
+        """Stream HAVE frames for every chunk, in order: journal entries, or target hashes."""
+        plan, journal = self.plan, self.journal
+        step = DELTA_BATCH if delta else MAX_HASHES
+        for first in range(0, plan.chunk_count, step):
+            indices = range(first, min(first + step, plan.chunk_count))
+            if delta:
+                hashes = await trio.to_thread.run_sync(
+                    _hash_range,
+                    self.target,
+                    plan,
+                    indices.start,
+                    indices.stop,
+                    limiter=self.limiter,
+                )
+            else:
+                assert journal is not None
+                hashes = [journal.have.get(i, UNKNOWN) for i in indices]
+            for i, digest in zip(indices, hashes, strict=True):
+                if digest != UNKNOWN:
+                    self.announced[i] = digest
+            await self.channel.send(Have(index=first, hashes=b"".join(hashes)))
+
+
+def _hash_range(target: Target, plan: Plan, start: int, stop: int) -> list[bytes]:
+    return [hash_target_chunk(target, plan, i) for i in range(start, stop)]
 
 
 async def _verify(

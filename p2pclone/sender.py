@@ -27,9 +27,24 @@ import trio
 from transports import open_transport
 
 from .disks import Source
-from .errors import IntegrityError, P2PCloneError, PeerError, TransportError, UsageError
+from .errors import IntegrityError, P2PCloneError, TransportError, UsageError
 from .pipeline import Encoded, default_threads, encode_chunk
-from .protocol import MAX_CHUNK_SIZE, Accept, Connection, End, Plan, Result, Role, Zero
+from .protocol import (
+    HASH_SIZE,
+    MAX_CHUNK_SIZE,
+    MAX_HASHES,
+    Accept,
+    Ack,
+    Connection,
+    End,
+    Have,
+    Plan,
+    Result,
+    Role,
+    Same,
+    Zero,
+    zero_digest,
+)
 from .session import (
     Channel,
     Connected,
@@ -69,11 +84,13 @@ async def send(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     threads: int | None = None,
     allow_mounted: bool = False,
+    delta: bool = False,
     report: Reporter = no_report,
 ) -> Done:
     """Clone ``source_path`` to the receiver at ``url``; return the final statistics.
 
-    ``allow_mounted`` accepts a source mounted read-write (the copy may be inconsistent).
+    ``allow_mounted`` accepts a source mounted read-write (the copy may be inconsistent);
+    ``delta`` asks the receiver to hash its target so only differing chunks are sent.
 
     Raises:
         P2PCloneError: any failure, with a user-facing sentence and exit code.
@@ -93,6 +110,7 @@ async def send(
             code=code,
             chunk_size=chunk_size,
             threads=threads,
+            delta=delta,
             report=report,
         )
     finally:
@@ -107,13 +125,16 @@ async def send_stream(
     url: str = "stream",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     threads: int | None = None,
+    delta: bool = False,
     report: Reporter = no_report,
 ) -> Done:
     """Run a sending session over an already open ``stream`` (closed on return)."""
     _check_chunk_size(chunk_size)
     channel = Channel(Connection(Role.SENDER, code=code), stream, url)
     try:
-        return await _session(channel, source, chunk_size, threads or default_threads(), report)
+        return await _session(
+            channel, source, chunk_size, threads or default_threads(), delta, report
+        )
     except BaseException as exc:
         await channel.fail(pick_error(exc))
         raise
@@ -125,21 +146,27 @@ def _check_chunk_size(chunk_size: int) -> None:
 
 
 async def _session(
-    channel: Channel, source: Source, chunk_size: int, threads: int, report: Reporter
+    channel: Channel,
+    source: Source,
+    chunk_size: int,
+    threads: int,
+    delta: bool,
+    report: Reporter,
 ) -> Done:
     started = trio.current_time()
     await pair(channel)
-    plan = Plan(source_size=source.size, chunk_size=chunk_size, source=source.info)
+    plan = Plan(source_size=source.size, chunk_size=chunk_size, source=source.info, delta=delta)
     await channel.send(plan)
     accept = await channel.expect(Accept, "the receiver to accept the plan")
     report(Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, accept.target))
 
     result: list[Result] = []
-    zero_chunks = 0
+    acks: list[int] = []
+    have = HaveMap(accept.have)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch, channel, result)
-            zero_chunks = await _stream_chunks(channel, source, plan, threads, nursery, report)
+            nursery.start_soon(_watch, channel, have, acks, result)
+            runs = await _stream_chunks(channel, source, plan, have, threads, nursery, report)
             await channel.send(End(chunk_count=plan.chunk_count, root=channel.conn.root_digest()))
     except BaseException as exc:
         raise pick_error(exc) from None
@@ -152,7 +179,8 @@ async def _session(
         source_bytes=plan.source_size,
         wire_bytes=channel.conn.bytes_out + channel.conn.bytes_in,
         chunks=plan.chunk_count,
-        zero_chunks=zero_chunks,
+        zero_chunks=runs.zero_total,
+        same_chunks=runs.same_total,
         digest=channel.conn.root_digest().hex(),
         seconds=trio.current_time() - started,
         verified=result[0].verified,
@@ -161,34 +189,108 @@ async def _session(
     return done
 
 
-async def _watch(channel: Channel, result: list[Result]) -> None:
-    """Read the back-channel: the RESULT ends the session, an ERROR aborts it."""
-    try:
-        result.append(await channel.expect(Result, "the receiver's RESULT"))
-    except TransportError:
-        raise TransportError(
-            f"the receiver closed the link {channel.url} before confirming the clone: "
-            "the transfer was interrupted and the target is incomplete; run both sides again"
-        ) from None
-    except PeerError:
-        raise
+class HaveMap:
+    """What the receiver reports it holds (HAVE frames), consumed in index order.
+
+    Entries are dropped as they are used, so memory follows how far the receiver's
+    report runs ahead of the sender (32 bytes a chunk at most).
+    """
+
+    def __init__(self, expected: bool) -> None:
+        self.expected = expected
+        self.covered = 0
+        self._hashes: dict[int, bytes] = {}
+        self._changed = trio.Event()
+
+    def add(self, event: Have) -> None:
+        unknown = bytes(HASH_SIZE)
+        for k in range(event.count):
+            digest = event.hashes[HASH_SIZE * k : HASH_SIZE * (k + 1)]
+            if digest != unknown:
+                self._hashes[event.index + k] = digest
+        self.covered = event.index + event.count
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def get(self, index: int) -> bytes | None:
+        """The receiver's hash for chunk ``index`` (waiting for its report), or None."""
+        if not self.expected:
+            return None
+        while self.covered <= index:
+            await self._changed.wait()
+        return self._hashes.pop(index, None)
+
+
+async def _watch(channel: Channel, have: HaveMap, acks: list[int], result: list[Result]) -> None:
+    """Read the back-channel: HAVE and ACK as they come; RESULT ends it, ERROR aborts."""
+    while True:
+        try:
+            event = await channel.expect_one_of((Have, Ack, Result), "the receiver's RESULT")
+        except TransportError:
+            raise TransportError(
+                f"the receiver closed the link {channel.url} before confirming the clone: "
+                "the transfer was interrupted and the target is incomplete; run both sides "
+                "again (the receiver resumes where it stopped)"
+            ) from None
+        if isinstance(event, Have):
+            have.add(event)
+        elif isinstance(event, Ack):
+            acks[:] = [event.durable]  # chunks the receiver holds durably so far
+        elif isinstance(event, Result):
+            result.append(event)
+            return
+
+
+class _Runs:
+    """Merges consecutive zero chunks into ZERO frames and held chunks into SAME frames."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.kind = ""
+        self.start = 0
+        self.count = 0
+        self.hashes = bytearray()
+        self.zero_total = 0
+        self.same_total = 0
+
+    async def add(self, kind: str, index: int, digest: bytes = b"", count: int = 1) -> None:
+        """Add ``count`` chunks from ``index`` (a SAME adds one chunk and its hash)."""
+        full = kind == "same" and self.count >= MAX_HASHES
+        if kind != self.kind or index != self.start + self.count or full:
+            await self.flush()
+            self.kind, self.start = kind, index
+        self.count += count
+        if kind == "same":
+            self.hashes += digest
+            self.same_total += 1
+        else:
+            self.zero_total += count
+
+    async def flush(self) -> None:
+        if self.count:
+            if self.kind == "zero":
+                await self.channel.send(Zero(index=self.start, count=self.count))
+            else:
+                await self.channel.send(Same(index=self.start, hashes=bytes(self.hashes)))
+        self.kind, self.count, self.hashes = "", 0, bytearray()
 
 
 async def _stream_chunks(
     channel: Channel,
     source: Source,
     plan: Plan,
+    have: HaveMap,
     threads: int,
     nursery: trio.Nursery,
     report: Reporter,
-) -> int:
+) -> _Runs:
     read_ahead = max(4, READ_AHEAD_BYTES // plan.chunk_size)
     slots_send, slots_recv = trio.open_memory_channel[_Slot](read_ahead)
     limiter = trio.CapacityLimiter(threads)
 
-    async def work(slot: _Slot) -> None:
+    async def work(slot: _Slot, held: bytes | None) -> None:
         slot.result = await trio.to_thread.run_sync(
-            encode_chunk, source, plan, slot.index, limiter=limiter
+            encode_chunk, source, plan, slot.index, held, limiter=limiter
         )
         slot.ready.set()
 
@@ -204,41 +306,45 @@ async def _stream_chunks(
                     index = first_data
                     continue
                 slot = _Slot(index)
+                held = await have.get(index)
                 await slots_send.send(slot)
-                nursery.start_soon(work, slot)
+                nursery.start_soon(work, slot, held)
                 index += 1
 
     nursery.start_soon(produce)
-    zero_start, zero_count, zero_total = 0, 0, 0
+    runs = _Runs(channel)
     last_report = -1.0
-
-    async def flush_zero() -> None:
-        nonlocal zero_count
-        if zero_count:
-            await channel.send(Zero(index=zero_start, count=zero_count))
-            zero_count = 0
-
     async with slots_recv:
         async for slot in slots_recv:
             await slot.ready.wait()
-            run = slot.zero_run or (1 if slot.result and slot.result.chunk is None else 0)
-            if run:
-                if not zero_count:
-                    zero_start = slot.index
-                zero_count += run
-                zero_total += run
+            if slot.zero_run and not have.expected:
+                await runs.add("zero", slot.index, count=slot.zero_run)
+            elif slot.zero_run:
+                for i in range(slot.index, slot.index + slot.zero_run):
+                    held = await have.get(i)
+                    if held is not None and held == zero_digest(plan.chunk_length(i)):
+                        await runs.add("same", i, held)
+                    else:
+                        await runs.add("zero", i)
             else:
-                await flush_zero()
-                assert slot.result is not None and slot.result.chunk is not None
-                await channel.send(slot.result.chunk)
+                encoded = slot.result
+                assert encoded is not None
+                if encoded.same is not None:
+                    await runs.add("same", slot.index, encoded.same)
+                elif encoded.zero:
+                    await runs.add("zero", slot.index)
+                else:
+                    await runs.flush()
+                    assert encoded.chunk is not None
+                    await channel.send(encoded.chunk)
             now = trio.current_time()
             if now - last_report >= 0.1:
                 last_report = now
-                done = min(plan.source_size, (slot.index + max(run, 1)) * plan.chunk_size)
+                done = min(plan.source_size, (slot.index + max(slot.zero_run, 1)) * plan.chunk_size)
                 report(Progress(done, plan.source_size, channel.conn.bytes_out))
-        await flush_zero()
+        await runs.flush()
     report(Progress(plan.source_size, plan.source_size, channel.conn.bytes_out))
-    return zero_total
+    return runs
 
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "P2PCloneError", "send", "send_stream"]

@@ -81,6 +81,7 @@ class Done:
     digest: str
     seconds: float
     verified: bool = False
+    same_chunks: int = 0  # already on the target (resume or delta): not sent
 
 
 Report = Listening | Connected | Planned | Progress | Verifying | Done
@@ -169,6 +170,7 @@ class Channel:
         self.stream = stream
         self.url = url
         self._mid_frame = False  # a send was interrupted: the stream is unusable
+        self._send_lock = trio.Lock()
 
     async def send(self, event: Event) -> None:
         """Write one whole frame.
@@ -178,15 +180,16 @@ class Channel:
         frame that explains it can still follow.  A stuck link still ends it: the
         transports time out on their own (TCP: keepalive and TCP_USER_TIMEOUT).
         """
-        buffers = self.conn.send(event)
-        with link_errors(self.url, "sending"), trio.CancelScope(shield=True):
-            self._mid_frame = True
-            if sum(len(b) for b in buffers) < 65536:  # small frame: one write
-                await self.stream.send_all(b"".join(buffers))
-            else:  # keep a big body uncopied
-                for buf in buffers:
-                    await self.stream.send_all(buf)
-            self._mid_frame = False
+        async with self._send_lock:  # frames from several tasks never interleave
+            buffers = self.conn.send(event)
+            with link_errors(self.url, "sending"), trio.CancelScope(shield=True):
+                self._mid_frame = True
+                if sum(len(b) for b in buffers) < 65536:  # small frame: one write
+                    await self.stream.send_all(b"".join(buffers))
+                else:  # keep a big body uncopied
+                    for buf in buffers:
+                        await self.stream.send_all(buf)
+                self._mid_frame = False
         await trio.lowlevel.checkpoint_if_cancelled()
 
     async def receive(self) -> Event | None:
@@ -203,6 +206,12 @@ class Channel:
 
     async def expect(self, kind: type[E], waiting_for: str) -> E:
         """Receive an event of ``kind``; an ERROR or a closed link raises."""
+        event = await self.expect_one_of((kind,), waiting_for)
+        assert isinstance(event, kind)
+        return event
+
+    async def expect_one_of(self, kinds: tuple[type, ...], waiting_for: str) -> Event:
+        """Receive an event of one of ``kinds``; an ERROR or a closed link raises."""
         event = await self.receive()
         if event is None:
             raise TransportError(
@@ -211,7 +220,7 @@ class Channel:
             )
         if isinstance(event, Error):
             raise PeerError(event.message, code=event.code, exit_code=event.exit)
-        if not isinstance(event, kind):  # the state table makes this unreachable
+        if not isinstance(event, kinds):  # the state table makes this unreachable
             raise LocalProtocolError(f"expected {waiting_for}, got {type(event).__name__}")
         return event
 

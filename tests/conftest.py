@@ -106,3 +106,11 @@ def loop_device(tmp_path: Path) -> Iterator[Callable[[int, bytes | None], str]]:
 def read_dev(path: str, size: int) -> bytes:
     with open(path, "rb") as f:
         return f.read(size)
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own resume-journal directory (never /var/lib/p2pclone)."""
+    path = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("P2PCLONE_STATE_DIR", str(path))
+    return path

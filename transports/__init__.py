@@ -113,7 +113,8 @@ def link_errors(url: str, doing: str) -> Iterator[None]:
         detail = getattr(cause, "strerror", None) or type(cause).__name__
         raise TransportError(
             f"the link {url} broke while {doing} ({detail}): the transfer was interrupted; "
-            "check the cable or network and run both sides again"
+            "check the cable or network and run both sides again (the receiver resumes "
+            "where it stopped)"
         ) from exc
 
 

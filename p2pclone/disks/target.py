@@ -104,6 +104,13 @@ class Target:
             raise TargetError(f"no permission to write the target {path}")
         return cls(path, -1, False, st.st_size, None)
 
+    def identity(self) -> str:
+        """What names this target across runs (the resume journal is kept per identity)."""
+        if self.device is not None:
+            dev = self.device
+            return f"block:{os.path.realpath(self.path)}:{dev.model}:{dev.serial}:{self.size}"
+        return f"file:{os.path.abspath(self.path)}"
+
     def describe(self) -> dict[str, str | int]:
         out: dict[str, str | int] = {
             "name": self.path,

@@ -36,14 +36,18 @@ from ..crypto import Pairing, SessionKeys, choose_cipher, cpu_has_aes, transcrip
 from ..errors import LocalProtocolError, P2PCloneError, RemoteProtocolError
 from .frames import MAX_CHUNK_SIZE, FrameDecoder, encode_frame
 from .messages import (
+    Accept,
+    Ack,
     Chunk,
     Confirm,
     End,
     Error,
     Event,
+    Have,
     Hello,
     Pake,
     Plan,
+    Same,
     Zero,
     decode_event,
     pack_meta,
@@ -104,6 +108,10 @@ class Connection:
         self._eof = False
         self._next_index = 0
         self._root = blake3.blake3()
+        #: the receiver announced HAVE frames (resume or delta) ...
+        self.have_expected = False
+        #: ... and they cover chunks [0, have_covered) so far
+        self.have_covered = 0
         self.bytes_out = 0
 
     # -- accounting ----------------------------------------------------------
@@ -292,6 +300,26 @@ class Connection:
             if full < event.count:  # the run includes the short last chunk
                 self._root.update(zero_digest(plan.chunk_length(end - 1)))
             self._next_index = end
+        elif isinstance(event, Same):
+            plan = self._require_plan()
+            self._expect_index(event.index, event.count, plan, exc)
+            self._root.update(event.hashes)  # BLAKE3 streams: same as one hash at a time
+            self._next_index += event.count
+        elif isinstance(event, Accept):
+            self.have_expected = event.have
+        elif isinstance(event, Have):
+            plan = self._require_plan()
+            if not self.have_expected:
+                raise exc("HAVE was sent although the STATE frame announced none")
+            if event.index != self.have_covered or event.index + event.count > plan.chunk_count:
+                raise exc(
+                    f"HAVE for chunks {event.index}..{event.index + event.count - 1} arrived "
+                    f"where chunk {self.have_covered} was due"
+                )
+            self.have_covered += event.count
+        elif isinstance(event, Ack):
+            if event.durable > self._require_plan().chunk_count:
+                raise exc(f"ACK of {event.durable} chunks exceeds the plan")
         elif isinstance(event, End):
             plan = self._require_plan()
             if event.chunk_count != plan.chunk_count or self._next_index != plan.chunk_count:

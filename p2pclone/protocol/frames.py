@@ -74,6 +74,9 @@ class FrameType(enum.IntEnum):
     ERROR = 8
     PAKE = 9
     CONFIRM = 10
+    HAVE = 11
+    SAME = 12
+    ACK = 13
 
 
 @dataclass(frozen=True, slots=True)

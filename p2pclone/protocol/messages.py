@@ -153,6 +153,8 @@ class Plan:
     chunk_size: int
     source: dict[str, str | int] = field(default_factory=dict)
     hash: str = "blake3"
+    #: the sender asks the receiver to hash its target and report it (delta re-sync)
+    delta: bool = False
 
     @property
     def chunk_count(self) -> int:
@@ -169,6 +171,7 @@ class Plan:
             "count": self.chunk_count,
             "hash": self.hash,
             "src": _clip_info(self.source),
+            "delta": self.delta,
         }
 
     @classmethod
@@ -183,7 +186,12 @@ class Plan:
         algo = _text(meta, "hash", "PLAN", limit=32)
         if algo != "blake3":
             raise RemoteProtocolError(f"the peer's PLAN uses hash {algo!r}; only blake3 is known")
-        plan = cls(source_size=size, chunk_size=chunk, source=_info(meta, "src", "PLAN"))
+        plan = cls(
+            source_size=size,
+            chunk_size=chunk,
+            source=_info(meta, "src", "PLAN"),
+            delta=_need(meta, "delta", bool, "PLAN"),
+        )
         if _count(meta, "count", "PLAN") != plan.chunk_count:
             raise RemoteProtocolError("the peer's PLAN chunk count disagrees with its sizes")
         return plan
@@ -195,13 +203,85 @@ class Accept:
 
     TYPE: ClassVar[FrameType] = FrameType.STATE
     target: dict[str, str | int] = field(default_factory=dict)
+    #: HAVE frames follow, covering every chunk index in order (resume or delta)
+    have: bool = False
 
     def to_meta(self) -> dict[str, Any]:
-        return {"tgt": _clip_info(self.target)}
+        return {"tgt": _clip_info(self.target), "have": self.have}
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Accept:
-        return cls(target=_info(meta, "tgt", "STATE"))
+        return cls(target=_info(meta, "tgt", "STATE"), have=_need(meta, "have", bool, "STATE"))
+
+
+#: At most this many chunk hashes in one HAVE or SAME frame (32 B each: 32 KiB of meta).
+MAX_HASHES = 1024
+
+
+def _hashes(meta: Mapping[str, Any], what: str) -> bytes:
+    value: bytes = _need(meta, "h", bytes, what)
+    if not value or len(value) % HASH_SIZE or len(value) > MAX_HASHES * HASH_SIZE:
+        raise RemoteProtocolError(f"the peer's {what} frame has a malformed hash list")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Have:
+    """Receiver -> sender: what the target holds for chunks index.., as 32-byte hashes.
+
+    HAVE frames cover the chunk indices in order, from 0 to the plan's count, with no
+    gaps; an all-zero 32-byte entry means "unknown" (never equal to a real BLAKE3).
+    """
+
+    TYPE: ClassVar[FrameType] = FrameType.HAVE
+    index: int
+    hashes: bytes
+
+    @property
+    def count(self) -> int:
+        return len(self.hashes) // HASH_SIZE
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"i": self.index, "h": self.hashes}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Have:
+        return cls(index=_count(meta, "i", "HAVE"), hashes=_hashes(meta, "HAVE"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Same:
+    """Sender -> receiver: these chunks already hold the right bytes; their hashes."""
+
+    TYPE: ClassVar[FrameType] = FrameType.SAME
+    index: int
+    hashes: bytes
+
+    @property
+    def count(self) -> int:
+        return len(self.hashes) // HASH_SIZE
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"i": self.index, "h": self.hashes}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Same:
+        return cls(index=_count(meta, "i", "SAME"), hashes=_hashes(meta, "SAME"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ack:
+    """Receiver -> sender: this many chunks are durable on the target (and journaled)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.ACK
+    durable: int
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"n": self.durable}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Ack:
+        return cls(durable=_count(meta, "n", "ACK"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -310,7 +390,9 @@ class Error:
         )
 
 
-Event = Hello | Pake | Confirm | Plan | Accept | Chunk | Zero | End | Result | Error
+Event = (
+    Hello | Pake | Confirm | Plan | Accept | Have | Same | Ack | Chunk | Zero | End | Result | Error
+)
 
 _META_PARSERS: dict[FrameType, Callable[[Mapping[str, Any]], Event]] = {
     FrameType.HELLO: Hello.from_meta,
@@ -318,6 +400,9 @@ _META_PARSERS: dict[FrameType, Callable[[Mapping[str, Any]], Event]] = {
     FrameType.CONFIRM: Confirm.from_meta,
     FrameType.PLAN: Plan.from_meta,
     FrameType.STATE: Accept.from_meta,
+    FrameType.HAVE: Have.from_meta,
+    FrameType.SAME: Same.from_meta,
+    FrameType.ACK: Ack.from_meta,
     FrameType.ZERO: Zero.from_meta,
     FrameType.END: End.from_meta,
     FrameType.RESULT: Result.from_meta,

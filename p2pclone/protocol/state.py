@@ -10,16 +10,16 @@ Sender::
     START --send HELLO--> AWAIT_HELLO --recv HELLO--> PAKE --send PAKE--> AWAIT_PAKE
     AWAIT_PAKE --recv PAKE--> CONFIRM --send CONFIRM--> AWAIT_CONFIRM
     AWAIT_CONFIRM --recv CONFIRM--> PLAN --send PLAN--> AWAIT_STATE
-    AWAIT_STATE --recv STATE--> DATA --send CHUNK|ZERO--> DATA --send END--> AWAIT_RESULT
-    AWAIT_RESULT --recv RESULT--> DONE
+    AWAIT_STATE --recv STATE--> DATA --send CHUNK|ZERO|SAME--> DATA --send END--> AWAIT_RESULT
+    DATA and AWAIT_RESULT --recv HAVE|ACK--> (same state);  AWAIT_RESULT --recv RESULT--> DONE
 
 Receiver::
 
     START --recv HELLO--> HELLO --send HELLO--> AWAIT_PAKE --recv PAKE--> PAKE
     PAKE --send PAKE--> AWAIT_CONFIRM --recv CONFIRM--> CONFIRM
     CONFIRM --send CONFIRM--> AWAIT_PLAN --recv PLAN--> DECIDE
-    DECIDE --send STATE--> DATA --recv CHUNK|ZERO--> DATA --recv END--> FINISH
-    FINISH --send RESULT--> DONE
+    DECIDE --send STATE--> DATA --recv CHUNK|ZERO|SAME--> DATA --recv END--> FINISH
+    DATA --send HAVE|ACK--> DATA;  FINISH --send ACK--> FINISH --send RESULT--> DONE
 
 Both, from any state but DONE and ERROR: send or receive ERROR --> ERROR.  A side
 that has just detected an error (and so is in ERROR) may still send one ERROR frame
@@ -81,7 +81,12 @@ TRANSITIONS: dict[tuple[Role, State, Direction, FrameType], State] = {
     (S, State.AWAIT_STATE, IN, FrameType.STATE): State.DATA,
     (S, State.DATA, OUT, FrameType.CHUNK): State.DATA,
     (S, State.DATA, OUT, FrameType.ZERO): State.DATA,
+    (S, State.DATA, OUT, FrameType.SAME): State.DATA,
+    (S, State.DATA, IN, FrameType.HAVE): State.DATA,
+    (S, State.DATA, IN, FrameType.ACK): State.DATA,
     (S, State.DATA, OUT, FrameType.END): State.AWAIT_RESULT,
+    (S, State.AWAIT_RESULT, IN, FrameType.HAVE): State.AWAIT_RESULT,
+    (S, State.AWAIT_RESULT, IN, FrameType.ACK): State.AWAIT_RESULT,
     (S, State.AWAIT_RESULT, IN, FrameType.RESULT): State.DONE,
     (R, State.START, IN, FrameType.HELLO): State.HELLO,
     (R, State.HELLO, OUT, FrameType.HELLO): State.AWAIT_PAKE,
@@ -93,7 +98,11 @@ TRANSITIONS: dict[tuple[Role, State, Direction, FrameType], State] = {
     (R, State.DECIDE, OUT, FrameType.STATE): State.DATA,
     (R, State.DATA, IN, FrameType.CHUNK): State.DATA,
     (R, State.DATA, IN, FrameType.ZERO): State.DATA,
+    (R, State.DATA, IN, FrameType.SAME): State.DATA,
+    (R, State.DATA, OUT, FrameType.HAVE): State.DATA,
+    (R, State.DATA, OUT, FrameType.ACK): State.DATA,
     (R, State.DATA, IN, FrameType.END): State.FINISH,
+    (R, State.FINISH, OUT, FrameType.ACK): State.FINISH,
     (R, State.FINISH, OUT, FrameType.RESULT): State.DONE,
 }
 

@@ -18,6 +18,7 @@ from p2pclone.protocol import (
     NEED_DATA,
     TRANSITIONS,
     Accept,
+    Ack,
     Chunk,
     Confirm,
     Connection,
@@ -25,10 +26,12 @@ from p2pclone.protocol import (
     End,
     Error,
     FrameType,
+    Have,
     Hello,
     Plan,
     Result,
     Role,
+    Same,
     State,
     Zero,
     encode_frame,
@@ -217,6 +220,9 @@ def all_events(p: Pair, role: Role) -> dict:
         FrameType.ZERO: Zero(index=0, count=1),
         FrameType.END: End(chunk_count=1, root=bytes(32)),
         FrameType.RESULT: Result(root=bytes(32), verified=False),
+        FrameType.HAVE: Have(index=0, hashes=bytes(32)),
+        FrameType.SAME: Same(index=0, hashes=bytes(32)),
+        FrameType.ACK: Ack(durable=1),
     }
 
 

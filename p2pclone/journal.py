@@ -1,0 +1,212 @@
+"""The receiver's resume journal: which chunks are durably on the target, with hashes.
+
+It lives off the target, in a state directory (``--state-dir``, else
+``$P2PCLONE_STATE_DIR``, else ``/var/lib/p2pclone`` for root and
+``$XDG_STATE_HOME/p2pclone`` — ``~/.local/state/p2pclone`` — for others), one file per
+target, named after a hash of the target's identity.
+
+File layout: a record stream, each record ``u32 length | u32 crc32 | msgpack``.  The
+first record is the header (format version, chunk size, source size, target
+identity); each later one is a commit: ``{"i": [indices], "h": hashes}``.  A record
+whose length runs past the end or whose CRC fails ends the journal: a torn tail (a
+crash mid-append) is dropped, never trusted.
+
+The order that makes it safe, kept by the receiver: write data -> fsync target ->
+append the commit -> fsync journal -> ACK to the sender.  So every chunk the journal
+names was on stable storage before the journal said so.  On restart the chunks of
+the last commit are re-hashed on the target before they are trusted (a crash can
+reorder what the disk kept; the rsync ``--append`` lesson).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+from .errors import TargetError
+
+FORMAT = 1
+_REC = struct.Struct("<II")
+MAX_RECORD = 64 * 1024 * 1024
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("P2PCLONE_STATE_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/p2pclone")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "p2pclone"
+
+
+def journal_path(state_dir: Path, target_identity: str) -> Path:
+    name = hashlib.sha256(target_identity.encode()).hexdigest()[:24]
+    return state_dir / f"{name}.journal"
+
+
+@dataclass(frozen=True)
+class Header:
+    chunk_size: int
+    source_size: int
+    target: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "v": FORMAT,
+            "chunk": self.chunk_size,
+            "size": self.source_size,
+            "target": self.target,
+        }
+
+
+def _pack(obj: object) -> bytes:
+    payload: bytes = msgpack.packb(obj, use_bin_type=True)
+    return _REC.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def read_records(path: Path) -> list[dict[str, object]]:
+    """Every intact record, stopping at the first torn or corrupt one."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    out: list[dict[str, object]] = []
+    pos = 0
+    while pos + _REC.size <= len(data):
+        length, crc = _REC.unpack_from(data, pos)
+        start, end = pos + _REC.size, pos + _REC.size + length
+        if length > MAX_RECORD or end > len(data) or zlib.crc32(data[start:end]) != crc:
+            break
+        try:
+            rec = msgpack.unpackb(data[start:end], raw=False)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            break
+        if not isinstance(rec, dict):
+            break
+        out.append(rec)
+        pos = end
+    return out
+
+
+class Journal:
+    """An open journal for one target and one plan."""
+
+    def __init__(self, path: Path, header: Header) -> None:
+        self.path = path
+        self.header = header
+        #: chunk index -> hash of what is durably on the target
+        self.have: dict[int, bytes] = {}
+        #: indices of the last commit found on disk (to re-check before trusting)
+        self.tail: list[int] = []
+        self._fd = -1
+
+    @classmethod
+    def open(cls, state_dir: Path, header: Header, *, fresh: bool = False) -> Journal:
+        """Load the journal for ``header.target`` if it matches this plan, else start one.
+
+        Raises:
+            TargetError: the state directory can't be created or written.
+        """
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TargetError(
+                f"cannot create the state directory {state_dir} ({exc.strerror}): "
+                "choose another with --state-dir"
+            ) from None
+        path = journal_path(state_dir, header.target)
+        journal = cls(path, header)
+        records = [] if fresh else read_records(path)
+        if records and records[0] == header.to_dict():
+            for rec in records[1:]:
+                indices, hashes = rec.get("i"), rec.get("h")
+                if not isinstance(indices, list) or not isinstance(hashes, bytes):
+                    break
+                if len(hashes) != 32 * len(indices):
+                    break
+                batch = [i for i in indices if isinstance(i, int)]
+                for k, i in enumerate(batch):
+                    journal.have[i] = hashes[32 * k : 32 * k + 32]
+                journal.tail = batch
+        journal._start(keep=bool(journal.have), records=records)
+        return journal
+
+    def _start(self, *, keep: bool, records: list[dict[str, object]]) -> None:
+        try:
+            if keep:
+                # Rewrite the intact prefix: drops a torn tail before we append to it.
+                intact = b"".join(_pack(r) for r in records[: 1 + self._commits(records)])
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_bytes(intact)
+                fd = os.open(tmp, os.O_WRONLY)
+                os.fsync(fd)
+                os.close(fd)
+                os.replace(tmp, self.path)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            else:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.write(self._fd, _pack(self.header.to_dict()))
+                os.fsync(self._fd)
+            self._sync_dir()
+        except OSError as exc:
+            raise TargetError(
+                f"cannot write the resume journal {self.path} ({exc.strerror}): "
+                "choose another state directory with --state-dir"
+            ) from None
+
+    @staticmethod
+    def _commits(records: list[dict[str, object]]) -> int:
+        n = 0
+        for rec in records[1:]:
+            if not isinstance(rec.get("i"), list) or not isinstance(rec.get("h"), bytes):
+                break
+            n += 1
+        return n
+
+    def _sync_dir(self) -> None:
+        with contextlib.suppress(OSError):
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def forget(self, indices: list[int]) -> None:
+        """Distrust these chunks (their re-check on the target failed)."""
+        for i in indices:
+            self.have.pop(i, None)
+
+    def commit(self, entries: list[tuple[int, bytes]]) -> None:
+        """Append chunks that are already fsynced on the target; fsync the journal."""
+        if not entries:
+            return
+        indices = [i for i, _ in entries]
+        hashes = b"".join(h for _, h in entries)
+        try:
+            os.write(self._fd, _pack({"i": indices, "h": hashes}))
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise TargetError(
+                f"cannot write the resume journal {self.path} ({exc.strerror})"
+            ) from None
+        for i, h in entries:
+            self.have[i] = h
+
+    def finish(self) -> None:
+        """The clone is complete: the journal has nothing left to say."""
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -1,0 +1,330 @@
+"""Resume after interruption and delta re-sync: never send twice what the target holds."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from p2pclone.errors import RemoteProtocolError, TransportError
+from p2pclone.journal import read_records
+from p2pclone.receiver import receive
+from p2pclone.sender import send
+from p2pclone.session import Done, pick_error
+from tests.conftest import MiB, random_file, write_layout
+
+
+async def run_pair(
+    source: Path,
+    target: Path,
+    *,
+    cut_after: int | None = None,
+    fresh: bool = False,
+    delta_rx: bool = False,
+    delta_tx: bool = False,
+    verify: bool = False,
+) -> dict[str, object]:
+    """Receiver and sender over loopback TCP; optionally through a relay that cuts the
+    link (RST both ways) after ``cut_after`` bytes from the sender."""
+    out: dict[str, object] = {}
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+
+            async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
+                try:
+                    out["rx"] = await receive(
+                        str(target),
+                        "tcp://127.0.0.1:0",
+                        code="2-c-d",
+                        fresh=fresh,
+                        delta=delta_rx,
+                        verify=verify,
+                        task_status=task_status,
+                    )
+                except BaseException as exc:  # noqa: BLE001
+                    out["rx"] = pick_error(exc)
+
+            url = await nursery.start(rx)
+            if cut_after is not None:
+                url = await nursery.start(cutting_relay, int(url.rsplit(":", 1)[1]), cut_after)
+            try:
+                out["tx"] = await send(str(source), url, code="2-c-d", delta=delta_tx)
+            except BaseException as exc:  # noqa: BLE001
+                out["tx"] = pick_error(exc)
+    return out
+
+
+async def cutting_relay(port: int, budget: int, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(f"tcp://127.0.0.1:{listeners[0].socket.getsockname()[1]}")
+    a = await listeners[0].accept()
+    b = await trio.open_tcp_stream("127.0.0.1", port)
+
+    async def back() -> None:
+        try:
+            while data := await b.receive_some(65536):
+                await a.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(back)
+        left = budget
+        while left > 0:
+            data = await a.receive_some(min(65536, left))
+            if not data:
+                break
+            left -= len(data)
+            await b.send_all(data)
+        await trio.sleep(0.2)  # let the receiver write (and journal) what arrived
+        inner.cancel_scope.cancel()
+    for s in (a, b):
+        s.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        await s.aclose()
+    await listeners[0].aclose()
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.55, 0.9])
+async def test_cut_link_then_rerun_resumes(tmp_path: Path, fraction: float) -> None:
+    source = tmp_path / "s.img"
+    data = random_file(source, 24 * MiB)  # incompressible: wire bytes track progress
+    reference = await run_pair(source, tmp_path / "ref.img")
+    full = reference["tx"]
+    assert isinstance(full, Done)
+
+    target = tmp_path / "t.img"
+    cut = await run_pair(source, target, cut_after=int(full.wire_bytes * fraction))
+    for side in ("tx", "rx"):
+        assert isinstance(cut[side], TransportError), cut[side]
+        assert cut[side].exit_code == 5
+    assert "resumes where it stopped" in str(cut["rx"])
+
+    again = await run_pair(source, target)
+    tx = again["tx"]
+    assert isinstance(tx, Done) and isinstance(again["rx"], Done), again
+    assert target.read_bytes() == data
+    assert tx.same_chunks > 0
+    assert tx.wire_bytes <= (1 - fraction + 0.05) * full.wire_bytes, (tx.wire_bytes, full)
+    assert not list(Path(os.environ["P2PCLONE_STATE_DIR"]).glob("*.journal"))  # done: gone
+
+
+async def test_source_changed_between_runs_is_sent_again(tmp_path: Path) -> None:
+    source = tmp_path / "s.img"
+    random_file(source, 16 * MiB, seed=1)
+    target = tmp_path / "t.img"
+    await run_pair(source, target, cut_after=9 * MiB)
+    with open(source, "r+b") as f:  # change a chunk that had arrived and one that hadn't
+        for off in (1 * MiB + 5, 14 * MiB + 7):
+            f.seek(off)
+            f.write(b"CHANGED")
+    out = await run_pair(source, target)
+    assert isinstance(out["tx"], Done), out
+    assert target.read_bytes() == source.read_bytes()
+
+
+async def test_torn_journal_tail_is_dropped(tmp_path: Path, state_dir: Path) -> None:
+    source = tmp_path / "s.img"
+    data = random_file(source, 16 * MiB, seed=2)
+    target = tmp_path / "t.img"
+    await run_pair(source, target, cut_after=10 * MiB)
+    [journal] = state_dir.glob("*.journal")
+    intact = len(read_records(journal))
+    with open(journal, "ab") as f:
+        f.write(b"\x40\x00\x00\x00garbage-from-a-crash")
+    assert len(read_records(journal)) == intact
+    out = await run_pair(source, target)
+    assert isinstance(out["tx"], Done) and out["tx"].same_chunks > 0
+    assert target.read_bytes() == data
+
+
+async def test_journal_entry_that_lies_about_the_target_is_rechecked(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    """The last commit is re-hashed on the target: data lost after it was journaled is resent."""
+    source = tmp_path / "s.img"
+    data = random_file(source, 16 * MiB, seed=3)
+    target = tmp_path / "t.img"
+    await run_pair(source, target, cut_after=10 * MiB)
+    [journal] = state_dir.glob("*.journal")
+    last = read_records(journal)[-1]["i"]
+    with open(target, "r+b") as f:  # the disk "lost" a write the journal counted
+        f.seek(last[-1] * MiB)
+        f.write(bytes(MiB))
+    out = await run_pair(source, target)
+    assert isinstance(out["tx"], Done), out
+    assert target.read_bytes() == data
+
+
+async def test_fresh_starts_over(tmp_path: Path) -> None:
+    source = tmp_path / "s.img"
+    random_file(source, 8 * MiB, seed=4)
+    target = tmp_path / "t.img"
+    await run_pair(source, target, cut_after=5 * MiB)
+    out = await run_pair(source, target, fresh=True)
+    assert isinstance(out["tx"], Done) and out["tx"].same_chunks == 0
+    assert target.read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize("side", ["receiver", "sender"])
+async def test_delta_sends_only_what_changed(tmp_path: Path, side: str) -> None:
+    source = tmp_path / "s.img"
+    write_layout(source, 20 * MiB)
+    target = tmp_path / "t.img"
+    first = await run_pair(source, target)
+    assert isinstance(first["tx"], Done)
+    rng = random.Random(9)
+    with open(source, "r+b") as f:
+        for chunk in (0, 2, 15):
+            f.seek(chunk * MiB + rng.randrange(MiB - 4096))
+            f.write(rng.randbytes(4096))
+    out = await run_pair(
+        source, target, delta_rx=side == "receiver", delta_tx=side == "sender", verify=True
+    )
+    tx = out["tx"]
+    assert isinstance(tx, Done), out
+    assert target.read_bytes() == source.read_bytes()
+    assert tx.same_chunks == 20 - 3
+    assert tx.wire_bytes < 3 * MiB + 256 * 1024  # three chunks, not twenty
+
+
+async def test_a_sender_claiming_unchanged_chunks_is_refused(tmp_path: Path) -> None:
+    """SAME must match what the receiver reported; a lying sender can't skip chunks."""
+    import p2pclone.pipeline as pipeline
+
+    source = tmp_path / "s.img"
+    random_file(source, 4 * MiB, seed=5)
+    target = tmp_path / "t.img"
+    junk = random_file(target, 4 * MiB, seed=6)
+    real = pipeline.encode_chunk
+
+    def liar(src, plan, index, have=None):
+        return pipeline.Encoded(index, same=bytes(range(32)))
+
+    pipeline.encode_chunk = liar
+    import p2pclone.sender as sender_mod
+
+    sender_mod.encode_chunk = liar
+    try:
+        out = await run_pair(source, target, delta_rx=True)
+    finally:
+        pipeline.encode_chunk = real
+        sender_mod.encode_chunk = real
+    assert isinstance(out["rx"], RemoteProtocolError), out
+    assert "refusing to trust it" in str(out["rx"])
+    assert target.read_bytes() == junk
+
+
+class ThrottledRelay(threading.Thread):
+    """A TCP relay limited to ``rate`` bytes/s from sender to receiver (real sockets)."""
+
+    def __init__(self, port: int, rate: int) -> None:
+        super().__init__(daemon=True)
+        self.rate, self.port = rate, port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"tcp://127.0.0.1:{self.server.getsockname()[1]}"
+
+    def run(self) -> None:
+        a, _ = self.server.accept()
+        b = socket.create_connection(("127.0.0.1", self.port))
+
+        def back() -> None:
+            try:
+                while data := b.recv(65536):
+                    a.sendall(data)
+            except OSError:
+                pass
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+        threading.Thread(target=back, daemon=True).start()
+        try:
+            while data := a.recv(16384):
+                b.sendall(data)
+                time.sleep(len(data) / self.rate)
+        except OSError:
+            pass
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["receiver", "sender"])
+def test_sigkill_mid_transfer_then_restart_resumes(tmp_path: Path, victim: str) -> None:
+    source = tmp_path / "s.img"
+    data = random_file(source, 32 * MiB, seed=7)
+    target = tmp_path / "t.img"
+    cli = [sys.executable, "-m", "p2pclone"]
+
+    def start(throttle: bool) -> tuple[subprocess.Popen, subprocess.Popen]:
+        port = _free_port()
+        rx = subprocess.Popen(
+            [
+                *cli,
+                "receive",
+                str(target),
+                f"tcp://127.0.0.1:{port}",
+                "--code",
+                "8-k-l",
+                "--yes",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        assert rx.stdout is not None
+        rx.stdout.readline()
+        url = f"tcp://127.0.0.1:{port}"
+        if throttle:
+            relay = ThrottledRelay(port, 8 * MiB)
+            relay.start()
+            url = relay.url
+        tx = subprocess.Popen(
+            [*cli, "send", str(source), url, "--code", "8-k-l", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        return rx, tx
+
+    rx, tx = start(throttle=True)
+    time.sleep(2.5)  # ~20 MiB sent at 8 MiB/s; several journal commits made
+    (rx if victim == "receiver" else tx).send_signal(signal.SIGKILL)
+    for p in (rx, tx):
+        try:
+            p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+    assert rx.returncode != 0 and tx.returncode != 0
+    assert target.read_bytes() != data
+
+    rx, tx = start(throttle=False)
+    tx_out, _ = tx.communicate(timeout=60)
+    rx.communicate(timeout=60)
+    assert (tx.returncode, rx.returncode) == (0, 0)
+    import json
+
+    done = json.loads(tx_out.strip().splitlines()[-1])
+    assert done["event"] == "done" and done["same_chunks"] >= 8, done
+    assert target.read_bytes() == data
