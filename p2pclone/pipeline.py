@@ -16,7 +16,7 @@ import zstandard
 
 from .disks import Source, Target
 from .errors import IntegrityError
-from .protocol import Chunk, Encoding, Plan, zero_digest
+from .protocol import SUB_HASH_SIZE, Chunk, Encoding, Patch, Plan, bitmap, zero_digest
 
 ZSTD_LEVEL = 1
 _ZERO = bytes(1 << 20)
@@ -55,23 +55,54 @@ def chunk_span(plan: Plan, index: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Encoded:
-    """What to send for one chunk: exactly one of the three is set.
+    """What to send for one chunk: exactly one of the four is set.
 
-    ``chunk``: its CHUNK event; ``zero``: it is all zeros (a ZERO range); ``same``:
-    the receiver already holds it, and this is its hash (a SAME range).
+    ``chunk``: its CHUNK event; ``patch``: a PATCH of the sub-blocks that differ;
+    ``zero``: it is all zeros (a ZERO range); ``same``: the receiver already holds it,
+    and this is its hash (a SAME range).
     """
 
     index: int
     chunk: Chunk | None = None
     zero: bool = False
     same: bytes | None = None
+    patch: Patch | None = None
 
 
-def encode_chunk(source: Source, plan: Plan, index: int, have: bytes | None = None) -> Encoded:
+#: Sub-block size for delta re-sync: one changed 4 KiB block costs at most this much.
+SUB_BLOCK = 32 * 1024
+
+
+def sub_hashes(data: bytes | memoryview, sub: int) -> bytes:
+    """Truncated BLAKE3 of every ``sub``-byte block of ``data``, concatenated."""
+    view = memoryview(data)
+    return b"".join(
+        blake3.blake3(view[k : k + sub]).digest()[:SUB_HASH_SIZE] for k in range(0, len(view), sub)
+    )
+
+
+def _encode(data: bytes | memoryview, length: int) -> tuple[bytes | memoryview, int]:
+    packed = _compressor().compress(data)
+    # Raw when compression saves under ~3%: decompressing would cost more than it saves.
+    if len(packed) < length - length // 32:
+        return packed, Encoding.ZSTD
+    return data, Encoding.RAW
+
+
+def encode_chunk(
+    source: Source,
+    plan: Plan,
+    index: int,
+    have: bytes | None = None,
+    have_subs: bytes = b"",
+    sub: int = 0,
+) -> Encoded:
     """Read chunk ``index`` and decide what to send for it.
 
     ``have`` is the hash the receiver reports for this chunk (resume or delta), if
     any: a match costs a hash and no compression, and nothing but its hash is sent.
+    ``have_subs`` (delta) are the receiver's sub-block hashes: when only a few
+    sub-blocks differ, just those are sent, as a PATCH.
     """
     length = plan.chunk_length(index)
     data = source.read(index * plan.chunk_size, length)
@@ -82,15 +113,68 @@ def encode_chunk(source: Source, plan: Plan, index: int, have: bytes | None = No
     digest = blake3.blake3(data).digest()
     if digest == have:
         return Encoded(index, same=digest)
-    packed = _compressor().compress(data)
-    # Raw when compression saves under ~3%: decompressing would cost more than it saves.
-    if len(packed) < length - length // 32:
-        body, encoding = packed, Encoding.ZSTD
-    else:
-        body, encoding = data, Encoding.RAW
+    if have_subs and sub:
+        ours = sub_hashes(data, sub)
+        changed = [
+            k
+            for k in range(len(ours) // SUB_HASH_SIZE)
+            if ours[SUB_HASH_SIZE * k : SUB_HASH_SIZE * (k + 1)]
+            != have_subs[SUB_HASH_SIZE * k : SUB_HASH_SIZE * (k + 1)]
+        ]
+        if changed and len(changed) * sub <= length // 2:
+            view = memoryview(data)
+            blocks = b"".join(view[k * sub : (k + 1) * sub] for k in changed)
+            body, encoding = _encode(blocks, len(blocks))
+            return Encoded(
+                index,
+                patch=Patch(
+                    index=index,
+                    length=length,
+                    digest=digest,
+                    encoding=encoding,
+                    changed=bitmap(changed, len(ours) // SUB_HASH_SIZE),
+                    body=body,
+                ),
+            )
+    body, encoding = _encode(data, length)
     return Encoded(
         index, Chunk(index=index, length=length, digest=digest, encoding=encoding, body=body)
     )
+
+
+def decode_body(
+    index: int, encoding: int, body: bytes | memoryview, length: int, plan: Plan
+) -> bytes | memoryview:
+    """A CHUNK or PATCH body's plain bytes, which must be exactly ``length`` long.
+
+    Raises:
+        IntegrityError: a malformed or oversized zstd frame, or the wrong length.
+    """
+    span = chunk_span(plan, index)
+    if encoding != Encoding.ZSTD:
+        data = body
+    else:
+        # Check the declared size *before* decompressing: zstandard allocates what
+        # the frame header says and ignores max_output_size when a size is given.
+        try:
+            declared = zstandard.frame_content_size(body)
+        except zstandard.ZstdError:
+            declared = -2
+        if declared != length:
+            raise IntegrityError(
+                f"chunk {index} ({span}) arrived as a malformed zstd frame; "
+                "nothing of it was written: run the clone again"
+            )
+        try:
+            data = _decompressor().decompress(body)
+        except zstandard.ZstdError:
+            raise IntegrityError(
+                f"chunk {index} ({span}) failed to decompress; nothing of it was "
+                "written: run the clone again"
+            ) from None
+    if len(data) != length:
+        raise IntegrityError(f"chunk {index} ({span}) decoded to the wrong length")
+    return data
 
 
 def decode_chunk(chunk: Chunk, plan: Plan) -> bytes | memoryview:
@@ -101,28 +185,7 @@ def decode_chunk(chunk: Chunk, plan: Plan) -> bytes | memoryview:
             with the announced hash.
     """
     span = chunk_span(plan, chunk.index)
-    data: bytes | memoryview
-    if chunk.encoding == Encoding.ZSTD:
-        # Check the declared size *before* decompressing: zstandard allocates what
-        # the frame header says and ignores max_output_size when a size is given.
-        try:
-            declared = zstandard.frame_content_size(chunk.body)
-        except zstandard.ZstdError:
-            declared = -2
-        if declared != chunk.length:
-            raise IntegrityError(
-                f"chunk {chunk.index} ({span}) arrived as a malformed zstd frame; "
-                "nothing of it was written: run the clone again"
-            )
-        try:
-            data = _decompressor().decompress(chunk.body)
-        except zstandard.ZstdError:
-            raise IntegrityError(
-                f"chunk {chunk.index} ({span}) failed to decompress; nothing of it was "
-                "written: run the clone again"
-            ) from None
-    else:
-        data = chunk.body
+    data = decode_body(chunk.index, chunk.encoding, chunk.body, chunk.length, plan)
     if len(data) != chunk.length or blake3.blake3(data).digest() != chunk.digest:
         raise IntegrityError(
             f"chunk {chunk.index} ({span}) does not match its BLAKE3 hash; nothing of it "
@@ -133,6 +196,33 @@ def decode_chunk(chunk: Chunk, plan: Plan) -> bytes | memoryview:
 
 def write_chunk(target: Target, chunk: Chunk, plan: Plan) -> None:
     target.write(chunk.index * plan.chunk_size, decode_chunk(chunk, plan))
+
+
+def apply_patch(target: Target, patch: Patch, plan: Plan, sub: int) -> None:
+    """Rebuild the chunk from the target and the changed sub-blocks; check, then write.
+
+    Raises:
+        IntegrityError: the patched chunk does not have the announced BLAKE3 (the
+            target changed under us, or the data was corrupted): nothing was written.
+    """
+    start = patch.index * plan.chunk_size
+    blocks = patch.changed_blocks()
+    sizes = [min(sub, patch.length - k * sub) for k in blocks]
+    body = decode_body(patch.index, patch.encoding, patch.body, sum(sizes), plan)
+    chunk = bytearray(target.read(start, patch.length))
+    pos = 0
+    for k, size in zip(blocks, sizes, strict=True):
+        chunk[k * sub : k * sub + size] = body[pos : pos + size]
+        pos += size
+    if len(chunk) != patch.length or blake3.blake3(chunk).digest() != patch.digest:
+        raise IntegrityError(
+            f"chunk {patch.index} ({chunk_span(plan, patch.index)}) did not match its BLAKE3 "
+            "after patching: the target changed during the re-sync or data was corrupted; "
+            "nothing of it was written; run again without --delta"
+        )
+    view = memoryview(chunk)
+    for k, size in zip(blocks, sizes, strict=True):
+        target.write(start + k * sub, view[k * sub : k * sub + size])
 
 
 def zero_chunks(target: Target, plan: Plan, index: int, count: int) -> None:

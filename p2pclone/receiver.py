@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import blake3
 import trio
 
 from transports import open_transport
@@ -39,7 +40,15 @@ from .errors import (
     TransportError,
 )
 from .journal import Header, Journal, default_state_dir
-from .pipeline import default_threads, hash_target_chunk, write_chunk, zero_chunks
+from .pipeline import (
+    SUB_BLOCK,
+    apply_patch,
+    default_threads,
+    hash_target_chunk,
+    sub_hashes,
+    write_chunk,
+    zero_chunks,
+)
 from .protocol import (
     HASH_SIZE,
     MAX_HASHES,
@@ -50,6 +59,7 @@ from .protocol import (
     End,
     Error,
     Have,
+    Patch,
     Plan,
     Result,
     Role,
@@ -202,7 +212,11 @@ async def _session(channel: Channel, target: Target, opts: Options, report: Repo
         await _recheck_tail(journal, target, plan)
     delta = opts.delta or plan.delta
     await channel.send(
-        Accept(target=target.describe(), have=delta or bool(journal and journal.have))
+        Accept(
+            target=target.describe(),
+            have=delta or bool(journal and journal.have),
+            sub=SUB_BLOCK if delta else 0,
+        )
     )
     report(
         Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, target.describe())
@@ -357,6 +371,11 @@ class _DataState:
                     writers.start_soon(self._zero, event)
                 elif isinstance(event, Same):
                     self._same(event)
+                elif isinstance(event, Patch):
+                    await self.room.acquire()
+                    self.announced.pop(event.index, None)
+                    self.log.write(event.digest)
+                    writers.start_soon(self._patch, event)
                 now = trio.current_time()
                 if now - last_report >= 0.1:
                     last_report = now
@@ -373,6 +392,10 @@ class _DataState:
     async def _write(self, chunk: Chunk) -> None:
         await self._in_thread(write_chunk, self.target, chunk, self.plan)
         self._written([(chunk.index, chunk.digest)], chunk.length)
+
+    async def _patch(self, patch: Patch) -> None:
+        await self._in_thread(apply_patch, self.target, patch, self.plan, SUB_BLOCK)
+        self._written([(patch.index, patch.digest)], patch.length)
 
     async def _zero(self, event: Zero) -> None:
         await self._in_thread(zero_chunks, self.target, self.plan, event.index, event.count)
@@ -434,8 +457,9 @@ class _DataState:
         step = DELTA_BATCH if delta else MAX_HASHES
         for first in range(0, plan.chunk_count, step):
             indices = range(first, min(first + step, plan.chunk_count))
+            subs = b""
             if delta:
-                hashes = await trio.to_thread.run_sync(
+                hashes, subs = await trio.to_thread.run_sync(
                     _hash_range,
                     self.target,
                     plan,
@@ -449,11 +473,17 @@ class _DataState:
             for i, digest in zip(indices, hashes, strict=True):
                 if digest != UNKNOWN:
                     self.announced[i] = digest
-            await self.channel.send(Have(index=first, hashes=b"".join(hashes)))
+            await self.channel.send(Have(index=first, hashes=b"".join(hashes), subs=subs))
 
 
-def _hash_range(target: Target, plan: Plan, start: int, stop: int) -> list[bytes]:
-    return [hash_target_chunk(target, plan, i) for i in range(start, stop)]
+def _hash_range(target: Target, plan: Plan, start: int, stop: int) -> tuple[list[bytes], bytes]:
+    """Whole-chunk and sub-block hashes of the target's chunks [start, stop)."""
+    hashes, subs = [], []
+    for i in range(start, stop):
+        data = target.read(i * plan.chunk_size, plan.chunk_length(i))
+        hashes.append(blake3.blake3(data).digest())
+        subs.append(sub_hashes(data, SUB_BLOCK))
+    return hashes, b"".join(subs)
 
 
 async def _verify(

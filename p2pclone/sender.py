@@ -33,6 +33,7 @@ from .protocol import (
     HASH_SIZE,
     MAX_CHUNK_SIZE,
     MAX_HASHES,
+    SUB_HASH_SIZE,
     Accept,
     Ack,
     Connection,
@@ -162,7 +163,7 @@ async def _session(
 
     result: list[Result] = []
     acks: list[int] = []
-    have = HaveMap(accept.have)
+    have = HaveMap(accept.have, plan, accept.sub)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch, channel, have, acks, result)
@@ -196,21 +197,34 @@ class HaveMap:
     report runs ahead of the sender (32 bytes a chunk at most).
     """
 
-    def __init__(self, expected: bool) -> None:
+    def __init__(self, expected: bool, plan: Plan, sub: int = 0) -> None:
         self.expected = expected
+        self.plan = plan
+        self.sub = sub
         self.covered = 0
         self._hashes: dict[int, bytes] = {}
+        self._subs: dict[int, bytes] = {}
         self._changed = trio.Event()
 
     def add(self, event: Have) -> None:
         unknown = bytes(HASH_SIZE)
+        pos = 0
         for k in range(event.count):
+            index = event.index + k
             digest = event.hashes[HASH_SIZE * k : HASH_SIZE * (k + 1)]
             if digest != unknown:
-                self._hashes[event.index + k] = digest
+                self._hashes[index] = digest
+            if self.sub:
+                n = -(-self.plan.chunk_length(index) // self.sub) * SUB_HASH_SIZE
+                self._subs[index] = event.subs[pos : pos + n]
+                pos += n
         self.covered = event.index + event.count
         self._changed.set()
         self._changed = trio.Event()
+
+    def subs(self, index: int) -> bytes:
+        """The receiver's sub-block hashes for ``index`` (delta), once; b"" if none."""
+        return self._subs.pop(index, b"")
 
     async def get(self, index: int) -> bytes | None:
         """The receiver's hash for chunk ``index`` (waiting for its report), or None."""
@@ -252,6 +266,7 @@ class _Runs:
         self.hashes = bytearray()
         self.zero_total = 0
         self.same_total = 0
+        self.patched = 0
 
     async def add(self, kind: str, index: int, digest: bytes = b"", count: int = 1) -> None:
         """Add ``count`` chunks from ``index`` (a SAME adds one chunk and its hash)."""
@@ -288,9 +303,9 @@ async def _stream_chunks(
     slots_send, slots_recv = trio.open_memory_channel[_Slot](read_ahead)
     limiter = trio.CapacityLimiter(threads)
 
-    async def work(slot: _Slot, held: bytes | None) -> None:
+    async def work(slot: _Slot, held: bytes | None, subs: bytes) -> None:
         slot.result = await trio.to_thread.run_sync(
-            encode_chunk, source, plan, slot.index, held, limiter=limiter
+            encode_chunk, source, plan, slot.index, held, subs, have.sub, limiter=limiter
         )
         slot.ready.set()
 
@@ -308,7 +323,7 @@ async def _stream_chunks(
                 slot = _Slot(index)
                 held = await have.get(index)
                 await slots_send.send(slot)
-                nursery.start_soon(work, slot, held)
+                nursery.start_soon(work, slot, held, have.subs(index))
                 index += 1
 
     nursery.start_soon(produce)
@@ -322,6 +337,7 @@ async def _stream_chunks(
             elif slot.zero_run:
                 for i in range(slot.index, slot.index + slot.zero_run):
                     held = await have.get(i)
+                    have.subs(i)  # not needed: a hole is sent whole (as ZERO)
                     if held is not None and held == zero_digest(plan.chunk_length(i)):
                         await runs.add("same", i, held)
                     else:
@@ -335,8 +351,10 @@ async def _stream_chunks(
                     await runs.add("zero", slot.index)
                 else:
                     await runs.flush()
-                    assert encoded.chunk is not None
-                    await channel.send(encoded.chunk)
+                    event = encoded.patch or encoded.chunk
+                    assert event is not None
+                    await channel.send(event)
+                    runs.patched += encoded.patch is not None
             now = trio.current_time()
             if now - last_report >= 0.1:
                 last_report = now

@@ -194,7 +194,57 @@ async def test_delta_sends_only_what_changed(tmp_path: Path, side: str) -> None:
     assert isinstance(tx, Done), out
     assert target.read_bytes() == source.read_bytes()
     assert tx.same_chunks == 20 - 3
-    assert tx.wire_bytes < 3 * MiB + 256 * 1024  # three chunks, not twenty
+    # Three changed 4 KiB blocks: a sub-block or two each (a PATCH), not three chunks.
+    assert tx.wire_bytes < 3 * 128 * 1024 + 64 * 1024, tx.wire_bytes
+
+
+async def test_one_changed_block_costs_at_most_128_kib(tmp_path: Path) -> None:
+    source = tmp_path / "s.img"
+    random_file(source, 16 * MiB, seed=11)  # incompressible: no help from zstd
+    target = tmp_path / "t.img"
+    await run_pair(source, target)
+    unchanged = await run_pair(source, target, delta_rx=True)  # the delta's fixed cost
+    assert isinstance(unchanged["tx"], Done) and unchanged["tx"].same_chunks == 16
+    with open(source, "r+b") as f:
+        f.seek(7 * MiB + 12288)
+        f.write(random.Random(12).randbytes(4096))
+    out = await run_pair(source, target, delta_rx=True)
+    tx = out["tx"]
+    assert isinstance(tx, Done), out
+    assert target.read_bytes() == source.read_bytes()
+    assert tx.wire_bytes - unchanged["tx"].wire_bytes <= 128 * 1024
+
+
+async def test_patch_against_a_target_that_changed_is_refused(tmp_path: Path) -> None:
+    """A PATCH is applied only if the rebuilt chunk has the sender's hash."""
+    import blake3
+
+    from p2pclone.disks import Target
+    from p2pclone.errors import IntegrityError
+    from p2pclone.pipeline import SUB_BLOCK, apply_patch
+    from p2pclone.protocol import Encoding, Patch, Plan, bitmap
+
+    target = tmp_path / "t.img"
+    old = random_file(target, MiB, seed=13)
+    plan = Plan(source_size=MiB, chunk_size=MiB)
+    new_block = b"\x55" * SUB_BLOCK
+    wanted = bytearray(old)
+    wanted[:SUB_BLOCK] = new_block
+    wanted[-1] ^= 1  # the sender's chunk differs elsewhere too: the patch can't produce it
+    patch = Patch(
+        index=0,
+        length=MiB,
+        digest=blake3.blake3(wanted).digest(),
+        encoding=Encoding.RAW,
+        changed=bitmap([0], MiB // SUB_BLOCK),
+        body=new_block,
+    )
+    t = Target.open(str(target))
+    t.prepare(MiB)
+    with pytest.raises(IntegrityError, match="after patching"):
+        apply_patch(t, patch, plan, SUB_BLOCK)
+    t.close()
+    assert target.read_bytes() == old
 
 
 async def test_a_sender_claiming_unchanged_chunks_is_refused(tmp_path: Path) -> None:
@@ -207,7 +257,7 @@ async def test_a_sender_claiming_unchanged_chunks_is_refused(tmp_path: Path) -> 
     junk = random_file(target, 4 * MiB, seed=6)
     real = pipeline.encode_chunk
 
-    def liar(src, plan, index, have=None):
+    def liar(src, plan, index, have=None, subs=b"", sub=0):
         return pipeline.Encoded(index, same=bytes(range(32)))
 
     pipeline.encode_chunk = liar

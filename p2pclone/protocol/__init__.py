@@ -18,6 +18,7 @@ from .frames import (
 from .messages import (
     HASH_SIZE,
     MAX_HASHES,
+    SUB_HASH_SIZE,
     Accept,
     Ack,
     Chunk,
@@ -29,10 +30,12 @@ from .messages import (
     Have,
     Hello,
     Pake,
+    Patch,
     Plan,
     Result,
     Same,
     Zero,
+    bitmap,
     decode_event,
 )
 from .state import TRANSITIONS, Direction, Role, State, next_state
@@ -40,6 +43,8 @@ from .state import TRANSITIONS, Direction, Role, State, next_state
 __all__ = [
     "CLOSED",
     "HASH_SIZE",
+    "SUB_HASH_SIZE",
+    "bitmap",
     "HEADER_SIZE",
     "MAX_CHUNK_SIZE",
     "MAX_META",
@@ -63,6 +68,7 @@ __all__ = [
     "Have",
     "Hello",
     "Pake",
+    "Patch",
     "Plan",
     "RawFrame",
     "Result",

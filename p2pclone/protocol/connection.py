@@ -36,16 +36,19 @@ from ..crypto import Pairing, SessionKeys, choose_cipher, cpu_has_aes, transcrip
 from ..errors import LocalProtocolError, P2PCloneError, RemoteProtocolError
 from .frames import MAX_CHUNK_SIZE, FrameDecoder, encode_frame
 from .messages import (
+    SUB_HASH_SIZE,
     Accept,
     Ack,
     Chunk,
     Confirm,
+    Encoding,
     End,
     Error,
     Event,
     Have,
     Hello,
     Pake,
+    Patch,
     Plan,
     Same,
     Zero,
@@ -112,6 +115,8 @@ class Connection:
         self.have_expected = False
         #: ... and they cover chunks [0, have_covered) so far
         self.have_covered = 0
+        #: sub-block size of a delta (0: none), from STATE
+        self.sub_size = 0
         self.bytes_out = 0
 
     # -- accounting ----------------------------------------------------------
@@ -171,7 +176,7 @@ class Connection:
         except LocalProtocolError:
             self.state = State.ERROR
             raise
-        body = event.body if isinstance(event, Chunk) else b""
+        body = event.body if isinstance(event, (Chunk, Patch)) else b""
         key = self.keys.send if self._sealing and self.keys is not None else None
         buffers = encode_frame(event.TYPE, self._send_seq, pack_meta(event), body, key)
         self._send_seq += 1
@@ -279,7 +284,9 @@ class Connection:
                 # From now on the only bodies are chunks, never longer than a chunk:
                 # a compressed body that isn't smaller than the plain bytes goes raw.
                 self._decoder.max_body = event.chunk_size
-        elif isinstance(event, Chunk):
+        elif isinstance(event, (Chunk, Patch)):
+            if isinstance(event, Patch):
+                self._check_patch(event, exc)
             plan = self._require_plan()
             self._expect_index(event.index, 1, plan, exc)
             if event.length != plan.chunk_length(event.index):
@@ -307,6 +314,7 @@ class Connection:
             self._next_index += event.count
         elif isinstance(event, Accept):
             self.have_expected = event.have
+            self.sub_size = event.sub
         elif isinstance(event, Have):
             plan = self._require_plan()
             if not self.have_expected:
@@ -316,6 +324,16 @@ class Connection:
                     f"HAVE for chunks {event.index}..{event.index + event.count - 1} arrived "
                     f"where chunk {self.have_covered} was due"
                 )
+            subs = (
+                sum(
+                    -(-plan.chunk_length(i) // self.sub_size)
+                    for i in range(event.index, event.index + event.count)
+                )
+                if self.sub_size
+                else 0
+            )
+            if len(event.subs) != subs * SUB_HASH_SIZE:
+                raise exc(f"HAVE for chunk {event.index} carries the wrong number of sub-hashes")
             self.have_covered += event.count
         elif isinstance(event, Ack):
             if event.durable > self._require_plan().chunk_count:
@@ -329,6 +347,20 @@ class Connection:
                 )
         elif isinstance(event, Error):
             pass
+
+    def _check_patch(
+        self, event: Patch, exc: type[LocalProtocolError] | type[RemoteProtocolError]
+    ) -> None:
+        if not self.sub_size:
+            raise exc("PATCH outside a delta re-sync (no sub-block size was agreed)")
+        nsub = -(-event.length // self.sub_size)
+        blocks = event.changed_blocks()
+        if len(event.changed) != -(-nsub // 8) or not blocks or blocks[-1] >= nsub:
+            raise exc(f"PATCH for chunk {event.index} has a bitmap that does not fit the chunk")
+        if event.encoding == Encoding.RAW:
+            plain = sum(min(self.sub_size, event.length - k * self.sub_size) for k in blocks)
+            if len(event.body) != plain:
+                raise exc(f"PATCH for chunk {event.index}: raw body length disagrees with its map")
 
     def _require_plan(self) -> Plan:
         if self.plan is None:  # unreachable through the transition table

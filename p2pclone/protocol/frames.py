@@ -77,6 +77,7 @@ class FrameType(enum.IntEnum):
     HAVE = 11
     SAME = 12
     ACK = 13
+    PATCH = 14
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from ..errors import RemoteProtocolError
 from .frames import MAX_CHUNK_SIZE, FrameType, RawFrame
 
 HASH_SIZE = 32  # BLAKE3-256
+SUB_HASH_SIZE = 8  # BLAKE3 of a sub-block, truncated: the whole chunk's hash is checked after
 MAX_DISK_SIZE = 1 << 60  # 1 EiB: an upper bound that rejects nonsense, not a real limit
 
 
@@ -205,13 +206,20 @@ class Accept:
     target: dict[str, str | int] = field(default_factory=dict)
     #: HAVE frames follow, covering every chunk index in order (resume or delta)
     have: bool = False
+    #: sub-block size of the HAVE frames' sub-hashes (delta), 0 if they carry none
+    sub: int = 0
 
     def to_meta(self) -> dict[str, Any]:
-        return {"tgt": _clip_info(self.target), "have": self.have}
+        return {"tgt": _clip_info(self.target), "have": self.have, "sub": self.sub}
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Accept:
-        return cls(target=_info(meta, "tgt", "STATE"), have=_need(meta, "have", bool, "STATE"))
+        sub = _count(meta, "sub", "STATE", limit=MAX_CHUNK_SIZE)
+        if sub and (sub < 4096 or sub % 4096):
+            raise RemoteProtocolError(f"the peer's STATE has a sub-block size of {sub} bytes")
+        return cls(
+            target=_info(meta, "tgt", "STATE"), have=_need(meta, "have", bool, "STATE"), sub=sub
+        )
 
 
 #: At most this many chunk hashes in one HAVE or SAME frame (32 B each: 32 KiB of meta).
@@ -236,17 +244,22 @@ class Have:
     TYPE: ClassVar[FrameType] = FrameType.HAVE
     index: int
     hashes: bytes
+    #: delta only: SUB_HASH_SIZE-byte hashes of every sub-block of every chunk, in order
+    subs: bytes = b""
 
     @property
     def count(self) -> int:
         return len(self.hashes) // HASH_SIZE
 
     def to_meta(self) -> dict[str, Any]:
-        return {"i": self.index, "h": self.hashes}
+        return {"i": self.index, "h": self.hashes, "s": self.subs}
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Have:
-        return cls(index=_count(meta, "i", "HAVE"), hashes=_hashes(meta, "HAVE"))
+        subs: bytes = _need(meta, "s", bytes, "HAVE")
+        if len(subs) % SUB_HASH_SIZE:
+            raise RemoteProtocolError("the peer's HAVE frame has a malformed sub-hash list")
+        return cls(index=_count(meta, "i", "HAVE"), hashes=_hashes(meta, "HAVE"), subs=subs)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -313,6 +326,61 @@ class Chunk:
             encoding=enc,
             body=body,
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Patch:
+    """A chunk that differs from the target only in some sub-blocks (delta re-sync).
+
+    ``changed`` is a bitmap (bit k of byte k // 8, least significant first) of the
+    sub-blocks (STATE's ``sub`` bytes each) that differ; the body encodes just those
+    sub-blocks, concatenated.  ``digest`` is the BLAKE3 of the whole chunk *after*
+    the patch: the receiver checks it before writing anything.
+    """
+
+    TYPE: ClassVar[FrameType] = FrameType.PATCH
+    index: int
+    length: int  # plain length of the whole chunk
+    digest: bytes
+    encoding: int
+    changed: bytes
+    body: bytes | memoryview = field(repr=False)
+
+    def changed_blocks(self) -> list[int]:
+        return [k for k in range(8 * len(self.changed)) if self.changed[k // 8] >> (k % 8) & 1]
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "i": self.index,
+            "n": self.length,
+            "h": self.digest,
+            "e": self.encoding,
+            "m": self.changed,
+        }
+
+    @classmethod
+    def from_frame(cls, meta: Mapping[str, Any], body: bytes | memoryview) -> Patch:
+        enc = _count(meta, "e", "PATCH", limit=255)
+        if enc not in Encoding.ALL:
+            raise RemoteProtocolError(f"the peer's PATCH uses an unknown encoding {enc}")
+        changed: bytes = _need(meta, "m", bytes, "PATCH")
+        if not changed or len(changed) > MAX_CHUNK_SIZE // 4096 // 8 or not any(changed):
+            raise RemoteProtocolError("the peer's PATCH has a malformed sub-block bitmap")
+        return cls(
+            index=_count(meta, "i", "PATCH"),
+            length=_count(meta, "n", "PATCH", limit=MAX_CHUNK_SIZE),
+            digest=_digest(meta, "h", "PATCH"),
+            encoding=enc,
+            changed=changed,
+            body=body,
+        )
+
+
+def bitmap(indices: list[int], nbits: int) -> bytes:
+    out = bytearray(-(-nbits // 8))
+    for k in indices:
+        out[k // 8] |= 1 << (k % 8)
+    return bytes(out)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -391,7 +459,20 @@ class Error:
 
 
 Event = (
-    Hello | Pake | Confirm | Plan | Accept | Have | Same | Ack | Chunk | Zero | End | Result | Error
+    Hello
+    | Pake
+    | Confirm
+    | Plan
+    | Accept
+    | Have
+    | Same
+    | Ack
+    | Chunk
+    | Patch
+    | Zero
+    | End
+    | Result
+    | Error
 )
 
 _META_PARSERS: dict[FrameType, Callable[[Mapping[str, Any]], Event]] = {
@@ -432,6 +513,8 @@ def decode_event(frame: RawFrame) -> Event:
         raise RemoteProtocolError(f"the peer's {frame.type.name} frame meta is not a map")
     if frame.type is FrameType.CHUNK:
         return Chunk.from_frame(meta, frame.body)
+    if frame.type is FrameType.PATCH:
+        return Patch.from_frame(meta, frame.body)
     if frame.body:
         raise RemoteProtocolError(f"the peer's {frame.type.name} frame has an unexpected body")
     return _META_PARSERS[frame.type](meta)
