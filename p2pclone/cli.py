@@ -118,6 +118,7 @@ class Output:
                         chunks=d.chunks,
                         zero_chunks=d.zero_chunks,
                         same_chunks=d.same_chunks,
+                        repaired_chunks=d.repaired_chunks,
                         digest=d.digest,
                         seconds=round(d.seconds, 3),
                         verified=d.verified,

@@ -142,6 +142,20 @@ def encode_chunk(
     )
 
 
+def encode_repair(source: Source, plan: Plan, index: int) -> Chunk:
+    """Chunk ``index`` as a full CHUNK, whatever it holds (answering a NAK)."""
+    length = plan.chunk_length(index)
+    data = source.read(index * plan.chunk_size, length)
+    body, encoding = _encode(data, length)
+    return Chunk(
+        index=index,
+        length=length,
+        digest=blake3.blake3(data).digest(),
+        encoding=encoding,
+        body=body,
+    )
+
+
 def decode_body(
     index: int, encoding: int, body: bytes | memoryview, length: int, plan: Plan
 ) -> bytes | memoryview:

@@ -59,6 +59,7 @@ from .protocol import (
     End,
     Error,
     Have,
+    Nak,
     Patch,
     Plan,
     Result,
@@ -221,6 +222,7 @@ async def _session(channel: Channel, target: Target, opts: Options, report: Repo
     report(
         Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, target.describe())
     )
+    repaired = 0
     try:
         hash_log = tempfile.TemporaryFile(prefix="p2pclone-") if opts.verify else _NullLog()  # noqa: SIM115 - closed by the with below
         with hash_log as log:
@@ -239,7 +241,16 @@ async def _session(channel: Channel, target: Target, opts: Options, report: Repo
                     "identical; run the clone again"
                 )
             if opts.verify:
-                await _verify(target, plan, log, opts.threads, report)
+                bad = await _verify(target, plan, log, opts.threads, report)
+                if bad:
+                    try:
+                        await _repair(channel, target, plan, bad)
+                    except IntegrityError:
+                        if journal is not None:  # it vouches for data the disk lost
+                            journal.finish()
+                            journal = None
+                        raise
+                    repaired = len(bad)
     finally:
         if journal is not None:
             journal.close()
@@ -256,6 +267,7 @@ async def _session(channel: Channel, target: Target, opts: Options, report: Repo
         digest=end.root.hex(),
         seconds=trio.current_time() - started,
         verified=opts.verify,
+        repaired_chunks=repaired,
     )
     await channel.close()
     return done
@@ -492,8 +504,8 @@ async def _verify(
     log: IO[bytes] | _NullLog,
     threads: int,
     report: Reporter,
-) -> None:
-    """Re-read the target from the medium and compare every chunk with its hash."""
+) -> list[int]:
+    """Re-read the target from the medium; return the chunks that differ from their hash."""
     assert not isinstance(log, _NullLog)
     report(Verifying(plan.source_size))
     await trio.to_thread.run_sync(target.drop_cache)
@@ -527,15 +539,44 @@ async def _verify(
                 0,
             )
         )
-    if bad:
+    return bad
+
+
+#: A verify that finds more bad chunks than this does not try to repair: the disk is failing.
+MAX_REPAIRS = 4 * MAX_HASHES
+
+
+async def _repair(channel: Channel, target: Target, plan: Plan, bad: list[int]) -> None:
+    """Fetch the chunks that read back wrong again, rewrite and re-check them.
+
+    Raises:
+        IntegrityError: some chunks still read back wrong; names their byte ranges.
+    """
+    still = bad
+    if len(bad) <= MAX_REPAIRS:
+        for first in range(0, len(bad), MAX_HASHES):
+            await channel.send(Nak(indices=tuple(bad[first : first + MAX_HASHES])))
+        expected: dict[int, bytes] = {}
+        for _ in bad:
+            chunk = await channel.expect(Chunk, "the sender's repairs")
+            await trio.to_thread.run_sync(write_chunk, target, chunk, plan)
+            expected[chunk.index] = chunk.digest
+        await trio.to_thread.run_sync(target.sync)
+        await trio.to_thread.run_sync(target.drop_cache)
+        still = [
+            i
+            for i in bad
+            if await trio.to_thread.run_sync(hash_target_chunk, target, plan, i) != expected[i]
+        ]
+    if still:
         spans = ", ".join(
             f"bytes {i * plan.chunk_size}-{i * plan.chunk_size + plan.chunk_length(i) - 1}"
-            for i in bad[:5]
+            for i in still[:5]
         )
-        more = f" and {len(bad) - 5} more chunks" if len(bad) > 5 else ""
+        more = f" and {len(still) - 5} more chunks" if len(still) > 5 else ""
         raise IntegrityError(
-            f"verification read back different data at {spans}{more}: the target "
-            f"{target.path} does not hold what was written; check the disk and clone again"
+            f"verification read back different data at {spans}{more}, even after fetching it "
+            f"again: the target {target.path} does not keep what is written; check the disk"
         )
 
 

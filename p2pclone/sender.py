@@ -28,7 +28,7 @@ from transports import open_transport
 
 from .disks import Source
 from .errors import IntegrityError, P2PCloneError, TransportError, UsageError
-from .pipeline import Encoded, default_threads, encode_chunk
+from .pipeline import Encoded, default_threads, encode_chunk, encode_repair
 from .protocol import (
     HASH_SIZE,
     MAX_CHUNK_SIZE,
@@ -39,6 +39,7 @@ from .protocol import (
     Connection,
     End,
     Have,
+    Nak,
     Plan,
     Result,
     Role,
@@ -166,7 +167,7 @@ async def _session(
     have = HaveMap(accept.have, plan, accept.sub)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch, channel, have, acks, result)
+            nursery.start_soon(_watch, channel, source, plan, have, acks, result)
             runs = await _stream_chunks(channel, source, plan, have, threads, nursery, report)
             await channel.send(End(chunk_count=plan.chunk_count, root=channel.conn.root_digest()))
     except BaseException as exc:
@@ -235,11 +236,18 @@ class HaveMap:
         return self._hashes.pop(index, None)
 
 
-async def _watch(channel: Channel, have: HaveMap, acks: list[int], result: list[Result]) -> None:
-    """Read the back-channel: HAVE and ACK as they come; RESULT ends it, ERROR aborts."""
+async def _watch(
+    channel: Channel,
+    source: Source,
+    plan: Plan,
+    have: HaveMap,
+    acks: list[int],
+    result: list[Result],
+) -> None:
+    """Read the back-channel: HAVE, ACK and NAK as they come; RESULT ends it, ERROR aborts."""
     while True:
         try:
-            event = await channel.expect_one_of((Have, Ack, Result), "the receiver's RESULT")
+            event = await channel.expect_one_of((Have, Ack, Nak, Result), "the receiver's RESULT")
         except TransportError:
             raise TransportError(
                 f"the receiver closed the link {channel.url} before confirming the clone: "
@@ -250,6 +258,11 @@ async def _watch(channel: Channel, have: HaveMap, acks: list[int], result: list[
             have.add(event)
         elif isinstance(event, Ack):
             acks[:] = [event.durable]  # chunks the receiver holds durably so far
+        elif isinstance(event, Nak):
+            # The receiver's verify read these back wrong: send them again, whole.
+            for index in event.indices:
+                chunk = await trio.to_thread.run_sync(encode_repair, source, plan, index)
+                await channel.send(chunk)
         elif isinstance(event, Result):
             result.append(event)
             return

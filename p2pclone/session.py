@@ -82,6 +82,7 @@ class Done:
     seconds: float
     verified: bool = False
     same_chunks: int = 0  # already on the target (resume or delta): not sent
+    repaired_chunks: int = 0  # read back wrong by --verify, fetched again and fixed
 
 
 Report = Listening | Connected | Planned | Progress | Verifying | Done

@@ -378,3 +378,37 @@ def test_sigkill_mid_transfer_then_restart_resumes(tmp_path: Path, victim: str) 
     done = json.loads(tx_out.strip().splitlines()[-1])
     assert done["event"] == "done" and done["same_chunks"] >= 8, done
     assert target.read_bytes() == data
+
+
+@pytest.mark.parametrize("flaky", [True, False])
+async def test_verify_fetches_damaged_chunks_again(tmp_path: Path, monkeypatch, flaky: bool):
+    """A disk that loses a write: --verify finds it, asks for it again, and only then
+    reports; a disk that keeps losing it ends with exit 6 naming the range."""
+    import p2pclone.receiver as receiver_mod
+    from p2pclone.errors import IntegrityError, PeerError
+
+    real = receiver_mod.write_chunk
+    calls: list[int] = []
+
+    def lossy(target, chunk, plan):
+        if chunk.index == 3 and (not flaky or not calls):
+            calls.append(chunk.index)
+            target.write(chunk.index * plan.chunk_size, b"\xee" * chunk.length)  # lost write
+            return
+        real(target, chunk, plan)
+
+    monkeypatch.setattr(receiver_mod, "write_chunk", lossy)
+    source = tmp_path / "s.img"
+    data = random_file(source, 8 * MiB, seed=14)
+    target = tmp_path / "t.img"
+    out = await run_pair(source, target, verify=True)
+    if flaky:
+        assert isinstance(out["rx"], Done) and out["rx"].repaired_chunks == 1, out
+        assert isinstance(out["tx"], Done)
+        assert target.read_bytes() == data
+    else:
+        assert isinstance(out["rx"], IntegrityError), out
+        assert "bytes 3145728-4194303" in str(out["rx"]) and "even after fetching it again" in str(
+            out["rx"]
+        )
+        assert isinstance(out["tx"], PeerError) and out["tx"].exit_code == 6

@@ -47,6 +47,7 @@ from .messages import (
     Event,
     Have,
     Hello,
+    Nak,
     Pake,
     Patch,
     Plan,
@@ -117,6 +118,8 @@ class Connection:
         self.have_covered = 0
         #: sub-block size of a delta (0: none), from STATE
         self.sub_size = 0
+        #: chunks a NAK asked for and no repair has answered yet
+        self._repairs: set[int] = set()
         self.bytes_out = 0
 
     # -- accounting ----------------------------------------------------------
@@ -284,6 +287,18 @@ class Connection:
                 # From now on the only bodies are chunks, never longer than a chunk:
                 # a compressed body that isn't smaller than the plain bytes goes raw.
                 self._decoder.max_body = event.chunk_size
+        elif isinstance(event, Nak):
+            plan = self._require_plan()
+            if any(i >= plan.chunk_count for i in event.indices):
+                raise exc("NAK names a chunk beyond the plan")
+            self._repairs.update(event.indices)
+        elif isinstance(event, Chunk) and self.state in (State.FINISH, State.AWAIT_RESULT):
+            if event.index not in self._repairs:  # a repair must answer a NAK
+                raise exc(f"chunk {event.index} was sent again although no NAK asked for it")
+            self._repairs.discard(event.index)
+            plan = self._require_plan()
+            if event.length != plan.chunk_length(event.index):
+                raise exc(f"repair of chunk {event.index} has the wrong length")
         elif isinstance(event, (Chunk, Patch)):
             if isinstance(event, Patch):
                 self._check_patch(event, exc)

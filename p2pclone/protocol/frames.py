@@ -78,6 +78,7 @@ class FrameType(enum.IntEnum):
     SAME = 12
     ACK = 13
     PATCH = 14
+    NAK = 15
 
 
 @dataclass(frozen=True, slots=True)

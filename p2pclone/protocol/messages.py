@@ -283,6 +283,26 @@ class Same:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Nak:
+    """Receiver -> sender, after END: these chunks read back wrong; send them again."""
+
+    TYPE: ClassVar[FrameType] = FrameType.NAK
+    indices: tuple[int, ...]
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"i": list(self.indices)}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Nak:
+        value = _need(meta, "i", list, "NAK")
+        if not 0 < len(value) <= MAX_HASHES or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_DISK_SIZE for i in value
+        ):
+            raise RemoteProtocolError("the peer's NAK has a malformed chunk list")
+        return cls(indices=tuple(value))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Ack:
     """Receiver -> sender: this many chunks are durable on the target (and journaled)."""
 
@@ -467,6 +487,7 @@ Event = (
     | Have
     | Same
     | Ack
+    | Nak
     | Chunk
     | Patch
     | Zero
@@ -484,6 +505,7 @@ _META_PARSERS: dict[FrameType, Callable[[Mapping[str, Any]], Event]] = {
     FrameType.HAVE: Have.from_meta,
     FrameType.SAME: Same.from_meta,
     FrameType.ACK: Ack.from_meta,
+    FrameType.NAK: Nak.from_meta,
     FrameType.ZERO: Zero.from_meta,
     FrameType.END: End.from_meta,
     FrameType.RESULT: Result.from_meta,

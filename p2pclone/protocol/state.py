@@ -12,6 +12,7 @@ Sender::
     AWAIT_CONFIRM --recv CONFIRM--> PLAN --send PLAN--> AWAIT_STATE
     AWAIT_STATE --recv STATE--> DATA --send CHUNK|PATCH|ZERO|SAME--> DATA --send END--> AWAIT_RESULT
     DATA and AWAIT_RESULT --recv HAVE|ACK--> (same state);  AWAIT_RESULT --recv RESULT--> DONE
+    AWAIT_RESULT --recv NAK--> AWAIT_RESULT --send CHUNK (repairs)--> AWAIT_RESULT
 
 Receiver::
 
@@ -20,6 +21,7 @@ Receiver::
     CONFIRM --send CONFIRM--> AWAIT_PLAN --recv PLAN--> DECIDE
     DECIDE --send STATE--> DATA --recv CHUNK|PATCH|ZERO|SAME--> DATA --recv END--> FINISH
     DATA --send HAVE|ACK--> DATA;  FINISH --send ACK--> FINISH --send RESULT--> DONE
+    FINISH --send NAK--> FINISH --recv CHUNK (repairs)--> FINISH      (--verify found damage)
 
 Both, from any state but DONE and ERROR: send or receive ERROR --> ERROR.  A side
 that has just detected an error (and so is in ERROR) may still send one ERROR frame
@@ -88,6 +90,8 @@ TRANSITIONS: dict[tuple[Role, State, Direction, FrameType], State] = {
     (S, State.DATA, OUT, FrameType.END): State.AWAIT_RESULT,
     (S, State.AWAIT_RESULT, IN, FrameType.HAVE): State.AWAIT_RESULT,
     (S, State.AWAIT_RESULT, IN, FrameType.ACK): State.AWAIT_RESULT,
+    (S, State.AWAIT_RESULT, IN, FrameType.NAK): State.AWAIT_RESULT,
+    (S, State.AWAIT_RESULT, OUT, FrameType.CHUNK): State.AWAIT_RESULT,  # a repair
     (S, State.AWAIT_RESULT, IN, FrameType.RESULT): State.DONE,
     (R, State.START, IN, FrameType.HELLO): State.HELLO,
     (R, State.HELLO, OUT, FrameType.HELLO): State.AWAIT_PAKE,
@@ -105,6 +109,8 @@ TRANSITIONS: dict[tuple[Role, State, Direction, FrameType], State] = {
     (R, State.DATA, OUT, FrameType.ACK): State.DATA,
     (R, State.DATA, IN, FrameType.END): State.FINISH,
     (R, State.FINISH, OUT, FrameType.ACK): State.FINISH,
+    (R, State.FINISH, OUT, FrameType.NAK): State.FINISH,
+    (R, State.FINISH, IN, FrameType.CHUNK): State.FINISH,  # a repair
     (R, State.FINISH, OUT, FrameType.RESULT): State.DONE,
 }
 

@@ -28,6 +28,7 @@ from p2pclone.protocol import (
     FrameType,
     Have,
     Hello,
+    Nak,
     Patch,
     Plan,
     Result,
@@ -224,6 +225,7 @@ def all_events(p: Pair, role: Role) -> dict:
         FrameType.HAVE: Have(index=0, hashes=bytes(32)),
         FrameType.SAME: Same(index=0, hashes=bytes(32)),
         FrameType.ACK: Ack(durable=1),
+        FrameType.NAK: Nak(indices=(0,)),
         FrameType.PATCH: Patch(
             index=0, length=MiB, digest=bytes(32), encoding=1, changed=b"\x01", body=b"z"
         ),
