@@ -37,6 +37,7 @@ from .errors import (
     P2PCloneError,
     PeerError,
     RemoteProtocolError,
+    TargetError,
     TransportError,
 )
 from .journal import Header, Journal, default_state_dir
@@ -234,23 +235,25 @@ async def _session(channel: Channel, target: Target, opts: Options, report: Repo
                 with trio.CancelScope(shield=True), contextlib.suppress(P2PCloneError):
                     await state.commit(ack=False)
                 raise pick_error(exc) from None
-            await trio.to_thread.run_sync(target.sync)
-            if end.root != channel.conn.root_digest():
-                raise IntegrityError(
-                    "the root hash over all chunks differs from the sender's: the copy is not "
-                    "identical; run the clone again"
-                )
-            if opts.verify:
-                bad = await _verify(target, plan, log, opts.threads, report)
-                if bad:
-                    try:
+            try:
+                await trio.to_thread.run_sync(target.sync)
+                if end.root != channel.conn.root_digest():
+                    raise IntegrityError(
+                        "the root hash over all chunks differs from the sender's: the copy is "
+                        "not identical; run the clone again"
+                    )
+                if opts.verify:
+                    bad = await _verify(target, plan, log, opts.threads, report)
+                    if bad:
                         await _repair(channel, target, plan, bad)
-                    except IntegrityError:
-                        if journal is not None:  # it vouches for data the disk lost
-                            journal.finish()
-                            journal = None
-                        raise
-                    repaired = len(bad)
+                        repaired = len(bad)
+            except (IntegrityError, TargetError):
+                # The journal vouches for data the target may not hold: a re-run must
+                # not trust it.
+                if journal is not None:
+                    journal.finish()
+                    journal = None
+                raise
     finally:
         if journal is not None:
             journal.close()
@@ -282,7 +285,6 @@ async def _recheck_tail(journal: Journal, target: Target, plan: Plan) -> None:
         if await trio.to_thread.run_sync(hash_target_chunk, target, plan, i) != journal.have[i]
     ]
     journal.forget(bad)
-    journal.forget([i for i in list(journal.have) if i >= plan.chunk_count])
 
 
 class _NullLog:
@@ -305,6 +307,8 @@ COMMIT_SECONDS = 1.0
 COMMIT_BYTES = 64 * 1024 * 1024
 #: Chunks hashed per worker call when scanning the target for a delta.
 DELTA_BATCH = 64
+#: How far (in chunks) HAVE reports may run ahead of the data received.
+HAVE_AHEAD = 4096
 
 
 class _DataState:
@@ -332,6 +336,7 @@ class _DataState:
         self.announced: dict[int, bytes] = {}  # what our HAVE frames said, until used
         self.zero_total = 0
         self.same_total = 0
+        self.progressed = trio.Event()  # the data moved on (wakes the HAVE sender)
 
     async def run(self, delta: bool) -> End:
         async with trio.open_nursery() as nursery:
@@ -388,6 +393,7 @@ class _DataState:
                     self.announced.pop(event.index, None)
                     self.log.write(event.digest)
                     writers.start_soon(self._patch, event)
+                self.progressed.set()
                 now = trio.current_time()
                 if now - last_report >= 0.1:
                     last_report = now
@@ -468,6 +474,11 @@ class _DataState:
         plan, journal = self.plan, self.journal
         step = DELTA_BATCH if delta else MAX_HASHES
         for first in range(0, plan.chunk_count, step):
+            # Stay a bounded distance ahead of the data, so neither side's memory of
+            # the report grows with the disk.
+            while first >= self.channel.conn.chunks_done + HAVE_AHEAD:
+                self.progressed = trio.Event()
+                await self.progressed.wait()
             indices = range(first, min(first + step, plan.chunk_count))
             subs = b""
             if delta:
@@ -481,7 +492,7 @@ class _DataState:
                 )
             else:
                 assert journal is not None
-                hashes = [journal.have.get(i, UNKNOWN) for i in indices]
+                hashes = [journal.have.get(i) or UNKNOWN for i in indices]
             for i, digest in zip(indices, hashes, strict=True):
                 if digest != UNKNOWN:
                     self.announced[i] = digest
