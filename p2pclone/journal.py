@@ -15,7 +15,7 @@ crash mid-append) is dropped, never trusted.
 The order that makes it safe, kept by the receiver: write data -> fsync target ->
 append the commit -> fsync journal -> ACK to the sender.  So every chunk the journal
 names was on stable storage before the journal said so.  On restart the chunks of
-the last commit are re-hashed on the target before they are trusted (a crash can
+the last commit record are re-hashed on the target before they are trusted (a crash can
 reorder what the disk kept; the rsync ``--append`` lesson).
 """
 
@@ -193,9 +193,10 @@ class Journal:
         """Apply one record: a commit ``{i, h}`` or a retraction ``{f}``."""
         forgotten = rec.get("f")
         if isinstance(forgotten, list):
+            if not all(isinstance(i, int) for i in forgotten):
+                return False
             for i in forgotten:
-                if isinstance(i, int):
-                    self.have.pop(i)
+                self.have.pop(i)
             return True
         indices, hashes = rec.get("i"), rec.get("h")
         if not isinstance(indices, list) or not isinstance(hashes, bytes):

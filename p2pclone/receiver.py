@@ -53,6 +53,7 @@ from .pipeline import (
 from .protocol import (
     HASH_SIZE,
     MAX_HASHES,
+    SUB_HASH_SIZE,
     Accept,
     Ack,
     Chunk,
@@ -245,13 +246,13 @@ async def _session(channel: Channel, target: Target, opts: Options, report: Repo
                 if opts.verify:
                     bad = await _verify(target, plan, log, opts.threads, report)
                     if bad:
-                        await _repair(channel, target, plan, bad)
+                        await _repair(channel, target, plan, bad, journal)
                         repaired = len(bad)
             except (IntegrityError, TargetError):
                 # The journal vouches for data the target may not hold: a re-run must
                 # not trust it.
                 if journal is not None:
-                    journal.finish()
+                    await trio.to_thread.run_sync(journal.finish)
                     journal = None
                 raise
     finally:
@@ -284,7 +285,7 @@ async def _recheck_tail(journal: Journal, target: Target, plan: Plan) -> None:
         for i in tail
         if await trio.to_thread.run_sync(hash_target_chunk, target, plan, i) != journal.have[i]
     ]
-    journal.forget(bad)
+    await trio.to_thread.run_sync(journal.forget, bad)
 
 
 class _NullLog:
@@ -472,7 +473,9 @@ class _DataState:
     async def _send_have(self, delta: bool) -> None:
         """Stream HAVE frames for every chunk, in order: journal entries, or target hashes."""
         plan, journal = self.plan, self.journal
-        step = DELTA_BATCH if delta else MAX_HASHES
+        # A delta HAVE carries sub-hashes too: keep its meta well inside MAX_META.
+        per_chunk = HASH_SIZE + SUB_HASH_SIZE * -(-plan.chunk_size // SUB_BLOCK)
+        step = max(1, min(DELTA_BATCH, (48 * 1024) // per_chunk)) if delta else MAX_HASHES
         for first in range(0, plan.chunk_count, step):
             # Stay a bounded distance ahead of the data, so neither side's memory of
             # the report grows with the disk.
@@ -515,14 +518,15 @@ async def _verify(
     log: IO[bytes] | _NullLog,
     threads: int,
     report: Reporter,
-) -> list[int]:
-    """Re-read the target from the medium; return the chunks that differ from their hash."""
+) -> dict[int, bytes]:
+    """Re-read the target from the medium; return the chunks that differ, with the hash
+    each should have (the one that went into the root)."""
     assert not isinstance(log, _NullLog)
     report(Verifying(plan.source_size))
     await trio.to_thread.run_sync(target.drop_cache)
     log.flush()
     log.seek(0)
-    bad: list[int] = []
+    bad: dict[int, bytes] = {}
     limiter = trio.CapacityLimiter(threads)
     batch = 4 * threads
     for first in range(0, plan.chunk_count, batch):
@@ -540,7 +544,7 @@ async def _verify(
                 nursery.start_soon(one, i)
         for k, i in enumerate(indices):
             if got[i] != expected[32 * k : 32 * k + 32]:
-                bad.append(i)
+                bad[i] = expected[32 * k : 32 * k + 32]
         report(
             Progress(
                 min(
@@ -557,37 +561,53 @@ async def _verify(
 MAX_REPAIRS = 4 * MAX_HASHES
 
 
-async def _repair(channel: Channel, target: Target, plan: Plan, bad: list[int]) -> None:
+def _spans(plan: Plan, indices: list[int]) -> str:
+    spans = ", ".join(
+        f"bytes {i * plan.chunk_size}-{i * plan.chunk_size + plan.chunk_length(i) - 1}"
+        for i in indices[:5]
+    )
+    return spans + (f" and {len(indices) - 5} more chunks" if len(indices) > 5 else "")
+
+
+async def _repair(
+    channel: Channel, target: Target, plan: Plan, bad: dict[int, bytes], journal: Journal | None
+) -> None:
     """Fetch the chunks that read back wrong again, rewrite and re-check them.
 
     Raises:
-        IntegrityError: some chunks still read back wrong; names their byte ranges.
+        IntegrityError: too many chunks are bad, a repair is not what was cloned (the
+            source changed), or some chunks still read back wrong; names the ranges.
     """
-    still = bad
-    if len(bad) <= MAX_REPAIRS:
-        for first in range(0, len(bad), MAX_HASHES):
-            await channel.send(Nak(indices=tuple(bad[first : first + MAX_HASHES])))
-        expected: dict[int, bytes] = {}
-        for _ in bad:
-            chunk = await channel.expect(Chunk, "the sender's repairs")
-            await trio.to_thread.run_sync(write_chunk, target, chunk, plan)
-            expected[chunk.index] = chunk.digest
-        await trio.to_thread.run_sync(target.sync)
-        await trio.to_thread.run_sync(target.drop_cache)
-        still = [
-            i
-            for i in bad
-            if await trio.to_thread.run_sync(hash_target_chunk, target, plan, i) != expected[i]
-        ]
-    if still:
-        spans = ", ".join(
-            f"bytes {i * plan.chunk_size}-{i * plan.chunk_size + plan.chunk_length(i) - 1}"
-            for i in still[:5]
-        )
-        more = f" and {len(still) - 5} more chunks" if len(still) > 5 else ""
+    indices = sorted(bad)
+    if journal is not None:  # whatever happens next, the journal must not vouch for them
+        await trio.to_thread.run_sync(journal.forget, indices)
+    if len(indices) > MAX_REPAIRS:
         raise IntegrityError(
-            f"verification read back different data at {spans}{more}, even after fetching it "
-            f"again: the target {target.path} does not keep what is written; check the disk"
+            f"verification read back different data at {_spans(plan, indices)}: too many "
+            f"chunks to fetch again; the target {target.path} is failing; check the disk"
+        )
+    for first in range(0, len(indices), MAX_HASHES):
+        await channel.send(Nak(indices=tuple(indices[first : first + MAX_HASHES])))
+    for _ in indices:
+        chunk = await channel.expect(Chunk, "the sender's repairs")
+        if chunk.digest != bad[chunk.index]:
+            raise IntegrityError(
+                f"the source changed since it was cloned ({_spans(plan, [chunk.index])} differ "
+                "from what the clone holds): the repair was refused; run the clone again"
+            )
+        await trio.to_thread.run_sync(write_chunk, target, chunk, plan)
+    await trio.to_thread.run_sync(target.sync)
+    await trio.to_thread.run_sync(target.drop_cache)
+    still = [
+        i
+        for i in indices
+        if await trio.to_thread.run_sync(hash_target_chunk, target, plan, i) != bad[i]
+    ]
+    if still:
+        raise IntegrityError(
+            f"verification read back different data at {_spans(plan, still)}, even after "
+            f"fetching it again: the target {target.path} does not keep what is written; "
+            "check the disk"
         )
 
 

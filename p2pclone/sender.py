@@ -279,7 +279,6 @@ class _Runs:
         self.hashes = bytearray()
         self.zero_total = 0
         self.same_total = 0
-        self.patched = 0
 
     async def add(self, kind: str, index: int, digest: bytes = b"", count: int = 1) -> None:
         """Add ``count`` chunks from ``index`` (a SAME adds one chunk and its hash)."""
@@ -343,12 +342,29 @@ async def _stream_chunks(
     runs = _Runs(channel)
     last_report = -1.0
     async with slots_recv:
-        async for slot in slots_recv:
-            await slot.ready.wait()
+        while True:
+            # Never sit on an open ZERO/SAME run while waiting: the receiver paces
+            # its HAVE reports by the chunks it has seen, so a run held back while we
+            # wait for a report would leave both sides waiting for each other.
+            try:
+                slot = slots_recv.receive_nowait()
+            except trio.WouldBlock:
+                await runs.flush()
+                try:
+                    slot = await slots_recv.receive()
+                except trio.EndOfChannel:
+                    break
+            except trio.EndOfChannel:
+                break
+            if not slot.ready.is_set():
+                await runs.flush()
+                await slot.ready.wait()
             if slot.zero_run and not have.expected:
                 await runs.add("zero", slot.index, count=slot.zero_run)
             elif slot.zero_run:
                 for i in range(slot.index, slot.index + slot.zero_run):
+                    if have.covered <= i:
+                        await runs.flush()
                     held = await have.get(i)
                     have.subs(i)  # not needed: a hole is sent whole (as ZERO)
                     if held is not None and held == zero_digest(plan.chunk_length(i)):
@@ -367,7 +383,6 @@ async def _stream_chunks(
                     event = encoded.patch or encoded.chunk
                     assert event is not None
                     await channel.send(event)
-                    runs.patched += encoded.patch is not None
             now = trio.current_time()
             if now - last_report >= 0.1:
                 last_report = now

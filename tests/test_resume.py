@@ -412,3 +412,49 @@ async def test_verify_fetches_damaged_chunks_again(tmp_path: Path, monkeypatch, 
             out["rx"]
         )
         assert isinstance(out["tx"], PeerError) and out["tx"].exit_code == 6
+
+
+def sparse_source(path: Path, size: int, data_at: list[int]) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for off in data_at:
+            f.seek(off)
+            f.write(random.Random(off).randbytes(MiB))
+
+
+@pytest.mark.slow
+async def test_resume_across_a_long_hole_does_not_stall(tmp_path: Path) -> None:
+    """A zero stretch longer than the HAVE window must not leave both sides waiting."""
+    source = tmp_path / "s.img"
+    size = 6 << 30
+    sparse_source(source, size, [0, 3 * MiB, size - MiB])
+    target = tmp_path / "t.img"
+    await run_pair(source, target, cut_after=int(1.5 * MiB))  # before the long ZERO run
+    with trio.fail_after(60):
+        out = await run_pair(source, target)
+    assert isinstance(out["tx"], Done), out
+    with open(source, "rb") as a, open(target, "rb") as b:
+        for off in (0, 3 * MiB, size - MiB):
+            a.seek(off)
+            b.seek(off)
+            assert a.read(MiB) == b.read(MiB)
+    assert target.stat().st_size == size
+
+
+async def test_delta_with_large_chunks(tmp_path: Path) -> None:
+    """HAVE frames with sub-hashes stay inside the meta limit whatever the chunk size."""
+    source = tmp_path / "s.img"
+    sparse_source(source, 256 * MiB, [0, 100 * MiB, 255 * MiB])
+    target = tmp_path / "t.img"
+    out: dict[str, object] = {}
+    async with trio.open_nursery() as nursery:
+
+        async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            out["rx"] = await receive(
+                str(target), "tcp://127.0.0.1:0", code="2-c-d", delta=True, task_status=task_status
+            )
+
+        url = await nursery.start(rx)
+        out["tx"] = await send(str(source), url, code="2-c-d", chunk_size=4 * MiB)
+    assert isinstance(out["tx"], Done)
+    assert target.read_bytes() == source.read_bytes()
