@@ -253,9 +253,12 @@ def bench_delta(python: str, image: Path, work: Path) -> dict[str, Any]:
 
 
 def bench_scan(image: Path) -> dict[str, Any]:
+    import trio
+
     from p2pclone.disks import Target
+    from p2pclone.pipeline import default_threads
     from p2pclone.protocol import Plan
-    from p2pclone.receiver import DELTA_BATCH, _hash_range
+    from p2pclone.receiver import DELTA_BATCH, _DataState, _NullLog
 
     size = image.stat().st_size
     drop_caches()
@@ -266,9 +269,23 @@ def bench_scan(image: Path) -> dict[str, Any]:
     target = Target.open(str(image))
     target.fd = os.open(image, os.O_RDONLY)
     plan = Plan(source_size=size, chunk_size=MIB)
+    # The receiver's own scan code (`receive --delta`), without a peer to send to.
+    state = _DataState(
+        None,
+        target,
+        plan,
+        None,
+        _NullLog(),
+        default_threads(),  # type: ignore[arg-type]
+        lambda _: None,
+    )
+
+    async def scan() -> None:
+        for first in range(0, plan.chunk_count, DELTA_BATCH):
+            await state._hash_batch(first, min(first + DELTA_BATCH, plan.chunk_count))
+
     t = time.perf_counter()
-    for first in range(0, plan.chunk_count, DELTA_BATCH):
-        _hash_range(target, plan, first, min(first + DELTA_BATCH, plan.chunk_count))
+    trio.run(scan)
     scan_s = time.perf_counter() - t
     target.close()
     ratio = read_s / scan_s

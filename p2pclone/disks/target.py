@@ -183,6 +183,11 @@ class Target:
         except OSError as exc:
             raise TargetError(f"flushing the target {self.path} failed: {exc.strerror}") from None
 
+    def prefetch(self, offset: int, length: int) -> None:
+        """Ask the kernel to start reading this range now (we will read it next)."""
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_WILLNEED)
+
     def drop_cache(self) -> None:
         """Ask the kernel to forget cached pages, so a verify reads the medium."""
         with contextlib.suppress(OSError):

@@ -22,7 +22,7 @@ from ..errors import RemoteProtocolError
 from .frames import MAX_CHUNK_SIZE, FrameType, RawFrame
 
 HASH_SIZE = 32  # BLAKE3-256
-SUB_HASH_SIZE = 8  # BLAKE3 of a sub-block, truncated: the whole chunk's hash is checked after
+SUB_HASH_SIZE = 8  # xxh3-64 of a sub-block: the whole chunk's BLAKE3 is checked after
 MAX_DISK_SIZE = 1 << 60  # 1 EiB: an upper bound that rejects nonsense, not a real limit
 
 
