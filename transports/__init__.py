@@ -30,6 +30,7 @@ ENTRY_POINT_GROUP = "p2pclone.transports"
 _BUILTIN = {
     "tcp": "transports.tcp:TcpTransport",
     "memory": "transports.memory:MemoryTransport",
+    "serial": "transports.serial:SerialTransport",
 }
 
 

@@ -62,6 +62,7 @@ class _Outstanding:
     kind: int
     payload: bytes
     sent_at: float
+    order: int  # when it (last) went out, counted in frames: orders loss detection
     sends: int = 1
 
 
@@ -78,10 +79,11 @@ class LinkStats:
 class Link:
     """One end of the link.  Feed it line bytes and time; it gives bytes to write."""
 
-    def __init__(self, *, payload: int = 1024, rto: float = RTO, now: float = 0.0) -> None:
+    def __init__(self, *, payload: int = 512, rto: float = RTO, now: float = 0.0) -> None:
         self.payload = max(MIN_PAYLOAD, min(MAX_PAYLOAD, payload))
         self.rto = rto
         self._srtt: float | None = None
+        self._last_cut = -1e9
         self._rttvar = 0.0
         self.stats = LinkStats()
         # sending
@@ -89,6 +91,7 @@ class Link:
         self._fin_queued = False
         self._fin_seq: int | None = None
         self._next_seq = 0
+        self._order = 0
         self._unacked: dict[int, _Outstanding] = {}
         self._clean = 0
         # receiving
@@ -205,19 +208,21 @@ class Link:
             for s in self._unacked
             if s < ack or (ack < s <= ack + WINDOW and sack >> (s - ack - 1) & 1)
         ]
+        latest = -1  # the most recently sent frame this ACK confirms
         for s in acked:
             out = self._unacked.pop(s)
+            latest = max(latest, out.order)
             if out.sends == 1:  # Karn: only frames sent once time the round trip
                 self._clean += 1
                 self._sample_rtt(now - out.sent_at)
         if self._clean >= GROW_AFTER:
             self._clean = 0
             self.payload = min(MAX_PAYLOAD, self.payload * 2)
-        # A frame acknowledged past a gap means the gap was lost: resend it now.
-        highest = max((s for s in acked if s >= ack), default=-1)
-        for s, out in sorted(self._unacked.items()):
-            if s < highest and out.sent_at < now - self.rto / 4:
-                self._lost()
+        # The line keeps order: a frame sent before one that has now arrived, and not
+        # itself acknowledged, was lost.  Resend it at once (a NAK in effect).
+        for out in self._unacked.values():
+            if out.order < latest and out.sent_at >= 0:
+                self._lost(now)
                 out.sent_at = -1.0  # due at once
 
     def _sample_rtt(self, rtt: float) -> None:
@@ -228,8 +233,14 @@ class Link:
             self._srtt = 0.875 * self._srtt + 0.125 * rtt
         self.rto = min(MAX_RTO, max(MIN_RTO, self._srtt + 4 * self._rttvar))
 
-    def _lost(self) -> None:
+    def _lost(self, now: float | None = None) -> None:
+        """A frame was lost: shrink the frames, but once per round trip at most (one
+        burst of noise is one event, however many frames it took with it)."""
         self._clean = 0
+        if now is not None and now - self._last_cut < (self._srtt or self.rto):
+            return
+        if now is not None:
+            self._last_cut = now
         self.payload = max(MIN_PAYLOAD, self.payload // 2)
 
     def data_to_send(self, now: float) -> bytes:
@@ -240,8 +251,9 @@ class Link:
         for seq, o in sorted(self._unacked.items()):
             if o.sent_at < 0 or now - o.sent_at >= self.rto * min(o.sends, 4):
                 if o.sent_at >= 0:  # a timeout, not a fast retransmit: also a loss
-                    self._lost()
-                o.sent_at, o.sends = now, o.sends + 1
+                    self._lost(now)
+                o.sent_at, o.sends, o.order = now, o.sends + 1, self._order
+                self._order += 1
                 self.stats.retransmits += 1
                 step = self.payload  # frames too long for a noisy line go in pieces
                 for off in range(0, max(1, len(o.payload)), step):
@@ -256,7 +268,8 @@ class Link:
             else:
                 payload, kind = b"", FIN
                 self._fin_seq = self._next_seq
-            self._unacked[self._next_seq] = _Outstanding(kind, payload, now)
+            self._unacked[self._next_seq] = _Outstanding(kind, payload, now, self._order)
+            self._order += 1
             self.stats.payload_sent += len(payload)
             out += self._encode(kind, self._next_seq, payload)
             self._next_seq += 1
