@@ -16,6 +16,7 @@ protocol frame, and a dead peer is found by the link layer's timeout.
 from __future__ import annotations
 
 import errno
+import operator
 import os
 from urllib.parse import parse_qs, urlsplit
 
@@ -78,6 +79,8 @@ class SerialStream(trio.abc.HalfCloseableStream):
         self._error: BaseException | None = None
         self._closed = False
         self._eof_sent = False
+        self._sending = False
+        self._receiving = False
         self._wbuf = bytearray()
         self._scope = trio.CancelScope()
         self._done = trio.Event()
@@ -124,35 +127,49 @@ class SerialStream(trio.abc.HalfCloseableStream):
             now = trio.current_time()
             if len(self._wbuf) < OS_QUEUE:
                 self._wbuf += self.link.data_to_send(now)
+            else:  # the line is not draining: the peer may be gone
+                self.link.check_alive(now)
             if self._wbuf:
-                await trio.lowlevel.wait_writable(self.fd)
                 try:
                     n = os.write(self.fd, self._wbuf[:OS_QUEUE])
                 except BlockingIOError:
                     n = 0
-                del self._wbuf[:n]
-                self._notify()
+                if n:
+                    del self._wbuf[:n]
+                    self._notify()
+                    await trio.lowlevel.checkpoint()
+                    continue
+                # The port is full: wait for room, but not past the point where a
+                # silent peer counts as dead (a port that never drains must not hide it).
+                with trio.move_on_at(self.link.dead_at):
+                    await trio.lowlevel.wait_writable(self.fd)
                 continue
             with trio.move_on_at(self.link.next_deadline(now)):
                 await self._changed.wait()
 
     def _check(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the serial stream is closed")
         if self._error is not None:
             raise trio.BrokenResourceError(
                 f"the serial link on {self.name} failed: {self._error}"
             ) from self._error
-        if self._closed:
-            raise trio.ClosedResourceError("the serial stream is closed")
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self._check()
-        if self._eof_sent:
-            raise trio.ClosedResourceError("send_all() after send_eof()")
-        self.link.send(data)
-        self._notify()
-        while self.link.buffered > BACKLOG:
-            await self._wait()
-        await trio.lowlevel.checkpoint()
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+        try:
+            self._check()
+            if self._eof_sent:
+                raise trio.ClosedResourceError("send_all() after send_eof()")
+            self.link.send(data)
+            self._notify()
+            while self.link.buffered > BACKLOG:
+                await self._wait()
+            await trio.lowlevel.checkpoint()
+        finally:
+            self._sending = False
 
     async def _wait(self) -> None:
         event = self._changed
@@ -161,11 +178,20 @@ class SerialStream(trio.abc.HalfCloseableStream):
         self._check()
 
     async def wait_send_all_might_not_block(self) -> None:
-        while self.link.buffered > BACKLOG:
-            await self._wait()
-        await trio.lowlevel.checkpoint()
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+        try:
+            self._check()
+            while self.link.buffered > BACKLOG:
+                await self._wait()
+            await trio.lowlevel.checkpoint()
+        finally:
+            self._sending = False
 
     async def send_eof(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
         self._check()
         if not self._eof_sent:
             self._eof_sent = True
@@ -174,18 +200,33 @@ class SerialStream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        self._check()
-        while not self.link.readable and not self.link.eof:
-            await self._wait()
-        await trio.lowlevel.checkpoint()
-        return self.link.read(max_bytes or 65536)
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this stream")
+        self._receiving = True
+        try:
+            self._check()
+            while not self.link.readable and not self.link.eof:
+                await self._wait()
+            await trio.lowlevel.checkpoint()
+            return self.link.read(max_bytes or 65536)
+        finally:
+            self._receiving = False
 
     async def aclose(self) -> None:
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
-        # Let what we sent be acknowledged (bounded), then stop pumping.
-        with trio.move_on_after(5):
+        # Tell the peer we are done (it reads end-of-stream), let what we sent be
+        # acknowledged (bounded: the peer may be gone), then stop pumping.
+        if not self._eof_sent and self._error is None:
+            self._eof_sent = True
+            self.link.finish()
+            self._notify()
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
             while self._error is None and not self.link.idle:
                 event = self._changed
                 await event.wait()

@@ -243,10 +243,19 @@ class Link:
             self._last_cut = now
         self.payload = max(MIN_PAYLOAD, self.payload // 2)
 
-    def data_to_send(self, now: float) -> bytes:
-        """Wire bytes to write now: retransmissions, new frames, a due ACK."""
+    @property
+    def dead_at(self) -> float:
+        """When the peer counts as dead if nothing more is heard."""
+        return self._heard + DEAD_AFTER
+
+    def check_alive(self, now: float) -> None:
+        """Raises LinkDead if the peer has been silent for DEAD_AFTER seconds."""
         if now - self._heard > DEAD_AFTER:
             raise LinkDead(f"nothing heard from the other end for {DEAD_AFTER:.0f} s")
+
+    def data_to_send(self, now: float) -> bytes:
+        """Wire bytes to write now: retransmissions, new frames, a due ACK."""
+        self.check_alive(now)
         out = bytearray()
         for seq, o in sorted(self._unacked.items()):
             if o.sent_at < 0 or now - o.sent_at >= self.rto * min(o.sends, 4):

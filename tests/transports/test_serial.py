@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from p2pclone.receiver import receive
 from p2pclone.sender import send
@@ -30,7 +31,7 @@ async def cable(
     """
     rng = random.Random(seed)
     pairs = [os.openpty() for _ in range(2)]
-    for master, slave in pairs:
+    for master, _slave in pairs:
         tty.setraw(master)
         os.set_blocking(master, False)
 
@@ -101,3 +102,26 @@ async def test_clone_over_a_pty_cable(tmp_path: Path, noise: float, garbage: flo
             tx, rx = await clone_over(a, b, source, target)
     assert target.read_bytes() == data
     assert tx.digest == rx.digest
+
+
+async def test_serial_stream_passes_trios_two_way_stream_checks() -> None:
+    from transports.serial import SerialTransport
+
+    async with trio.open_nursery() as cables:
+
+        async def pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
+            a, b = await cables.start(run_cable)
+            return (
+                await SerialTransport(f"serial://{a}").connect(),
+                await SerialTransport(f"serial://{b}").connect(),
+            )
+
+        with trio.fail_after(120):
+            await trio.testing.check_two_way_stream(pair, None)
+        cables.cancel_scope.cancel()
+
+
+async def run_cable(task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async with cable() as paths:
+        task_status.started(paths)
+        await trio.sleep_forever()
