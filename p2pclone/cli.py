@@ -89,9 +89,15 @@ class Output:
                     self.emit(event="listening", url=url, code=code)
                 else:
                     self.say(f"Listening on {url}  —  code: {code}")
+                    there = (
+                        f"tcp://THIS-HOST:{url.rsplit(':', 1)[-1]}"
+                        if url.startswith("tcp://")
+                        else "serial:///dev/ttyX (its end of the cable)"
+                        if url.startswith("serial://")
+                        else url
+                    )
                     self.say(
-                        f"On the source machine run:  p2pclone send SOURCE "
-                        f"tcp://THIS-HOST:{url.rsplit(':', 1)[-1]} --code {code}"
+                        f"On the source machine run:  p2pclone send SOURCE {there} --code {code}"
                     )
             case Connected(url=url):
                 if self.json_mode:
@@ -426,14 +432,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("target", metavar="TARGET", help="block device or file to overwrite")
     r.add_argument(
-        "url", metavar="URL", help="where to listen: tcp://[BIND][:PORT] (default port 7411)"
+        "url",
+        metavar="URL",
+        help="where to listen: tcp://[BIND][:PORT] (default port 7411) or "
+        "serial:///dev/ttyX[?baud=N]",
     )
     r.add_argument("--code", help="pairing code (default: $P2PCLONE_CODE, else generated)")
     r.add_argument("--yes", action="store_true", help="overwrite the target without asking")
     r.add_argument(
         "--verify",
         action="store_true",
-        help="after fsync, re-read the whole target and check every chunk",
+        help="after fsync, re-read the whole target and check every chunk; chunks that "
+        "read back wrong are fetched again and re-checked",
     )
     r.add_argument(
         "--delta",
@@ -462,7 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
         "URL: zero chunks as ranges, the rest BLAKE3-hashed and zstd-compressed.",
     )
     s.add_argument("source", metavar="SOURCE", help="block device or file to clone")
-    s.add_argument("url", metavar="URL", help="the receiver: tcp://HOST[:PORT]")
+    s.add_argument(
+        "url", metavar="URL", help="the receiver: tcp://HOST[:PORT] or serial:///dev/ttyX[?baud=N]"
+    )
     s.add_argument("--code", help="the code the receiver shows (default: $P2PCLONE_CODE)")
     s.add_argument(
         "--delta",
