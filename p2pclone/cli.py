@@ -17,6 +17,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from importlib import resources
 from typing import Any, NoReturn, TextIO
 
@@ -117,18 +118,8 @@ class Output:
             case Done() as d:
                 self._stop()
                 if self.json_mode:
-                    self.emit(
-                        event="done",
-                        source_bytes=d.source_bytes,
-                        wire_bytes=d.wire_bytes,
-                        chunks=d.chunks,
-                        zero_chunks=d.zero_chunks,
-                        same_chunks=d.same_chunks,
-                        repaired_chunks=d.repaired_chunks,
-                        digest=d.digest,
-                        seconds=round(d.seconds, 3),
-                        verified=d.verified,
-                    )
+                    # Every field of Done, so the line can't drift from the stats.
+                    self.emit(event="done", **{**asdict(d), "seconds": round(d.seconds, 3)})
                 else:
                     rate = d.source_bytes / d.seconds if d.seconds > 0 else 0.0
                     ratio = d.wire_bytes / d.source_bytes if d.source_bytes else 0.0

@@ -44,6 +44,7 @@ from .journal import Header, Journal, default_state_dir
 from .pipeline import (
     SUB_BLOCK,
     apply_patch,
+    chunk_span,
     default_threads,
     hash_target_chunk,
     sub_hashes,
@@ -580,10 +581,7 @@ MAX_REPAIRS = 4 * MAX_HASHES
 
 
 def _spans(plan: Plan, indices: list[int]) -> str:
-    spans = ", ".join(
-        f"bytes {i * plan.chunk_size}-{i * plan.chunk_size + plan.chunk_length(i) - 1}"
-        for i in indices[:5]
-    )
+    spans = ", ".join(chunk_span(plan, i) for i in indices[:5])
     return spans + (f" and {len(indices) - 5} more chunks" if len(indices) > 5 else "")
 
 
