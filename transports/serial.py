@@ -253,6 +253,9 @@ class SerialListener(LinkListener):
 
 class SerialTransport(Transport):
     scheme = "serial"
+    #: 256 KiB: at 115200 baud a 1 MiB chunk of incompressible data is 90 s of line
+    #: time, too long between two progress steps or two resumable commits.
+    chunk_size = 256 * 1024
 
     def __init__(self, url: str) -> None:
         super().__init__(url)

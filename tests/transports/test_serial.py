@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import subprocess
+import sys
 import tty
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,18 +19,24 @@ import trio.testing
 from p2pclone.receiver import receive
 from p2pclone.sender import send
 from p2pclone.session import Done
-from tests.conftest import MiB, write_layout
+from tests.conftest import MiB, random_file, write_layout
 
 
 @asynccontextmanager
 async def cable(
-    *, noise: float = 0.0, garbage: float = 0.0, rate: int = 0, seed: int = 1
+    *,
+    noise: float = 0.0,
+    garbage: float = 0.0,
+    rate: int = 0,
+    seed: int = 1,
+    pulled: trio.Event | None = None,
 ) -> AsyncIterator[tuple[str, str]]:
     """Two pty pairs joined master to master by a relay; yields the two slave paths.
 
     ``noise``: probability per byte of a flipped bit or a dropped byte; ``garbage``:
     probability per chunk of an inserted burst of random bytes; ``rate``: bytes/s
-    (0 = as fast as the ptys go).
+    (0 = as fast as the ptys go); once ``pulled`` is set the line carries nothing
+    (the ports stay open, as when a cable is pulled out of the adapter).
     """
     rng = random.Random(seed)
     pairs = [os.openpty() for _ in range(2)]
@@ -44,6 +53,8 @@ async def cable(
                 continue
             except OSError:
                 await trio.sleep(0.01)
+                continue
+            if pulled is not None and pulled.is_set():
                 continue
             if noise:
                 for i in range(len(data)):
@@ -130,3 +141,77 @@ async def run_cable(task_status=trio.TASK_STATUS_IGNORED) -> None:
     async with cable() as paths:
         task_status.started(paths)
         await trio.sleep_forever()
+
+
+CLI = [sys.executable, "-m", "p2pclone"]
+
+
+async def json_events(proc: trio.Process) -> AsyncIterator[dict]:
+    """The JSON lines a CLI process prints, as they come."""
+    assert proc.stdout is not None
+    buf = b""
+    async for data in proc.stdout:
+        buf += data
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            yield json.loads(line)
+
+
+async def cli_clone(
+    source: Path, target: Path, *, pull_at: float | None = None, noise: float = 0.0
+) -> tuple[int, int, list[dict], list[dict]]:
+    """Receiver and sender as two CLI processes on the two ends of a pty cable; the
+    cable is pulled once the receiver reports ``pull_at`` of the disk done."""
+    pulled = trio.Event()
+    events: dict[str, list[dict]] = {"rx": [], "tx": []}
+    async with cable(rate=100_000, noise=noise, pulled=pulled) as (a, b), trio.open_nursery() as n:
+        rx = await trio.lowlevel.open_process(
+            [*CLI, "receive", str(target), f"serial://{b}", "--code", "5-cli", "--yes", "--json"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        tx = await trio.lowlevel.open_process(
+            [*CLI, "send", str(source), f"serial://{a}", "--code", "5-cli", "--json"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+
+        async def watch(name: str, proc: trio.Process) -> None:
+            async for event in json_events(proc):
+                events[name].append(event)
+                if (
+                    name == "rx"
+                    and pull_at is not None
+                    and event["event"] == "progress"
+                    and event["done_bytes"] >= pull_at * event["total_bytes"]
+                ):
+                    pulled.set()
+
+        n.start_soon(watch, "rx", rx)
+        n.start_soon(watch, "tx", tx)
+        codes = (await tx.wait(), await rx.wait())
+    return codes[0], codes[1], events["tx"], events["rx"]
+
+
+async def test_cli_over_serial_survives_a_pulled_cable_and_resumes(tmp_path: Path) -> None:
+    source = tmp_path / "s.img"
+    data = random_file(source, MiB)
+    target = tmp_path / "t.img"
+    with trio.fail_after(90):
+        tx_code, rx_code, _, rx_events = await cli_clone(source, target, pull_at=0.3, noise=1e-5)
+    # Nothing more is heard: both sides give up with exit 5 (transport) and say so.
+    assert (tx_code, rx_code) == (5, 5)
+    assert rx_events[-1]["event"] == "error"
+    assert "nothing heard from the other end" in rx_events[-1]["message"]
+    assert target.read_bytes() != data
+
+    # Plug in again: the same commands resume where the journal says, and finish.
+    with trio.fail_after(90):
+        tx_code, rx_code, tx_events, _ = await cli_clone(source, target)
+    assert (tx_code, rx_code) == (0, 0)
+    assert target.read_bytes() == data
+    done = tx_events[-1]
+    assert done["event"] == "done"
+    assert done["wire_bytes"] < 0.8 * len(data)  # the chunks already there were not resent
