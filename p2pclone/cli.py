@@ -25,6 +25,7 @@ import trio
 
 from . import __version__
 from .errors import ExitCode, P2PCloneError, SafetyError, TransportError, UsageError
+from .pipeline import is_image_url
 from .protocol import Plan
 from .session import Connected, Done, Listening, Planned, Progress, Report, Verifying, pick_error
 
@@ -88,6 +89,8 @@ class Output:
             case Listening(url=url, code=code):
                 if self.json_mode:
                     self.emit(event="listening", url=url, code=code)
+                elif not code:  # an image: nobody to tell a code to
+                    self.say(f"Reading the image {url}")
                 else:
                     self.say(f"Listening on {url}  —  code: {code}")
                     there = (
@@ -254,6 +257,52 @@ def make_confirm(assume_yes: bool, out: Output) -> Callable[[Plan, Any], None]:
     return confirm
 
 
+def ask_secret(prompt: str, *, missing: str, twice: bool = False) -> str:
+    """A passphrase typed at the terminal (not echoed); without a terminal, ``missing``."""
+    if not sys.stdin.isatty():
+        raise UsageError(missing)
+    import getpass
+
+    value = getpass.getpass(prompt)
+    if not value:
+        raise UsageError("no passphrase given")
+    if twice and getpass.getpass("Type it again: ") != value:
+        raise UsageError("the two passphrases differ; nothing was done")
+    return value
+
+
+def smb_password(*urls: str) -> str | None:
+    """The SMB password for the first smb:// URL: None to take it from the URL or
+    $P2PCLONE_SMB_PASSWORD, else asked at the terminal."""
+    from transports.share import PASSWORD_ENV
+
+    for url in urls:
+        if url.lower().startswith("smb://"):
+            if os.environ.get(PASSWORD_ENV) is not None or not sys.stdin.isatty():
+                return None
+            import getpass
+            import urllib.parse
+
+            if urllib.parse.urlsplit(url).password:
+                return None
+            return getpass.getpass(f"SMB password for {url}: ")
+    return None
+
+
+def image_code(args: argparse.Namespace, *, new: bool) -> str:
+    """The passphrase of an image: --code, $P2PCLONE_CODE, or asked."""
+    return (
+        args.code
+        or os.environ.get("P2PCLONE_CODE")
+        or ask_secret(
+            "Passphrase to encrypt the image: " if new else "Passphrase of the image: ",
+            twice=new,
+            missing="an image is encrypted with a passphrase: give it with --code "
+            "(or set P2PCLONE_CODE)",
+        )
+    )
+
+
 def ask_code() -> str:
     """Prompt for the receiver's code on a terminal; without one, it is a usage error."""
     if not sys.stdin.isatty():
@@ -297,7 +346,16 @@ def cmd_receive(args: argparse.Namespace) -> int:
     from .receiver import receive
 
     out = Output(json_mode=args.json, role="receive")
-    code = args.code or os.environ.get("P2PCLONE_CODE") or generate_code()
+    password = None
+    try:
+        if is_image_url(args.url):
+            code = image_code(args, new=False)
+            password = smb_password(args.url)
+        else:
+            code = args.code or os.environ.get("P2PCLONE_CODE") or generate_code()
+    except UsageError as exc:
+        out.error(exc)
+        return int(exc.exit_code)
     return _run(
         args,
         out,
@@ -310,6 +368,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
             state_dir=args.state_dir,
             fresh=args.fresh,
             delta=args.delta,
+            password=password,
             report=out,
         ),
     )
@@ -319,8 +378,23 @@ def cmd_send(args: argparse.Namespace) -> int:
     from .sender import send
 
     out = Output(json_mode=args.json, role="send")
+    passphrase = None
     try:
-        code = args.code or os.environ.get("P2PCLONE_CODE") or ask_code()
+        if is_image_url(args.url):
+            code = image_code(args, new=True)
+        else:
+            code = args.code or os.environ.get("P2PCLONE_CODE") or ask_code()
+        if is_image_url(args.source):
+            passphrase = (
+                args.passphrase
+                or os.environ.get("P2PCLONE_PASSPHRASE")
+                or ask_secret(
+                    f"Passphrase of the image {args.source}: ",
+                    missing="the source image is encrypted: give its passphrase with "
+                    "--passphrase (or set P2PCLONE_PASSPHRASE)",
+                )
+            )
+        password = smb_password(args.source, args.url)
     except UsageError as exc:
         out.error(exc)
         return int(exc.exit_code)
@@ -334,8 +408,45 @@ def cmd_send(args: argparse.Namespace) -> int:
             chunk_size=args.chunk_size,
             allow_mounted=args.allow_mounted,
             delta=args.delta,
+            passphrase=passphrase,
+            password=password,
+            fresh=args.fresh,
             report=out,
         ),
+    )
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from .image import tools
+
+    out = Output(
+        json_mode=args.json,
+        role="image",
+        stream=sys.stderr if args.action == "export" else sys.stdout,
+    )
+    try:
+        password = smb_password(args.url)
+        if args.action == "info":
+            facts = tools.info(args.url, password)
+            if args.json:
+                out.emit(event="image", **facts)
+            else:
+                for line in tools.describe(facts):
+                    print(line)
+            return 0
+        code = image_code(args, new=False)
+        if args.action == "export" and sys.stdout.isatty():
+            raise UsageError(
+                "export writes the raw disk to stdout: redirect it, e.g. "
+                "p2pclone image export URL > disk.raw"
+            )
+    except P2PCloneError as exc:
+        out.error(exc)
+        return int(exc.exit_code)
+    if args.action == "verify":
+        return _run(args, out, lambda: tools.verify(args.url, code, password, report=out))
+    return _run(
+        args, out, lambda: tools.export(args.url, code, sys.stdout.buffer, password, report=out)
     )
 
 
@@ -426,9 +537,13 @@ def build_parser() -> argparse.ArgumentParser:
         "url",
         metavar="URL",
         help="where to listen: tcp://[BIND][:PORT] (default port 7411) or "
-        "serial:///dev/ttyX[?baud=N]",
+        "serial:///dev/ttyX[?baud=N]; or an image to restore: file:///PATH or "
+        "smb://[USER@]HOST[:PORT]/SHARE/PATH",
     )
-    r.add_argument("--code", help="pairing code (default: $P2PCLONE_CODE, else generated)")
+    r.add_argument(
+        "--code",
+        help="pairing code (default: $P2PCLONE_CODE, else generated); for an image, its passphrase",
+    )
     r.add_argument("--yes", action="store_true", help="overwrite the target without asking")
     r.add_argument(
         "--verify",
@@ -462,11 +577,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read SOURCE (a block device or a file) and send it to the receiver at "
         "URL: zero chunks as ranges, the rest BLAKE3-hashed and zstd-compressed.",
     )
-    s.add_argument("source", metavar="SOURCE", help="block device or file to clone")
     s.add_argument(
-        "url", metavar="URL", help="the receiver: tcp://HOST[:PORT] or serial:///dev/ttyX[?baud=N]"
+        "source",
+        metavar="SOURCE",
+        help="block device or file to clone, or an image (file:///PATH, smb://HOST/SHARE/PATH)",
     )
-    s.add_argument("--code", help="the code the receiver shows (default: $P2PCLONE_CODE)")
+    s.add_argument(
+        "url",
+        metavar="URL",
+        help="the receiver: tcp://HOST[:PORT] or serial:///dev/ttyX[?baud=N]; or an image "
+        "to save: file:///PATH or smb://[USER@]HOST[:PORT]/SHARE/PATH (password from "
+        "$P2PCLONE_SMB_PASSWORD, else asked)",
+    )
+    s.add_argument(
+        "--code",
+        help="the code the receiver shows (default: $P2PCLONE_CODE); saving an image, "
+        "the passphrase to encrypt it with",
+    )
+    s.add_argument(
+        "--passphrase",
+        help="the passphrase of an image given as SOURCE (default: $P2PCLONE_PASSPHRASE, "
+        "else asked)",
+    )
+    s.add_argument(
+        "--fresh",
+        action="store_true",
+        help="saving an image: start it over instead of resuming an interrupted save",
+    )
     s.add_argument(
         "--delta",
         action="store_true",
@@ -481,12 +618,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--chunk-size",
         type=parse_size,
-        default=1 << 20,
+        default=None,
         metavar="SIZE",
-        help="chunk size, a multiple of 4K (default 1M)",
+        help="chunk size, a multiple of 4K (default 1M; 256K over serial://)",
     )
     common(s)
     s.set_defaults(func=cmd_send)
+
+    im = sub.add_parser(
+        "image",
+        help="look into a saved image: info, verify, export",
+        epilog=EPILOG_EXIT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="info: what the image holds (no passphrase needed); verify: decrypt, "
+        "decompress and hash every chunk and check the root hash (exit 6 naming the "
+        "damaged ranges); export: write the raw disk to stdout.",
+    )
+    im.add_argument("action", choices=("info", "verify", "export"))
+    im.add_argument(
+        "url", metavar="URL", help="file:///PATH or smb://[USER@]HOST[:PORT]/SHARE/PATH"
+    )
+    im.add_argument("--code", help="the image's passphrase (default: $P2PCLONE_CODE, else asked)")
+    common(im)
+    im.set_defaults(func=cmd_image)
 
     d = sub.add_parser(
         "disks",

@@ -10,18 +10,37 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from typing import Protocol
 
 import blake3
 import xxhash
 import zstandard
 
-from .disks import Source, Target
+from .disks import Target
 from .errors import IntegrityError
 from .protocol import SUB_HASH_SIZE, Chunk, Encoding, Patch, Plan, bitmap, zero_digest
 
 ZSTD_LEVEL = 1
 _ZERO = bytes(1 << 20)
 _local = threading.local()
+
+
+class DiskSource(Protocol):
+    """What the sender reads: a disk (disks.Source) or an image (image.reader.ImageSource)."""
+
+    size: int
+    info: dict[str, str | int]
+
+    def read(self, offset: int, length: int) -> bytes | memoryview: ...
+
+    def next_data(self, offset: int) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def is_image_url(name: str) -> bool:
+    """A SOURCE or URL naming an image on a share rather than a disk or a live link."""
+    return name.lower().startswith(("file://", "smb://"))
 
 
 def default_threads() -> int:
@@ -60,7 +79,8 @@ class Encoded:
 
     ``chunk``: its CHUNK event; ``patch``: a PATCH of the sub-blocks that differ;
     ``zero``: it is all zeros (a ZERO range); ``same``: the receiver already holds it,
-    and this is its hash (a SAME range).
+    and this is its hash (a SAME range); ``lost``: it cannot be read (a damaged image):
+    a LOST range.
     """
 
     index: int
@@ -68,6 +88,7 @@ class Encoded:
     zero: bool = False
     same: bytes | None = None
     patch: Patch | None = None
+    lost: bool = False
 
 
 #: Sub-block size for delta re-sync: one changed 4 KiB block costs at most this much.
@@ -95,7 +116,7 @@ def _encode(data: bytes | memoryview, length: int) -> tuple[bytes | memoryview, 
 
 
 def encode_chunk(
-    source: Source,
+    source: DiskSource,
     plan: Plan,
     index: int,
     have: bytes | None = None,
@@ -147,7 +168,7 @@ def encode_chunk(
     )
 
 
-def encode_repair(source: Source, plan: Plan, index: int) -> Chunk:
+def encode_repair(source: DiskSource, plan: Plan, index: int) -> Chunk:
     """Chunk ``index`` as a full CHUNK, whatever it holds (answering a NAK)."""
     length = plan.chunk_length(index)
     data = source.read(index * plan.chunk_size, length)

@@ -47,6 +47,7 @@ from .pipeline import (
     chunk_span,
     default_threads,
     hash_target_chunk,
+    is_image_url,
     sub_hashes,
     write_chunk,
     zero_chunks,
@@ -62,6 +63,7 @@ from .protocol import (
     End,
     Error,
     Have,
+    Lost,
     Nak,
     Patch,
     Plan,
@@ -121,6 +123,7 @@ async def receive(
     state_dir: str | Path | None = None,
     fresh: bool = False,
     delta: bool = False,
+    password: str | None = None,
     report: Reporter = no_report,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> Done:
@@ -131,16 +134,19 @@ async def receive(
     With ``journal`` (the default) progress is journaled in ``state_dir`` and an
     interrupted clone resumes where it stopped (``fresh`` ignores an old journal);
     ``delta`` hashes the current target so only chunks that differ are sent.
+    ``url`` may be an image (file:// or smb://; ``code`` is its passphrase, ``password``
+    the SMB password): the image is restored onto the target.
 
     Raises:
         P2PCloneError: any failure, with a user-facing sentence and exit code.
     """
-    transport = open_transport(url)
+    transport = open_transport(url, code=code, password=password)
     target = await trio.to_thread.run_sync(Target.open, target_path)
     try:
         listener = await transport.listen()
         try:
-            report(Listening(listener.url, code))
+            # An image's passphrase is nobody's business on the screen.
+            report(Listening(listener.url, "" if is_image_url(url) else code))
             task_status.started(listener.url)
             stream = await listener.accept()
             url = listener.url  # name the link by the real address from now on
@@ -244,7 +250,7 @@ async def _session(channel: Channel, target: Target, opts: Options, report: Repo
                         "the root hash over all chunks differs from the sender's: the copy is "
                         "not identical; run the clone again"
                     )
-                if opts.verify:
+                if opts.verify and not state.lost:
                     bad = await _verify(target, plan, log, opts.threads, report)
                     if bad:
                         await _repair(channel, target, plan, bad, journal)
@@ -259,6 +265,14 @@ async def _session(channel: Channel, target: Target, opts: Options, report: Repo
     finally:
         if journal is not None:
             journal.close()
+    if state.lost:
+        # Everything else is written, durable and journaled: a run from a repaired
+        # source resumes after it.  This is still not a clone.
+        raise IntegrityError(
+            f"the sender could not provide {len(state.lost)} chunks ({_spans(plan, state.lost)}): "
+            "its image is damaged or incomplete there; those ranges of the target were not "
+            "written, everything else was written and checked"
+        )
     if journal is not None:
         await trio.to_thread.run_sync(journal.finish)
     # Our own root (equal to END's, checked above): the sender checks it against its own.
@@ -338,6 +352,7 @@ class _DataState:
         self.announced: dict[int, bytes] = {}  # what our HAVE frames said, until used
         self.zero_total = 0
         self.same_total = 0
+        self.lost: list[int] = []  # chunks the sender could not provide (LOST)
         self.progressed = trio.Event()  # the data moved on (wakes the HAVE sender)
 
     async def run(self, delta: bool) -> End:
@@ -390,6 +405,10 @@ class _DataState:
                     writers.start_soon(self._zero, event)
                 elif isinstance(event, Same):
                     self._same(event)
+                elif isinstance(event, Lost):
+                    for i in range(event.index, event.index + event.count):
+                        self.announced.pop(i, None)
+                        self.lost.append(i)
                 elif isinstance(event, Patch):
                     await self.room.acquire()
                     self.announced.pop(event.index, None)

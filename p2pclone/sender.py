@@ -28,7 +28,15 @@ from transports import open_transport
 
 from .disks import Source
 from .errors import IntegrityError, P2PCloneError, TransportError, UsageError
-from .pipeline import Encoded, default_threads, encode_chunk, encode_repair
+from .image.reader import ImageSource
+from .pipeline import (
+    DiskSource,
+    Encoded,
+    default_threads,
+    encode_chunk,
+    encode_repair,
+    is_image_url,
+)
 from .protocol import (
     HASH_SIZE,
     MAX_CHUNK_SIZE,
@@ -39,6 +47,7 @@ from .protocol import (
     Connection,
     End,
     Have,
+    Lost,
     Nak,
     Plan,
     Result,
@@ -83,25 +92,41 @@ async def send(
     url: str,
     *,
     code: str,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     threads: int | None = None,
     allow_mounted: bool = False,
     delta: bool = False,
+    passphrase: str | None = None,
+    password: str | None = None,
+    fresh: bool = False,
     report: Reporter = no_report,
 ) -> Done:
     """Clone ``source_path`` to the receiver at ``url``; return the final statistics.
 
     ``allow_mounted`` accepts a source mounted read-write (the copy may be inconsistent);
     ``delta`` asks the receiver to hash its target so only differing chunks are sent.
+    ``source_path`` may be an image URL (file:// or smb://, opened with ``passphrase``);
+    ``url`` may be one too: the clone is saved as an image encrypted with ``code``
+    (``fresh`` starts it over instead of resuming).  ``password`` is for SMB.
 
     Raises:
         P2PCloneError: any failure, with a user-facing sentence and exit code.
     """
-    transport = open_transport(url)
+    transport = open_transport(url, code=code, password=password, fresh=fresh)
+    # The transport's own default fits its speed (serial: small chunks, so progress and
+    # resume are not a minute apart); an explicit size wins.
+    chunk_size = chunk_size or transport.chunk_size or DEFAULT_CHUNK_SIZE
     _check_chunk_size(chunk_size)
-    source = await trio.to_thread.run_sync(
-        functools.partial(Source.open, source_path, allow_mounted=allow_mounted)
-    )
+    source: DiskSource
+    if is_image_url(source_path):
+        image = await trio.to_thread.run_sync(
+            ImageSource.open, source_path, passphrase or "", password
+        )
+        source, chunk_size = image, image.chunk_size
+    else:
+        source = await trio.to_thread.run_sync(
+            functools.partial(Source.open, source_path, allow_mounted=allow_mounted)
+        )
     try:
         stream = await transport.connect()
         report(Connected(url))
@@ -121,7 +146,7 @@ async def send(
 
 async def send_stream(
     stream: trio.abc.Stream,
-    source: Source,
+    source: DiskSource,
     *,
     code: str,
     url: str = "stream",
@@ -149,7 +174,7 @@ def _check_chunk_size(chunk_size: int) -> None:
 
 async def _session(
     channel: Channel,
-    source: Source,
+    source: DiskSource,
     chunk_size: int,
     threads: int,
     delta: bool,
@@ -238,7 +263,7 @@ class HaveMap:
 
 async def _watch(
     channel: Channel,
-    source: Source,
+    source: DiskSource,
     plan: Plan,
     have: HaveMap,
     acks: list[int],
@@ -279,6 +304,7 @@ class _Runs:
         self.hashes = bytearray()
         self.zero_total = 0
         self.same_total = 0
+        self.lost_total = 0
 
     async def add(self, kind: str, index: int, digest: bytes = b"", count: int = 1) -> None:
         """Add ``count`` chunks from ``index`` (a SAME adds one chunk and its hash)."""
@@ -290,6 +316,8 @@ class _Runs:
         if kind == "same":
             self.hashes += digest
             self.same_total += 1
+        elif kind == "lost":
+            self.lost_total += count
         else:
             self.zero_total += count
 
@@ -297,6 +325,8 @@ class _Runs:
         if self.count:
             if self.kind == "zero":
                 await self.channel.send(Zero(index=self.start, count=self.count))
+            elif self.kind == "lost":
+                await self.channel.send(Lost(index=self.start, count=self.count))
             else:
                 await self.channel.send(Same(index=self.start, hashes=bytes(self.hashes)))
         self.kind, self.count, self.hashes = "", 0, bytearray()
@@ -304,7 +334,7 @@ class _Runs:
 
 async def _stream_chunks(
     channel: Channel,
-    source: Source,
+    source: DiskSource,
     plan: Plan,
     have: HaveMap,
     threads: int,
@@ -316,9 +346,14 @@ async def _stream_chunks(
     limiter = trio.CapacityLimiter(threads)
 
     async def work(slot: _Slot, held: bytes | None, subs: bytes) -> None:
-        slot.result = await trio.to_thread.run_sync(
-            encode_chunk, source, plan, slot.index, held, subs, have.sub, limiter=limiter
-        )
+        if isinstance(source, ImageSource):  # its payloads go out as they are stored
+            slot.result = await trio.to_thread.run_sync(
+                source.encode, plan, slot.index, held, limiter=limiter
+            )
+        else:
+            slot.result = await trio.to_thread.run_sync(
+                encode_chunk, source, plan, slot.index, held, subs, have.sub, limiter=limiter
+            )
         slot.ready.set()
 
     async def produce() -> None:
@@ -378,6 +413,8 @@ async def _stream_chunks(
                     await runs.add("same", slot.index, encoded.same)
                 elif encoded.zero:
                     await runs.add("zero", slot.index)
+                elif encoded.lost:
+                    await runs.add("lost", slot.index)
                 else:
                     await runs.flush()
                     event = encoded.patch or encoded.chunk

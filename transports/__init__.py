@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import trio
 
@@ -31,6 +31,8 @@ _BUILTIN = {
     "tcp": "transports.tcp:TcpTransport",
     "memory": "transports.memory:MemoryTransport",
     "serial": "transports.serial:SerialTransport",
+    "file": "transports.share:ShareTransport",
+    "smb": "transports.share:ShareTransport",
 }
 
 
@@ -50,9 +52,15 @@ class LinkListener(abc.ABC):
 
 class Transport(abc.ABC):
     scheme: ClassVar[str]
+    #: the chunk size a sender uses over this transport unless told otherwise
+    #: (None: p2pclone's default, 1 MiB)
+    chunk_size: ClassVar[int | None] = None
 
     def __init__(self, url: str) -> None:
         self.url = url
+        #: what the caller passed to open_transport() besides the URL (code, password,
+        #: fresh): transports that need them look them up, the others ignore them
+        self.options: dict[str, Any] = {}
 
     @abc.abstractmethod
     async def connect(self) -> trio.abc.Stream:
@@ -97,13 +105,18 @@ def transport_class(scheme: str) -> type[Transport]:
     return cls
 
 
-def open_transport(url: str) -> Transport:
+def open_transport(url: str, **options: Any) -> Transport:
     """The transport for ``url``, with the URL parsed and checked.
+
+    ``options`` (the pairing code, an SMB password, ``fresh``...) are kept in
+    ``Transport.options`` for the transports that need them.
 
     Raises:
         UsageError: unknown scheme or malformed URL.
     """
-    return transport_class(split_scheme(url))(url)
+    transport = transport_class(split_scheme(url))(url)
+    transport.options.update(options)
+    return transport
 
 
 @contextmanager
@@ -113,7 +126,7 @@ def link_errors(url: str, doing: str) -> Iterator[None]:
         yield
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         cause = exc.__cause__ or exc
-        detail = getattr(cause, "strerror", None) or type(cause).__name__
+        detail = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
         raise TransportError(
             f"the link {url} broke while {doing} ({detail}): the transfer was interrupted; "
             "check the cable or network and run both sides again (the receiver resumes "

@@ -36,6 +36,7 @@ from ..crypto import Pairing, SessionKeys, choose_cipher, cpu_has_aes, transcrip
 from ..errors import LocalProtocolError, P2PCloneError, RemoteProtocolError
 from .frames import MAX_CHUNK_SIZE, FrameDecoder, encode_frame
 from .messages import (
+    HASH_SIZE,
     SUB_HASH_SIZE,
     Accept,
     Ack,
@@ -47,6 +48,7 @@ from .messages import (
     Event,
     Have,
     Hello,
+    Lost,
     Nak,
     Pake,
     Patch,
@@ -322,6 +324,11 @@ class Connection:
             if full < event.count:  # the run includes the short last chunk
                 self._root.update(zero_digest(plan.chunk_length(end - 1)))
             self._next_index = end
+        elif isinstance(event, Lost):
+            plan = self._require_plan()
+            self._expect_index(event.index, event.count, plan, exc)
+            self._root.update(bytes(HASH_SIZE) * event.count)
+            self._next_index += event.count
         elif isinstance(event, Same):
             plan = self._require_plan()
             self._expect_index(event.index, event.count, plan, exc)

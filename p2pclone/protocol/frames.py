@@ -79,6 +79,7 @@ class FrameType(enum.IntEnum):
     ACK = 13
     PATCH = 14
     NAK = 15
+    LOST = 16
 
 
 @dataclass(frozen=True, slots=True)

@@ -404,6 +404,28 @@ def bitmap(indices: list[int], nbits: int) -> bytes:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Lost:
+    """``count`` chunks from ``index`` that the sender cannot provide (a damaged or
+    incomplete image): the receiver leaves them unwritten and the session ends in an
+    integrity error naming them, after everything else has been written and checked.
+    Each counts as an all-zero 32-byte digest in the root hash."""
+
+    TYPE: ClassVar[FrameType] = FrameType.LOST
+    index: int
+    count: int
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"i": self.index, "c": self.count}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Lost:
+        count = _count(meta, "c", "LOST")
+        if count == 0:
+            raise RemoteProtocolError("the peer sent an empty LOST range")
+        return cls(index=_count(meta, "i", "LOST"), count=count)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Zero:
     """A run of ``count`` all-zero chunks starting at ``index``: no body at all."""
 
@@ -491,6 +513,7 @@ Event = (
     | Chunk
     | Patch
     | Zero
+    | Lost
     | End
     | Result
     | Error
@@ -507,6 +530,7 @@ _META_PARSERS: dict[FrameType, Callable[[Mapping[str, Any]], Event]] = {
     FrameType.ACK: Ack.from_meta,
     FrameType.NAK: Nak.from_meta,
     FrameType.ZERO: Zero.from_meta,
+    FrameType.LOST: Lost.from_meta,
     FrameType.END: End.from_meta,
     FrameType.RESULT: Result.from_meta,
     FrameType.ERROR: Error.from_meta,

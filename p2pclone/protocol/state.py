@@ -10,7 +10,8 @@ Sender::
     START --send HELLO--> AWAIT_HELLO --recv HELLO--> PAKE --send PAKE--> AWAIT_PAKE
     AWAIT_PAKE --recv PAKE--> CONFIRM --send CONFIRM--> AWAIT_CONFIRM
     AWAIT_CONFIRM --recv CONFIRM--> PLAN --send PLAN--> AWAIT_STATE
-    AWAIT_STATE --recv STATE--> DATA --send CHUNK|PATCH|ZERO|SAME--> DATA --send END--> AWAIT_RESULT
+    AWAIT_STATE --recv STATE--> DATA --send CHUNK|PATCH|ZERO|SAME|LOST--> DATA
+    DATA --send END--> AWAIT_RESULT
     DATA and AWAIT_RESULT --recv HAVE|ACK--> (same state);  AWAIT_RESULT --recv RESULT--> DONE
     AWAIT_RESULT --recv NAK--> AWAIT_RESULT --send CHUNK (repairs)--> AWAIT_RESULT
 
@@ -19,7 +20,7 @@ Receiver::
     START --recv HELLO--> HELLO --send HELLO--> AWAIT_PAKE --recv PAKE--> PAKE
     PAKE --send PAKE--> AWAIT_CONFIRM --recv CONFIRM--> CONFIRM
     CONFIRM --send CONFIRM--> AWAIT_PLAN --recv PLAN--> DECIDE
-    DECIDE --send STATE--> DATA --recv CHUNK|PATCH|ZERO|SAME--> DATA --recv END--> FINISH
+    DECIDE --send STATE--> DATA --recv CHUNK|PATCH|ZERO|SAME|LOST--> DATA --recv END--> FINISH
     DATA --send HAVE|ACK--> DATA;  FINISH --send ACK--> FINISH --send RESULT--> DONE
     FINISH --send NAK--> FINISH --recv CHUNK (repairs)--> FINISH      (--verify found damage)
 
@@ -85,6 +86,7 @@ TRANSITIONS: dict[tuple[Role, State, Direction, FrameType], State] = {
     (S, State.DATA, OUT, FrameType.ZERO): State.DATA,
     (S, State.DATA, OUT, FrameType.SAME): State.DATA,
     (S, State.DATA, OUT, FrameType.PATCH): State.DATA,
+    (S, State.DATA, OUT, FrameType.LOST): State.DATA,
     (S, State.DATA, IN, FrameType.HAVE): State.DATA,
     (S, State.DATA, IN, FrameType.ACK): State.DATA,
     (S, State.DATA, OUT, FrameType.END): State.AWAIT_RESULT,
@@ -105,6 +107,7 @@ TRANSITIONS: dict[tuple[Role, State, Direction, FrameType], State] = {
     (R, State.DATA, IN, FrameType.ZERO): State.DATA,
     (R, State.DATA, IN, FrameType.SAME): State.DATA,
     (R, State.DATA, IN, FrameType.PATCH): State.DATA,
+    (R, State.DATA, IN, FrameType.LOST): State.DATA,
     (R, State.DATA, OUT, FrameType.HAVE): State.DATA,
     (R, State.DATA, OUT, FrameType.ACK): State.DATA,
     (R, State.DATA, IN, FrameType.END): State.FINISH,

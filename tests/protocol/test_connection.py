@@ -28,6 +28,7 @@ from p2pclone.protocol import (
     FrameType,
     Have,
     Hello,
+    Lost,
     Nak,
     Patch,
     Plan,
@@ -220,6 +221,7 @@ def all_events(p: Pair, role: Role) -> dict:
         FrameType.STATE: Accept(),
         FrameType.CHUNK: Chunk(index=0, length=MiB, digest=bytes(32), encoding=1, body=b"z"),
         FrameType.ZERO: Zero(index=0, count=1),
+        FrameType.LOST: Lost(index=0, count=1),
         FrameType.END: End(chunk_count=1, root=bytes(32)),
         FrameType.RESULT: Result(root=bytes(32), verified=False),
         FrameType.HAVE: Have(index=0, hashes=bytes(32)),
@@ -380,3 +382,21 @@ def test_protocol_core_imports_neither_trio_nor_sockets() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_lost_ranges_count_for_coverage_and_as_zero_digests_in_the_root() -> None:
+    p = Pair()
+    p.handshake()
+    S, R = Role.SENDER, Role.RECEIVER
+    p.send(S, Plan(source_size=3 * MiB, chunk_size=MiB))
+    p.send(R, Accept())
+    data = b"x" * MiB
+    digest = blake3.blake3(data).digest()
+    p.send(S, Chunk(index=0, length=MiB, digest=digest, encoding=Encoding.RAW, body=data))
+    (lost,) = p.send(S, Lost(index=1, count=2))
+    assert lost == Lost(index=1, count=2)
+    root = blake3.blake3(digest + bytes(64)).digest()
+    assert p.conns[S].root_digest() == p.conns[R].root_digest() == root
+    p.send(S, End(chunk_count=3, root=root))  # coverage is complete: END is accepted
+    with pytest.raises(RemoteProtocolError, match="empty LOST"):
+        Lost.from_meta({"i": 0, "c": 0})

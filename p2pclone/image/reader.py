@@ -1,0 +1,314 @@
+"""Reading images: the header, the index (or a scan of the records), and chunks.
+
+:class:`ImageSource` looks like a disk to the sender (``size``, ``info``, ``read``,
+``next_data``), so an image can be the source of a live clone or of a restore, and it
+also hands the sender a chunk's stored payload as it is (no second compression).
+Everything here blocks: callers run it in worker threads.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import blake3
+
+from ..errors import AuthenticationError, IntegrityError
+from ..pipeline import Encoded, chunk_span, decode_chunk
+from ..protocol.connection import zero_digest
+from ..protocol.messages import HASH_SIZE, Chunk, Plan
+from . import format as fmt
+
+if TYPE_CHECKING:
+    from transports.share import Store
+
+#: Fully re-check the records in this much of the tail of an interrupted save: data
+#: written after the last sync may be missing even where record headers survived.
+RECHECK_TAIL = (256 + 16) << 20
+_PEEK = fmt.RECORD_HEADER_SIZE + fmt.NONCE_SIZE + HASH_SIZE + fmt.TAG_SIZE
+MISSING, DATA, ZEROS = 0, 1, 2
+
+
+def read_header(store: Store, url: str) -> tuple[fmt.Header, bytes]:
+    """(header, its raw bytes incl. the check), unauthenticated."""
+    first = store.read(0, fmt.PREAMBLE_SIZE)
+    n = fmt.header_length(first, url)
+    data = store.read(0, n)
+    if len(data) < n:
+        raise IntegrityError(f"{url} ends inside its header: the image is truncated")
+    return fmt.decode_header(data, url), data
+
+
+def header_end(header_bytes: bytes, url: str) -> int:
+    return fmt.header_length(header_bytes, url)
+
+
+def scan_records(
+    store: Store, codec: fmt.Codec, url: str, start: int | None = None, deep: bool = True
+) -> tuple[dict[int, tuple[int, bytes]], int]:
+    """Walk the records from the start: {chunk: (record offset, digest)} of the intact
+    ones (the last record of a chunk wins), and where the intact part ends.
+
+    With ``deep``, the records near the end are also decrypted, decompressed and hashed
+    (a crash can leave a record's header on disk without all of its data).
+    """
+    header = codec.header
+    if start is None:
+        _, raw = read_header(store, url)
+        start = len(raw)
+    size = store.size()
+    known: dict[int, tuple[int, bytes]] = {}
+    chunk_records: list[tuple[int, fmt.RecordHead, bytes]] = []
+    pos = start
+    while pos + fmt.RECORD_HEADER_SIZE <= size:
+        peek = store.read(pos, _PEEK)
+        head = fmt.decode_record_head(peek)
+        if head is None or pos + head.total > size:
+            break
+        if head.type == fmt.INDEX:
+            pos += head.total
+            continue
+        run = range(head.index, head.index + head.count)
+        if not head.count or run.stop > header.chunk_count:
+            break
+        if head.type == fmt.CHUNK and (
+            head.count != 1 or head.length != header.chunk_length(head.index)
+        ):
+            break
+        digest = codec.open_digest(head, peek[fmt.RECORD_HEADER_SIZE :])
+        if digest is None:
+            break
+        if head.type == fmt.CHUNK:
+            known[head.index] = (pos, digest)
+            chunk_records.append((pos, head, digest))
+        else:
+            for i in run:
+                known[i] = (pos, zero_digest(header.chunk_length(i)))
+        pos += head.total
+    if deep:
+        plan = Plan(source_size=header.source_size, chunk_size=header.chunk_size)
+        for at, head, digest in reversed(chunk_records):
+            if at < pos - RECHECK_TAIL:
+                break
+            body = store.read(at + fmt.RECORD_HEADER_SIZE, head.body_len)
+            try:
+                _open_checked(codec, plan, head, body, digest)
+            except IntegrityError:
+                # Cut here: this record and everything after it are written again.
+                pos = at
+                known = {i: v for i, v in known.items() if v[0] < at}
+    return known, pos
+
+
+def _open_checked(
+    codec: fmt.Codec, plan: Plan, head: fmt.RecordHead, body: bytes, digest: bytes
+) -> bytes | memoryview:
+    got_digest, payload = codec.open_chunk(head, body)
+    if got_digest != digest:
+        raise IntegrityError("digest mismatch")
+    chunk = Chunk(
+        index=head.index, length=head.length, digest=digest, encoding=head.encoding, body=payload
+    )
+    return decode_chunk(chunk, plan)
+
+
+@dataclass
+class Index:
+    """Where every chunk is: record offsets, digests, and the saved root hash."""
+
+    offsets: array[int]
+    hashes: bytearray
+    root: bytes | None  # None when rebuilt by a scan (no intact index)
+    kinds: bytearray
+
+
+class ImageSource:
+    """An image opened for reading (see the module docstring)."""
+
+    is_image = True
+
+    def __init__(self, url: str, store: Store, header: fmt.Header, keys: fmt.Keys | None) -> None:
+        self.url = url
+        self.store = store
+        self.header = header
+        self.codec = fmt.Codec(header, keys)
+        self.size = header.source_size
+        self.chunk_size = header.chunk_size
+        self.info: dict[str, str | int] = {
+            k: v for k, v in header.source.items() if isinstance(v, (str, int))
+        }
+        self.plan = Plan(source_size=header.source_size, chunk_size=header.chunk_size)
+        self.index = self._load_index()
+
+    @classmethod
+    def open(cls, url: str, code: str, password: str | None = None) -> ImageSource:
+        from transports.share import open_store
+
+        store = open_store(url, create=False, password=password)
+        try:
+            header, raw = read_header(store, url)
+            keys = None
+            if header.encryption is not None:
+                if not code:
+                    raise AuthenticationError(
+                        f"{url} is encrypted: give its passphrase with --code"
+                    )
+                keys = fmt.Keys.derive(code, header.encryption)
+            fmt.check_header(raw, keys, url)
+            return cls(url, store, header, keys)
+        except BaseException:
+            store.close()
+            raise
+
+    def _load_index(self) -> Index:
+        n = self.header.chunk_count
+        size = self.store.size()
+        footer = (
+            fmt.decode_footer(self.store.read(size - fmt.FOOTER_SIZE, fmt.FOOTER_SIZE))
+            if size >= fmt.FOOTER_SIZE
+            else None
+        )
+        if footer is not None:
+            at, length = footer
+            raw = self.store.read(at, length)
+            head = fmt.decode_record_head(raw)
+            if (
+                head is not None
+                and head.type == fmt.INDEX
+                and head.count == n
+                and head.total == length
+            ):
+                try:
+                    offsets, hashes, root = self.codec.open_index(
+                        head, raw[fmt.RECORD_HEADER_SIZE :]
+                    )
+                except IntegrityError:
+                    pass
+                else:
+                    kinds = bytearray(n)
+                    for i in range(n):
+                        if offsets[i]:
+                            zero = hashes[HASH_SIZE * i : HASH_SIZE * (i + 1)] == zero_digest(
+                                self.header.chunk_length(i)
+                            )
+                            kinds[i] = ZEROS if zero else DATA
+                    return Index(array("Q", offsets), bytearray(hashes), root, kinds)
+        # No intact index (an interrupted save, or damage): find the records by a scan.
+        known, _ = scan_records(self.store, self.codec, self.url, deep=False)
+        index = Index(array("Q", bytes(8 * n)), bytearray(HASH_SIZE * n), None, bytearray(n))
+        for i, (offset, digest) in known.items():
+            index.offsets[i] = offset
+            index.hashes[HASH_SIZE * i : HASH_SIZE * (i + 1)] = digest
+            zero = digest == zero_digest(self.header.chunk_length(i))
+            index.kinds[i] = ZEROS if zero else DATA
+        return index
+
+    @property
+    def complete(self) -> bool:
+        return self.index.root is not None
+
+    def digest(self, index: int) -> bytes:
+        return bytes(self.index.hashes[HASH_SIZE * index : HASH_SIZE * (index + 1)])
+
+    def missing(self) -> list[int]:
+        return [i for i, k in enumerate(self.index.kinds) if k == MISSING]
+
+    def _damaged(self, index: int, why: str) -> IntegrityError:
+        return IntegrityError(
+            f"chunk {index} ({chunk_span(self.plan, index)}) of the image {self.url} {why}"
+        )
+
+    def _record(self, index: int) -> tuple[fmt.RecordHead, bytes, bytes]:
+        """(record header, digest, payload) of chunk ``index``'s record, authenticated."""
+        at = self.index.offsets[index]
+        if self.index.kinds[index] == MISSING:
+            raise self._damaged(
+                index, "is not in it: the save was interrupted or the image is truncated"
+            )
+        want = (
+            fmt.RECORD_HEADER_SIZE
+            + self.header.chunk_size
+            + 2 * fmt.TAG_SIZE
+            + fmt.NONCE_SIZE
+            + HASH_SIZE
+        )
+        raw = self.store.read(at, want)
+        head = fmt.decode_record_head(raw)
+        if head is None or head.type != fmt.CHUNK or head.index != index:
+            raise self._damaged(index, "is damaged (its record header is unreadable)")
+        if len(raw) < head.total:
+            raw += self.store.read(at + len(raw), head.total - len(raw))
+        if len(raw) < head.total:
+            raise self._damaged(index, "is cut short: the image is truncated")
+        try:
+            digest, payload = self.codec.open_chunk(head, raw[fmt.RECORD_HEADER_SIZE : head.total])
+        except IntegrityError:
+            raise self._damaged(
+                index, "is damaged (its record fails its checksum or seal)"
+            ) from None
+        if digest != self.digest(index):
+            raise self._damaged(index, "is damaged (its record disagrees with the index)")
+        return head, digest, payload
+
+    def read_chunk(self, index: int) -> bytes | memoryview:
+        """The plain bytes of chunk ``index``, checked against its BLAKE3."""
+        length = self.header.chunk_length(index)
+        if self.index.kinds[index] == ZEROS:
+            return bytes(length)
+        head, digest, payload = self._record(index)
+        chunk = Chunk(
+            index=index, length=length, digest=digest, encoding=head.encoding, body=payload
+        )
+        try:
+            return decode_chunk(chunk, self.plan)
+        except IntegrityError:
+            raise self._damaged(
+                index, "is damaged (it does not decode to its BLAKE3 hash)"
+            ) from None
+
+    # -- the sender's view of a disk ----------------------------------------------------
+
+    def read(self, offset: int, length: int) -> bytes | memoryview:
+        index, rem = divmod(offset, self.chunk_size)
+        if rem or length != self.header.chunk_length(index):
+            raise ValueError("an image is read in whole chunks")
+        return self.read_chunk(index)
+
+    def next_data(self, offset: int) -> int:
+        i = offset // self.chunk_size
+        kinds = self.index.kinds
+        while i < len(kinds) and kinds[i] == ZEROS:
+            i += 1
+        return min(self.size, max(offset, i * self.chunk_size))
+
+    def encode(self, plan: Plan, index: int, have: bytes | None) -> Encoded:
+        """What to send for chunk ``index``: its stored payload as it is, when it can be."""
+        digest = self.digest(index)
+        if self.index.kinds[index] == ZEROS:
+            return Encoded(index, same=have) if have == digest else Encoded(index, zero=True)
+        if have == digest and self.index.kinds[index] == DATA:
+            return Encoded(index, same=digest)
+        try:
+            head, digest, payload = self._record(index)
+        except IntegrityError:
+            return Encoded(index, lost=True)
+        chunk = Chunk(
+            index=index, length=head.length, digest=digest, encoding=head.encoding, body=payload
+        )
+        if not self.codec.sealed:
+            # No seal vouches for the payload: check it here, so damage is blamed on
+            # the image and not on the link.
+            try:
+                decode_chunk(chunk, self.plan)
+            except IntegrityError:
+                return Encoded(index, lost=True)
+        return Encoded(index, chunk)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def root_of(hashes: bytes) -> bytes:
+    """The root hash over per-chunk digests (as the protocol computes it)."""
+    return blake3.blake3(hashes).digest()

@@ -1,0 +1,292 @@
+"""The image recorder: the receiver's side of a session, keeping what it is sent in an image.
+
+``p2pclone send SOURCE file:///…/pc1.p2pc`` runs the ordinary sender; its peer is this
+recorder, in the same process, over an in-memory stream.  It pairs like a receiver,
+takes the PLAN, and writes every CHUNK and ZERO it gets as an image record
+(p2pclone/image/format.py), then the index and the footer.
+
+An interrupted save resumes: the recorder reads the record headers and digests already
+in the image, keeps those that are intact, cuts off the torn tail and tells the sender
+what it holds in HAVE frames, exactly as a receiver reports its journal; the sender
+sends SAME for what is unchanged and the rest again.  A chunk recorded twice is read
+from its last record.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Mapping
+
+import trio
+
+from .. import __version__
+from ..errors import P2PCloneError, PeerError, RemoteProtocolError, SafetyError, TransportError
+from ..protocol import Connection, Role
+from ..protocol.connection import zero_digest
+from ..protocol.messages import (
+    HASH_SIZE,
+    MAX_HASHES,
+    Accept,
+    Chunk,
+    End,
+    Error,
+    Have,
+    Plan,
+    Result,
+    Same,
+    Zero,
+)
+from ..session import Channel, pair, pick_error
+from . import format as fmt
+from .reader import read_header, scan_records
+
+#: Write the image in pieces of about this size (one SMB request carries up to 8 MiB).
+WRITE_BYTES = 8 << 20
+#: Make the image durable at least this often, so a resumed save loses little.
+SYNC_BYTES = 256 << 20
+#: HAVE frames run at most this many chunks ahead of the data (as the receiver's do).
+HAVE_AHEAD = 4096
+UNKNOWN = bytes(HASH_SIZE)
+
+
+class Recorder:
+    """One image being written: opened (and checked) before the session starts."""
+
+    def __init__(self, url: str, store: object, code: str, fresh: bool) -> None:
+        from transports.share import Store
+
+        assert isinstance(store, Store)
+        self.url = url
+        self.store = store
+        self.code = code
+        self.fresh = fresh
+        self.header: fmt.Header | None = None
+        self.keys: fmt.Keys | None = None
+
+    @classmethod
+    def open(cls, url: str, code: str, password: str | None, fresh: bool) -> Recorder:
+        """Open (or create) the image; check the passphrase of an existing one.  Blocking."""
+        from transports.share import open_store
+
+        if not code:
+            raise P2PCloneError("an image needs a passphrase to encrypt it: give one with --code")
+        store = open_store(url, create=True, password=password)
+        try:
+            rec = cls(url, store, code, fresh)
+            if fresh:
+                store.truncate(0)
+            elif store.size():
+                rec.header, data = read_header(store, url)
+                if rec.header.encryption is None:
+                    raise SafetyError(
+                        f"{url} holds an unencrypted image: p2pclone will not add to it; "
+                        "use --fresh to replace it"
+                    )
+                rec.keys = fmt.Keys.derive(code, rec.header.encryption)
+                fmt.check_header(data, rec.keys, url)
+            return rec
+        except BaseException:
+            store.close()
+            raise
+
+    async def run(self, stream: trio.abc.Stream) -> None:
+        """The session (a system task: never raises; failures go to the sender)."""
+        channel = Channel(Connection(Role.RECEIVER, code=self.code), stream, self.url)
+        try:
+            await self._session(channel)
+        except trio.Cancelled:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - reported to the sender instead
+            await channel.fail(pick_error(exc))
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.store.close)
+
+    async def _session(self, channel: Channel) -> None:
+        await pair(channel)
+        plan = await channel.expect(Plan, "the sender's PLAN")
+        known = await trio.to_thread.run_sync(self._prepare, plan)
+        await channel.send(
+            Accept(
+                target={"name": self.url, "kind": "image", "size": plan.source_size},
+                have=bool(known),
+            )
+        )
+        state = _Writing(self, plan, known)
+        end = await state.run(channel)
+        if end.root != channel.conn.root_digest():  # the Connection checked coverage
+            raise RemoteProtocolError("the sender's root hash disagrees with its chunks")
+        await trio.to_thread.run_sync(state.finish, end.root)
+        await channel.send(Result(root=end.root, verified=False))
+        await channel.close()
+
+    def _prepare(self, plan: Plan) -> dict[int, tuple[int, bytes]]:
+        """Fit the image to ``plan``: a new header, or what an old save left.  Blocking."""
+        h = self.header
+        if h is not None:
+            same = (
+                h.source_size == plan.source_size
+                and h.chunk_size == plan.chunk_size
+                and _identity(h.source) == _identity(plan.source)
+            )
+            if not same:
+                raise SafetyError(
+                    f"{self.url} holds an image of another source ({_describe(h.source)}, "
+                    f"{h.source_size} bytes, chunk size {h.chunk_size}): use --fresh to "
+                    "replace it, or save to another name"
+                )
+            assert self.keys is not None
+            codec = fmt.Codec(h, self.keys)
+            known, end = scan_records(self.store, codec, self.url)
+            self.store.truncate(end)
+            self.end = end
+            self.codec = codec
+            return known
+        enc = fmt.new_encryption()
+        h = self.header = fmt.Header(
+            source_size=plan.source_size,
+            chunk_size=plan.chunk_size,
+            source=dict(plan.source),
+            encryption=enc,
+            generator=f"p2pclone {__version__}",
+        )
+        self.keys = fmt.Keys.derive(self.code, enc)
+        self.codec = fmt.Codec(h, self.keys)
+        head = fmt.encode_header(h, self.keys)
+        self.store.truncate(0)
+        self.store.write(0, head)
+        self.end = len(head)
+        return {}
+
+
+def _identity(info: Mapping[str, object]) -> tuple[object, ...]:
+    return tuple(info.get(k) for k in ("name", "model", "serial"))
+
+
+def _describe(info: Mapping[str, object]) -> str:
+    parts = [str(info[k]) for k in ("name", "model", "serial") if info.get(k)]
+    return " ".join(parts) or "unknown"
+
+
+class _Writing:
+    """The data phase: records appended in order, HAVE reports for a resumed save."""
+
+    def __init__(self, rec: Recorder, plan: Plan, known: dict[int, tuple[int, bytes]]) -> None:
+        self.rec, self.plan, self.known = rec, plan, known
+        self.codec = rec.codec
+        n = plan.chunk_count
+        self.offsets = array("Q", bytes(8 * n))
+        self.hashes = bytearray(HASH_SIZE * n)
+        for i, (offset, digest) in known.items():
+            self.offsets[i] = offset
+            self.hashes[HASH_SIZE * i : HASH_SIZE * (i + 1)] = digest
+        self.end = rec.end  # where the next record goes
+        self.buf: list[bytes | memoryview] = []
+        self.buffered = 0
+        self.unsynced = 0
+        self.progressed = trio.Event()
+        self.chunks_seen = 0
+
+    async def run(self, channel: Channel) -> End:
+        send, recv = trio.open_memory_channel[list[bytes | memoryview] | None](2)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer, recv)
+            if self.known:
+                nursery.start_soon(self._send_have, channel)
+            async with send:
+                end = await self._receive(channel, send)
+                if self.buf:
+                    await send.send(self.buf)
+                await send.send(None)
+        return end
+
+    async def _receive(
+        self, channel: Channel, out: trio.MemorySendChannel[list[bytes | memoryview] | None]
+    ) -> End:
+        codec = self.codec
+        while True:
+            event = await channel.receive()
+            if event is None:
+                raise TransportError(
+                    f"the sender stopped before the end: the image {self.rec.url} is "
+                    "incomplete; run the same command again to resume it"
+                )
+            if isinstance(event, Error):
+                raise PeerError(event.message, code=event.code, exit_code=event.exit)
+            if isinstance(event, End):
+                return event
+            if isinstance(event, Chunk):
+                self._place(event.index, 1, event.digest)
+                self._add(
+                    codec.chunk(event.index, event.length, event.digest, event.encoding, event.body)
+                )
+            elif isinstance(event, Zero):
+                self._place(event.index, event.count, None)
+                self._add([codec.zero(event.index, event.count)])
+            elif isinstance(event, Same):
+                for k in range(event.count):
+                    i = event.index + k
+                    if event.hashes[HASH_SIZE * k : HASH_SIZE * (k + 1)] != self._hash(i):
+                        raise RemoteProtocolError(
+                            f"the sender called chunk {i} unchanged although the image holds "
+                            "another one: refusing to trust it"
+                        )
+            self.chunks_seen = channel.conn.chunks_done
+            self.progressed.set()
+            if self.buffered >= WRITE_BYTES:
+                buf, self.buf, self.buffered = self.buf, [], 0
+                await out.send(buf)
+
+    def _hash(self, i: int) -> bytes:
+        return bytes(self.hashes[HASH_SIZE * i : HASH_SIZE * (i + 1)])
+
+    def _place(self, index: int, count: int, digest: bytes | None) -> None:
+        for i in range(index, index + count):
+            self.offsets[i] = self.end
+            d = digest if digest is not None else zero_digest(self.plan.chunk_length(i))
+            self.hashes[HASH_SIZE * i : HASH_SIZE * (i + 1)] = d
+
+    def _add(self, parts: list[bytes | memoryview]) -> None:
+        n = sum(len(p) for p in parts)
+        self.buf += parts
+        self.buffered += n
+        self.end += n
+
+    async def _writer(
+        self, recv: trio.MemoryReceiveChannel[list[bytes | memoryview] | None]
+    ) -> None:
+        at = self.rec.end
+        store = self.rec.store
+        async with recv:
+            async for parts in recv:
+                if parts is None:
+                    return
+                data = b"".join(parts)
+                await trio.to_thread.run_sync(store.write, at, data)
+                at += len(data)
+                self.unsynced += len(data)
+                if self.unsynced >= SYNC_BYTES:
+                    self.unsynced = 0
+                    await trio.to_thread.run_sync(store.sync)
+
+    async def _send_have(self, channel: Channel) -> None:
+        """Tell the sender what the image already holds, in order, as a receiver would."""
+        plan = self.plan
+        for first in range(0, plan.chunk_count, MAX_HASHES):
+            while first >= self.chunks_seen + HAVE_AHEAD:
+                self.progressed = trio.Event()
+                await self.progressed.wait()
+            stop = min(first + MAX_HASHES, plan.chunk_count)
+            hashes = b"".join(
+                self.known[i][1] if i in self.known else UNKNOWN for i in range(first, stop)
+            )
+            await channel.send(Have(index=first, hashes=hashes))
+
+    def finish(self, root: bytes) -> None:
+        """The index and the footer, then make it all durable.  Blocking."""
+        store = self.rec.store
+        index = self.codec.index(list(self.offsets), bytes(self.hashes), root)
+        at = self.end
+        store.write(at, index + fmt.encode_footer(at, len(index)))
+        store.truncate(at + len(index) + fmt.FOOTER_SIZE)
+        store.sync()

@@ -1,0 +1,197 @@
+"""``p2pclone image info | verify | export``: looking into an image without a receiver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import trio
+
+from ..errors import IntegrityError
+from ..pipeline import default_threads
+from ..session import Done, Progress, Reporter, Verifying, no_report
+from . import format as fmt
+from .reader import DATA, MISSING, ImageSource, read_header, root_of
+
+
+def info(url: str, password: str | None = None) -> dict[str, Any]:
+    """What the image says about itself; needs no passphrase.  Blocking."""
+    from transports.share import open_store
+
+    store = open_store(url, create=False, password=password)
+    try:
+        header, _ = read_header(store, url)
+        stored = store.size()
+        tail = (
+            store.read(stored - fmt.FOOTER_SIZE, fmt.FOOTER_SIZE)
+            if stored >= fmt.FOOTER_SIZE
+            else b""
+        )
+    finally:
+        store.close()
+    enc = header.encryption
+    return {
+        "url": url,
+        "format": fmt.FORMAT_VERSION,
+        "created": header.created,
+        "generator": header.generator,
+        "source": header.source,
+        "source_bytes": header.source_size,
+        "chunk_size": header.chunk_size,
+        "chunks": header.chunk_count,
+        "stored_bytes": stored,
+        "ratio": round(stored / header.source_size, 4) if header.source_size else 0.0,
+        "complete": fmt.decode_footer(tail) is not None,
+        "encrypted": enc is not None,
+        "cipher": enc["cipher"] if enc else None,
+        "kdf": (
+            f"{enc['kdf']} (m={enc['memory_kib']} KiB, t={enc['iterations']}, p={enc['lanes']})"
+            if enc
+            else None
+        ),
+    }
+
+
+def ranges(source: ImageSource, indices: list[int]) -> str:
+    """Chunk indices as merged byte ranges: 'bytes 0-1048575, 4194304-5242879'."""
+    spans: list[tuple[int, int]] = []
+    for i in sorted(indices):
+        start = i * source.chunk_size
+        end = start + source.header.chunk_length(i)
+        if spans and spans[-1][1] == start:
+            spans[-1] = (spans[-1][0], end)
+        else:
+            spans.append((start, end))
+    shown = ", ".join(f"{a}-{b - 1}" for a, b in spans[:8])
+    more = f" and {len(spans) - 8} more ranges" if len(spans) > 8 else ""
+    return f"bytes {shown}{more}"
+
+
+@dataclass
+class Check:
+    damaged: list[int] = field(default_factory=list)
+    root_ok: bool = True
+
+
+async def verify(
+    url: str,
+    code: str,
+    password: str | None = None,
+    report: Reporter = no_report,
+) -> Done:
+    """Decrypt, decompress and hash every chunk, and check the root hash.
+
+    Raises:
+        IntegrityError: naming the damaged or missing byte ranges (exit 6).
+    """
+    started = trio.current_time()
+    source = await trio.to_thread.run_sync(ImageSource.open, url, code, password)
+    try:
+        n = source.header.chunk_count
+        report(Verifying(source.size))
+        check = Check(damaged=source.missing())
+        limiter = trio.CapacityLimiter(default_threads())
+        done = 0
+
+        async def one(i: int) -> None:
+            nonlocal done
+            try:
+                await trio.to_thread.run_sync(source.read_chunk, i, limiter=limiter)
+            except IntegrityError:
+                check.damaged.append(i)
+            done += source.header.chunk_length(i)
+            report(Progress(done, source.size, 0))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                if source.index.kinds[i] == DATA:
+                    await limiter.acquire()  # bound the tasks in flight
+                    limiter.release()
+                    nursery.start_soon(one, i)
+        if source.index.root is not None:
+            check.root_ok = root_of(bytes(source.index.hashes)) == source.index.root
+        if check.damaged:
+            raise IntegrityError(
+                f"the image {url} is damaged: {len(check.damaged)} of {n} chunks are unreadable "
+                f"or missing ({ranges(source, check.damaged)}); restoring it would leave "
+                "those ranges unwritten — save the source again"
+            )
+        if not check.root_ok:
+            raise IntegrityError(f"the index of {url} is damaged (its root hash does not match)")
+        if not source.complete:
+            raise IntegrityError(
+                f"the image {url} has no index: the save was interrupted; run the same "
+                "send again to complete it"
+            )
+        return Done(
+            source_bytes=source.size,
+            wire_bytes=0,
+            chunks=n,
+            zero_chunks=sum(1 for k in source.index.kinds if k not in (DATA, MISSING)),
+            digest=source.index.root.hex() if source.index.root else "",
+            seconds=trio.current_time() - started,
+            verified=True,
+        )
+    finally:
+        await trio.to_thread.run_sync(source.close)
+
+
+async def export(
+    url: str,
+    code: str,
+    out: IO[bytes],
+    password: str | None = None,
+    report: Reporter = no_report,
+) -> Done:
+    """Write the raw disk to ``out`` in order; damaged chunks become zeros and raise at the end."""
+    started = trio.current_time()
+    source = await trio.to_thread.run_sync(ImageSource.open, url, code, password)
+    try:
+        damaged: list[int] = []
+        n = source.header.chunk_count
+        done = 0
+        for i in range(n):
+            try:
+                data = await trio.to_thread.run_sync(source.read_chunk, i)
+            except IntegrityError:
+                damaged.append(i)
+                data = bytes(source.header.chunk_length(i))
+            await trio.to_thread.run_sync(out.write, data)
+            done += len(data)
+            report(Progress(done, source.size, 0))
+        await trio.to_thread.run_sync(out.flush)
+        if damaged:
+            raise IntegrityError(
+                f"the image {url} is damaged: {ranges(source, damaged)} could not be read and "
+                "were written as zeros; the exported disk is not the saved one"
+            )
+        return Done(
+            source_bytes=source.size,
+            wire_bytes=0,
+            chunks=n,
+            zero_chunks=0,
+            digest=source.index.root.hex() if source.index.root else "",
+            seconds=trio.current_time() - started,
+        )
+    finally:
+        await trio.to_thread.run_sync(source.close)
+
+
+def describe(facts: dict[str, Any]) -> list[str]:
+    """``image info`` for a person."""
+    from ..cli import human_bytes
+
+    src = facts["source"]
+    ident = " ".join(str(src[k]) for k in ("name", "model", "serial") if src.get(k)) or "unknown"
+    return [
+        f"Image:      {facts['url']}",
+        f"Source:     {ident}, {human_bytes(facts['source_bytes'])}"
+        f" ({facts['source_bytes']} bytes)",
+        f"Chunks:     {facts['chunks']} of {human_bytes(facts['chunk_size'])}",
+        f"Stored:     {human_bytes(facts['stored_bytes'])} ({facts['ratio']:.1%} of the source)",
+        f"Created:    {facts['created']} by {facts['generator'] or 'unknown'}",
+        "Encrypted:  "
+        + (f"yes, {facts['cipher']}, key from {facts['kdf']}" if facts["encrypted"] else "no"),
+        "Complete:   "
+        + ("yes" if facts["complete"] else "no (an interrupted save: run the same send again)"),
+    ]

@@ -1,0 +1,295 @@
+"""Images on a share: save, restore, image as a source, info/verify/export, damage, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from p2pclone.errors import (
+    AuthenticationError,
+    ExitCode,
+    IntegrityError,
+    P2PCloneError,
+    TransportError,
+)
+from p2pclone.image import format as fmt
+from p2pclone.image import tools
+from p2pclone.receiver import receive
+from p2pclone.sender import send
+from tests.conftest import MiB, random_file, write_layout
+from tests.image.conftest import Samba
+
+CODE = "correct horse battery staple"
+CLI = [sys.executable, "-m", "p2pclone"]
+
+
+async def save(source: Path, url: str, code: str = CODE, **kw) -> object:
+    return await send(str(source), url, code=code, chunk_size=256 * 1024, **kw)
+
+
+async def restore(target: Path, url: str, code: str = CODE, **kw) -> object:
+    return await receive(str(target), url, code=code, **kw)
+
+
+def layout(tmp_path: Path, size: int = 5 * MiB + 12345) -> tuple[Path, bytes]:
+    source = tmp_path / "disk.img"
+    return source, write_layout(source, size)
+
+
+def records(path: Path) -> list[tuple[int, fmt.RecordHead]]:
+    """(offset, header) of every record of an image file, walking from its header."""
+    data = path.read_bytes()
+    pos = fmt.header_length(data, "x")
+    out = []
+    while True:
+        head = fmt.decode_record_head(data[pos:])
+        if head is None:
+            return out
+        out.append((pos, head))
+        pos += head.total
+
+
+async def test_save_to_a_file_url_and_restore(tmp_path: Path) -> None:
+    source, data = layout(tmp_path)
+    url = f"file://{tmp_path}/nas/pc1/disk.p2pc"  # folders that do not exist yet
+    saved = await save(source, url)
+    image = tmp_path / "nas/pc1/disk.p2pc"
+    assert image.stat().st_size < 0.6 * len(data)  # zeros are not stored, the rest compressed
+    assert data[1 * MiB : 1 * MiB + 4096] not in image.read_bytes()  # encrypted
+
+    facts = tools.info(url)  # no passphrase needed
+    assert facts["source_bytes"] == len(data) and facts["encrypted"] and facts["complete"]
+    assert facts["chunks"] == -(-len(data) // (256 * 1024))
+
+    target = tmp_path / "restored.img"
+    restored = await restore(target, url)
+    assert target.read_bytes() == data
+    assert restored.digest == saved.digest
+
+
+async def test_save_and_restore_over_smb(tmp_path: Path, smb_env: Samba) -> None:
+    source, data = layout(tmp_path)
+    url = smb_env.url("lab/2026/pc1.p2pc")
+    saved = await save(source, url)
+    assert (smb_env.root / "lab/2026/pc1.p2pc").is_file()
+    target = tmp_path / "restored.img"
+    restored = await restore(target, url, verify=True)
+    assert target.read_bytes() == data
+    assert restored.digest == saved.digest and restored.verified
+
+
+async def test_an_image_is_the_source_of_a_live_clone(tmp_path: Path) -> None:
+    source, data = layout(tmp_path)
+    url = f"file://{tmp_path}/pc1.p2pc"
+    await save(source, url)
+    target = tmp_path / "live.img"
+    async with trio.open_nursery() as nursery:
+
+        async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            await receive(str(target), "memory://img-live", code="7-pair", task_status=task_status)
+
+        await nursery.start(rx)
+        await send(url, "memory://img-live", code="7-pair", passphrase=CODE)
+    assert target.read_bytes() == data
+
+
+async def test_wrong_passphrase_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    source, _ = layout(tmp_path, 2 * MiB)
+    url = f"file://{tmp_path}/pc1.p2pc"
+    await save(source, url)
+    target = tmp_path / "t.img"
+    target.write_bytes(b"keep me" * 1000)
+    with pytest.raises(AuthenticationError, match="wrong passphrase"):
+        await restore(target, url, code="wrong horse")
+    assert target.read_bytes() == b"keep me" * 1000
+    with pytest.raises(AuthenticationError, match="wrong passphrase"):
+        await tools.verify(url, "wrong horse")
+    # ...and a save to it with another passphrase does not touch it either.
+    before = (tmp_path / "pc1.p2pc").read_bytes()
+    with pytest.raises(AuthenticationError):
+        await save(source, url, code="wrong horse")
+    assert (tmp_path / "pc1.p2pc").read_bytes() == before
+
+
+async def test_a_flipped_byte_is_found_and_named(tmp_path: Path) -> None:
+    source, data = layout(tmp_path)
+    url = f"file://{tmp_path}/pc1.p2pc"
+    await save(source, url)
+    image = tmp_path / "pc1.p2pc"
+    pos, head = next((p, h) for p, h in records(image) if h.type == fmt.CHUNK and h.index == 3)
+    raw = bytearray(image.read_bytes())
+    raw[pos + head.total - 100] ^= 0x10
+    image.write_bytes(bytes(raw))
+    span = f"{3 * 256 * 1024}-{4 * 256 * 1024 - 1}"
+    with pytest.raises(IntegrityError, match=span):
+        await tools.verify(url, CODE)
+    target = tmp_path / "t.img"
+    with pytest.raises(IntegrityError, match=span):
+        await restore(target, url)
+    # Everything intact was written; the damaged chunk's range was not.
+    got = target.read_bytes()
+    lo, hi = 3 * 256 * 1024, 4 * 256 * 1024
+    assert got[:lo] == data[:lo] and got[hi:] == data[hi:]
+    assert got[lo:hi] != data[lo:hi]
+
+
+async def test_a_truncated_image_is_found_and_named(tmp_path: Path) -> None:
+    source, data = layout(tmp_path)
+    url = f"file://{tmp_path}/pc1.p2pc"
+    await save(source, url)
+    image = tmp_path / "pc1.p2pc"
+    with open(image, "r+b") as f:
+        f.truncate(image.stat().st_size // 2)
+    with pytest.raises(IntegrityError, match="bytes"):
+        await tools.verify(url, CODE)
+    assert not tools.info(url)["complete"]
+
+
+async def test_an_interrupted_save_resumes_after_the_last_intact_record(tmp_path: Path) -> None:
+    source = tmp_path / "disk.img"
+    data = random_file(source, 4 * MiB)
+    url = f"file://{tmp_path}/pc1.p2pc"
+    await save(source, url)
+    image = tmp_path / "pc1.p2pc"
+    recs = records(image)
+    # As if the save had died while writing record 9: a torn tail, no index.
+    pos, head = recs[9]
+    with open(image, "r+b") as f:
+        f.truncate(pos + head.total // 2)
+    again = await save(source, url)
+    assert again.same_chunks == 9  # the intact records were not sent again
+    target = tmp_path / "t.img"
+    await restore(target, url)
+    assert target.read_bytes() == data
+    assert tools.info(url)["complete"]
+
+
+async def test_resume_resends_chunks_of_a_source_that_changed(tmp_path: Path) -> None:
+    source = tmp_path / "disk.img"
+    random_file(source, 2 * MiB)
+    url = f"file://{tmp_path}/pc1.p2pc"
+    await save(source, url)
+    with open(source, "r+b") as f:
+        f.seek(300 * 1024)
+        f.write(b"changed!" * 100)
+    await save(source, url)  # complete image, changed source: the change is appended
+    target = tmp_path / "t.img"
+    await restore(target, url)
+    assert target.read_bytes() == source.read_bytes()
+
+
+async def test_a_save_never_mixes_two_sources(tmp_path: Path) -> None:
+    a, _ = layout(tmp_path, 2 * MiB)
+    b = tmp_path / "other.img"
+    data_b = random_file(b, 3 * MiB)
+    url = f"file://{tmp_path}/pc1.p2pc"
+    await save(a, url)
+    before = (tmp_path / "pc1.p2pc").read_bytes()
+    with pytest.raises(P2PCloneError, match="another source") as refused:
+        await save(b, url)
+    assert refused.value.exit_code == ExitCode.SAFETY
+    assert (tmp_path / "pc1.p2pc").read_bytes() == before
+    await save(b, url, fresh=True)
+    target = tmp_path / "t.img"
+    await restore(target, url)
+    assert target.read_bytes() == data_b
+
+
+async def test_missing_image_and_bad_urls(tmp_path: Path) -> None:
+    with pytest.raises(TransportError, match="no image at"):
+        await restore(tmp_path / "t.img", f"file://{tmp_path}/nope.p2pc")
+    assert not (tmp_path / "t.img").exists() or (tmp_path / "t.img").stat().st_size == 0
+
+
+async def test_smb_wrong_password_is_an_authentication_error(
+    tmp_path: Path, samba: Samba, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("P2PCLONE_SMB_PASSWORD", "not-the-password")
+    source, _ = layout(tmp_path, MiB)
+    with pytest.raises(AuthenticationError, match="P2PCLONE_SMB_PASSWORD"):
+        await save(source, samba.url("x.p2pc"))
+
+
+# -- the command line ---------------------------------------------------------------
+
+
+def run(*args: str, stdout: object = subprocess.PIPE) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*CLI, *args], stdout=stdout, stderr=subprocess.PIPE, timeout=120, stdin=subprocess.DEVNULL
+    )
+
+
+def test_cli_save_info_verify_export_restore(tmp_path: Path, smb_env: Samba) -> None:
+    source, data = layout(tmp_path)
+    url = smb_env.url("cli/pc1.p2pc")
+    saved = run("send", str(source), url, "--code", CODE, "--json")
+    assert saved.returncode == 0, saved.stderr
+
+    info = run("image", "info", url, "--json")
+    assert info.returncode == 0, info.stderr
+    facts = json.loads(info.stdout)
+    assert facts["source_bytes"] == len(data) and facts["encrypted"] and facts["ratio"] < 0.6
+
+    ok = run("image", "verify", url, "--code", CODE)
+    assert ok.returncode == 0, ok.stderr
+
+    with open(tmp_path / "raw.img", "wb") as out:
+        exported = run("image", "export", url, "--code", CODE, stdout=out)
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "raw.img").read_bytes() == data
+
+    target = tmp_path / "t.img"
+    restored = run("receive", str(target), url, "--code", CODE, "--json", "--yes")
+    assert restored.returncode == 0, restored.stderr
+    assert target.read_bytes() == data
+    assert CODE.encode() not in restored.stdout  # the passphrase is never shown
+
+
+def test_cli_damaged_image_exits_6_and_wrong_passphrase_exits_3(tmp_path: Path) -> None:
+    source, _ = layout(tmp_path, 2 * MiB)
+    url = f"file://{tmp_path}/pc1.p2pc"
+    assert run("send", str(source), url, "--code", CODE).returncode == 0
+    wrong = run("image", "verify", url, "--code", "nope")
+    assert wrong.returncode == 3 and b"wrong passphrase" in wrong.stderr
+    image = tmp_path / "pc1.p2pc"
+    with open(image, "r+b") as f:
+        f.truncate(image.stat().st_size - 5000)
+    bad = run("image", "verify", url, "--code", CODE)
+    assert bad.returncode == 6, bad.stderr
+    assert b"bytes" in bad.stderr
+    restored = run("receive", str(tmp_path / "t.img"), url, "--code", CODE, "--yes")
+    assert restored.returncode == 6, restored.stderr
+
+
+def test_cli_save_killed_midway_resumes(tmp_path: Path) -> None:
+    source = tmp_path / "disk.img"
+    data = random_file(source, 48 * MiB)
+    image = tmp_path / "pc1.p2pc"
+    url = f"file://{image}"
+    proc = subprocess.Popen(
+        [*CLI, "send", str(source), url, "--code", CODE],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not (image.exists() and image.stat().st_size > 16 * MiB):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    again = run("send", str(source), url, "--code", CODE, "--json")
+    assert again.returncode == 0, again.stderr
+    done = json.loads(again.stdout.splitlines()[-1])
+    assert done["same_chunks"] > 0  # what was saved before the kill was kept
+    with open(tmp_path / "raw.img", "wb") as out:
+        assert run("image", "export", url, "--code", CODE, stdout=out).returncode == 0
+    assert (tmp_path / "raw.img").read_bytes() == data

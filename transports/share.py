@@ -1,0 +1,364 @@
+"""file:// and smb:// — a disk saved as an image on a shared drive, and restored from it.
+
+"The stream is the image": sending to ``file:///mnt/nas/pc1.p2pc`` or
+``smb://user@nas/backups/pc1.p2pc`` runs the ordinary sender against an image
+*recorder* in this process, which plays the receiver's part of the protocol and keeps
+what it is sent in the image (p2pclone/image/).  Receiving from such a URL runs the
+ordinary receiver against an image *player*, which plays the sender's part from the
+image.  Pairing, resume, verification and every safety check are the same code as
+for a live clone.
+
+Storage is a :class:`Store`: a file with positioned reads and writes, reached either
+through the local file system (``file://``: any mounted share, NFS, CIFS, a local
+disk) or over SMB 2/3 with smbprotocol (``smb://[USER@]HOST[:PORT]/SHARE/PATH``: no
+mount, no root; the password comes from ``P2PCLONE_SMB_PASSWORD``).  Store methods
+block: callers run them in worker threads.
+"""
+
+from __future__ import annotations
+
+import abc
+import errno
+import os
+import urllib.parse
+from typing import Any
+
+import trio
+import trio.testing
+
+from p2pclone.errors import AuthenticationError, TransportError, UsageError
+
+from . import LinkListener, Transport
+
+PASSWORD_ENV = "P2PCLONE_SMB_PASSWORD"
+
+
+class Store(abc.ABC):
+    """One image file: positioned reads and writes, truncation, durability."""
+
+    url: str
+
+    @abc.abstractmethod
+    def size(self) -> int: ...
+
+    @abc.abstractmethod
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file)."""
+
+    @abc.abstractmethod
+    def write(self, offset: int, data: bytes | memoryview) -> None: ...
+
+    @abc.abstractmethod
+    def truncate(self, length: int) -> None: ...
+
+    @abc.abstractmethod
+    def sync(self) -> None:
+        """Make everything written so far durable."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class LocalStore(Store):
+    def __init__(self, url: str, path: str, *, create: bool) -> None:
+        self.url = url
+        self.path = path
+        try:
+            if create:
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            else:
+                self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise TransportError(
+                f"there is no image at {url}: check the path (and that the share is mounted)"
+            ) from None
+        except OSError as exc:
+            raise TransportError(
+                f"cannot open the image {url} ({exc.strerror}): check the path and your "
+                "permissions on the share"
+            ) from None
+        self._check = _io_errors(url)
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def read(self, offset: int, length: int) -> bytes:
+        with self._check("reading"):
+            parts = []
+            while length > 0:
+                data = os.pread(self.fd, length, offset)
+                if not data:
+                    break
+                parts.append(data)
+                offset += len(data)
+                length -= len(data)
+            return b"".join(parts)
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        with self._check("writing"):
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view, offset = view[n:], offset + n
+
+    def truncate(self, length: int) -> None:
+        with self._check("writing"):
+            os.ftruncate(self.fd, length)
+
+    def sync(self) -> None:
+        with self._check("writing"):
+            os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _io_errors:
+    """A context manager factory: OSError -> one TransportError sentence naming the image."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __call__(self, doing: str) -> _io_errors:
+        self.doing = doing
+        return self
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if isinstance(exc, OSError):
+            hint = (
+                "the share is full: free space or save elsewhere"
+                if exc.errno == errno.ENOSPC
+                else "check the share and run the same command again (a save resumes)"
+            )
+            raise TransportError(
+                f"{self.doing} the image {self.url} failed ({exc.strerror or exc}): {hint}"
+            ) from exc
+
+
+class SMBStore(Store):
+    """An image file on an SMB 2/3 share, through smbprotocol's smbclient."""
+
+    def __init__(self, url: str, location: SMBLocation, *, create: bool) -> None:
+        import smbclient
+        from smbprotocol.exceptions import (
+            SMBAuthenticationError,
+            SMBException,
+            SMBResponseException,
+        )
+
+        self.url = url
+        self._cache: dict[str, Any] = {}
+        kw: dict[str, Any] = {
+            "username": location.user,
+            "password": location.password,
+            "port": location.port,
+            "connection_cache": self._cache,
+            "connection_timeout": 15,
+        }
+        self._kw = kw
+        self._check = _io_errors(url)
+        try:
+            smbclient.register_session(location.host, **kw)
+            if create:
+                folder = location.unc.rsplit("\\", 1)[0]
+                if folder.count("\\") > 3:  # below the share itself
+                    smbclient.makedirs(folder, exist_ok=True, **kw)
+                self._file = smbclient.open_file(
+                    location.unc, mode="ab+", buffering=0, share_access="r", **kw
+                )
+            else:
+                self._file = smbclient.open_file(
+                    location.unc, mode="rb", buffering=0, share_access="r", **kw
+                )
+        except SMBAuthenticationError:
+            self._reset()
+            raise AuthenticationError(
+                f"the SMB server {location.host} refused user {location.user or '(none)'}: "
+                f"check the user name in the URL and the password in {PASSWORD_ENV}"
+            ) from None
+        except (SMBResponseException, SMBException) as exc:
+            self._reset()
+            if "LOGON_FAILURE" in str(exc).upper() or "ACCESS_DENIED" in str(exc).upper():
+                raise AuthenticationError(
+                    f"the SMB server {location.host} refused access to {url} ({exc}): check "
+                    f"the user name, the password in {PASSWORD_ENV} and the share's permissions"
+                ) from None
+            raise TransportError(f"cannot open the image {url} over SMB ({exc})") from None
+        except FileNotFoundError:
+            self._reset()
+            raise TransportError(
+                f"there is no image at {url}: check the share name and the path"
+            ) from None
+        except (OSError, ValueError) as exc:
+            self._reset()
+            raise TransportError(
+                f"cannot reach the SMB server for {url} ({exc}): check the host name, the "
+                "port and that the server is running"
+            ) from None
+
+    def _reset(self) -> None:
+        import smbclient
+
+        smbclient.reset_connection_cache(connection_cache=self._cache)
+
+    def size(self) -> int:
+        with self._check("reading"):
+            return int(self._file.seek(0, os.SEEK_END))
+
+    def read(self, offset: int, length: int) -> bytes:
+        with self._check("reading"):
+            self._file.seek(offset)
+            buf = bytearray(length)
+            view = memoryview(buf)
+            got = 0
+            while got < length:
+                n = self._file.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            return bytes(buf[:got])
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        with self._check("writing"):
+            self._file.seek(offset)
+            view = memoryview(data)
+            while view:
+                view = view[self._file.write(view) :]
+
+    def truncate(self, length: int) -> None:
+        with self._check("writing"):
+            self._file.truncate(length)
+
+    def sync(self) -> None:
+        with self._check("writing"):
+            self._file.flush()
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        finally:
+            self._reset()
+
+
+class SMBLocation:
+    """smb://[USER@]HOST[:PORT]/SHARE/PATH, parsed."""
+
+    def __init__(self, url: str, password: str | None = None) -> None:
+        parts = urllib.parse.urlsplit(url)
+        path = urllib.parse.unquote(parts.path).strip("/").split("/")
+        if not parts.hostname or len(path) < 2 or not all(path):
+            raise UsageError(
+                f"{url!r} is not an SMB image URL: write smb://[USER@]HOST[:PORT]/SHARE/PATH, "
+                "e.g. smb://backup@nas/images/pc1.p2pc"
+            )
+        try:
+            self.port = parts.port or 445
+        except ValueError:
+            raise UsageError(f"{url!r} has a bad port number") from None
+        self.host = parts.hostname
+        self.user = urllib.parse.unquote(parts.username) if parts.username else None
+        self.password = (
+            password
+            if password is not None
+            else urllib.parse.unquote(parts.password)
+            if parts.password
+            else os.environ.get(PASSWORD_ENV)
+        )
+        self.unc = "\\\\" + self.host + "\\" + "\\".join(path)
+
+
+def local_path(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+        raise UsageError(
+            f"{url!r} is not a file URL: write file:///ABSOLUTE/PATH, e.g. "
+            "file:///mnt/nas/pc1.p2pc (three slashes)"
+        )
+    return urllib.parse.unquote(parts.path)
+
+
+def open_store(url: str, *, create: bool, password: str | None = None) -> Store:
+    """The image at ``url`` (file:// or smb://), opened to read, or to write if ``create``.
+
+    Raises:
+        UsageError: a malformed URL.  TransportError: cannot open it.
+        AuthenticationError: the SMB server refused the credentials.
+    """
+    scheme = url.partition("://")[0].lower()
+    if scheme == "file":
+        return LocalStore(url, local_path(url), create=create)
+    if scheme == "smb":
+        return SMBStore(url, SMBLocation(url, password), create=create)
+    raise UsageError(f"{url!r} is not an image URL: use file:///PATH or smb://HOST/SHARE/PATH")
+
+
+def check_url(url: str) -> None:
+    """Raise UsageError now for a malformed image URL (before anything is opened)."""
+    scheme = url.partition("://")[0].lower()
+    if scheme == "file":
+        local_path(url)
+    elif scheme == "smb":
+        SMBLocation(url, "")
+    else:
+        raise UsageError(f"{url!r} is not an image URL: use file:///PATH or smb://HOST/SHARE/PATH")
+
+
+class _PlayerListener(LinkListener):
+    """``receive TARGET IMAGE-URL``: the 'sender' is a player reading the image."""
+
+    def __init__(self, transport: ShareTransport) -> None:
+        self.transport = transport
+        self.url = transport.url
+
+    async def accept(self) -> trio.abc.Stream:
+        from p2pclone.image.player import play
+        from p2pclone.image.reader import ImageSource
+
+        t = self.transport
+        code = t.options.get("code") or ""
+        # Opened here, in the receiver's task: a missing image or a wrong passphrase
+        # is the receiver's own error, before anything is written.
+        source = await trio.to_thread.run_sync(
+            ImageSource.open, t.url, code, t.options.get("password")
+        )
+        ours, theirs = trio.testing.memory_stream_pair()
+        trio.lowlevel.spawn_system_task(play, theirs, source, t.url, code)
+        return ours
+
+    async def aclose(self) -> None:
+        pass
+
+
+class ShareTransport(Transport):
+    """file:// and smb:// image URLs (see the module docstring)."""
+
+    scheme = "file"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        check_url(url)
+
+    async def connect(self) -> trio.abc.Stream:
+        from p2pclone.image.recorder import Recorder
+
+        # Opened here, in the sender's task: an unreachable share or a wrong
+        # passphrase for an image to resume is the sender's own error.
+        recorder = await trio.to_thread.run_sync(
+            Recorder.open,
+            self.url,
+            self.options.get("code") or "",
+            self.options.get("password"),
+            bool(self.options.get("fresh")),
+        )
+        ours, theirs = trio.testing.memory_stream_pair()
+        trio.lowlevel.spawn_system_task(recorder.run, theirs)
+        return ours
+
+    async def listen(self) -> LinkListener:
+        return _PlayerListener(self)
