@@ -166,6 +166,7 @@ async def receive(
             fresh=fresh,
             delta=delta,
             report=report,
+            seal=not transport.local,
         )
     finally:
         target.close()
@@ -185,6 +186,7 @@ async def receive_stream(
     fresh: bool = False,
     delta: bool = False,
     report: Reporter = no_report,
+    seal: bool = True,
 ) -> Done:
     """Run a receiving session over an already open ``stream`` (closed on return)."""
     opts = Options(
@@ -196,7 +198,7 @@ async def receive_stream(
         fresh=fresh,
         delta=delta,
     )
-    channel = Channel(Connection(Role.RECEIVER, code=code), stream, url)
+    channel = Channel(Connection(Role.RECEIVER, code=code, seal=seal), stream, url)
     try:
         return await _session(channel, target, opts, report)
     except BaseException as exc:

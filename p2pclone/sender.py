@@ -139,6 +139,7 @@ async def send(
             threads=threads,
             delta=delta,
             report=report,
+            seal=not transport.local,
         )
     finally:
         source.close()
@@ -154,10 +155,14 @@ async def send_stream(
     threads: int | None = None,
     delta: bool = False,
     report: Reporter = no_report,
+    seal: bool = True,
 ) -> Done:
-    """Run a sending session over an already open ``stream`` (closed on return)."""
+    """Run a sending session over an already open ``stream`` (closed on return).
+
+    ``seal=False``: see :class:`~p2pclone.protocol.Connection` (in-process links only).
+    """
     _check_chunk_size(chunk_size)
-    channel = Channel(Connection(Role.SENDER, code=code), stream, url)
+    channel = Channel(Connection(Role.SENDER, code=code, seal=seal), stream, url)
     try:
         return await _session(
             channel, source, chunk_size, threads or default_threads(), delta, report

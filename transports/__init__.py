@@ -55,6 +55,9 @@ class Transport(abc.ABC):
     #: the chunk size a sender uses over this transport unless told otherwise
     #: (None: p2pclone's default, 1 MiB)
     chunk_size: ClassVar[int | None] = None
+    #: both ends of the link are in this process (an image's recorder or player):
+    #: frames are not sealed after pairing (see p2pclone.protocol.Connection)
+    local: ClassVar[bool] = False
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -20,17 +20,20 @@ from __future__ import annotations
 import abc
 import errno
 import os
+import threading
 import urllib.parse
 from typing import Any
 
 import trio
-import trio.testing
 
 from p2pclone.errors import AuthenticationError, TransportError, UsageError
 
 from . import LinkListener, Transport
+from .pipe import pipe_pair
 
 PASSWORD_ENV = "P2PCLONE_SMB_PASSWORD"
+#: SMB requests kept on the wire at once by reads and writes
+IN_FLIGHT = 4
 
 
 class Store(abc.ABC):
@@ -163,6 +166,7 @@ class SMBStore(Store):
         }
         self._kw = kw
         self._check = _io_errors(url)
+        self._lock = threading.Lock()  # one file position, shared by worker threads
         try:
             smbclient.register_session(location.host, **kw)
             if create:
@@ -208,36 +212,84 @@ class SMBStore(Store):
         smbclient.reset_connection_cache(connection_cache=self._cache)
 
     def size(self) -> int:
-        with self._check("reading"):
+        with self._check("reading"), self._lock:
             return int(self._file.seek(0, os.SEEK_END))
 
+    # Reads and writes keep up to IN_FLIGHT requests on the wire (measured on loopback:
+    # 180 MB/s with one request at a time, 500 MB/s with four): one request per round
+    # trip leaves both ends idle half the time.
+
+    def _pipelined(
+        self, requests: list[tuple[int, int, memoryview | None]]
+    ) -> list[tuple[int, int, Any]]:
+        """Send (offset, length, data-or-None) READ/WRITE requests, IN_FLIGHT at a time
+        (split further when the server's credits run short); return (offset, length,
+        response) in order: the bytes read, or the count written."""
+        from smbclient._io import _chunk_size
+
+        fd = self._file.fd
+        conn = fd.connection
+        sid, tid = fd.tree_connect.session.session_id, fd.tree_connect.tree_connect_id
+        results: list[tuple[int, int, Any]] = []
+        pending: list[tuple[int, int, Any, Any]] = []
+        todo = list(requests)
+        while todo or pending:
+            while todo and len(pending) < IN_FLIGHT:
+                offset, length, data = todo[0]
+                size, credits = _chunk_size(conn, length, "read" if data is None else "write")
+                if size < length and pending:
+                    break  # short of credits: a response will bring more
+                if size < length:  # not enough credits for all of it: split
+                    todo[0] = (offset + size, length - size, None if data is None else data[size:])
+                    todo.insert(0, (offset, size, None if data is None else data[:size]))
+                    offset, length, data = todo[0]
+                todo.pop(0)
+                if data is None:
+                    msg, recv = fd.read(offset, length, send=False)
+                else:
+                    msg, recv = fd.write(bytes(data), offset=offset, send=False)
+                request = conn.send(msg, sid=sid, tid=tid, credit_request=credits)
+                pending.append((offset, length, request, recv))
+            offset, length, request, recv = pending.pop(0)
+            results.append((offset, length, recv(request)))
+        return results
+
+    def _pieces(self, offset: int, length: int, limit: int) -> list[tuple[int, int]]:
+        return [(offset + k, min(limit, length - k)) for k in range(0, length, limit)]
+
     def read(self, offset: int, length: int) -> bytes:
-        with self._check("reading"):
-            self._file.seek(offset)
-            buf = bytearray(length)
-            view = memoryview(buf)
-            got = 0
-            while got < length:
-                n = self._file.readinto(view[got:])
-                if not n:
-                    break
-                got += n
-            return bytes(buf[:got])
+        with self._check("reading"), self._lock:
+            length = max(0, min(length, self._file.fd.end_of_file - offset))
+            if not length:
+                return b""
+            limit = self._file.fd.connection.max_read_size
+            parts = self._pipelined([(o, n, None) for o, n in self._pieces(offset, length, limit)])
+            return b"".join(data for _, _, data in parts)
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
-        with self._check("writing"):
-            self._file.seek(offset)
+        with self._check("writing"), self._lock:
             view = memoryview(data)
-            while view:
-                view = view[self._file.write(view) :]
+            limit = self._file.fd.connection.max_write_size
+            requests: list[tuple[int, int, memoryview | None]] = [
+                (o, n, view[o - offset : o - offset + n])
+                for o, n in self._pieces(offset, len(view), limit)
+            ]
+            for o, n, written in self._pipelined(requests):
+                if written != n:  # a short write: finish it the simple way
+                    self._file.seek(o + written)
+                    rest = view[o - offset + written : o - offset + n]
+                    while rest:
+                        rest = rest[self._file.write(rest) :]
+            self._file.fd.end_of_file = max(self._file.fd.end_of_file, offset + len(view))
+            self._file._flush = True  # so sync() sends an SMB FLUSH
 
     def truncate(self, length: int) -> None:
-        with self._check("writing"):
+        with self._check("writing"), self._lock:
             self._file.truncate(length)
 
     def sync(self) -> None:
-        with self._check("writing"):
-            self._file.flush()
+        with self._check("writing"), self._lock:
+            self._file.fd.flush()
 
     def close(self) -> None:
         try:
@@ -327,7 +379,7 @@ class _PlayerListener(LinkListener):
         source = await trio.to_thread.run_sync(
             ImageSource.open, t.url, code, t.options.get("password")
         )
-        ours, theirs = trio.testing.memory_stream_pair()
+        ours, theirs = pipe_pair()
         trio.lowlevel.spawn_system_task(play, theirs, source, t.url, code)
         return ours
 
@@ -339,6 +391,7 @@ class ShareTransport(Transport):
     """file:// and smb:// image URLs (see the module docstring)."""
 
     scheme = "file"
+    local = True  # the recorder or player runs in this process
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -356,7 +409,7 @@ class ShareTransport(Transport):
             self.options.get("password"),
             bool(self.options.get("fresh")),
         )
-        ours, theirs = trio.testing.memory_stream_pair()
+        ours, theirs = pipe_pair()
         trio.lowlevel.spawn_system_task(recorder.run, theirs)
         return ours
 

@@ -274,6 +274,14 @@ class Codec:
 
     # -- writing ------------------------------------------------------------------
 
+    def chunk_record_size(self, payload_len: int) -> int:
+        """Bytes of a CHUNK record with a payload this long (known before sealing)."""
+        body = NONCE_SIZE + HASH_SIZE + 2 * TAG_SIZE if self.sealed else HASH_SIZE
+        return RECORD_HEADER_SIZE + body + payload_len
+
+    def zero_record_size(self) -> int:
+        return RECORD_HEADER_SIZE + (NONCE_SIZE + TAG_SIZE if self.sealed else 0)
+
     def chunk(
         self, index: int, length: int, digest: bytes, encoding: int, payload: bytes | memoryview
     ) -> list[bytes | memoryview]:

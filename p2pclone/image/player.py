@@ -20,10 +20,12 @@ async def play(stream: trio.abc.Stream, source: ImageSource, url: str, code: str
     from ..sender import send_stream
 
     try:
-        await send_stream(stream, source, code=code, url=url, chunk_size=source.chunk_size)
+        await send_stream(
+            stream, source, code=code, url=url, chunk_size=source.chunk_size, seal=False
+        )
     except trio.Cancelled:
         raise
-    except BaseException:  # noqa: BLE001, S110 - the receiver has been told
+    except BaseException:  # noqa: BLE001, S110 - send_stream told the receiver
         pass
     finally:
         with trio.CancelScope(shield=True):

@@ -8,6 +8,7 @@ Everything here blocks: callers run it in worker threads.
 
 from __future__ import annotations
 
+import threading
 from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 #: Fully re-check the records in this much of the tail of an interrupted save: data
 #: written after the last sync may be missing even where record headers survived.
 RECHECK_TAIL = (256 + 16) << 20
+WINDOW = 32 << 20  # over SMB: four 8 MiB requests at once
 _PEEK = fmt.RECORD_HEADER_SIZE + fmt.NONCE_SIZE + HASH_SIZE + fmt.TAG_SIZE
 MISSING, DATA, ZEROS = 0, 1, 2
 
@@ -140,6 +142,20 @@ class ImageSource:
         }
         self.plan = Plan(source_size=header.source_size, chunk_size=header.chunk_size)
         self.index = self._load_index()
+        # Records are read through a window of WINDOW bytes: a restore reads them in
+        # order, and one large read costs far less than one per record (over SMB, one
+        # request per record).  Worker threads share it.
+        self._window: tuple[int, bytes] = (0, b"")
+        self._window_lock = threading.Lock()
+
+    def _fetch(self, at: int, length: int) -> bytes:
+        with self._window_lock:
+            w_at, data = self._window
+            if not (w_at <= at and at + length <= w_at + len(data)):
+                data = self.store.read(at, max(length, WINDOW))
+                w_at = at
+                self._window = (w_at, data)
+            return data[at - w_at : at - w_at + length]
 
     @classmethod
     def open(cls, url: str, code: str, password: str | None = None) -> ImageSource:
@@ -233,7 +249,7 @@ class ImageSource:
             + fmt.NONCE_SIZE
             + HASH_SIZE
         )
-        raw = self.store.read(at, want)
+        raw = self._fetch(at, want)
         head = fmt.decode_record_head(raw)
         if head is None or head.type != fmt.CHUNK or head.index != index:
             raise self._damaged(index, "is damaged (its record header is unreadable)")

@@ -14,8 +14,10 @@ from its last record.
 
 from __future__ import annotations
 
+import functools
 from array import array
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -40,8 +42,11 @@ from ..session import Channel, pair, pick_error
 from . import format as fmt
 from .reader import read_header, scan_records
 
-#: Write the image in pieces of about this size (one SMB request carries up to 8 MiB).
-WRITE_BYTES = 8 << 20
+if TYPE_CHECKING:
+    from transports.share import Store
+
+#: Write the image in pieces of about this size (over SMB: four 8 MiB requests at once).
+WRITE_BYTES = 32 << 20
 #: Make the image durable at least this often, so a resumed save loses little.
 SYNC_BYTES = 256 << 20
 #: HAVE frames run at most this many chunks ahead of the data (as the receiver's do).
@@ -52,10 +57,7 @@ UNKNOWN = bytes(HASH_SIZE)
 class Recorder:
     """One image being written: opened (and checked) before the session starts."""
 
-    def __init__(self, url: str, store: object, code: str, fresh: bool) -> None:
-        from transports.share import Store
-
-        assert isinstance(store, Store)
+    def __init__(self, url: str, store: Store, code: str, fresh: bool) -> None:
         self.url = url
         self.store = store
         self.code = code
@@ -91,13 +93,13 @@ class Recorder:
 
     async def run(self, stream: trio.abc.Stream) -> None:
         """The session (a system task: never raises; failures go to the sender)."""
-        channel = Channel(Connection(Role.RECEIVER, code=self.code), stream, self.url)
+        channel = Channel(Connection(Role.RECEIVER, code=self.code, seal=False), stream, self.url)
         try:
             await self._session(channel)
         except trio.Cancelled:
             raise
         except BaseException as exc:  # noqa: BLE001 - reported to the sender instead
-            await channel.fail(pick_error(exc))
+            await channel.fail(_reportable(pick_error(exc), "recorder"))
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.store.close)
@@ -159,6 +161,15 @@ class Recorder:
         return {}
 
 
+def _reportable(exc: BaseException, who: str) -> BaseException:
+    """An error the peer is told about: a bug here must not look like a lost link there."""
+    if isinstance(exc, P2PCloneError):
+        return exc
+    return P2PCloneError(
+        f"the image {who} failed: {exc!r}; this is a bug in p2pclone, please report it"
+    )
+
+
 def _identity(info: Mapping[str, object]) -> tuple[object, ...]:
     return tuple(info.get(k) for k in ("name", "model", "serial"))
 
@@ -166,6 +177,16 @@ def _identity(info: Mapping[str, object]) -> tuple[object, ...]:
 def _describe(info: Mapping[str, object]) -> str:
     parts = [str(info[k]) for k in ("name", "model", "serial") if info.get(k)]
     return " ".join(parts) or "unknown"
+
+
+Job = Callable[[], list[bytes | memoryview]]
+
+
+def _write_batch(store: Store, at: int, jobs: list[Job]) -> int:
+    """Encode (seal) a batch of records and write them at ``at``; return the bytes."""
+    data = b"".join(part for job in jobs for part in job())
+    store.write(at, data)
+    return len(data)
 
 
 class _Writing:
@@ -181,14 +202,14 @@ class _Writing:
             self.offsets[i] = offset
             self.hashes[HASH_SIZE * i : HASH_SIZE * (i + 1)] = digest
         self.end = rec.end  # where the next record goes
-        self.buf: list[bytes | memoryview] = []
+        self.buf: list[Job] = []
         self.buffered = 0
         self.unsynced = 0
         self.progressed = trio.Event()
         self.chunks_seen = 0
 
     async def run(self, channel: Channel) -> End:
-        send, recv = trio.open_memory_channel[list[bytes | memoryview] | None](2)
+        send, recv = trio.open_memory_channel[list[Job] | None](1)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer, recv)
             if self.known:
@@ -201,7 +222,7 @@ class _Writing:
         return end
 
     async def _receive(
-        self, channel: Channel, out: trio.MemorySendChannel[list[bytes | memoryview] | None]
+        self, channel: Channel, out: trio.MemorySendChannel[list[Job] | None]
     ) -> End:
         codec = self.codec
         while True:
@@ -217,12 +238,22 @@ class _Writing:
                 return event
             if isinstance(event, Chunk):
                 self._place(event.index, 1, event.digest)
+                # Sealed in the writer's thread, not here: the event loop is busy enough.
                 self._add(
-                    codec.chunk(event.index, event.length, event.digest, event.encoding, event.body)
+                    codec.chunk_record_size(len(event.body)),
+                    functools.partial(
+                        codec.chunk,
+                        event.index,
+                        event.length,
+                        event.digest,
+                        event.encoding,
+                        event.body,
+                    ),
                 )
             elif isinstance(event, Zero):
                 self._place(event.index, event.count, None)
-                self._add([codec.zero(event.index, event.count)])
+                zero: list[bytes | memoryview] = [codec.zero(event.index, event.count)]
+                self._add(len(zero[0]), functools.partial(list, zero))
             elif isinstance(event, Same):
                 for k in range(event.count):
                     i = event.index + k
@@ -246,25 +277,22 @@ class _Writing:
             d = digest if digest is not None else zero_digest(self.plan.chunk_length(i))
             self.hashes[HASH_SIZE * i : HASH_SIZE * (i + 1)] = d
 
-    def _add(self, parts: list[bytes | memoryview]) -> None:
-        n = sum(len(p) for p in parts)
-        self.buf += parts
-        self.buffered += n
-        self.end += n
+    def _add(self, size: int, make: Callable[[], list[bytes | memoryview]]) -> None:
+        """Queue a record of ``size`` bytes that ``make()`` encodes (in a worker thread)."""
+        self.buf.append(make)
+        self.buffered += size
+        self.end += size
 
-    async def _writer(
-        self, recv: trio.MemoryReceiveChannel[list[bytes | memoryview] | None]
-    ) -> None:
+    async def _writer(self, recv: trio.MemoryReceiveChannel[list[Job] | None]) -> None:
         at = self.rec.end
         store = self.rec.store
         async with recv:
-            async for parts in recv:
-                if parts is None:
+            async for jobs in recv:
+                if jobs is None:
                     return
-                data = b"".join(parts)
-                await trio.to_thread.run_sync(store.write, at, data)
-                at += len(data)
-                self.unsynced += len(data)
+                written = await trio.to_thread.run_sync(_write_batch, store, at, jobs)
+                at += written
+                self.unsynced += written
                 if self.unsynced >= SYNC_BYTES:
                     self.unsynced = 0
                     await trio.to_thread.run_sync(store.sync)

@@ -96,8 +96,13 @@ class Connection:
         code: str,
         max_chunk_size: int = MAX_CHUNK_SIZE,
         aes: bool | None = None,
+        seal: bool = True,
     ) -> None:
+        """``seal=False`` keeps frames unsealed after pairing: only for a link whose two
+        ends are both in this process (an image's recorder or player), where nobody can
+        be in the middle and sealing would only cost time.  Both ends must agree."""
         self.role = role
+        self._seal = seal
         self._pairing = Pairing(code, sender=role is Role.SENDER)
         self._aes = cpu_has_aes() if aes is None else aes
         self._transcript = hashlib.sha256()
@@ -197,7 +202,7 @@ class Connection:
                     self.state = State.ERROR
                     raise
         elif isinstance(event, Confirm):
-            self._sealing = True  # everything after our CONFIRM is sealed
+            self._sealing = self._seal  # everything after our CONFIRM is sealed
         return buffers
 
     def _derive_keys(self) -> None:
@@ -245,7 +250,8 @@ class Connection:
             elif isinstance(event, Confirm):
                 assert self.keys is not None
                 self.keys.check_peer_confirmation(event.mac)
-                self._decoder.key = self.keys.recv  # everything after it is sealed
+                if self._seal:
+                    self._decoder.key = self.keys.recv  # everything after it is sealed
         except P2PCloneError:
             self.state = State.ERROR
             raise

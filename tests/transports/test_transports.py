@@ -169,3 +169,12 @@ def test_a_third_party_transport_is_found_by_entry_point(tmp_path: Path, monkeyp
     t = open_transport("echo://anything")
     assert type(t).__name__ == "EchoTransport" and t.url == "echo://anything"
     sys.modules.pop("echo_transport", None)
+
+
+async def test_the_in_process_pipe_passes_trios_stream_checks() -> None:
+    from transports.pipe import pipe_pair
+
+    async def make() -> tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]:
+        return pipe_pair(limit=64 * 1024)
+
+    await trio.testing.check_half_closeable_stream(make, None)
