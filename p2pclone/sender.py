@@ -119,8 +119,11 @@ async def send(
     _check_chunk_size(chunk_size)
     source: DiskSource
     if is_image_url(source_path):
+        from transports.share import split_password
+
+        image_url, in_url = split_password(source_path)
         image = await trio.to_thread.run_sync(
-            ImageSource.open, source_path, passphrase or "", password
+            ImageSource.open, image_url, passphrase or "", password or in_url
         )
         source, chunk_size = image, image.chunk_size
     else:
@@ -129,6 +132,7 @@ async def send(
         )
     try:
         stream = await transport.connect()
+        url = transport.url  # as the transport shows it (never with a password)
         report(Connected(url))
         return await send_stream(
             stream,

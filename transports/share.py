@@ -152,10 +152,11 @@ class SMBStore(Store):
         from smbprotocol.exceptions import (
             SMBAuthenticationError,
             SMBException,
+            SMBOSError,
             SMBResponseException,
         )
 
-        self.url = url
+        self.url = split_password(url)[0]  # shown in messages: never the password
         self._cache: dict[str, Any] = {}
         kw: dict[str, Any] = {
             "username": location.user,
@@ -186,23 +187,37 @@ class SMBStore(Store):
                 f"the SMB server {location.host} refused user {location.user or '(none)'}: "
                 f"check the user name in the URL and the password in {PASSWORD_ENV}"
             ) from None
+        except SMBOSError as exc:  # the server answered about the file or folder
+            self._reset()
+            if exc.errno == errno.ENOENT:
+                raise TransportError(
+                    f"there is no image at {self.url}: check the share name and the path"
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise AuthenticationError(
+                    f"the SMB server {location.host} refused access to {self.url}: check the "
+                    "share's permissions for this user"
+                ) from None
+            raise TransportError(
+                f"cannot open the image {self.url} over SMB ({exc.strerror})"
+            ) from None
         except (SMBResponseException, SMBException) as exc:
             self._reset()
             if "LOGON_FAILURE" in str(exc).upper() or "ACCESS_DENIED" in str(exc).upper():
                 raise AuthenticationError(
-                    f"the SMB server {location.host} refused access to {url} ({exc}): check "
+                    f"the SMB server {location.host} refused access to {self.url}: check "
                     f"the user name, the password in {PASSWORD_ENV} and the share's permissions"
                 ) from None
-            raise TransportError(f"cannot open the image {url} over SMB ({exc})") from None
-        except FileNotFoundError:
-            self._reset()
-            raise TransportError(
-                f"there is no image at {url}: check the share name and the path"
-            ) from None
+            if "BAD_NETWORK_NAME" in str(exc).upper():
+                raise TransportError(
+                    f"the SMB server {location.host} has no share named in {self.url}: check "
+                    "the share name (the first part of the path)"
+                ) from None
+            raise TransportError(f"cannot open the image {self.url} over SMB ({exc})") from None
         except (OSError, ValueError) as exc:
             self._reset()
             raise TransportError(
-                f"cannot reach the SMB server for {url} ({exc}): check the host name, the "
+                f"cannot reach the SMB server for {self.url} ({exc}): check the host name, the "
                 "port and that the server is running"
             ) from None
 
@@ -350,6 +365,17 @@ def open_store(url: str, *, create: bool, password: str | None = None) -> Store:
     raise UsageError(f"{url!r} is not an image URL: use file:///PATH or smb://HOST/SHARE/PATH")
 
 
+def split_password(url: str) -> tuple[str, str | None]:
+    """(the URL without a password, the password it held): smb://u:pw@h/… -> smb://u@h/…"""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "smb" or parts.password is None:
+        return url, None
+    host = parts.netloc.rsplit("@", 1)[1]
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    clean = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return clean, urllib.parse.unquote(parts.password)
+
+
 def check_url(url: str) -> None:
     """Raise UsageError now for a malformed image URL (before anything is opened)."""
     scheme = url.partition("://")[0].lower()
@@ -394,12 +420,19 @@ class ShareTransport(Transport):
     local = True  # the recorder or player runs in this process
 
     def __init__(self, url: str) -> None:
-        super().__init__(url)
         check_url(url)
+        # A password in the URL is used, but never shown: the URL is kept without it.
+        url, self._password = split_password(url)
+        super().__init__(url)
+
+    async def _opened(self) -> None:
+        if self._password is not None and self.options.get("password") is None:
+            self.options["password"] = self._password
 
     async def connect(self) -> trio.abc.Stream:
         from p2pclone.image.recorder import Recorder
 
+        await self._opened()
         # Opened here, in the sender's task: an unreachable share or a wrong
         # passphrase for an image to resume is the sender's own error.
         recorder = await trio.to_thread.run_sync(
@@ -414,4 +447,5 @@ class ShareTransport(Transport):
         return ours
 
     async def listen(self) -> LinkListener:
+        await self._opened()
         return _PlayerListener(self)

@@ -115,6 +115,29 @@ def _open_checked(
     return decode_chunk(chunk, plan)
 
 
+def read_index(store: Store, codec: fmt.Codec) -> tuple[list[int], bytes, bytes, int] | None:
+    """(offsets, hashes, root, offset of the INDEX record) from an intact footer and
+    index, or None when the image has none (an interrupted save, or damage)."""
+    size = store.size()
+    if size < fmt.FOOTER_SIZE:
+        return None
+    footer = fmt.decode_footer(store.read(size - fmt.FOOTER_SIZE, fmt.FOOTER_SIZE))
+    if footer is None:
+        return None
+    at, length = footer
+    raw = store.read(at, length)
+    head = fmt.decode_record_head(raw)
+    if head is None or head.type != fmt.INDEX or head.total != length:
+        return None
+    if head.count != codec.header.chunk_count:
+        return None
+    try:
+        offsets, hashes, root = codec.open_index(head, raw[fmt.RECORD_HEADER_SIZE :])
+    except IntegrityError:
+        return None
+    return offsets, hashes, root, at
+
+
 @dataclass
 class Index:
     """Where every chunk is: record offsets, digests, and the saved root hash."""
@@ -162,6 +185,7 @@ class ImageSource:
         from transports.share import open_store
 
         store = open_store(url, create=False, password=password)
+        url = store.url  # without a password that the URL may hold
         try:
             header, raw = read_header(store, url)
             keys = None
@@ -179,37 +203,16 @@ class ImageSource:
 
     def _load_index(self) -> Index:
         n = self.header.chunk_count
-        size = self.store.size()
-        footer = (
-            fmt.decode_footer(self.store.read(size - fmt.FOOTER_SIZE, fmt.FOOTER_SIZE))
-            if size >= fmt.FOOTER_SIZE
-            else None
-        )
-        if footer is not None:
-            at, length = footer
-            raw = self.store.read(at, length)
-            head = fmt.decode_record_head(raw)
-            if (
-                head is not None
-                and head.type == fmt.INDEX
-                and head.count == n
-                and head.total == length
-            ):
-                try:
-                    offsets, hashes, root = self.codec.open_index(
-                        head, raw[fmt.RECORD_HEADER_SIZE :]
-                    )
-                except IntegrityError:
-                    pass
-                else:
-                    kinds = bytearray(n)
-                    for i in range(n):
-                        if offsets[i]:
-                            zero = hashes[HASH_SIZE * i : HASH_SIZE * (i + 1)] == zero_digest(
-                                self.header.chunk_length(i)
-                            )
-                            kinds[i] = ZEROS if zero else DATA
-                    return Index(array("Q", offsets), bytearray(hashes), root, kinds)
+        found = read_index(self.store, self.codec)
+        if found is not None:
+            offsets, hashes, root, _ = found
+            kinds = bytearray(n)
+            for i in range(n):
+                if offsets[i]:
+                    digest = hashes[HASH_SIZE * i : HASH_SIZE * (i + 1)]
+                    zero = digest == zero_digest(self.header.chunk_length(i))
+                    kinds[i] = ZEROS if zero else DATA
+            return Index(array("Q", offsets), bytearray(hashes), root, kinds)
         # No intact index (an interrupted save, or damage): find the records by a scan.
         known, _ = scan_records(self.store, self.codec, self.url, deep=False)
         index = Index(array("Q", bytes(8 * n)), bytearray(HASH_SIZE * n), None, bytearray(n))

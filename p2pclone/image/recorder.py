@@ -40,7 +40,7 @@ from ..protocol.messages import (
 )
 from ..session import Channel, pair, pick_error
 from . import format as fmt
-from .reader import read_header, scan_records
+from .reader import read_header, read_index, scan_records
 
 if TYPE_CHECKING:
     from transports.share import Store
@@ -73,6 +73,7 @@ class Recorder:
         if not code:
             raise P2PCloneError("an image needs a passphrase to encrypt it: give one with --code")
         store = open_store(url, create=True, password=password)
+        url = store.url  # without a password that the URL may hold
         try:
             rec = cls(url, store, code, fresh)
             if fresh:
@@ -139,7 +140,18 @@ class Recorder:
                 )
             assert self.keys is not None
             codec = fmt.Codec(h, self.keys)
-            known, end = scan_records(self.store, codec, self.url)
+            found = read_index(self.store, codec)
+            if found is not None:
+                # A complete image: its index says where everything is.  New records go
+                # where the old index was (a new one follows them).
+                offsets, hashes, _, end = found
+                known = {
+                    i: (offsets[i], hashes[HASH_SIZE * i : HASH_SIZE * (i + 1)])
+                    for i in range(plan.chunk_count)
+                    if offsets[i]
+                }
+            else:
+                known, end = scan_records(self.store, codec, self.url)
             self.store.truncate(end)
             self.end = end
             self.codec = codec

@@ -19,6 +19,7 @@ def info(url: str, password: str | None = None) -> dict[str, Any]:
     from transports.share import open_store
 
     store = open_store(url, create=False, password=password)
+    url = store.url  # without a password that the URL may hold
     try:
         header, _ = read_header(store, url)
         stored = store.size()

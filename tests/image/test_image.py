@@ -293,3 +293,16 @@ def test_cli_save_killed_midway_resumes(tmp_path: Path) -> None:
     with open(tmp_path / "raw.img", "wb") as out:
         assert run("image", "export", url, "--code", CODE, stdout=out).returncode == 0
     assert (tmp_path / "raw.img").read_bytes() == data
+
+
+def test_cli_password_in_the_url_is_used_and_never_shown(tmp_path: Path, samba: Samba) -> None:
+    source, data = layout(tmp_path, MiB)
+    url = samba.url("pw/pc1.p2pc").replace(f"{samba.user}@", f"{samba.user}:{samba.password}@")
+    saved = run("send", str(source), url, "--code", CODE, "--json")
+    assert saved.returncode == 0, saved.stderr
+    info = run("image", "info", url, "--json")
+    assert info.returncode == 0, info.stderr
+    missing = run("image", "info", url.replace("pc1", "nothing"))
+    assert missing.returncode == 5 and b"no image at" in missing.stderr
+    for out in (saved, info, missing):
+        assert samba.password.encode() not in out.stdout + out.stderr
