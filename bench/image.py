@@ -3,7 +3,7 @@
 
 Usage (as root, from the repository root)::
 
-    .venv/bin/python bench/image.py [--size-mib 1024] [--repeat 3] [--out FILE.json] [--markdown FILE]
+    .venv/bin/python bench/image.py [--size-mib 1024] [--repeat 3] [--out F.json] [--markdown F]
 
 Method
 ------
@@ -205,7 +205,7 @@ def main() -> int:
 
     med = {k: statistics.median(v) for k, v in runs.items()}
     res: dict[str, Any] = {
-        "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": f"python bench/image.py --size-mib {args.size_mib} --repeat {args.repeat}",
         "disk_bytes": size,
         "runs_s": runs,

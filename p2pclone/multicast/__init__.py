@@ -1,0 +1,1 @@
+"""Multicast: one sender, many receivers (work in progress: the sans-I/O data plane)."""

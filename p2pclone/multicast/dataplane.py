@@ -1,0 +1,258 @@
+"""The multicast data plane, sans I/O: slices, fragments, repair rounds, eviction, rate.
+
+One sender multicasts the chunks to a group; each receiver also has its own two-way
+control connection (pairing, the plan with every chunk hash, resume state, reports).
+On the data plane (udpcast/UFTP style):
+
+* the sender cuts what it sends into **slices** (a few chunks' worth of bytes) and
+  each slice into **fragments** that fit one datagram; fragments are sealed with the
+  group key (the receiver still accepts a chunk only if it matches the hash its own
+  authenticated plan gave for it — never because it decrypted);
+* after a slice, every receiver still in the group reports which fragments it is
+  missing (a bitmap) over its control connection; the sender multicasts the **union**
+  of what is missing, and repeats until everyone holds the slice;
+* a receiver that needs more than ``max_rounds`` repair rounds for a slice, or stays
+  silent past ``silence``, is **evicted**: it leaves the group and finishes by unicast
+  resume over its control connection, and the others go on without it;
+* a **rate governor** paces the sender: additive increase while reports come back
+  clean, multiplicative decrease when the union loss is high.
+
+Everything here is pure: bytes and times in, decisions out; no sockets, no clock.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+#: Datagram header: magic, version, flags, session id, slice, fragment, fragments in
+#: the slice, slice length.
+_DGRAM = struct.Struct("<2sBBQIHHI")
+DGRAM_HEADER = _DGRAM.size  # 24
+MAGIC = b"PM"
+VERSION = 1
+#: Payload bytes per fragment: 1500-byte Ethernet MTU - IPv4 (20) - UDP (8) - our
+#: header - a 16-byte AEAD tag, rounded down.
+FRAGMENT = 1400
+MAX_FRAGMENTS = 0xFFFF
+
+
+class DatagramError(ValueError):
+    """Not one of our datagrams, or not of this session: ignored by receivers."""
+
+
+def bitmap(missing: list[int], n: int) -> bytes:
+    """Fragment numbers as a bitmap of ``n`` bits (bit k of byte k//8, LSB first)."""
+    out = bytearray(-(-n // 8))
+    for k in missing:
+        out[k // 8] |= 1 << (k % 8)
+    return bytes(out)
+
+
+def from_bitmap(bits: bytes, n: int) -> list[int]:
+    return [k for k in range(n) if bits[k // 8] >> (k % 8) & 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    session: int
+    slice: int
+    index: int
+    count: int
+    slice_len: int
+    payload: bytes
+
+    def encode(self) -> bytes:
+        head = _DGRAM.pack(
+            MAGIC, VERSION, 0, self.session, self.slice, self.index, self.count, self.slice_len
+        )
+        return head + self.payload
+
+    @classmethod
+    def decode(cls, data: bytes, session: int) -> Fragment:
+        if len(data) < DGRAM_HEADER:
+            raise DatagramError("short datagram")
+        magic, version, _, sess, sl, idx, count, slen = _DGRAM.unpack_from(data)
+        if magic != MAGIC or version != VERSION:
+            raise DatagramError("not a p2pclone multicast datagram")
+        if sess != session:
+            raise DatagramError("another session's datagram")
+        if not 0 <= idx < count or slen > count * FRAGMENT + count * 64:
+            raise DatagramError("malformed fragment numbering")
+        return cls(sess, sl, idx, count, slen, data[DGRAM_HEADER:])
+
+
+def split(session: int, slice_no: int, data: bytes, size: int = FRAGMENT) -> list[Fragment]:
+    """A slice's bytes as fragments of at most ``size`` bytes (plaintext; the caller
+    seals each payload)."""
+    count = max(1, -(-len(data) // size))
+    if count > MAX_FRAGMENTS:
+        raise ValueError(f"a slice of {len(data)} bytes needs more than {MAX_FRAGMENTS} fragments")
+    return [
+        Fragment(session, slice_no, k, count, len(data), data[k * size : (k + 1) * size])
+        for k in range(count)
+    ]
+
+
+class Assembler:
+    """One receiver's view of one slice: which fragments it holds."""
+
+    def __init__(self, slice_no: int, count: int, slice_len: int) -> None:
+        self.slice = slice_no
+        self.count = count
+        self.slice_len = slice_len
+        self._parts: dict[int, bytes] = {}
+
+    def add(self, fragment: Fragment) -> bool:
+        """Keep a fragment; True when the slice has just become complete."""
+        if fragment.count != self.count or fragment.slice_len != self.slice_len:
+            return False  # inconsistent with what we saw first: ignore
+        if fragment.index in self._parts:
+            return False
+        self._parts[fragment.index] = fragment.payload
+        return self.complete
+
+    @property
+    def complete(self) -> bool:
+        return len(self._parts) == self.count
+
+    def missing(self) -> list[int]:
+        return [k for k in range(self.count) if k not in self._parts]
+
+    def data(self) -> bytes:
+        if not self.complete:
+            raise ValueError("slice incomplete")
+        out = b"".join(self._parts[k] for k in range(self.count))
+        if len(out) != self.slice_len:
+            raise DatagramError("slice length disagrees with its fragments")
+        return out
+
+
+@dataclass
+class Member:
+    """The sender's view of one receiver in the group."""
+
+    name: str
+    heard: float  # last report, in the caller's clock
+    evicted: str = ""  # why it left the group ("" while in it)
+    rounds: int = 0  # repair rounds it needed on the current slice
+    repairs: int = 0  # fragments re-sent because of it, in all
+    done_slices: int = 0
+
+
+@dataclass
+class RepairState:
+    """The sender's side of one slice: who still misses what, and when to give up on whom.
+
+    ``report(name, missing, now)`` takes a receiver's bitmap (an empty list: it holds
+    the slice); ``next_round(now)`` gives the fragments to multicast again (the union)
+    and evicts the receivers that needed too many rounds or went silent.
+    """
+
+    slice: int
+    count: int
+    members: dict[str, Member]
+    max_rounds: int = 8
+    silence: float = 10.0
+    waiting: dict[str, list[int] | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, m in self.members.items():
+            if not m.evicted:
+                m.rounds = 0
+                self.waiting[name] = None  # no report yet
+
+    def report(self, name: str, missing: list[int], now: float) -> None:
+        m = self.members.get(name)
+        if m is None or m.evicted or name not in self.waiting:
+            return
+        m.heard = now
+        if any(not 0 <= k < self.count for k in missing):
+            raise ValueError(f"{name} reported fragments outside the slice")
+        self.waiting[name] = sorted(set(missing))
+        if not missing:
+            del self.waiting[name]
+            m.done_slices += 1
+
+    @property
+    def done(self) -> bool:
+        """Every member still in the group holds the slice (or was evicted)."""
+        return not self.waiting
+
+    def pending(self) -> list[str]:
+        """Members whose report for this round has not arrived."""
+        return [n for n, v in self.waiting.items() if v is None]
+
+    def next_round(self, now: float) -> list[int]:
+        """Evict laggards, then the union of what the others miss (to multicast again).
+
+        Call it once every member in the group has reported, or when the round's time
+        is up (then the silent ones are judged by ``silence``).
+        """
+        union: set[int] = set()
+        for name in list(self.waiting):
+            m = self.members[name]
+            missing = self.waiting[name]
+            if missing is None:
+                if now - m.heard > self.silence:
+                    self._evict(name, f"silent for {now - m.heard:.0f} s")
+                continue
+            m.rounds += 1
+            if m.rounds > self.max_rounds:
+                self._evict(name, f"still missing data after {self.max_rounds} repair rounds")
+                continue
+            union.update(missing)
+            self.waiting[name] = None  # a new report is due after the repairs
+        for name in self.waiting:
+            self.members[name].repairs += len(union)
+        return sorted(union)
+
+    def _evict(self, name: str, why: str) -> None:
+        self.members[name].evicted = why
+        self.waiting.pop(name, None)
+
+
+@dataclass
+class RateGovernor:
+    """Bytes per second for the multicast sender: AIMD on the loss the group reports.
+
+    ``limit`` caps it (``rate=`` in the URL); with none, it starts at ``start`` and
+    adapts.  Loss is the union of missing fragments over fragments sent in a round.
+    """
+
+    rate: float = 10e6
+    limit: float | None = None
+    floor: float = 100e3
+    step: float = 5e6
+    high_loss: float = 0.02
+    _tokens: float = 0.0
+    _last: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.limit is not None:
+            self.rate = min(self.rate, self.limit) if self.rate else self.limit
+
+    def on_round(self, sent: int, missing: int) -> None:
+        """After a repair round: ``missing`` of ``sent`` fragments were reported lost."""
+        loss = missing / sent if sent else 0.0
+        if loss > self.high_loss:
+            self.rate = max(self.floor, self.rate * 0.7)
+        else:
+            self.rate += self.step
+        if self.limit is not None:
+            self.rate = min(self.rate, self.limit)
+
+    def allowance(self, now: float, burst: float = 0.01) -> int:
+        """Bytes that may go out now (a token bucket holding ``burst`` seconds' worth)."""
+        if self._last is None:
+            self._last = now
+        self._tokens = min(self.rate * burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        return max(0, int(self._tokens))
+
+    def spend(self, n: int) -> None:
+        self._tokens -= n
+
+    def wait_for(self, n: int) -> float:
+        """Seconds until ``n`` bytes are allowed (0 if they are now)."""
+        return max(0.0, (n - self._tokens) / self.rate)
