@@ -189,6 +189,13 @@ class Output:
                     wire_bytes=p.wire_bytes,
                 )
 
+    def member(self, gp: Any) -> None:
+        """Multicast: one receiver's state changed (joined, evicted, unicast, done...)."""
+        if self.json_mode:
+            self.emit(event="receiver", name=gp.name, state=gp.state, why=gp.why)
+        else:
+            self.say(f"receiver {gp.name}: {gp.state}" + (f" ({gp.why})" if gp.why else ""))
+
     def pause(self) -> None:
         """Stop any live display before asking a question."""
         self._stop()
@@ -411,6 +418,9 @@ def cmd_send(args: argparse.Namespace) -> int:
             passphrase=passphrase,
             password=password,
             fresh=args.fresh,
+            receivers=args.receivers,
+            wait=args.wait,
+            group_report=out.member,
             report=out,
         ),
     )
@@ -536,8 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "url",
         metavar="URL",
-        help="where to listen: tcp://[BIND][:PORT] (default port 7411) or "
-        "serial:///dev/ttyX[?baud=N]; or an image to restore: file:///PATH or "
+        help="where to listen: tcp://[BIND][:PORT] (default port 7411), "
+        "serial:///dev/ttyX[?baud=N] or multicast://GROUP[:PORT][?iface=NAME]; or an image "
+        "to restore: file:///PATH or "
         "smb://[USER@]HOST[:PORT]/SHARE/PATH",
     )
     r.add_argument(
@@ -585,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "url",
         metavar="URL",
-        help="the receiver: tcp://HOST[:PORT] or serial:///dev/ttyX[?baud=N]; or an image "
+        help="the receiver: tcp://HOST[:PORT] or serial:///dev/ttyX[?baud=N], or a group of "
+        "them: multicast://GROUP[:PORT][?iface=NAME&rate=RATE]; or an image "
         "to save: file:///PATH or smb://[USER@]HOST[:PORT]/SHARE/PATH (password from "
         "$P2PCLONE_SMB_PASSWORD, else asked)",
     )
@@ -603,6 +615,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--fresh",
         action="store_true",
         help="saving an image: start it over instead of resuming an interrupted save",
+    )
+    s.add_argument(
+        "--receivers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="multicast: start once N receivers have joined (default 1)",
+    )
+    s.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="multicast: start after this long with the receivers that joined (default 60)",
     )
     s.add_argument(
         "--delta",

@@ -41,6 +41,7 @@ from .errors import (
     TransportError,
 )
 from .journal import Header, Journal, default_state_dir
+from .multicast.plane import ReceivePlane, unpack_entries
 from .pipeline import (
     SUB_BLOCK,
     apply_patch,
@@ -62,11 +63,16 @@ from .protocol import (
     Connection,
     End,
     Error,
+    Evict,
+    Group,
     Have,
     Lost,
     Nak,
     Patch,
     Plan,
+    Poll,
+    Ref,
+    Report,
     Result,
     Role,
     Same,
@@ -109,6 +115,13 @@ class Options:
     state_dir: Path | None = None
     fresh: bool = False
     delta: bool = False
+    #: multicast: the group's data plane (chunks referenced by REF frames arrive there)
+    plane: ReceivePlane | None = None
+
+
+class Evicted(Exception):
+    """Multicast: the sender took this receiver out of the group (EVICT); the caller
+    connects again for a unicast session, which resumes from the journal."""
 
 
 async def receive(
@@ -141,6 +154,26 @@ async def receive(
         P2PCloneError: any failure, with a user-facing sentence and exit code.
     """
     transport = open_transport(url, code=code, password=password)
+    if transport.scheme == "multicast":
+        from transports.multicast import MulticastTransport
+
+        from .multicast.receiver import receive_multicast
+
+        assert isinstance(transport, MulticastTransport)
+        return await receive_multicast(
+            target_path,
+            transport,
+            code=code,
+            report=report,
+            task_status=task_status,
+            verify=verify,
+            confirm=confirm,
+            threads=threads,
+            journal=journal,
+            state_dir=state_dir,
+            fresh=fresh,
+            delta=delta,
+        )
     target = await trio.to_thread.run_sync(Target.open, target_path)
     try:
         listener = await transport.listen()
@@ -187,6 +220,7 @@ async def receive_stream(
     delta: bool = False,
     report: Reporter = no_report,
     seal: bool = True,
+    plane: ReceivePlane | None = None,
 ) -> Done:
     """Run a receiving session over an already open ``stream`` (closed on return)."""
     opts = Options(
@@ -197,6 +231,7 @@ async def receive_stream(
         state_dir=Path(state_dir) if state_dir else None,
         fresh=fresh,
         delta=delta,
+        plane=plane,
     )
     channel = Channel(Connection(Role.RECEIVER, code=code, seal=seal), stream, url)
     try:
@@ -238,6 +273,7 @@ async def _session(channel: Channel, target: Target, opts: Options, report: Repo
         hash_log = tempfile.TemporaryFile(prefix="p2pclone-") if opts.verify else _NullLog()  # noqa: SIM115 - closed by the with below
         with hash_log as log:
             state = _DataState(channel, target, plan, journal, log, opts.threads, report)
+            state.plane = opts.plane
             try:
                 end = await state.run(delta)
             except BaseException as exc:
@@ -355,6 +391,9 @@ class _DataState:
         self.zero_total = 0
         self.same_total = 0
         self.lost: list[int] = []  # chunks the sender could not provide (LOST)
+        self.plane: ReceivePlane | None = None  # multicast data plane, if any
+        self.slices_due: set[int] = set()
+        self._plane_scope = trio.CancelScope()
         self.progressed = trio.Event()  # the data moved on (wakes the HAVE sender)
 
     async def run(self, delta: bool) -> End:
@@ -387,6 +426,12 @@ class _DataState:
                 if isinstance(event, Error):
                     raise PeerError(event.message, code=event.code, exit_code=event.exit)
                 if isinstance(event, End):
+                    self._plane_scope.cancel()
+                    if self.slices_due:
+                        raise IntegrityError(
+                            f"multicast slices {sorted(self.slices_due)[:5]} never arrived "
+                            "whole, yet the sender ended: run the receiver again (it resumes)"
+                        )
                     break
                 if isinstance(event, Chunk):
                     await self.room.acquire()
@@ -411,6 +456,34 @@ class _DataState:
                     for i in range(event.index, event.index + event.count):
                         self.announced.pop(i, None)
                         self.lost.append(i)
+                elif isinstance(event, Group):
+                    if self.plane is None:
+                        raise RemoteProtocolError("GROUP outside a multicast session")
+                    self.plane.start(event.key, event.session)
+                    writers.start_soon(self._run_plane, writers)
+                elif isinstance(event, Ref):
+                    if self.plane is None:
+                        raise RemoteProtocolError("REF outside a multicast session")
+                    hashes = {
+                        event.index + k: event.hashes[HASH_SIZE * k : HASH_SIZE * (k + 1)]
+                        for k in range(event.count)
+                    }
+                    for i, digest in hashes.items():
+                        self.announced.pop(i, None)
+                        self.log.write(digest)
+                    self.plane.expect(event.slice, event.fragments, hashes)
+                    self.slices_due.add(event.slice)
+                elif isinstance(event, Poll):
+                    if self.plane is None:
+                        raise RemoteProtocolError("POLL outside a multicast session")
+                    await trio.sleep(0.002)  # datagrams sent just before the POLL
+                    for slice_no, data in self.plane.drain():
+                        await self._slice(writers, slice_no, data)
+                    await self.channel.send(
+                        Report(slice=event.slice, missing=self.plane.missing(event.slice))
+                    )
+                elif isinstance(event, Evict):
+                    raise Evicted(event.reason)
                 elif isinstance(event, Patch):
                     await self.room.acquire()
                     self.announced.pop(event.index, None)
@@ -423,6 +496,29 @@ class _DataState:
                     done = min(plan.source_size, conn.chunks_done * plan.chunk_size)
                     self.report(Progress(done, plan.source_size, conn.bytes_in))
         return event
+
+    async def _run_plane(self, writers: trio.Nursery) -> None:
+        assert self.plane is not None
+        with self._plane_scope:
+            await self.plane.run(functools.partial(self._slice, writers))
+
+    async def _slice(self, writers: trio.Nursery, slice_no: int, data: bytes) -> None:
+        """A multicast slice arrived whole: write the chunks our plan expects from it."""
+        assert self.plane is not None
+        expected = self.plane.expected.pop(slice_no, {})
+        self.slices_due.discard(slice_no)
+        for index, length, encoding, body in unpack_entries(data):
+            digest = expected.pop(index, None)
+            if digest is None or length != self.plan.chunk_length(index):
+                continue  # not ours to take: only what our own plan vouches for
+            chunk = Chunk(index=index, length=length, digest=digest, encoding=encoding, body=body)
+            await self.room.acquire()
+            writers.start_soon(self._write, chunk)
+        if expected:
+            raise IntegrityError(
+                f"multicast slice {slice_no} lacks chunks {sorted(expected)[:5]} that the "
+                "sender announced: refusing it; run the receiver again (it resumes)"
+            )
 
     async def _in_thread(self, fn: Callable[..., None], *args: object) -> None:
         try:

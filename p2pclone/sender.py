@@ -20,6 +20,7 @@ data queued before it instead of leaving the link idle.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -99,6 +100,9 @@ async def send(
     passphrase: str | None = None,
     password: str | None = None,
     fresh: bool = False,
+    receivers: int = 1,
+    wait: float = 60.0,
+    group_report: Callable[[object], None] | None = None,
     report: Reporter = no_report,
 ) -> Done:
     """Clone ``source_path`` to the receiver at ``url``; return the final statistics.
@@ -117,6 +121,23 @@ async def send(
     # resume are not a minute apart); an explicit size wins.
     chunk_size = chunk_size or transport.chunk_size or DEFAULT_CHUNK_SIZE
     _check_chunk_size(chunk_size)
+    if transport.scheme == "multicast":
+        from transports.multicast import MulticastTransport
+
+        from .multicast.sender import send_multicast
+
+        assert isinstance(transport, MulticastTransport)
+        return await send_multicast(
+            source_path,
+            transport,
+            code=code,
+            receivers=receivers,
+            wait=wait,
+            chunk_size=chunk_size,
+            allow_mounted=allow_mounted,
+            report=report,
+            group_report=group_report,
+        )
     source: DiskSource
     if is_image_url(source_path):
         from transports.share import split_password

@@ -33,6 +33,7 @@ _BUILTIN = {
     "serial": "transports.serial:SerialTransport",
     "file": "transports.share:ShareTransport",
     "smb": "transports.share:ShareTransport",
+    "multicast": "transports.multicast:MulticastTransport",
 }
 
 

@@ -152,8 +152,11 @@ class RepairState:
     slice: int
     count: int
     members: dict[str, Member]
-    max_rounds: int = 8
+    max_rounds: int = 4
     silence: float = 10.0
+    #: a member missing more than this share of the slice after it was sent whole
+    #: cannot keep up with the group (a slow link): it is evicted at once
+    hopeless: float = 0.5
     waiting: dict[str, list[int] | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -198,6 +201,10 @@ class RepairState:
                     self._evict(name, f"silent for {now - m.heard:.0f} s")
                 continue
             m.rounds += 1
+            if m.rounds == 1 and len(missing) > self.hopeless * self.count:
+                share = len(missing) / self.count
+                self._evict(name, f"cannot keep up (missed {share:.0%} of a slice)")
+                continue
             if m.rounds > self.max_rounds:
                 self._evict(name, f"still missing data after {self.max_rounds} repair rounds")
                 continue

@@ -53,6 +53,7 @@ from .messages import (
     Pake,
     Patch,
     Plan,
+    Ref,
     Same,
     Zero,
     decode_event,
@@ -330,6 +331,11 @@ class Connection:
             if full < event.count:  # the run includes the short last chunk
                 self._root.update(zero_digest(plan.chunk_length(end - 1)))
             self._next_index = end
+        elif isinstance(event, Ref):
+            plan = self._require_plan()
+            self._expect_index(event.index, event.count, plan, exc)
+            self._root.update(event.hashes)
+            self._next_index += event.count
         elif isinstance(event, Lost):
             plan = self._require_plan()
             self._expect_index(event.index, event.count, plan, exc)

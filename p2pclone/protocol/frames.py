@@ -80,6 +80,11 @@ class FrameType(enum.IntEnum):
     PATCH = 14
     NAK = 15
     LOST = 16
+    GROUP = 17
+    REF = 18
+    POLL = 19
+    REPORT = 20
+    EVICT = 21
 
 
 @dataclass(frozen=True, slots=True)

@@ -404,6 +404,104 @@ def bitmap(indices: list[int], nbits: int) -> bytes:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Group:
+    """Sender -> receiver, multicast: the data plane's key and session number."""
+
+    TYPE: ClassVar[FrameType] = FrameType.GROUP
+    key: bytes
+    session: int
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"k": self.key, "s": self.session}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Group:
+        key: bytes = _need(meta, "k", bytes, "GROUP")
+        if len(key) != 32:
+            raise RemoteProtocolError("the peer's GROUP frame has a malformed key")
+        return cls(key=key, session=_count(meta, "s", "GROUP", limit=2**64 - 1))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ref:
+    """Sender -> receiver, multicast: chunks ``index``.. come in multicast slice
+    ``slice`` (``fragments`` datagrams), with these hashes; counts like SAME."""
+
+    TYPE: ClassVar[FrameType] = FrameType.REF
+    index: int
+    hashes: bytes
+    slice: int
+    fragments: int
+
+    @property
+    def count(self) -> int:
+        return len(self.hashes) // HASH_SIZE
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"i": self.index, "h": self.hashes, "sl": self.slice, "n": self.fragments}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Ref:
+        return cls(
+            index=_count(meta, "i", "REF"),
+            hashes=_hashes(meta, "REF"),
+            slice=_count(meta, "sl", "REF", limit=2**32 - 1),
+            fragments=_count(meta, "n", "REF", limit=0xFFFF),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Poll:
+    """Sender -> receiver, multicast: which fragments of ``slice`` are you missing?"""
+
+    TYPE: ClassVar[FrameType] = FrameType.POLL
+    slice: int
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"sl": self.slice}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Poll:
+        return cls(slice=_count(meta, "sl", "POLL", limit=2**32 - 1))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Report:
+    """Receiver -> sender, multicast: the fragments of ``slice`` it misses (a bitmap;
+    empty: it holds the whole slice)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.REPORT
+    slice: int
+    missing: bytes
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"sl": self.slice, "m": self.missing}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Report:
+        missing: bytes = _need(meta, "m", bytes, "REPORT")
+        if len(missing) > 8192:
+            raise RemoteProtocolError("the peer's REPORT frame has an overlong bitmap")
+        return cls(slice=_count(meta, "sl", "REPORT", limit=2**32 - 1), missing=missing)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Evict:
+    """Sender -> receiver, multicast: leave the group (``reason``) and finish by unicast:
+    connect again, and resume from the journal like any interrupted clone."""
+
+    TYPE: ClassVar[FrameType] = FrameType.EVICT
+    reason: str
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"why": self.reason}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Evict:
+        return cls(reason=_text(meta, "why", "EVICT", limit=1024))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Lost:
     """``count`` chunks from ``index`` that the sender cannot provide (a damaged or
     incomplete image): the receiver leaves them unwritten and the session ends in an
@@ -514,6 +612,11 @@ Event = (
     | Patch
     | Zero
     | Lost
+    | Group
+    | Ref
+    | Poll
+    | Report
+    | Evict
     | End
     | Result
     | Error
@@ -531,6 +634,11 @@ _META_PARSERS: dict[FrameType, Callable[[Mapping[str, Any]], Event]] = {
     FrameType.NAK: Nak.from_meta,
     FrameType.ZERO: Zero.from_meta,
     FrameType.LOST: Lost.from_meta,
+    FrameType.GROUP: Group.from_meta,
+    FrameType.REF: Ref.from_meta,
+    FrameType.POLL: Poll.from_meta,
+    FrameType.REPORT: Report.from_meta,
+    FrameType.EVICT: Evict.from_meta,
     FrameType.END: End.from_meta,
     FrameType.RESULT: Result.from_meta,
     FrameType.ERROR: Error.from_meta,

@@ -87,6 +87,11 @@ TRANSITIONS: dict[tuple[Role, State, Direction, FrameType], State] = {
     (S, State.DATA, OUT, FrameType.SAME): State.DATA,
     (S, State.DATA, OUT, FrameType.PATCH): State.DATA,
     (S, State.DATA, OUT, FrameType.LOST): State.DATA,
+    (S, State.DATA, OUT, FrameType.GROUP): State.DATA,  # multicast: the data plane
+    (S, State.DATA, OUT, FrameType.REF): State.DATA,
+    (S, State.DATA, OUT, FrameType.POLL): State.DATA,
+    (S, State.DATA, IN, FrameType.REPORT): State.DATA,
+    (S, State.DATA, OUT, FrameType.EVICT): State.DONE,
     (S, State.DATA, IN, FrameType.HAVE): State.DATA,
     (S, State.DATA, IN, FrameType.ACK): State.DATA,
     (S, State.DATA, OUT, FrameType.END): State.AWAIT_RESULT,
@@ -108,6 +113,11 @@ TRANSITIONS: dict[tuple[Role, State, Direction, FrameType], State] = {
     (R, State.DATA, IN, FrameType.SAME): State.DATA,
     (R, State.DATA, IN, FrameType.PATCH): State.DATA,
     (R, State.DATA, IN, FrameType.LOST): State.DATA,
+    (R, State.DATA, IN, FrameType.GROUP): State.DATA,  # multicast: the data plane
+    (R, State.DATA, IN, FrameType.REF): State.DATA,
+    (R, State.DATA, IN, FrameType.POLL): State.DATA,
+    (R, State.DATA, OUT, FrameType.REPORT): State.DATA,
+    (R, State.DATA, IN, FrameType.EVICT): State.DONE,
     (R, State.DATA, OUT, FrameType.HAVE): State.DATA,
     (R, State.DATA, OUT, FrameType.ACK): State.DATA,
     (R, State.DATA, IN, FrameType.END): State.FINISH,

@@ -1,0 +1,284 @@
+"""Benchmark multicast clones: p2pclone against udpcast on the same namespace LAN, one run.
+
+Usage (as root, from the repository root)::
+
+    .venv/bin/python bench/multicast.py [--size-mib 256] [--out F.json] [--markdown F]
+
+Method
+------
+A LAN in network namespaces, as the tests build it: a "switch" namespace with a
+bridge, one namespace per host with a veth into it and a multicast route.  The
+sender's link is shaped to 1 Gbit (``tc tbf rate 1gbit`` on its eth0).  The source is
+the realistic ext4 image of bench/mkdisk.py; every receiver writes its own target file
+and every target is compared with the source.  The page cache is dropped before each
+run.  Time runs from starting the sender until every receiver process has exited.
+
+* p2pclone multicast: ``p2pclone receive T multicast://239.77.9.9:17600?iface=eth0`` on
+  each receiver, ``p2pclone send SRC multicast://…?iface=eth0 --receivers N``.
+* udpcast: ``udp-receiver --interface eth0 --file T --nokbd`` on each receiver,
+  ``udp-sender --interface eth0 --file SRC --min-receivers N --nokbd`` (it sends the raw
+  disk, zeros included, unencrypted, unverified).
+* p2pclone unicast to one receiver: ``receive T tcp://0.0.0.0:17611`` / ``send SRC
+  tcp://10.77.0.2:17611``.
+* Loss: nftables on the bridge drops 3 % of the frames towards one receiver.  Slow: a
+  ``tbf`` of 100 Mbit (a tenth of the sender's link) towards one receiver; the figure
+  is when the *other* receivers finish.
+
+All hosts share this machine's two cores: with 8 receivers, 8 processes decompress,
+hash and write at once (udpcast's receivers only write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mkdisk  # noqa: E402
+
+MIB = 1 << 20
+CODE = "7-bench-multicast"
+GROUP = "239.77.9.9"
+
+
+def sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+class Lan:
+    def __init__(self, n_hosts: int) -> None:
+        self.tag = uuid.uuid4().hex[:5]
+        self.switch = f"p2pb-{self.tag}-sw"
+        self.hosts: list[str] = []
+        sh("ip", "netns", "add", self.switch)
+        sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.switch, "link", "set", "br0", "up")
+        for k in range(n_hosts):
+            host = f"p2pb-{self.tag}-h{k}"
+            self.hosts.append(host)
+            sh("ip", "netns", "add", host)
+            sh("ip", "link", "add", self.port(k), "netns", self.switch, "type", "veth",
+               "peer", "name", "eth0", "netns", host)  # fmt: skip
+            sh("ip", "-n", self.switch, "link", "set", self.port(k), "master", "br0", "up")
+            sh("ip", "-n", host, "addr", "add", f"10.77.0.{k + 1}/24", "dev", "eth0")
+            sh("ip", "-n", host, "link", "set", "eth0", "up")
+            sh("ip", "-n", host, "link", "set", "lo", "up")
+            sh("ip", "-n", host, "route", "add", "224.0.0.0/4", "dev", "eth0")
+        sh("ip", "netns", "exec", self.hosts[0], "tc", "qdisc", "add", "dev", "eth0", "root",
+           "tbf", "rate", "1gbit", "burst", "256kb", "latency", "50ms")  # fmt: skip
+
+    def port(self, k: int) -> str:
+        return f"b{self.tag}{k}"
+
+    def loss(self, k: int, percent: int) -> None:
+        script = (
+            "add table bridge p2pb\n"
+            "add chain bridge p2pb drops { type filter hook forward priority 0; }\n"
+            f'add rule bridge p2pb drops oifname "{self.port(k)}" '
+            f"numgen random mod 100 < {percent} drop\n"
+        )
+        subprocess.run(["ip", "netns", "exec", self.switch, "nft", "-f", "-"],
+                       input=script.encode(), check=True, capture_output=True)  # fmt: skip
+
+    def slow(self, k: int, rate: str) -> None:
+        sh("ip", "netns", "exec", self.switch, "tc", "qdisc", "replace", "dev", self.port(k),
+           "root", "tbf", "rate", rate, "burst", "256kb", "latency", "100ms")  # fmt: skip
+
+    def run(self, k: int, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(["ip", "netns", "exec", self.hosts[k], *argv], **kw)
+
+    def close(self) -> None:
+        for ns in [*self.hosts, self.switch]:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def drop_caches() -> None:
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def identical(a: Path, b: Path) -> bool:
+    return subprocess.run(["cmp", "-s", str(a), str(b)]).returncode == 0
+
+
+def run_case(
+    tool: str,
+    python: str,
+    source: Path,
+    n: int,
+    work: Path,
+    *,
+    loss: bool = False,
+    slow: bool = False,
+) -> dict[str, Any]:
+    lan = Lan(n + 1)
+    try:
+        if loss:
+            lan.loss(n, 3)
+        if slow:
+            lan.slow(n, "100mbit")
+        targets = [work / f"t{k}.img" for k in range(1, n + 1)]
+        for t in targets:
+            t.unlink(missing_ok=True)
+        env = dict(os.environ)
+        url = f"multicast://{GROUP}:17600?iface=eth0"
+        rx: list[subprocess.Popen[bytes]] = []
+        for k, t in enumerate(targets, start=1):
+            env_k = dict(env, P2PCLONE_STATE_DIR=str(work / f"state{k}"))
+            shutil.rmtree(work / f"state{k}", ignore_errors=True)
+            if tool == "p2pclone":
+                argv = [python, "-m", "p2pclone", "receive", str(t), url, "--code", CODE, "--yes",
+                        "--json"]  # fmt: skip
+            elif tool == "unicast":
+                argv = [python, "-m", "p2pclone", "receive", str(t), "tcp://0.0.0.0:17611",
+                        "--code", CODE, "--yes", "--json"]  # fmt: skip
+            else:
+                argv = ["udp-receiver", "--interface", "eth0", "--file", str(t), "--nokbd",
+                        "--portbase", "17700"]  # fmt: skip
+            p = lan.run(k, argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env_k)
+            if tool != "udpcast":
+                assert p.stdout is not None
+                p.stdout.readline()  # listening
+            rx.append(p)
+        if tool == "udpcast":
+            time.sleep(0.5)
+        drop_caches()
+        if tool == "p2pclone":
+            argv = [python, "-m", "p2pclone", "send", str(source), url, "--code", CODE,
+                    "--receivers", str(n), "--wait", "60", "--json"]  # fmt: skip
+        elif tool == "unicast":
+            argv = [python, "-m", "p2pclone", "send", str(source), "tcp://10.77.0.2:17611",
+                    "--code", CODE, "--json"]  # fmt: skip
+        else:
+            argv = ["udp-sender", "--interface", "eth0", "--file", str(source), "--nokbd",
+                    "--min-receivers", str(n), "--portbase", "17700"]  # fmt: skip
+        t0 = time.perf_counter()
+        tx = lan.run(0, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        finished: dict[int, float] = {}
+        while len(finished) < len(rx):
+            for k, p in enumerate(rx):
+                if k not in finished and p.poll() is not None:
+                    finished[k] = time.perf_counter() - t0
+            if time.perf_counter() - t0 > 1200:
+                raise SystemExit(f"{tool}: timed out")
+            time.sleep(0.01)
+        tx.wait(300)
+        ok = all(p.returncode == 0 for p in rx) and all(identical(source, t) for t in targets)
+        for t in targets:
+            t.unlink(missing_ok=True)
+        times = [finished[k] for k in range(len(rx))]
+        others = times[:-1] if (slow or loss) and len(times) > 1 else times
+        res = {
+            "tool": tool,
+            "receivers": n,
+            "loss": loss,
+            "slow": slow,
+            "all_done_s": max(times),
+            "others_done_s": max(others),
+            "per_receiver_s": times,
+            "identical": ok,
+        }
+        print(f"[multicast] {res}", file=sys.stderr, flush=True)
+        return res
+    finally:
+        lan.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--scratch", type=Path, default=Path("/var/tmp/p2pclone-bench"))
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--markdown", type=Path)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench/multicast.py needs root (network namespaces)")
+    if not shutil.which("udp-sender"):
+        raise SystemExit("udp-sender not found: apt install udpcast")
+    source = args.scratch / f"realistic-{args.size_mib}M.img"
+    mkdisk.build_realistic(source, mkdisk.realistic_recipe(args.size_mib * MIB, args.seed))
+    python = str(Path(".venv/bin/python").absolute()) if Path(".venv").is_dir() else sys.executable
+    work = Path(tempfile.mkdtemp(prefix="p2pb-mc-", dir=args.scratch))
+    runs: list[dict[str, Any]] = []
+    try:
+        for n in (3, 8):
+            runs.append(run_case("p2pclone", python, source, n, work))
+            runs.append(run_case("udpcast", python, source, n, work))
+        runs.append(run_case("unicast", python, source, 1, work))
+        runs.append(run_case("p2pclone", python, source, 3, work, loss=True))
+        runs.append(run_case("p2pclone", python, source, 3, work, slow=True))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def find(tool: str, n: int, loss: bool = False, slow: bool = False) -> dict[str, Any]:
+        return next(
+            r
+            for r in runs
+            if (r["tool"], r["receivers"], r["loss"], r["slow"]) == (tool, n, loss, slow)
+        )
+
+    targets = []
+    for n in (3, 8):
+        p, u = find("p2pclone", n), find("udpcast", n)
+        ratio = p["all_done_s"] / u["all_done_s"]
+        targets.append((f"{n} receivers: p2pclone / udpcast time", ratio, "<= 0.6", ratio <= 0.6))
+        uni = find("unicast", 1)["all_done_s"]
+        ratio = p["all_done_s"] / uni
+        targets.append(
+            (f"{n} receivers: p2pclone multicast / unicast to one", ratio, "<= 1.3", ratio <= 1.3)
+        )
+    base = find("p2pclone", 3)["all_done_s"]
+    lossy = find("p2pclone", 3, loss=True)["all_done_s"]
+    targets.append(
+        ("3 % loss at one receiver: time / lossless", lossy / base, "<= 1.5", lossy / base <= 1.5)
+    )
+    slow_others = find("p2pclone", 3, slow=True)["others_done_s"]
+    targets.append(
+        ("one receiver at a tenth: the others' time / without it", slow_others / base, "<= 1.2",
+         slow_others / base <= 1.2)
+    )  # fmt: skip
+    res = {
+        "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": f"python bench/multicast.py --size-mib {args.size_mib}",
+        "runs": runs,
+        "targets": [{"target": t, "value": v, "goal": g, "pass": ok} for t, v, g, ok in targets],
+    }
+    lines = [
+        f"Multicast on a namespace LAN (sender link 1 Gbit), realistic disk of {args.size_mib} "
+        f"MiB, {res['when']} (`{res['command']}`)",
+        "",
+        "| tool | receivers | condition | all done (s) | others done (s) | identical |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        cond = "3 % loss at one" if r["loss"] else "one at 100 Mbit" if r["slow"] else "clean"
+        lines.append(
+            f"| {r['tool']} | {r['receivers']} | {cond} | {r['all_done_s']:.2f} | "
+            f"{r['others_done_s']:.2f} | {'yes' if r['identical'] else 'NO'} |"
+        )
+    lines += ["", "| target | value | goal | |", "|---|---|---|---|"]
+    lines += [f"| {t} | {v:.3f} | {g} | {'PASS' if ok else 'FAIL'} |" for t, v, g, ok in targets]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(json.dumps(res, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.write_text(text)
+    return 0 if all(r["identical"] for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Both ends of the multicast data plane, on trio: sealed fragments in, slices out.
+
+A slice's payload is a run of chunk entries, each ``index u64 | length u32 | encoding u8
+| body length u32 | body``.  Fragments are sealed with AES-256-GCM under the group key;
+the nonce is the session's low 32 bits, the slice and the fragment number (a repair
+is the same fragment again: same nonce, same bytes).  Receivers accept a chunk only if
+its BLAKE3 matches the hash their own authenticated control connection gave for it.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+
+import trio
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..protocol.messages import Chunk
+from .dataplane import DGRAM_HEADER, Assembler, DatagramError, Fragment, bitmap
+
+ENTRY = struct.Struct("<QIBI")
+
+
+def nonce(session: int, slice_no: int, index: int) -> bytes:
+    return struct.pack("<III", session & 0xFFFFFFFF, slice_no, index)
+
+
+def seal(aead: AESGCM, frag: Fragment) -> bytes:
+    head = frag.encode()[:DGRAM_HEADER]
+    return head + aead.encrypt(nonce(frag.session, frag.slice, frag.index), frag.payload, head)
+
+
+def pack_entry(chunk: Chunk) -> bytes:
+    return ENTRY.pack(chunk.index, chunk.length, chunk.encoding, len(chunk.body)) + bytes(
+        chunk.body
+    )
+
+
+def unpack_entries(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    """(index, length, encoding, body) of every entry of a slice."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        if pos + ENTRY.size > len(data):
+            raise DatagramError("a slice ends inside an entry header")
+        index, length, encoding, n = ENTRY.unpack_from(data, pos)
+        pos += ENTRY.size
+        if pos + n > len(data):
+            raise DatagramError("a slice ends inside an entry")
+        out.append((index, length, encoding, data[pos : pos + n]))
+        pos += n
+    return out
+
+
+class ReceivePlane:
+    """A receiver's end: the group socket, the slices being assembled, what is due."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.session: int | None = None
+        self.aead: AESGCM | None = None
+        self.expected: dict[int, dict[int, bytes]] = {}  # slice -> {chunk: digest}
+        self.counts: dict[int, int] = {}  # slice -> fragments
+        self.asm: dict[int, Assembler] = {}
+        self.done: set[int] = set()
+        self.datagrams = 0
+        self._complete: trio.MemorySendChannel[tuple[int, bytes]] | None = None
+
+    def start(self, key: bytes, session: int) -> None:
+        self.aead = AESGCM(key)
+        self.session = session
+
+    def expect(self, slice_no: int, fragments: int, chunks: dict[int, bytes]) -> None:
+        self.counts[slice_no] = fragments
+        self.expected.setdefault(slice_no, {}).update(chunks)
+
+    def _take(self, data: bytes) -> tuple[int, bytes] | None:
+        """One datagram; a slice's bytes if it completes one."""
+        if self.session is None or self.aead is None:
+            return None
+        try:
+            frag = Fragment.decode(data, self.session)
+        except DatagramError:
+            return None
+        if frag.slice in self.done:
+            return None
+        head = data[:DGRAM_HEADER]
+        try:
+            plain = self.aead.decrypt(
+                nonce(frag.session, frag.slice, frag.index), frag.payload, head
+            )
+        except InvalidTag:
+            return None  # not sealed with our group key: ignored
+        asm = self.asm.get(frag.slice)
+        if asm is None:
+            asm = self.asm[frag.slice] = Assembler(frag.slice, frag.count, frag.slice_len)
+        self.datagrams += 1
+        whole = Fragment(frag.session, frag.slice, frag.index, frag.count, frag.slice_len, plain)
+        if asm.add(whole):
+            self.done.add(frag.slice)
+            del self.asm[frag.slice]
+            return frag.slice, asm.data()
+        return None
+
+    def drain(self) -> list[tuple[int, bytes]]:
+        """Everything waiting in the socket now, without blocking."""
+        out: list[tuple[int, bytes]] = []
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return out
+            if not data:
+                return out
+            got = self._take(data)
+            if got is not None:
+                out.append(got)
+
+    def missing(self, slice_no: int) -> bytes:
+        """The bitmap a REPORT carries: b"" when the slice is complete."""
+        if slice_no in self.done:
+            return b""
+        n = self.counts.get(slice_no, 0)
+        asm = self.asm.get(slice_no)
+        return bitmap(asm.missing() if asm else list(range(n)), n)
+
+    async def run(self, on_slice: Callable[[int, bytes], Awaitable[None]]) -> None:
+        """Read datagrams until cancelled; hand each completed slice to ``on_slice``."""
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            for item in self.drain():
+                await on_slice(*item)

@@ -1,0 +1,76 @@
+"""The multicast receiver: join the group, find the sender, take the data plane.
+
+``receive(TARGET, "multicast://GROUP…")`` lands here.  It joins the group, waits for
+the sender's ANNOUNCE, connects to its control port and runs the ordinary receiver
+session over that connection, with the group's data plane attached: REF frames say
+which chunks (and which hashes) come in which multicast slice, POLL asks what is
+missing, and the chunks that arrive are written once their BLAKE3 matches the hash
+this receiver's own authenticated connection gave.  If the sender evicts it (too
+slow, too lossy), it connects again for a unicast session, which resumes from the
+journal like any interrupted clone.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from transports.multicast import MulticastTransport, decode_announce
+
+from ..disks import Target
+from ..session import Connected, Done, Listening, Reporter, no_report
+from .plane import ReceivePlane
+
+
+async def receive_multicast(
+    target_path: str,
+    transport: MulticastTransport,
+    *,
+    code: str,
+    report: Reporter = no_report,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    **options: object,
+) -> Done:
+    from ..receiver import Evicted, receive_stream
+
+    target = await trio.to_thread.run_sync(Target.open, target_path)
+    sock = transport.receiver_socket()
+    try:
+        report(Listening(transport.url, code))
+        task_status.started(transport.url)
+        while True:  # the sender's ANNOUNCE tells where its control port is
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data, (host, _) = sock.recvfrom(65536)
+            except BlockingIOError:
+                continue
+            found = decode_announce(data)
+            if found is not None:
+                break
+        _, port = found
+        url = f"tcp://{host}:{port}"
+        stream = await trio.open_tcp_stream(host, port)
+        report(Connected(url))
+        try:
+            return await receive_stream(
+                stream,
+                target,
+                code=code,
+                url=url,
+                plane=ReceivePlane(sock),
+                report=report,
+                **options,  # type: ignore[arg-type]
+            )
+        except Evicted as exc:
+            report(Connected(f"{url} (unicast: the sender evicted this receiver: {exc})"))
+            stream = await trio.open_tcp_stream(host, port)
+            return await receive_stream(
+                stream,
+                target,
+                code=code,
+                url=url,
+                report=report,
+                **options,  # type: ignore[arg-type]
+            )
+    finally:
+        sock.close()
+        target.close()

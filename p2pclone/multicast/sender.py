@@ -1,0 +1,423 @@
+"""The multicast sender: one source, a group of receivers, one copy on the wire.
+
+``send(SOURCE, "multicast://GROUP…", receivers=N, wait=S)`` lands here:
+
+1. It listens for control connections (TCP, an ephemeral port on the interface) and
+   multicasts an ANNOUNCE naming that port twice a second.
+2. Each receiver connects and pairs with the code on its own connection, gets the PLAN
+   and accepts it.  The data phase starts once ``receivers`` have joined, or when
+   ``wait`` seconds have passed with at least one.
+3. Each member gets GROUP (the group key); then, slice by slice, the chunks are read,
+   hashed and compressed once, each member gets its in-order coverage over its own
+   connection (ZERO for zero runs, REF with the hashes of the chunks in the slice), the
+   slice is multicast, and repair rounds follow (POLL -> REPORT bitmaps -> the union of
+   the losses multicast again) until every member holds it.  A member that needs too
+   many rounds or falls silent is sent EVICT and leaves the group; the others go on.
+4. END with the root hash to every member; each answers RESULT.
+
+A connection that arrives once the data phase has begun (an evicted member coming
+back, a receiver that rebooted, a latecomer) gets an ordinary unicast session from a
+second handle on the source: its journal tells what it holds, so it resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import trio
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from transports.multicast import MulticastTransport, encode_announce, send_burst
+
+from ..disks import Source
+from ..errors import P2PCloneError, TransportError
+from ..pipeline import Encoded, default_threads, encode_chunk
+from ..protocol import Connection, Role
+from ..protocol.messages import (
+    Accept,
+    Ack,
+    End,
+    Evict,
+    Group,
+    Have,
+    Plan,
+    Poll,
+    Ref,
+    Report,
+    Result,
+    Zero,
+)
+from ..session import Channel, Connected, Done, Planned, Progress, Reporter, no_report, pair
+from .dataplane import Member, RateGovernor, RepairState, from_bitmap, split
+from .plane import pack_entry, seal
+
+#: Payload bytes per slice: big enough that a repair round's round trip is cheap next
+#: to the slice's airtime, small enough that a lost-and-repaired slice stays in memory.
+SLICE_BYTES = 4 << 20
+#: How long to wait for the members' reports after a round before judging the silent.
+ROUND_WAIT = 2.0
+ANNOUNCE_EVERY = 0.5
+#: After the group is done, how long evicted or vanished members have to come back for
+#: their unicast session before the sender stops accepting.
+RETURN_WAIT = 120.0
+
+
+@dataclass
+class _Peer:
+    name: str
+    channel: Channel
+    member: Member
+    reported: trio.Event = field(default_factory=trio.Event)
+    result: Result | None = None
+    finished: trio.Event = field(default_factory=trio.Event)
+    evicted_sent: bool = False
+
+
+@dataclass
+class GroupProgress:
+    """One member's state, for the display: joined, percent, repairs, evicted, done."""
+
+    name: str
+    state: str
+    done_bytes: int = 0
+    repairs: int = 0
+    why: str = ""
+
+
+async def send_multicast(
+    source_path: str,
+    transport: MulticastTransport,
+    *,
+    code: str,
+    receivers: int,
+    wait: float = 60.0,
+    chunk_size: int = 1 << 20,
+    allow_mounted: bool = False,
+    report: Reporter = no_report,
+    group_report: object = None,
+) -> Done:
+    started_at = trio.current_time()
+    source = await trio.to_thread.run_sync(
+        functools.partial(Source.open, source_path, allow_mounted=allow_mounted)
+    )
+    plan = Plan(source_size=source.size, chunk_size=chunk_size, source=source.info)
+    session = secrets.randbits(63)
+    key = os.urandom(32)
+    aead = AESGCM(key)
+    sock = transport.sender_socket()
+    group = (transport.group, transport.port)
+    peers: dict[str, _Peer] = {}
+    joined = trio.Event()
+    phase = {"data": False}
+    governor = RateGovernor(limit=transport.rate, rate=transport.rate or 50e6)
+    listeners = await trio.open_tcp_listeners(0, host=transport.address)
+    port = listeners[0].socket.getsockname()[1]
+    report(Connected(f"{transport.url} (control: tcp://{transport.address}:{port})"))
+
+    def show(name: str, state: str, **kw: object) -> None:
+        if callable(group_report):
+            group_report(GroupProgress(name, state, **kw))  # type: ignore[arg-type]
+
+    async def announce() -> None:
+        while True:
+            with contextlib.suppress(OSError):
+                sock.sendto(encode_announce(session, port), group)
+            await trio.sleep(ANNOUNCE_EVERY)
+
+    async def unicast(stream: trio.SocketStream, name: str) -> None:
+        from ..sender import send_stream
+
+        show(name, "unicast")
+        back = returning.setdefault(addr_of(name), trio.Event())
+        src = await trio.to_thread.run_sync(
+            functools.partial(Source.open, source_path, allow_mounted=allow_mounted)
+        )
+        try:
+            await send_stream(stream, src, code=code, url=name, chunk_size=chunk_size)
+            show(name, "done")
+        except P2PCloneError as exc:
+            show(name, "failed", why=exc.message)
+        finally:
+            src.close()
+            back.set()
+
+    async def member(stream: trio.SocketStream) -> None:
+        addr = stream.socket.getpeername()
+        name = f"{addr[0]}:{addr[1]}"
+        if phase["data"] or len(peers) >= receivers:
+            await unicast(stream, name)
+            return
+        channel = Channel(Connection(Role.SENDER, code=code), stream, f"tcp://{name}")
+        try:
+            await pair(channel)
+            await channel.send(plan)
+            await channel.expect(Accept, "the receiver to accept the plan")
+        except P2PCloneError as exc:
+            show(name, "refused", why=exc.message)
+            await channel.close()
+            return
+        if phase["data"]:  # the group started while this one paired: unicast it is not
+            await channel.fail(TransportError("the multicast group started without you"))
+            return
+        peer = _Peer(name, channel, Member(name, heard=trio.current_time()))
+        peers[name] = peer
+        show(name, "joined")
+        if len(peers) >= receivers:
+            joined.set()
+        await _listen(peer)
+        await channel.close()
+
+    async def _listen(peer: _Peer) -> None:
+        """The member's back-channel: REPORTs, then RESULT; a closed link is silence."""
+        try:
+            while True:
+                event = await peer.channel.expect_one_of(
+                    (Have, Ack, Report, Result), "the receiver's RESULT"
+                )
+                if isinstance(event, Report):
+                    peer.member.heard = trio.current_time()
+                    reports.setdefault(event.slice, {})[peer.name] = event.missing
+                    peer.reported.set()
+                elif isinstance(event, Result):
+                    peer.result = event
+                    return
+        except P2PCloneError as exc:
+            if not peer.member.evicted:
+                peer.member.evicted = f"left the group ({exc.message})"
+                peer.evicted_sent = True  # nobody to tell
+                show(peer.name, "evicted", why=peer.member.evicted)
+        finally:
+            peer.finished.set()
+            peer.reported.set()
+
+    reports: dict[int, dict[str, bytes]] = {}
+    returning: dict[str, trio.Event] = {}  # host -> its unicast session has ended
+
+    def addr_of(name: str) -> str:
+        return name.rsplit(":", 1)[0]
+
+    async def accept_all(
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        await trio.serve_listeners(member, listeners, handler_nursery=late, task_status=task_status)
+
+    # ``late``: member and unicast sessions, awaited at the very end.
+    async with trio.open_nursery() as late, trio.open_nursery() as nursery:
+        if True:
+            nursery.start_soon(announce)
+            await nursery.start(accept_all)
+            with trio.move_on_after(wait):
+                await joined.wait()
+            live = [p for p in peers.values() if not p.member.evicted]
+            if not live:
+                raise TransportError(
+                    f"no receiver joined the multicast group {transport.group}:{transport.port} "
+                    f"within {wait:.0f} s: start the receivers first (same group and code)"
+                )
+            phase["data"] = True
+            report(Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, {}))
+            for p in live:
+                await p.channel.send(Group(key=key, session=session))
+            stats = await _stream(
+                source, plan, peers, aead, session, sock, group, governor, reports, report, show
+            )
+            for p in peers.values():
+                if not p.member.evicted:
+                    await p.channel.send(
+                        End(chunk_count=plan.chunk_count, root=p.channel.conn.root_digest())
+                    )
+            for p in peers.values():
+                if not p.member.evicted:
+                    with trio.move_on_after(300):
+                        await p.finished.wait()
+                    show(p.name, "done" if p.result else "failed")
+            # Evicted members (and killed ones, once restarted) come back for unicast:
+            # keep the door open for them a while.
+            with trio.move_on_after(RETURN_WAIT):
+                for p in peers.values():
+                    if p.member.evicted:
+                        await returning.setdefault(addr_of(p.name), trio.Event()).wait()
+            nursery.cancel_scope.cancel()  # stop announcing and accepting
+    source.close()
+    sock.close()
+    ok = [p for p in peers.values() if p.result is not None]
+    return Done(
+        source_bytes=plan.source_size,
+        wire_bytes=stats["wire"],
+        chunks=plan.chunk_count,
+        zero_chunks=stats["zero"],
+        digest=ok[0].result.root.hex() if ok and ok[0].result else "",
+        seconds=trio.current_time() - started_at,
+    )
+
+
+async def _stream(
+    source: Source,
+    plan: Plan,
+    peers: dict[str, _Peer],
+    aead: AESGCM,
+    session: int,
+    sock: object,
+    group: tuple[str, int],
+    governor: RateGovernor,
+    reports: dict[int, dict[str, bytes]],
+    report: Reporter,
+    show: object,
+) -> dict[str, int]:
+    """Read, encode and multicast every chunk, slice by slice, with repair rounds."""
+    import socket as socket_mod
+
+    assert isinstance(sock, socket_mod.socket)
+    threads = default_threads()
+    limiter = trio.CapacityLimiter(threads)
+    stats = {"wire": 0, "zero": 0}
+    index = 0
+    slice_no = 0
+    while index < plan.chunk_count:
+        # Encode the next chunks (a few at a time, in worker threads) into one slice.
+        payload = bytearray()
+        coverage: list[tuple[str, int, list[bytes]]] = []  # ("zero"|"ref", first, hashes)
+        while index < plan.chunk_count and len(payload) < SLICE_BYTES:
+            batch = list(range(index, min(plan.chunk_count, index + 2 * threads)))
+            results: dict[int, Encoded] = {}
+
+            async def one(i: int, results: dict[int, Encoded] = results) -> None:
+                results[i] = await trio.to_thread.run_sync(
+                    encode_chunk, source, plan, i, limiter=limiter
+                )
+
+            async with trio.open_nursery() as n:
+                for i in batch:
+                    n.start_soon(one, i)
+            for i in batch:
+                enc = results[i]
+                kind = "zero" if enc.zero else "ref"
+                if kind == "ref":
+                    chunk = enc.chunk
+                    assert chunk is not None
+                    payload += pack_entry(chunk)
+                    digest = chunk.digest
+                else:
+                    stats["zero"] += 1
+                    digest = b""
+                if (
+                    coverage
+                    and coverage[-1][0] == kind
+                    and coverage[-1][1] + len(coverage[-1][2]) == i
+                ):
+                    coverage[-1][2].append(digest)
+                else:
+                    coverage.append((kind, i, [digest]))
+            index = batch[-1] + 1
+        frags = split(session, slice_no, bytes(payload)) if payload else []
+        live = [p for p in peers.values() if not p.member.evicted]
+        for p in live:
+            for kind, first, hashes in coverage:
+                if kind == "zero":
+                    await p.channel.send(Zero(index=first, count=len(hashes)))
+                else:
+                    for k in range(0, len(hashes), 1024):
+                        await p.channel.send(
+                            Ref(
+                                index=first + k,
+                                hashes=b"".join(hashes[k : k + 1024]),
+                                slice=slice_no,
+                                fragments=len(frags),
+                            )
+                        )
+        if frags:
+            sealed = [seal(aead, f) for f in frags]
+            await _multicast(sock, sealed, list(range(len(sealed))), group, governor, stats)
+            await _repair(slice_no, sealed, peers, reports, sock, group, governor, stats, show)
+        slice_no += 1
+        done = min(plan.source_size, index * plan.chunk_size)
+        report(Progress(done, plan.source_size, stats["wire"]))
+    return stats
+
+
+async def _multicast(
+    sock: object,
+    sealed: list[bytes],
+    which: list[int],
+    group: tuple[str, int],
+    governor: RateGovernor,
+    stats: dict[str, int],
+) -> None:
+    """Send fragments ``which`` in non-blocking bursts, paced by the governor."""
+    import socket as socket_mod
+
+    assert isinstance(sock, socket_mod.socket)
+    pos = 0
+    while pos < len(which):
+        now = time.monotonic()
+        allowance = governor.allowance(now)
+        n = 0
+        size = 0
+        while pos + n < len(which) and size + len(sealed[which[pos + n]]) <= max(allowance, 1500):
+            size += len(sealed[which[pos + n]])
+            n += 1
+        if n == 0 or allowance < len(sealed[which[pos]]):
+            await trio.sleep(governor.wait_for(len(sealed[which[pos]])))
+            continue
+        batch = [sealed[k] for k in which[pos : pos + n]]
+        sent = send_burst(sock, batch, group)
+        governor.spend(sum(len(d) for d in batch[:sent]))
+        stats["wire"] += sum(len(d) for d in batch[:sent])
+        pos += sent
+        if sent < n:
+            await trio.lowlevel.wait_writable(sock)
+        else:
+            await trio.lowlevel.checkpoint()
+
+
+async def _repair(
+    slice_no: int,
+    sealed: list[bytes],
+    peers: dict[str, _Peer],
+    reports: dict[int, dict[str, bytes]],
+    sock: object,
+    group: tuple[str, int],
+    governor: RateGovernor,
+    stats: dict[str, int],
+    show: object,
+) -> None:
+    """POLL, collect REPORTs, multicast the union of the losses; until all hold the slice."""
+    n = len(sealed)
+    members = {p.name: p.member for p in peers.values() if not p.member.evicted}
+    state = RepairState(slice_no, n, members)
+    sent_this_round = n
+    while not state.done:
+        reports[slice_no] = {}
+        waiting = [peers[name] for name in state.waiting]
+        for p in waiting:
+            p.reported = trio.Event()
+            try:
+                await p.channel.send(Poll(slice=slice_no))
+            except P2PCloneError:
+                p.member.evicted = p.member.evicted or "its control link broke"
+        with trio.move_on_after(ROUND_WAIT):
+            for p in waiting:
+                await p.reported.wait()
+        now = trio.current_time()
+        for name, bits in reports.pop(slice_no, {}).items():
+            state.report(name, from_bitmap(bits, n) if bits else [], now)
+        for p in waiting:
+            if p.member.evicted and p.name in state.waiting:
+                state.waiting.pop(p.name, None)
+        missing = state.next_round(now)
+        governor.on_round(sent_this_round, len(missing))
+        for p in peers.values():
+            if p.member.evicted and not p.evicted_sent:
+                p.evicted_sent = True
+                if callable(show):
+                    show(p.name, "evicted", why=p.member.evicted)
+                with contextlib.suppress(P2PCloneError):  # it comes back for unicast
+                    await p.channel.send(Evict(reason=p.member.evicted))
+        if missing:
+            await _multicast(sock, sealed, missing, group, governor, stats)
+            sent_this_round = len(missing)

@@ -1,0 +1,94 @@
+"""Multicast clones between real processes in network namespaces (tests/multicast/conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import MiB, random_file, write_layout
+from tests.multicast.conftest import Lan
+
+CODE = "7-multi-cast"
+
+
+def receiver(net: Lan, k: int, target: Path, url: str, state: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, P2PCLONE_STATE_DIR=str(state / f"r{k}"))
+    proc = net.run(
+        k, sys.executable, "-m", "p2pclone", "receive", str(target), url, "--code", CODE,
+        "--yes", "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert json.loads(proc.stdout.readline())["event"] == "listening"
+    return proc
+
+
+def sender(net: Lan, source: Path, url: str, n: int) -> subprocess.Popen[bytes]:
+    return net.run(
+        0, sys.executable, "-m", "p2pclone", "send", str(source), url, "--code", CODE,
+        "--receivers", str(n), "--wait", "30", "--json",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def events(out: bytes) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_three_receivers_get_one_multicast_copy(lan, tmp_path: Path) -> None:
+    net: Lan = lan(4)
+    source = tmp_path / "disk.img"
+    data = write_layout(source, 24 * MiB + 4096)
+    url = "multicast://239.77.1.1:17500?iface=eth0"
+    targets = [tmp_path / f"t{k}.img" for k in (1, 2, 3)]
+    rx = [receiver(net, k, t, url, tmp_path) for k, t in zip((1, 2, 3), targets, strict=True)]
+    tx = sender(net, source, url, 3)
+    out, err = tx.communicate(timeout=120)
+    assert tx.returncode == 0, err.decode()
+    for r in rx:
+        r_out, r_err = r.communicate(timeout=60)
+        assert r.returncode == 0, r_err.decode()
+        assert events(r_out)[-1]["event"] == "done"
+    for t in targets:
+        assert t.read_bytes() == data
+    done = events(out)[-1]
+    # One copy on the wire for all three: the multicast bytes are about the data once.
+    assert done["wire_bytes"] < 1.2 * (len(data) - done["zero_chunks"] * MiB)
+
+
+def test_loss_a_killed_receiver_and_a_slow_one_all_end_byte_identical(lan, tmp_path: Path) -> None:
+    net: Lan = lan(5)
+    source = tmp_path / "disk.img"
+    data = random_file(source, 16 * MiB)
+    url = "multicast://239.77.1.2:17501?iface=eth0&rate=40m"  # 5 MB/s: a few seconds
+    net.loss(2, 3)  # 3 % of the frames towards host 2 are dropped
+    net.rate(4, "4mbit")  # host 4 gets a tenth of the group's rate
+    targets = {k: tmp_path / f"t{k}.img" for k in (1, 2, 3, 4)}
+    rx = {k: receiver(net, k, targets[k], url, tmp_path) for k in targets}
+    tx = sender(net, source, url, 4)
+    # Host 3 dies mid-way (its target partly written), and is started again.
+    deadline = time.monotonic() + 60
+    while not (targets[3].exists() and targets[3].stat().st_blocks * 512 > 4 * MiB):
+        assert time.monotonic() < deadline and tx.poll() is None
+        time.sleep(0.02)
+    rx[3].send_signal(signal.SIGKILL)
+    rx[3].wait()
+    rx[3] = receiver(net, 3, targets[3], url, tmp_path)
+    out, err = tx.communicate(timeout=300)
+    assert tx.returncode == 0, err.decode()
+    for k, r in rx.items():
+        r_out, r_err = r.communicate(timeout=120)
+        assert r.returncode == 0, (k, r_err.decode())
+    for k, t in targets.items():
+        assert t.read_bytes() == data, k
+    states = {
+        (e["name"].split(":")[0], e["state"]) for e in events(out) if e["event"] == "receiver"
+    }
+    assert (net.addr(4), "evicted") in states  # the slow one left the group...
+    assert (net.addr(4), "unicast") in states  # ...and finished by unicast
+    assert (net.addr(3), "unicast") in states  # the restarted one resumed by unicast
+    assert (net.addr(2), "evicted") not in states  # 3 % loss is repaired in the group

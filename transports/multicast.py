@@ -1,0 +1,146 @@
+"""multicast://GROUP[:PORT][?iface=NAME&rate=RATE] — one sender, many receivers.
+
+Not a stream: a datagram data plane beside one two-way control connection (TCP) per
+receiver.  This module holds the sockets and the URL; the session logic is in
+p2pclone/multicast/.
+
+* The sender multicasts an ANNOUNCE datagram twice a second (session number and the
+  TCP port of its control listener); a receiver joins the group, waits for one, and
+  connects to the address it came from.
+* Data datagrams are p2pclone.multicast.dataplane fragments, sealed with the group key.
+* Sending is non-blocking, in bursts: ``send_burst`` writes as many datagrams as the
+  socket takes without a trio checkpoint per datagram.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import socket
+import struct
+from urllib.parse import parse_qs, urlsplit
+
+import trio
+
+from p2pclone.errors import TransportError, UsageError
+
+from . import LinkListener, Transport
+
+DEFAULT_PORT = 7412
+ANNOUNCE = struct.Struct("<4sQH")
+ANNOUNCE_MAGIC = b"PMA1"
+_SIOCGIFADDR = 0x8915
+
+
+def parse_rate(text: str) -> float:
+    """'100m', '1g', '500k' (bits per second, like tc) or a plain number -> bytes/s."""
+    t = text.strip().lower().removesuffix("bit").removesuffix("bps")
+    scale = {"k": 1e3, "m": 1e6, "g": 1e9}.get(t[-1:], 1.0)
+    try:
+        value = float(t[:-1] if t[-1:] in "kmg" else t) * scale
+    except ValueError:
+        raise UsageError(f"rate={text!r} is not a rate: write e.g. rate=100m (bits/s)") from None
+    if value <= 0:
+        raise UsageError("rate= must be positive")
+    return value / 8
+
+
+def iface_address(name: str) -> str:
+    """The IPv4 address of interface ``name``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            raw = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            raise UsageError(
+                f"there is no network interface {name!r} with an IPv4 address: see `ip addr`"
+            ) from None
+    return socket.inet_ntoa(raw[20:24])
+
+
+class MulticastTransport(Transport):
+    scheme = "multicast"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        parts = urlsplit(url)
+        hint = "write multicast://GROUP[:PORT][?iface=NAME], e.g. multicast://239.7.7.7?iface=eth0"
+        try:
+            self.group = socket.inet_ntoa(socket.inet_aton(parts.hostname or ""))
+            self.port = parts.port or DEFAULT_PORT
+        except (OSError, ValueError):
+            raise UsageError(f"{url!r} is not a multicast URL: {hint}") from None
+        first = int(self.group.split(".")[0])
+        if not 224 <= first <= 239:
+            raise UsageError(f"{self.group} is not a multicast group (224.0.0.0/4): {hint}")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(query) - {"iface", "rate"}
+        if unknown:
+            raise UsageError(f"unknown multicast:// option {sorted(unknown)[0]!r}: {hint}")
+        self.iface = query.get("iface")
+        self.rate = parse_rate(query["rate"]) if "rate" in query else None
+        self.address = iface_address(self.iface) if self.iface else "0.0.0.0"
+
+    # The session drivers use the sockets below; the stream interface is not offered.
+    async def connect(self) -> trio.abc.Stream:
+        raise UsageError("multicast:// is driven by p2pclone's multicast sender")
+
+    async def listen(self) -> LinkListener:
+        raise UsageError("multicast:// is driven by p2pclone's multicast receiver")
+
+    def sender_socket(self) -> socket.socket:
+        """A non-blocking UDP socket sending to the group (wait with trio.lowlevel)."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        if self.iface:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(self.address))
+        s.setblocking(False)
+        return s
+
+    def receiver_socket(self) -> socket.socket:
+        """A non-blocking UDP socket that has joined the group."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        try:
+            s.bind((self.group, self.port))
+            mreq = struct.pack("4s4s", socket.inet_aton(self.group), socket.inet_aton(self.address))
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+        except OSError as exc:
+            s.close()
+            raise TransportError(
+                f"cannot join the multicast group {self.group}:{self.port} ({exc.strerror}): "
+                "check the interface (iface=) and that it has a multicast route"
+            ) from None
+        s.setblocking(False)
+        return s
+
+
+def send_burst(sock: socket.socket, datagrams: list[bytes], to: tuple[str, int]) -> int:
+    """Send as many of ``datagrams`` as the socket takes now, without blocking and without
+    a trio checkpoint per datagram; return how many went out (the caller waits with
+    ``trio.lowlevel.wait_writable`` and sends the rest)."""
+    sent = 0
+    for d in datagrams:
+        try:
+            sock.sendto(d, to)
+        except BlockingIOError:
+            break
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                break
+            raise
+        sent += 1
+    return sent
+
+
+def encode_announce(session: int, port: int) -> bytes:
+    return ANNOUNCE.pack(ANNOUNCE_MAGIC, session, port)
+
+
+def decode_announce(data: bytes) -> tuple[int, int] | None:
+    if len(data) != ANNOUNCE.size:
+        return None
+    magic, session, port = ANNOUNCE.unpack(data)
+    return (session, port) if magic == ANNOUNCE_MAGIC else None
