@@ -192,7 +192,20 @@ class Output:
     def member(self, gp: Any) -> None:
         """Multicast: one receiver's state changed (joined, evicted, unicast, done...)."""
         if self.json_mode:
-            self.emit(event="receiver", name=gp.name, state=gp.state, why=gp.why)
+            self.emit(
+                event="receiver",
+                name=gp.name,
+                state=gp.state,
+                why=gp.why,
+                done_bytes=gp.done_bytes,
+                repairs=gp.repairs,
+            )
+        elif gp.state == "receiving":
+            if self._progress is None:  # a live display shows the total already
+                self.say(
+                    f"receiver {gp.name}: {human_bytes(gp.done_bytes)}, "
+                    f"{gp.repairs} fragments repaired"
+                )
         else:
             self.say(f"receiver {gp.name}: {gp.state}" + (f" ({gp.why})" if gp.why else ""))
 

@@ -27,6 +27,7 @@ import functools
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -42,6 +43,7 @@ from ..protocol.messages import (
     Accept,
     Ack,
     End,
+    Event,
     Evict,
     Group,
     Have,
@@ -207,30 +209,28 @@ async def send_multicast(
         await trio.serve_listeners(member, listeners, handler_nursery=late, task_status=task_status)
 
     # ``late``: member and unicast sessions, awaited at the very end.
-    async with trio.open_nursery() as late, trio.open_nursery() as nursery:
-        if True:
+    try:
+        async with trio.open_nursery() as late, trio.open_nursery() as nursery:
             nursery.start_soon(announce)
             await nursery.start(accept_all)
             with trio.move_on_after(wait):
                 await joined.wait()
-            live = [p for p in peers.values() if not p.member.evicted]
-            if not live:
+            if not [p for p in peers.values() if not p.member.evicted]:
                 raise TransportError(
                     f"no receiver joined the multicast group {transport.group}:{transport.port} "
                     f"within {wait:.0f} s: start the receivers first (same group and code)"
                 )
             phase["data"] = True
             report(Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, {}))
-            for p in live:
-                await p.channel.send(Group(key=key, session=session))
+            await tell_all(peers, lambda p: Group(key=key, session=session), show)
             stats = await _stream(
                 source, plan, peers, aead, session, sock, group, governor, reports, report, show
             )
-            for p in peers.values():
-                if not p.member.evicted:
-                    await p.channel.send(
-                        End(chunk_count=plan.chunk_count, root=p.channel.conn.root_digest())
-                    )
+            await tell_all(
+                peers,
+                lambda p: End(chunk_count=plan.chunk_count, root=p.channel.conn.root_digest()),
+                show,
+            )
             for p in peers.values():
                 if not p.member.evicted:
                     with trio.move_on_after(300):
@@ -243,8 +243,9 @@ async def send_multicast(
                     if p.member.evicted:
                         await returning.setdefault(addr_of(p.name), trio.Event()).wait()
             nursery.cancel_scope.cancel()  # stop announcing and accepting
-    source.close()
-    sock.close()
+    finally:
+        source.close()
+        sock.close()
     ok = [p for p in peers.values() if p.result is not None]
     return Done(
         source_bytes=plan.source_size,
@@ -254,6 +255,25 @@ async def send_multicast(
         digest=ok[0].result.root.hex() if ok and ok[0].result else "",
         seconds=trio.current_time() - started_at,
     )
+
+
+async def tell(p: _Peer, event: Event, show: object) -> None:
+    """Send to one member; a member whose link broke leaves the group, the rest go on."""
+    if p.member.evicted:
+        return
+    try:
+        await p.channel.send(event)
+    except P2PCloneError as exc:
+        p.member.evicted = f"its control link broke ({exc.message})"
+        p.evicted_sent = True
+        if callable(show):
+            show(p.name, "evicted", why=p.member.evicted)
+
+
+async def tell_all(peers: dict[str, _Peer], make: Callable[[_Peer], Event], show: object) -> None:
+    for p in list(peers.values()):
+        if not p.member.evicted:
+            await tell(p, make(p), show)
 
 
 async def _stream(
@@ -278,6 +298,7 @@ async def _stream(
     stats = {"wire": 0, "zero": 0}
     index = 0
     slice_no = 0
+    last_show = 0.0
     while index < plan.chunk_count:
         # Encode the next chunks (a few at a time, in worker threads) into one slice.
         payload = bytearray()
@@ -315,21 +336,19 @@ async def _stream(
                     coverage.append((kind, i, [digest]))
             index = batch[-1] + 1
         frags = split(session, slice_no, bytes(payload)) if payload else []
-        live = [p for p in peers.values() if not p.member.evicted]
-        for p in live:
+        for p in list(peers.values()):
             for kind, first, hashes in coverage:
                 if kind == "zero":
-                    await p.channel.send(Zero(index=first, count=len(hashes)))
+                    await tell(p, Zero(index=first, count=len(hashes)), show)
                 else:
                     for k in range(0, len(hashes), 1024):
-                        await p.channel.send(
-                            Ref(
-                                index=first + k,
-                                hashes=b"".join(hashes[k : k + 1024]),
-                                slice=slice_no,
-                                fragments=len(frags),
-                            )
+                        ref = Ref(
+                            index=first + k,
+                            hashes=b"".join(hashes[k : k + 1024]),
+                            slice=slice_no,
+                            fragments=len(frags),
                         )
+                        await tell(p, ref, show)
         if frags:
             sealed = [seal(aead, f) for f in frags]
             await _multicast(sock, sealed, list(range(len(sealed))), group, governor, stats)
@@ -337,6 +356,12 @@ async def _stream(
         slice_no += 1
         done = min(plan.source_size, index * plan.chunk_size)
         report(Progress(done, plan.source_size, stats["wire"]))
+        now = time.monotonic()
+        if callable(show) and now - last_show >= 1.0:
+            last_show = now
+            for p in peers.values():
+                if not p.member.evicted:
+                    show(p.name, "receiving", done_bytes=done, repairs=p.member.repairs)
     return stats
 
 
@@ -396,10 +421,7 @@ async def _repair(
         waiting = [peers[name] for name in state.waiting]
         for p in waiting:
             p.reported = trio.Event()
-            try:
-                await p.channel.send(Poll(slice=slice_no))
-            except P2PCloneError:
-                p.member.evicted = p.member.evicted or "its control link broke"
+            await tell(p, Poll(slice=slice_no), show)
         with trio.move_on_after(ROUND_WAIT):
             for p in waiting:
                 await p.reported.wait()
