@@ -70,7 +70,7 @@ class Lan:
             sh("ip", "link", "add", self.port(k), "netns", self.switch, "type", "veth",
                "peer", "name", "eth0", "netns", host)  # fmt: skip
             sh("ip", "-n", self.switch, "link", "set", self.port(k), "master", "br0", "up")
-            sh("ip", "-n", host, "addr", "add", f"10.77.0.{k + 1}/24", "dev", "eth0")
+            sh("ip", "-n", host, "addr", "add", f"10.77.0.{k + 1}/24", "brd", "+", "dev", "eth0")
             sh("ip", "-n", host, "link", "set", "eth0", "up")
             sh("ip", "-n", host, "link", "set", "lo", "up")
             sh("ip", "-n", host, "route", "add", "224.0.0.0/4", "dev", "eth0")

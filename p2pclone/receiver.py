@@ -426,6 +426,12 @@ class _DataState:
                 if isinstance(event, Error):
                     raise PeerError(event.message, code=event.code, exit_code=event.exit)
                 if isinstance(event, End):
+                    if self.plane is not None:
+                        # Slices completed since the last POLL (or still in the socket):
+                        # hand them to the writers before judging.
+                        self.plane.drain()
+                        for slice_no, data in self.plane.take_ready(None):
+                            await self._slice(writers, slice_no, data)
                     self._plane_scope.cancel()
                     if self.slices_due:
                         raise IntegrityError(
@@ -460,7 +466,7 @@ class _DataState:
                     if self.plane is None:
                         raise RemoteProtocolError("GROUP outside a multicast session")
                     self.plane.start(event.key, event.session)
-                    writers.start_soon(self._run_plane, writers)
+                    writers.start_soon(self._run_plane)
                 elif isinstance(event, Ref):
                     if self.plane is None:
                         raise RemoteProtocolError("REF outside a multicast session")
@@ -477,7 +483,8 @@ class _DataState:
                     if self.plane is None:
                         raise RemoteProtocolError("POLL outside a multicast session")
                     await trio.sleep(0.002)  # datagrams sent just before the POLL
-                    for slice_no, data in self.plane.drain():
+                    self.plane.drain()
+                    for slice_no, data in self.plane.take_ready(event.slice):
                         await self._slice(writers, slice_no, data)
                     await self.channel.send(
                         Report(slice=event.slice, missing=self.plane.missing(event.slice))
@@ -497,16 +504,15 @@ class _DataState:
                     self.report(Progress(done, plan.source_size, conn.bytes_in))
         return event
 
-    async def _run_plane(self, writers: trio.Nursery) -> None:
+    async def _run_plane(self) -> None:
         assert self.plane is not None
         with self._plane_scope:
-            await self.plane.run(functools.partial(self._slice, writers))
+            await self.plane.run()
 
     async def _slice(self, writers: trio.Nursery, slice_no: int, data: bytes) -> None:
         """A multicast slice arrived whole: write the chunks our plan expects from it."""
         assert self.plane is not None
         expected = self.plane.expected.pop(slice_no, {})
-        self.slices_due.discard(slice_no)
         for index, length, encoding, body in unpack_entries(data):
             digest = expected.pop(index, None)
             if digest is None or length != self.plan.chunk_length(index):
@@ -519,6 +525,7 @@ class _DataState:
                 f"multicast slice {slice_no} lacks chunks {sorted(expected)[:5]} that the "
                 "sender announced: refusing it; run the receiver again (it resumes)"
             )
+        self.slices_due.discard(slice_no)
 
     async def _in_thread(self, fn: Callable[..., None], *args: object) -> None:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections import deque
 
 import trio
 from cryptography.exceptions import InvalidTag
@@ -66,6 +66,7 @@ class ReceivePlane:
         self.asm: dict[int, Assembler] = {}
         self.done: set[int] = set()
         self.datagrams = 0
+        self.ready: deque[tuple[int, bytes]] = deque()  # complete, not yet handed over
         self._complete: trio.MemorySendChannel[tuple[int, bytes]] | None = None
 
     def start(self, key: bytes, session: int) -> None:
@@ -104,19 +105,19 @@ class ReceivePlane:
             return frag.slice, asm.data()
         return None
 
-    def drain(self) -> list[tuple[int, bytes]]:
-        """Everything waiting in the socket now, without blocking."""
-        out: list[tuple[int, bytes]] = []
+    def drain(self) -> None:
+        """Take everything waiting in the socket now, without blocking; completed
+        slices go to ``ready``, where whoever hands them to the writers takes them."""
         while True:
             try:
                 data = self.sock.recv(65536)
             except (BlockingIOError, InterruptedError):
-                return out
+                return
             if not data:
-                return out
+                return
             got = self._take(data)
             if got is not None:
-                out.append(got)
+                self.ready.append(got)
 
     def missing(self, slice_no: int) -> bytes:
         """The bitmap a REPORT carries: b"" when the slice is complete."""
@@ -126,9 +127,16 @@ class ReceivePlane:
         asm = self.asm.get(slice_no)
         return bitmap(asm.missing() if asm else list(range(n)), n)
 
-    async def run(self, on_slice: Callable[[int, bytes], Awaitable[None]]) -> None:
-        """Read datagrams until cancelled; hand each completed slice to ``on_slice``."""
+    async def run(self) -> None:
+        """Read datagrams until cancelled (completed slices collect in ``ready``: the
+        control connection hands them over, once its REF frames have said what they
+        must hold — a slice can arrive whole before the REFs that announce it)."""
         while True:
             await trio.lowlevel.wait_readable(self.sock)
-            for item in self.drain():
-                await on_slice(*item)
+            self.drain()
+
+    def take_ready(self, upto: int | None) -> list[tuple[int, bytes]]:
+        """The completed slices numbered ``upto`` or less (all if None), in order."""
+        out = [item for item in self.ready if upto is None or item[0] <= upto]
+        self.ready = deque(item for item in self.ready if not (upto is None or item[0] <= upto))
+        return out
