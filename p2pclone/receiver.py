@@ -484,11 +484,12 @@ class _DataState:
                         raise RemoteProtocolError("POLL outside a multicast session")
                     await trio.sleep(0.002)  # datagrams sent just before the POLL
                     self.plane.drain()
-                    for slice_no, data in self.plane.take_ready(event.slice):
-                        await self._slice(writers, slice_no, data)
+                    # Answer first, then write: the group should not wait for our disk.
                     await self.channel.send(
                         Report(slice=event.slice, missing=self.plane.missing(event.slice))
                     )
+                    for slice_no, data in self.plane.take_ready(event.slice):
+                        await self._slice(writers, slice_no, data)
                 elif isinstance(event, Evict):
                     raise Evicted(event.reason)
                 elif isinstance(event, Patch):

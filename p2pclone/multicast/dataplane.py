@@ -158,6 +158,18 @@ class RepairState:
     #: cannot keep up with the group (a slow link): it is evicted at once
     hopeless: float = 0.5
     waiting: dict[str, list[int] | None] = field(default_factory=dict)
+    #: how many fragments each member that reported was missing, in the last round
+    losses: list[int] = field(default_factory=list)
+    _reported: dict[str, int] = field(default_factory=dict)
+
+    def typical_loss(self) -> int:
+        """The median member's loss in the last round: what the rate governor acts on.
+        One member on a bad link must not slow the whole group down (it is repaired,
+        and evicted if it cannot keep up); loss that most members see is congestion."""
+        if not self.losses:
+            return 0
+        ordered = sorted(self.losses)
+        return ordered[len(ordered) // 2]
 
     def __post_init__(self) -> None:
         for name, m in self.members.items():
@@ -173,6 +185,7 @@ class RepairState:
         if any(not 0 <= k < self.count for k in missing):
             raise ValueError(f"{name} reported fragments outside the slice")
         self.waiting[name] = sorted(set(missing))
+        self._reported[name] = len(self.waiting[name] or [])
         if not missing:
             del self.waiting[name]
             m.done_slices += 1
@@ -193,6 +206,7 @@ class RepairState:
         is up (then the silent ones are judged by ``silence``).
         """
         union: set[int] = set()
+        self.losses, self._reported = list(self._reported.values()), {}
         for name in list(self.waiting):
             m = self.members[name]
             missing = self.waiting[name]

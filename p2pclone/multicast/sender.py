@@ -432,7 +432,7 @@ async def _repair(
             if p.member.evicted and p.name in state.waiting:
                 state.waiting.pop(p.name, None)
         missing = state.next_round(now)
-        governor.on_round(sent_this_round, len(missing))
+        governor.on_round(sent_this_round, state.typical_loss())
         for p in peers.values():
             if p.member.evicted and not p.evicted_sent:
                 p.evicted_sent = True

@@ -161,3 +161,14 @@ def test_a_receiver_that_cannot_keep_up_is_evicted_after_one_round() -> None:
     assert "cannot keep up" in members["slow"].evicted
     assert intact["a"] and intact["c"]
     assert sent == needed  # nothing was repeated for it
+
+
+def test_the_rate_governor_acts_on_the_typical_members_loss_not_the_worst() -> None:
+    members = {n: Member(n, heard=0.0) for n in ("a", "b", "lossy")}
+    state = RepairState(0, 100, members)
+    state.report("a", [], 1.0)
+    state.report("b", [5], 1.0)
+    state.report("lossy", list(range(30)), 1.0)
+    union = state.next_round(1.0)
+    assert len(union) == 30  # the repairs serve the lossy one...
+    assert state.typical_loss() == 1  # ...but its loss alone does not throttle the group
