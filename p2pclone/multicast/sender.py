@@ -296,73 +296,108 @@ async def _stream(
     threads = default_threads()
     limiter = trio.CapacityLimiter(threads)
     stats = {"wire": 0, "zero": 0}
-    index = 0
-    slice_no = 0
     last_show = 0.0
-    while index < plan.chunk_count:
-        # Encode the next chunks (a few at a time, in worker threads) into one slice.
-        payload = bytearray()
-        coverage: list[tuple[str, int, list[bytes]]] = []  # ("zero"|"ref", first, hashes)
-        while index < plan.chunk_count and len(payload) < SLICE_BYTES:
-            batch = list(range(index, min(plan.chunk_count, index + 2 * threads)))
-            results: dict[int, Encoded] = {}
 
-            async def one(i: int, results: dict[int, Encoded] = results) -> None:
-                results[i] = await trio.to_thread.run_sync(
-                    encode_chunk, source, plan, i, limiter=limiter
-                )
+    async def produce(out: trio.MemorySendChannel[_Slice]) -> None:
+        """Read, hash, compress and seal the next slice while the last one is on the wire
+        and in its repair rounds."""
+        index = 0
+        slice_no = 0
+        async with out:
+            while index < plan.chunk_count:
+                payload = bytearray()
+                coverage: list[tuple[str, int, list[bytes]]] = []  # (zero|ref, first, hashes)
+                while index < plan.chunk_count and len(payload) < SLICE_BYTES:
+                    batch = list(range(index, min(plan.chunk_count, index + 2 * threads)))
+                    results: dict[int, Encoded] = {}
 
-            async with trio.open_nursery() as n:
-                for i in batch:
-                    n.start_soon(one, i)
-            for i in batch:
-                enc = results[i]
-                kind = "zero" if enc.zero else "ref"
-                if kind == "ref":
-                    chunk = enc.chunk
-                    assert chunk is not None
-                    payload += pack_entry(chunk)
-                    digest = chunk.digest
-                else:
-                    stats["zero"] += 1
-                    digest = b""
-                if (
-                    coverage
-                    and coverage[-1][0] == kind
-                    and coverage[-1][1] + len(coverage[-1][2]) == i
-                ):
-                    coverage[-1][2].append(digest)
-                else:
-                    coverage.append((kind, i, [digest]))
-            index = batch[-1] + 1
-        frags = split(session, slice_no, bytes(payload)) if payload else []
-        for p in list(peers.values()):
-            for kind, first, hashes in coverage:
-                if kind == "zero":
-                    await tell(p, Zero(index=first, count=len(hashes)), show)
-                else:
-                    for k in range(0, len(hashes), 1024):
-                        ref = Ref(
-                            index=first + k,
-                            hashes=b"".join(hashes[k : k + 1024]),
-                            slice=slice_no,
-                            fragments=len(frags),
+                    async def one(i: int, results: dict[int, Encoded] = results) -> None:
+                        results[i] = await trio.to_thread.run_sync(
+                            encode_chunk, source, plan, i, limiter=limiter
                         )
-                        await tell(p, ref, show)
-        if frags:
-            sealed = [seal(aead, f) for f in frags]
-            await _multicast(sock, sealed, list(range(len(sealed))), group, governor, stats)
-            await _repair(slice_no, sealed, peers, reports, sock, group, governor, stats, show)
-        slice_no += 1
-        done = min(plan.source_size, index * plan.chunk_size)
-        report(Progress(done, plan.source_size, stats["wire"]))
-        now = time.monotonic()
-        if callable(show) and now - last_show >= 1.0:
-            last_show = now
-            for p in peers.values():
-                if not p.member.evicted:
-                    show(p.name, "receiving", done_bytes=done, repairs=p.member.repairs)
+
+                    async with trio.open_nursery() as n:
+                        for i in batch:
+                            n.start_soon(one, i)
+                    for i in batch:
+                        enc = results[i]
+                        kind = "zero" if enc.zero else "ref"
+                        if kind == "ref":
+                            chunk = enc.chunk
+                            assert chunk is not None
+                            payload += pack_entry(chunk)
+                            digest = chunk.digest
+                        else:
+                            stats["zero"] += 1
+                            digest = b""
+                        last = coverage[-1] if coverage else None
+                        if last and last[0] == kind and last[1] + len(last[2]) == i:
+                            last[2].append(digest)
+                        else:
+                            coverage.append((kind, i, [digest]))
+                    index = batch[-1] + 1
+                sealed = await trio.to_thread.run_sync(
+                    _seal_slice, aead, session, slice_no, bytes(payload), limiter=limiter
+                )
+                await out.send(_Slice(slice_no, coverage, sealed, index))
+                slice_no += 1
+
+    send_slices, recv_slices = trio.open_memory_channel[_Slice](1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(produce, send_slices)
+        async for sl in recv_slices:
+            await _one_slice(sl, peers, sock, group, governor, reports, stats, show)
+            done = min(plan.source_size, sl.end * plan.chunk_size)
+            report(Progress(done, plan.source_size, stats["wire"]))
+            now = time.monotonic()
+            if callable(show) and now - last_show >= 1.0:
+                last_show = now
+                for p in peers.values():
+                    if not p.member.evicted:
+                        show(p.name, "receiving", done_bytes=done, repairs=p.member.repairs)
     return stats
+
+
+def _seal_slice(aead: AESGCM, session: int, number: int, payload: bytes) -> list[bytes]:
+    return [seal(aead, f) for f in split(session, number, payload)] if payload else []
+
+
+@dataclass
+class _Slice:
+    number: int
+    coverage: list[tuple[str, int, list[bytes]]]
+    sealed: list[bytes]
+    end: int  # the first chunk after it
+
+
+async def _one_slice(
+    sl: _Slice,
+    peers: dict[str, _Peer],
+    sock: object,
+    group: tuple[str, int],
+    governor: RateGovernor,
+    reports: dict[int, dict[str, bytes]],
+    stats: dict[str, int],
+    show: object,
+) -> None:
+    """Coverage to every member, the slice to the group, then its repair rounds."""
+    for p in list(peers.values()):
+        for kind, first, hashes in sl.coverage:
+            if kind == "zero":
+                await tell(p, Zero(index=first, count=len(hashes)), show)
+            else:
+                for k in range(0, len(hashes), 1024):
+                    ref = Ref(
+                        index=first + k,
+                        hashes=b"".join(hashes[k : k + 1024]),
+                        slice=sl.number,
+                        fragments=len(sl.sealed),
+                    )
+                    await tell(p, ref, show)
+    if sl.sealed:
+        sealed = sl.sealed
+        await _multicast(sock, sealed, list(range(len(sealed))), group, governor, stats)
+        await _repair(sl.number, sealed, peers, reports, sock, group, governor, stats, show)
 
 
 async def _multicast(
