@@ -1,0 +1,62 @@
+"""The receiver's data plane on real UDP sockets (loopback): sealing, and slices that
+arrive whole before the control connection has announced them."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import trio
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from p2pclone.multicast.dataplane import split
+from p2pclone.multicast.plane import ReceivePlane, seal
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.connect(rx.getsockname())
+    return tx, rx
+
+
+async def test_a_slice_complete_before_its_ref_waits_for_its_poll() -> None:
+    tx, rx = pair()
+    key, session = os.urandom(32), 77
+    plane = ReceivePlane(rx)
+    plane.start(key, session)
+    aead = AESGCM(key)
+    for number, data in ((0, b"a" * 5000), (1, b"b" * 3000)):
+        for frag in split(session, number, data):
+            tx.send(seal(aead, frag))
+    await trio.sleep(0.05)
+    plane.drain()
+    # Both slices are whole, but only slice 0 has been polled: slice 1 stays, whole,
+    # until the REF frames that say what it must hold have been read.
+    assert [n for n, _ in plane.take_ready(0)] == [0]
+    assert plane.missing(1) == b""  # complete: the REPORT says so
+    assert plane.take_ready(1) == [(1, b"b" * 3000)]
+    assert plane.take_ready(None) == []
+
+
+async def test_datagrams_sealed_with_another_key_or_session_are_ignored() -> None:
+    tx, rx = pair()
+    key, session = os.urandom(32), 5
+    plane = ReceivePlane(rx)
+    plane.start(key, session)
+    plane.expect(0, 1, {})
+    (frag,) = split(session, 0, b"x" * 100)
+    tx.send(seal(AESGCM(os.urandom(32)), frag))  # a stranger's key
+    (other,) = split(session + 1, 0, b"y" * 100)
+    tx.send(seal(AESGCM(key), other))  # another session
+    tx.send(b"not a datagram of ours")
+    await trio.sleep(0.05)
+    plane.drain()
+    assert plane.take_ready(None) == []
+    assert plane.missing(0) == b"\x01"  # still missing its only fragment
+    tx.send(seal(AESGCM(key), frag))
+    await trio.sleep(0.05)
+    plane.drain()
+    assert plane.take_ready(None) == [(0, b"x" * 100)]
