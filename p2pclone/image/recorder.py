@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from .. import __version__
-from ..errors import P2PCloneError, PeerError, RemoteProtocolError, SafetyError, TransportError
+from ..errors import IntegrityError, P2PCloneError, RemoteProtocolError, SafetyError
+from ..pipeline import chunk_span
 from ..protocol import Connection, Role
 from ..protocol.connection import zero_digest
 from ..protocol.messages import (
@@ -31,8 +32,8 @@ from ..protocol.messages import (
     Accept,
     Chunk,
     End,
-    Error,
     Have,
+    Lost,
     Plan,
     Result,
     Same,
@@ -57,11 +58,10 @@ UNKNOWN = bytes(HASH_SIZE)
 class Recorder:
     """One image being written: opened (and checked) before the session starts."""
 
-    def __init__(self, url: str, store: Store, code: str, fresh: bool) -> None:
+    def __init__(self, url: str, store: Store, code: str) -> None:
         self.url = url
         self.store = store
         self.code = code
-        self.fresh = fresh
         self.header: fmt.Header | None = None
         self.keys: fmt.Keys | None = None
 
@@ -75,7 +75,7 @@ class Recorder:
         store = open_store(url, create=True, password=password)
         url = store.url  # without a password that the URL may hold
         try:
-            rec = cls(url, store, code, fresh)
+            rec = cls(url, store, code)
             if fresh:
                 store.truncate(0)
             elif store.size():
@@ -120,6 +120,14 @@ class Recorder:
         if end.root != channel.conn.root_digest():  # the Connection checked coverage
             raise RemoteProtocolError("the sender's root hash disagrees with its chunks")
         await trio.to_thread.run_sync(state.finish, end.root)
+        if state.lost:
+            # What arrived is kept (and indexed); the chunks that did not are missing
+            # from the image, which is not a copy of the source: never a success.
+            raise IntegrityError(
+                f"the sender could not provide {len(state.lost)} chunks "
+                f"({chunk_span(plan, state.lost[0])} first): its source image is damaged; "
+                f"{self.url} lacks them and `image verify` names them"
+            )
         await channel.send(Result(root=end.root, verified=False))
         await channel.close()
 
@@ -219,6 +227,7 @@ class _Writing:
         self.unsynced = 0
         self.progressed = trio.Event()
         self.chunks_seen = 0
+        self.lost: list[int] = []  # chunks the sender could not provide (LOST)
 
     async def run(self, channel: Channel) -> End:
         send, recv = trio.open_memory_channel[list[Job] | None](1)
@@ -238,14 +247,9 @@ class _Writing:
     ) -> End:
         codec = self.codec
         while True:
-            event = await channel.receive()
-            if event is None:
-                raise TransportError(
-                    f"the sender stopped before the end: the image {self.rec.url} is "
-                    "incomplete; run the same command again to resume it"
-                )
-            if isinstance(event, Error):
-                raise PeerError(event.message, code=event.code, exit_code=event.exit)
+            event = await channel.expect_one_of(
+                (Chunk, Zero, Same, Lost, End), "the sender's chunks"
+            )
             if isinstance(event, End):
                 return event
             if isinstance(event, Chunk):
@@ -266,6 +270,8 @@ class _Writing:
                 self._place(event.index, event.count, None)
                 zero: list[bytes | memoryview] = [codec.zero(event.index, event.count)]
                 self._add(len(zero[0]), functools.partial(list, zero))
+            elif isinstance(event, Lost):  # its source is a damaged image: not a copy
+                self.lost += range(event.index, event.index + event.count)
             elif isinstance(event, Same):
                 for k in range(event.count):
                     i = event.index + k

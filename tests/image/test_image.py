@@ -306,3 +306,21 @@ def test_cli_password_in_the_url_is_used_and_never_shown(tmp_path: Path, samba: 
     assert missing.returncode == 5 and b"no image at" in missing.stderr
     for out in (saved, info, missing):
         assert samba.password.encode() not in out.stdout + out.stderr
+
+
+async def test_copying_a_damaged_image_is_never_a_success(tmp_path: Path) -> None:
+    source, data = layout(tmp_path)
+    url = f"file://{tmp_path}/pc1.p2pc"
+    await save(source, url)
+    image = tmp_path / "pc1.p2pc"
+    pos, head = next((p, h) for p, h in records(image) if h.type == fmt.CHUNK and h.index == 3)
+    raw = bytearray(image.read_bytes())
+    raw[pos + head.total - 100] ^= 0x10
+    image.write_bytes(bytes(raw))
+    copy = f"file://{tmp_path}/copy.p2pc"
+    with pytest.raises(P2PCloneError, match="could not provide") as failed:
+        await send(url, copy, code=CODE, passphrase=CODE)
+    assert failed.value.exit_code == ExitCode.INTEGRITY
+    span = f"{3 * 256 * 1024}-{4 * 256 * 1024 - 1}"
+    with pytest.raises(IntegrityError, match=span):  # the copy says what it lacks
+        await tools.verify(copy, CODE)
