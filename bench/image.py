@@ -50,6 +50,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mkdisk  # noqa: E402
+from common import drop_caches  # noqa: E402
 
 MIB = 1 << 20
 USER, PASSWORD, CODE = "p2pclone-smb", "Bench-pass-1", "bench image passphrase"
@@ -109,11 +110,6 @@ def start_smbd(base: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
         except OSError:
             time.sleep(0.1)
     raise SystemExit("smbd did not start")
-
-
-def drop_caches() -> None:
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def timed(cmd: list[str] | str, env: dict[str, str]) -> tuple[float, str]:

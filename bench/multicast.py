@@ -45,6 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mkdisk  # noqa: E402
+from common import drop_caches, identical  # noqa: E402
 
 MIB = 1 << 20
 CODE = "7-bench-multicast"
@@ -100,15 +101,6 @@ class Lan:
     def close(self) -> None:
         for ns in [*self.hosts, self.switch]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
-def drop_caches() -> None:
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def identical(a: Path, b: Path) -> bool:
-    return subprocess.run(["cmp", "-s", str(a), str(b)]).returncode == 0
 
 
 def run_case(

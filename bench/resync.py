@@ -27,6 +27,7 @@ Every target is compared with its source; a difference is a failure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -42,13 +43,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mkdisk  # noqa: E402
-
-MIB = 1 << 20
-ROOT = Path(__file__).resolve().parent.parent
+from common import drop_caches as _drop_caches  # noqa: E402
+from common import identical  # noqa: E402
 
 
 def drop_caches() -> None:
-    subprocess.run("sync; echo 3 > /proc/sys/vm/drop_caches", shell=True, check=False)
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):  # not root: cache stays
+        _drop_caches()
+
+
+MIB = 1 << 20
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -145,10 +150,6 @@ def clone(
     last["exit"] = tx.returncode
     last["wall"] = time.perf_counter() - started
     return last
-
-
-def identical(a: Path, b: Path) -> bool:
-    return subprocess.run(["cmp", "-s", str(a), str(b)]).returncode == 0
 
 
 def bench_resume(python: str, image: Path, work: Path) -> list[dict[str, Any]]:

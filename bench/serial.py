@@ -58,6 +58,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mkdisk  # noqa: E402
+from common import identical  # noqa: E402
 
 KIB = 1024
 MIB = 1 << 20
@@ -124,10 +125,6 @@ class Line(threading.Thread):
         for master, slave in self.pairs:
             os.close(master)
             os.close(slave)
-
-
-def identical(a: Path, b: Path) -> bool:
-    return b.exists() and subprocess.run(["cmp", "-s", str(a), str(b)]).returncode == 0
 
 
 def run_p2pclone(python: str, source: Path, work: Path, line: Line, baud: int) -> dict[str, Any]:

@@ -1,0 +1,17 @@
+"""Small helpers the benchmark scripts share."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+
+def drop_caches() -> None:
+    """Flush and drop the page cache, so the next read comes from the device (root)."""
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def identical(a: Path, b: Path) -> bool:
+    """``b`` exists and holds exactly ``a``'s bytes."""
+    return b.exists() and subprocess.run(["cmp", "-s", str(a), str(b)]).returncode == 0
