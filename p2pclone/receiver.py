@@ -429,9 +429,7 @@ class _DataState:
                     if self.plane is not None:
                         # Slices completed since the last POLL (or still in the socket):
                         # hand them to the writers before judging.
-                        self.plane.drain()
-                        for slice_no, data in self.plane.take_ready(None):
-                            await self._slice(writers, slice_no, data)
+                        await self._take_slices(writers, None)
                     self._plane_scope.cancel()
                     if self.slices_due:
                         raise IntegrityError(
@@ -488,8 +486,7 @@ class _DataState:
                     await self.channel.send(
                         Report(slice=event.slice, missing=self.plane.missing(event.slice))
                     )
-                    for slice_no, data in self.plane.take_ready(event.slice):
-                        await self._slice(writers, slice_no, data)
+                    await self._take_slices(writers, event.slice)
                 elif isinstance(event, Evict):
                     raise Evicted(event.reason)
                 elif isinstance(event, Patch):
@@ -509,6 +506,14 @@ class _DataState:
         assert self.plane is not None
         with self._plane_scope:
             await self.plane.run()
+
+    async def _take_slices(self, writers: trio.Nursery, upto: int | None) -> None:
+        """Hand the whole slices numbered ``upto`` or less (all: None) to the writers;
+        only the control connection does, once the REFs before them have been read."""
+        assert self.plane is not None
+        self.plane.drain()
+        for slice_no, data in self.plane.take_ready(upto):
+            await self._slice(writers, slice_no, data)
 
     async def _slice(self, writers: trio.Nursery, slice_no: int, data: bytes) -> None:
         """A multicast slice arrived whole: write the chunks our plan expects from it."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -69,6 +70,9 @@ from .session import (
     pick_error,
 )
 
+if TYPE_CHECKING:
+    from .multicast.sender import GroupProgress
+
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 #: Bytes of chunks the reader may run ahead of the link (32 chunks of 1 MiB; at
 #: least 4 chunks whatever their size).  Measured on a 1 Gbit link: 16 -> 32 MiB
@@ -102,7 +106,7 @@ async def send(
     fresh: bool = False,
     receivers: int = 1,
     wait: float = 60.0,
-    group_report: Callable[[object], None] | None = None,
+    group_report: Callable[[GroupProgress], None] | None = None,
     report: Reporter = no_report,
 ) -> Done:
     """Clone ``source_path`` to the receiver at ``url``; return the final statistics.

@@ -22,6 +22,8 @@ import errno
 import os
 import threading
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import trio
@@ -61,6 +63,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    @contextmanager
+    def _check(self, doing: str) -> Iterator[None]:
+        """OSError -> one TransportError sentence naming the image."""
+        try:
+            yield
+        except OSError as exc:
+            hint = (
+                "the share is full: free space or save elsewhere"
+                if exc.errno == errno.ENOSPC
+                else "check the share and run the same command again (a save resumes)"
+            )
+            raise TransportError(
+                f"{doing} the image {self.url} failed ({exc.strerror or exc}): {hint}"
+            ) from exc
+
 
 class LocalStore(Store):
     def __init__(self, url: str, path: str, *, create: bool) -> None:
@@ -81,7 +98,6 @@ class LocalStore(Store):
                 f"cannot open the image {url} ({exc.strerror}): check the path and your "
                 "permissions on the share"
             ) from None
-        self._check = _io_errors(url)
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
@@ -117,33 +133,6 @@ class LocalStore(Store):
         os.close(self.fd)
 
 
-class _io_errors:
-    """A context manager factory: OSError -> one TransportError sentence naming the image."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def __call__(self, doing: str) -> _io_errors:
-        self.doing = doing
-        return self
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> None:
-        if isinstance(exc, OSError):
-            hint = (
-                "the share is full: free space or save elsewhere"
-                if exc.errno == errno.ENOSPC
-                else "check the share and run the same command again (a save resumes)"
-            )
-            raise TransportError(
-                f"{self.doing} the image {self.url} failed ({exc.strerror or exc}): {hint}"
-            ) from exc
-
-
 class SMBStore(Store):
     """An image file on an SMB 2/3 share, through smbprotocol's smbclient."""
 
@@ -166,7 +155,6 @@ class SMBStore(Store):
             "connection_timeout": 15,
         }
         self._kw = kw
-        self._check = _io_errors(url)
         self._lock = threading.Lock()  # one file position, shared by worker threads
         try:
             smbclient.register_session(location.host, **kw)
@@ -425,14 +413,14 @@ class ShareTransport(Transport):
         url, self._password = split_password(url)
         super().__init__(url)
 
-    async def _opened(self) -> None:
+    def _opened(self) -> None:
         if self._password is not None and self.options.get("password") is None:
             self.options["password"] = self._password
 
     async def connect(self) -> trio.abc.Stream:
         from p2pclone.image.recorder import Recorder
 
-        await self._opened()
+        self._opened()
         # Opened here, in the sender's task: an unreachable share or a wrong
         # passphrase for an image to resume is the sender's own error.
         recorder = await trio.to_thread.run_sync(
@@ -447,5 +435,5 @@ class ShareTransport(Transport):
         return ours
 
     async def listen(self) -> LinkListener:
-        await self._opened()
+        self._opened()
         return _PlayerListener(self)

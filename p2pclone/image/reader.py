@@ -42,10 +42,6 @@ def read_header(store: Store, url: str) -> tuple[fmt.Header, bytes]:
     return fmt.decode_header(data, url), data
 
 
-def header_end(header_bytes: bytes, url: str) -> int:
-    return fmt.header_length(header_bytes, url)
-
-
 def scan_records(
     store: Store, codec: fmt.Codec, url: str, start: int | None = None, deep: bool = True
 ) -> tuple[dict[int, tuple[int, bytes]], int]:
@@ -150,8 +146,6 @@ class Index:
 
 class ImageSource:
     """An image opened for reading (see the module docstring)."""
-
-    is_image = True
 
     def __init__(self, url: str, store: Store, header: fmt.Header, keys: fmt.Keys | None) -> None:
         self.url = url

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import IO, Any
 
 import trio
@@ -68,12 +67,6 @@ def ranges(source: ImageSource, indices: list[int]) -> str:
     return f"bytes {shown}{more}"
 
 
-@dataclass
-class Check:
-    damaged: list[int] = field(default_factory=list)
-    root_ok: bool = True
-
-
 async def verify(
     url: str,
     code: str,
@@ -87,11 +80,14 @@ async def verify(
     """
     started = trio.current_time()
     source = await trio.to_thread.run_sync(ImageSource.open, url, code, password)
+    url = source.url  # without a password that the URL may hold
     try:
         n = source.header.chunk_count
         report(Verifying(source.size))
-        check = Check(damaged=source.missing())
-        limiter = trio.CapacityLimiter(default_threads())
+        damaged = source.missing()
+        threads = default_threads()
+        limiter = trio.CapacityLimiter(threads)
+        in_flight = trio.Semaphore(2 * threads)  # chunks being checked, at most
         done = 0
 
         async def one(i: int) -> None:
@@ -99,25 +95,25 @@ async def verify(
             try:
                 await trio.to_thread.run_sync(source.read_chunk, i, limiter=limiter)
             except IntegrityError:
-                check.damaged.append(i)
+                damaged.append(i)
+            finally:
+                in_flight.release()
             done += source.header.chunk_length(i)
             report(Progress(done, source.size, 0))
 
         async with trio.open_nursery() as nursery:
             for i in range(n):
                 if source.index.kinds[i] == DATA:
-                    await limiter.acquire()  # bound the tasks in flight
-                    limiter.release()
+                    await in_flight.acquire()
                     nursery.start_soon(one, i)
-        if source.index.root is not None:
-            check.root_ok = root_of(bytes(source.index.hashes)) == source.index.root
-        if check.damaged:
+        if damaged:
             raise IntegrityError(
-                f"the image {url} is damaged: {len(check.damaged)} of {n} chunks are unreadable "
-                f"or missing ({ranges(source, check.damaged)}); restoring it would leave "
+                f"the image {url} is damaged: {len(damaged)} of {n} chunks are unreadable "
+                f"or missing ({ranges(source, damaged)}); restoring it would leave "
                 "those ranges unwritten — save the source again"
             )
-        if not check.root_ok:
+        root = source.index.root
+        if root is not None and root_of(bytes(source.index.hashes)) != root:
             raise IntegrityError(f"the index of {url} is damaged (its root hash does not match)")
         if not source.complete:
             raise IntegrityError(
@@ -147,6 +143,7 @@ async def export(
     """Write the raw disk to ``out`` in order; damaged chunks become zeros and raise at the end."""
     started = trio.current_time()
     source = await trio.to_thread.run_sync(ImageSource.open, url, code, password)
+    url = source.url  # without a password that the URL may hold
     try:
         damaged: list[int] = []
         n = source.header.chunk_count

@@ -137,7 +137,6 @@ class Member:
     evicted: str = ""  # why it left the group ("" while in it)
     rounds: int = 0  # repair rounds it needed on the current slice
     repairs: int = 0  # fragments re-sent because of it, in all
-    done_slices: int = 0
 
 
 @dataclass
@@ -188,7 +187,6 @@ class RepairState:
         self._reported[name] = len(self.waiting[name] or [])
         if not missing:
             del self.waiting[name]
-            m.done_slices += 1
 
     @property
     def done(self) -> bool:

@@ -65,7 +65,6 @@ class ReceivePlane:
         self.counts: dict[int, int] = {}  # slice -> fragments
         self.asm: dict[int, Assembler] = {}
         self.done: set[int] = set()
-        self.datagrams = 0
         self.ready: deque[tuple[int, bytes]] = deque()  # complete, not yet handed over
         self._complete: trio.MemorySendChannel[tuple[int, bytes]] | None = None
 
@@ -97,7 +96,6 @@ class ReceivePlane:
         asm = self.asm.get(frag.slice)
         if asm is None:
             asm = self.asm[frag.slice] = Assembler(frag.slice, frag.count, frag.slice_len)
-        self.datagrams += 1
         whole = Fragment(frag.session, frag.slice, frag.index, frag.count, frag.slice_len, plain)
         if asm.add(whole):
             self.done.add(frag.slice)

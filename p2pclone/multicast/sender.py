@@ -26,6 +26,7 @@ import contextlib
 import functools
 import os
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,6 +81,10 @@ class _Peer:
     evicted_sent: bool = False
 
 
+#: report a member's state: show(name, state, why=..., done_bytes=..., repairs=...)
+Show = Callable[..., None]
+
+
 @dataclass
 class GroupProgress:
     """One member's state, for the display: joined, percent, repairs, evicted, done."""
@@ -101,7 +106,7 @@ async def send_multicast(
     chunk_size: int = 1 << 20,
     allow_mounted: bool = False,
     report: Reporter = no_report,
-    group_report: object = None,
+    group_report: Callable[[GroupProgress], None] | None = None,
 ) -> Done:
     started_at = trio.current_time()
     source = await trio.to_thread.run_sync(
@@ -121,9 +126,11 @@ async def send_multicast(
     port = listeners[0].socket.getsockname()[1]
     report(Connected(f"{transport.url} (control: tcp://{transport.address}:{port})"))
 
-    def show(name: str, state: str, **kw: object) -> None:
-        if callable(group_report):
-            group_report(GroupProgress(name, state, **kw))  # type: ignore[arg-type]
+    def show(
+        name: str, state: str, *, why: str = "", done_bytes: int = 0, repairs: int = 0
+    ) -> None:
+        if group_report is not None:
+            group_report(GroupProgress(name, state, done_bytes, repairs, why))
 
     async def announce() -> None:
         while True:
@@ -257,7 +264,7 @@ async def send_multicast(
     )
 
 
-async def tell(p: _Peer, event: Event, show: object) -> None:
+async def tell(p: _Peer, event: Event, show: Show) -> None:
     """Send to one member; a member whose link broke leaves the group, the rest go on."""
     if p.member.evicted:
         return
@@ -266,11 +273,10 @@ async def tell(p: _Peer, event: Event, show: object) -> None:
     except P2PCloneError as exc:
         p.member.evicted = f"its control link broke ({exc.message})"
         p.evicted_sent = True
-        if callable(show):
-            show(p.name, "evicted", why=p.member.evicted)
+        show(p.name, "evicted", why=p.member.evicted)
 
 
-async def tell_all(peers: dict[str, _Peer], make: Callable[[_Peer], Event], show: object) -> None:
+async def tell_all(peers: dict[str, _Peer], make: Callable[[_Peer], Event], show: Show) -> None:
     for p in list(peers.values()):
         if not p.member.evicted:
             await tell(p, make(p), show)
@@ -282,17 +288,14 @@ async def _stream(
     peers: dict[str, _Peer],
     aead: AESGCM,
     session: int,
-    sock: object,
+    sock: socket.socket,
     group: tuple[str, int],
     governor: RateGovernor,
     reports: dict[int, dict[str, bytes]],
     report: Reporter,
-    show: object,
+    show: Show,
 ) -> dict[str, int]:
     """Read, encode and multicast every chunk, slice by slice, with repair rounds."""
-    import socket as socket_mod
-
-    assert isinstance(sock, socket_mod.socket)
     threads = default_threads()
     limiter = trio.CapacityLimiter(threads)
     stats = {"wire": 0, "zero": 0}
@@ -350,7 +353,7 @@ async def _stream(
             done = min(plan.source_size, sl.end * plan.chunk_size)
             report(Progress(done, plan.source_size, stats["wire"]))
             now = time.monotonic()
-            if callable(show) and now - last_show >= 1.0:
+            if now - last_show >= 1.0:
                 last_show = now
                 for p in peers.values():
                     if not p.member.evicted:
@@ -373,12 +376,12 @@ class _Slice:
 async def _one_slice(
     sl: _Slice,
     peers: dict[str, _Peer],
-    sock: object,
+    sock: socket.socket,
     group: tuple[str, int],
     governor: RateGovernor,
     reports: dict[int, dict[str, bytes]],
     stats: dict[str, int],
-    show: object,
+    show: Show,
 ) -> None:
     """Coverage to every member, the slice to the group, then its repair rounds."""
     for p in list(peers.values()):
@@ -401,7 +404,7 @@ async def _one_slice(
 
 
 async def _multicast(
-    sock: object,
+    sock: socket.socket,
     sealed: list[bytes],
     which: list[int],
     group: tuple[str, int],
@@ -409,9 +412,6 @@ async def _multicast(
     stats: dict[str, int],
 ) -> None:
     """Send fragments ``which`` in non-blocking bursts, paced by the governor."""
-    import socket as socket_mod
-
-    assert isinstance(sock, socket_mod.socket)
     pos = 0
     while pos < len(which):
         now = time.monotonic()
@@ -440,11 +440,11 @@ async def _repair(
     sealed: list[bytes],
     peers: dict[str, _Peer],
     reports: dict[int, dict[str, bytes]],
-    sock: object,
+    sock: socket.socket,
     group: tuple[str, int],
     governor: RateGovernor,
     stats: dict[str, int],
-    show: object,
+    show: Show,
 ) -> None:
     """POLL, collect REPORTs, multicast the union of the losses; until all hold the slice."""
     n = len(sealed)
@@ -471,8 +471,7 @@ async def _repair(
         for p in peers.values():
             if p.member.evicted and not p.evicted_sent:
                 p.evicted_sent = True
-                if callable(show):
-                    show(p.name, "evicted", why=p.member.evicted)
+                show(p.name, "evicted", why=p.member.evicted)
                 with contextlib.suppress(P2PCloneError):  # it comes back for unicast
                     await p.channel.send(Evict(reason=p.member.evicted))
         if missing:
