@@ -41,6 +41,7 @@ from .errors import (
     TransportError,
 )
 from .journal import Header, Journal, default_state_dir
+from .multicast.dataplane import DatagramError
 from .multicast.plane import ReceivePlane, unpack_entries
 from .pipeline import (
     SUB_BLOCK,
@@ -276,6 +277,7 @@ async def _session(channel: Channel, target: Target, opts: Options, report: Repo
             state.plane = opts.plane
             try:
                 end = await state.run(delta)
+                repaired = len(state.refetch)
             except BaseException as exc:
                 # Keep what was written: a re-run resumes after it.
                 with trio.CancelScope(shield=True), contextlib.suppress(P2PCloneError):
@@ -292,7 +294,7 @@ async def _session(channel: Channel, target: Target, opts: Options, report: Repo
                     bad = await _verify(target, plan, log, opts.threads, report)
                     if bad:
                         await _repair(channel, target, plan, bad, journal)
-                        repaired = len(bad)
+                        repaired += len(bad)
             except (IntegrityError, TargetError):
                 # The journal vouches for data the target may not hold: a re-run must
                 # not trust it.
@@ -393,6 +395,9 @@ class _DataState:
         self.lost: list[int] = []  # chunks the sender could not provide (LOST)
         self.plane: ReceivePlane | None = None  # multicast data plane, if any
         self.slices_due: set[int] = set()
+        # Chunks a whole multicast slice held wrong (or not at all): fetched again
+        # over our own connection after END.  Group data is never trusted by itself.
+        self.refetch: dict[int, bytes] = {}
         self._plane_scope = trio.CancelScope()
         self.progressed = trio.Event()  # the data moved on (wakes the HAVE sender)
 
@@ -404,6 +409,8 @@ class _DataState:
                 nursery.start_soon(self._committer)
             end = await self._receive(nursery)
             nursery.cancel_scope.cancel()  # the helpers; writers finish (threads can't stop)
+        if self.refetch:
+            await self._fetch(self.refetch)
         await self.commit(ack=True)
         self.report(
             Progress(self.plan.source_size, self.plan.source_size, self.channel.conn.bytes_in)
@@ -519,18 +526,19 @@ class _DataState:
         """A multicast slice arrived whole: write the chunks our plan expects from it."""
         assert self.plane is not None
         expected = self.plane.expected.pop(slice_no, {})
-        for index, length, encoding, body in unpack_entries(data):
+        try:
+            entries = unpack_entries(data)
+        except DatagramError:
+            entries = []  # garbage sealed with the group key: a rogue member's, or a bug
+        for index, length, encoding, body in entries:
             digest = expected.pop(index, None)
             if digest is None or length != self.plan.chunk_length(index):
                 continue  # not ours to take: only what our own plan vouches for
             chunk = Chunk(index=index, length=length, digest=digest, encoding=encoding, body=body)
             await self.room.acquire()
-            writers.start_soon(self._write, chunk)
-        if expected:
-            raise IntegrityError(
-                f"multicast slice {slice_no} lacks chunks {sorted(expected)[:5]} that the "
-                "sender announced: refusing it; run the receiver again (it resumes)"
-            )
+            writers.start_soon(self._write_group, chunk)
+        # Announced but absent from the slice: the group's copy is not the sender's.
+        self.refetch.update(expected)
         self.slices_due.discard(slice_no)
 
     async def _in_thread(self, fn: Callable[..., None], *args: object) -> None:
@@ -542,6 +550,22 @@ class _DataState:
     async def _write(self, chunk: Chunk) -> None:
         await self._in_thread(write_chunk, self.target, chunk, self.plan)
         self._written([(chunk.index, chunk.digest)], chunk.length)
+
+    async def _write_group(self, chunk: Chunk) -> None:
+        """A chunk from the multicast group: anyone holding the group key can seal one,
+        so one that fails our plan's hash is fetched again, not fatal (nothing of it
+        is written: the check comes first)."""
+        try:
+            await self._write(chunk)
+        except IntegrityError:
+            self.refetch[chunk.index] = chunk.digest
+
+    async def _fetch(self, wanted: dict[int, bytes]) -> None:
+        """Ask the sender for these chunks again (NAK) over our own connection and
+        write them; they must carry the hashes our plan gave."""
+        await fetch_again(self.channel, self.target, self.plan, wanted)
+        for index in sorted(wanted):
+            self._written([(index, wanted[index])], self.plan.chunk_length(index))
 
     async def _patch(self, patch: Patch) -> None:
         await self._in_thread(apply_patch, self.target, patch, self.plan, SUB_BLOCK)
@@ -715,6 +739,28 @@ def _spans(plan: Plan, indices: list[int]) -> str:
     return spans + (f" and {len(indices) - 5} more chunks" if len(indices) > 5 else "")
 
 
+async def fetch_again(
+    channel: Channel, target: Target, plan: Plan, wanted: dict[int, bytes]
+) -> None:
+    """NAK the chunks ``wanted`` (index -> the hash they must have) and write the
+    sender's answers.
+
+    Raises:
+        IntegrityError: an answer is not the chunk wanted (the source changed).
+    """
+    indices = sorted(wanted)
+    for first in range(0, len(indices), MAX_HASHES):
+        await channel.send(Nak(indices=tuple(indices[first : first + MAX_HASHES])))
+    for _ in indices:
+        chunk = await channel.expect(Chunk, "the sender's repairs")
+        if chunk.digest != wanted.get(chunk.index):
+            raise IntegrityError(
+                f"the source changed since it was cloned ({_spans(plan, [chunk.index])} differ "
+                "from what the clone holds): the repair was refused; run the clone again"
+            )
+        await trio.to_thread.run_sync(write_chunk, target, chunk, plan)
+
+
 async def _repair(
     channel: Channel, target: Target, plan: Plan, bad: dict[int, bytes], journal: Journal | None
 ) -> None:
@@ -732,16 +778,7 @@ async def _repair(
             f"verification read back different data at {_spans(plan, indices)}: too many "
             f"chunks to fetch again; the target {target.path} is failing; check the disk"
         )
-    for first in range(0, len(indices), MAX_HASHES):
-        await channel.send(Nak(indices=tuple(indices[first : first + MAX_HASHES])))
-    for _ in indices:
-        chunk = await channel.expect(Chunk, "the sender's repairs")
-        if chunk.digest != bad[chunk.index]:
-            raise IntegrityError(
-                f"the source changed since it was cloned ({_spans(plan, [chunk.index])} differ "
-                "from what the clone holds): the repair was refused; run the clone again"
-            )
-        await trio.to_thread.run_sync(write_chunk, target, chunk, plan)
+    await fetch_again(channel, target, plan, bad)
     await trio.to_thread.run_sync(target.sync)
     await trio.to_thread.run_sync(target.drop_cache)
     still = [

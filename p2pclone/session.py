@@ -82,7 +82,8 @@ class Done:
     seconds: float
     verified: bool = False
     same_chunks: int = 0  # already on the target (resume or delta): not sent
-    repaired_chunks: int = 0  # read back wrong by --verify, fetched again and fixed
+    # fetched again and fixed: read back wrong by --verify, or wrong in a multicast group
+    repaired_chunks: int = 0
 
 
 Report = Listening | Connected | Planned | Progress | Verifying | Done

@@ -74,6 +74,9 @@ class ReceivePlane:
 
     def expect(self, slice_no: int, fragments: int, chunks: dict[int, bytes]) -> None:
         self.counts[slice_no] = fragments
+        asm = self.asm.get(slice_no)
+        if asm is not None and asm.count != fragments:
+            del self.asm[slice_no]  # begun by a datagram that was not the sender's
         self.expected.setdefault(slice_no, {}).update(chunks)
 
     def _take(self, data: bytes) -> tuple[int, bytes] | None:
@@ -84,7 +87,7 @@ class ReceivePlane:
             frag = Fragment.decode(data, self.session)
         except DatagramError:
             return None
-        if frag.slice in self.done:
+        if frag.slice in self.done or self.counts.get(frag.slice, frag.count) != frag.count:
             return None
         head = data[:DGRAM_HEADER]
         try:
@@ -97,11 +100,15 @@ class ReceivePlane:
         if asm is None:
             asm = self.asm[frag.slice] = Assembler(frag.slice, frag.count, frag.slice_len)
         whole = Fragment(frag.session, frag.slice, frag.index, frag.count, frag.slice_len, plain)
-        if asm.add(whole):
-            self.done.add(frag.slice)
-            del self.asm[frag.slice]
-            return frag.slice, asm.data()
-        return None
+        if not asm.add(whole):
+            return None
+        del self.asm[frag.slice]
+        try:
+            data = asm.data()
+        except DatagramError:
+            return None  # forged lengths (only a group-key holder can): collect it again
+        self.done.add(frag.slice)
+        return frag.slice, data
 
     def drain(self) -> None:
         """Take everything waiting in the socket now, without blocking; completed

@@ -38,7 +38,7 @@ from transports.multicast import MulticastTransport, encode_announce, send_burst
 
 from ..disks import Source
 from ..errors import P2PCloneError, TransportError
-from ..pipeline import Encoded, default_threads, encode_chunk
+from ..pipeline import Encoded, default_threads, encode_chunk, encode_repair
 from ..protocol import Connection, Role
 from ..protocol.messages import (
     Accept,
@@ -48,6 +48,7 @@ from ..protocol.messages import (
     Evict,
     Group,
     Have,
+    Nak,
     Plan,
     Poll,
     Ref,
@@ -186,9 +187,15 @@ async def send_multicast(
         try:
             while True:
                 event = await peer.channel.expect_one_of(
-                    (Have, Ack, Report, Result), "the receiver's RESULT"
+                    (Have, Ack, Report, Nak, Result), "the receiver's RESULT"
                 )
-                if isinstance(event, Report):
+                if isinstance(event, Nak):
+                    # Chunks the group's copy did not give this member (a rogue sealed
+                    # something else, or its slice never came whole): unicast them.
+                    for index in event.indices:
+                        chunk = await trio.to_thread.run_sync(encode_repair, source, plan, index)
+                        await peer.channel.send(chunk)
+                elif isinstance(event, Report):
                     peer.member.heard = trio.current_time()
                     reports.setdefault(event.slice, {})[peer.name] = event.missing
                     peer.reported.set()

@@ -92,3 +92,52 @@ def test_loss_a_killed_receiver_and_a_slow_one_all_end_byte_identical(lan, tmp_p
     assert (net.addr(4), "unicast") in states  # ...and finished by unicast
     assert (net.addr(3), "unicast") in states  # the restarted one resumed by unicast
     assert (net.addr(2), "evicted") not in states  # 3 % loss is repaired in the group
+
+
+# A sender whose group data is forged, as a rogue group member could forge it: the
+# fragments are sealed with the real group key, but chunk 2 holds other bytes and
+# chunk 5 is left out.  The control connections still carry the true plan and hashes.
+FORGER = """
+import dataclasses
+import sys
+from p2pclone.cli import main
+from p2pclone.multicast import sender
+from p2pclone.protocol.messages import Encoding
+
+real = sender.pack_entry
+
+def forged(chunk):
+    if chunk.index == 2:
+        other = b"\\x55" * chunk.length
+        chunk = dataclasses.replace(chunk, body=other, encoding=Encoding.RAW)
+    if chunk.index == 5:
+        return b""
+    return real(chunk)
+
+sender.pack_entry = forged
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_group_data_forged_with_the_group_key_is_refetched_not_written(lan, tmp_path: Path) -> None:
+    net: Lan = lan(3)
+    source = tmp_path / "disk.img"
+    data = random_file(source, 12 * MiB)
+    url = "multicast://239.77.1.3:17502?iface=eth0"
+    targets = [tmp_path / f"t{k}.img" for k in (1, 2)]
+    rx = [receiver(net, k, t, url, tmp_path) for k, t in zip((1, 2), targets, strict=True)]
+    tx = net.run(
+        0, sys.executable, "-c", FORGER, "send", str(source), url, "--code", CODE,
+        "--receivers", "2", "--wait", "30", "--json",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    out, err = tx.communicate(timeout=120)
+    assert tx.returncode == 0, err.decode()
+    for r in rx:
+        r_out, r_err = r.communicate(timeout=60)
+        assert r.returncode == 0, r_err.decode()
+        done = events(r_out)[-1]
+        assert done["event"] == "done"
+        assert done["repaired_chunks"] == 2  # the two forged chunks, fetched over its own link
+    for t in targets:
+        assert t.read_bytes() == data

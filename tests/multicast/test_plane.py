@@ -9,7 +9,7 @@ import socket
 import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from p2pclone.multicast.dataplane import split
+from p2pclone.multicast.dataplane import Fragment, bitmap, split
 from p2pclone.multicast.plane import ReceivePlane, seal
 
 
@@ -60,3 +60,26 @@ async def test_datagrams_sealed_with_another_key_or_session_are_ignored() -> Non
     await trio.sleep(0.05)
     plane.drain()
     assert plane.take_ready(None) == [(0, b"x" * 100)]
+
+
+async def test_fragments_forged_with_the_group_key_neither_crash_nor_block_a_slice() -> None:
+    tx, rx = pair()
+    key, session = os.urandom(32), 9
+    aead = AESGCM(key)
+    plane = ReceivePlane(rx)
+    plane.start(key, session)
+    real = split(session, 0, b"r" * 3000)  # three fragments
+    plane.expect(0, len(real), {})
+    # A rogue member: a fragment claiming the slice has one fragment only...
+    tx.send(seal(aead, Fragment(session, 0, 0, 1, 10, b"z" * 10)))
+    # ...and a whole slice 1 whose length disagrees with its fragments.
+    tx.send(seal(aead, Fragment(session, 1, 0, 1, 999, b"z" * 10)))
+    await trio.sleep(0.05)
+    plane.drain()  # no exception
+    assert plane.take_ready(None) == []
+    assert plane.missing(0) == bitmap([0, 1, 2], 3)  # the forged count was not taken
+    for frag in real:
+        tx.send(seal(aead, frag))
+    await trio.sleep(0.05)
+    plane.drain()
+    assert plane.take_ready(None) == [(0, b"r" * 3000)]
