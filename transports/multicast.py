@@ -8,12 +8,13 @@ p2pclone/multicast/.
   TCP port of its control listener); a receiver joins the group, waits for one, and
   connects to the address it came from.
 * Data datagrams are p2pclone.multicast.dataplane fragments, sealed with the group key.
-* Sending is non-blocking, in bursts: ``send_burst`` writes as many datagrams as the
-  socket takes without a trio checkpoint per datagram.
+* Sending is non-blocking, in bursts: ``BurstSender`` writes as many datagrams as the
+  socket takes without a trio checkpoint per datagram, with UDP GSO where offered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import socket
@@ -114,25 +115,106 @@ class MulticastTransport(Transport):
                 "check the interface (iface=) and that it has a multicast route"
             ) from None
         s.setblocking(False)
+        with contextlib.suppress(OSError):  # coalesced receives, where the kernel offers them
+            s.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
         return s
 
 
-def send_burst(sock: socket.socket, datagrams: list[bytes], to: tuple[str, int]) -> int:
-    """Send as many of ``datagrams`` as the socket takes now, without blocking and without
-    a trio checkpoint per datagram; return how many went out (the caller waits with
-    ``trio.lowlevel.wait_writable`` and sends the rest)."""
-    sent = 0
-    for d in datagrams:
-        try:
-            sock.sendto(d, to)
-        except BlockingIOError:
-            break
-        except OSError as exc:
-            if exc.errno == errno.ENOBUFS:
+#: UDP_SEGMENT (linux/udp.h): the segment size of a UDP GSO send
+UDP_SEGMENT = 103
+#: UDP_GRO (linux/udp.h): receive runs of datagrams coalesced, with their segment size
+UDP_GRO = 104
+_GRO_CMSG = socket.CMSG_SPACE(4)
+
+
+def receive_datagrams(sock: socket.socket) -> list[bytes] | None:
+    """The datagram(s) waiting first in ``sock``: one, or a run of them that the kernel
+    coalesced (UDP_GRO: one system call for up to 64 KB of them); None when nothing
+    waits.  Never blocks."""
+    try:
+        data, ancillary, _, _ = sock.recvmsg(65536, _GRO_CMSG)
+    except (BlockingIOError, InterruptedError):
+        return None
+    for level, kind, value in ancillary:
+        if level == socket.SOL_UDP and kind == UDP_GRO and len(value) >= 4:
+            (size,) = struct.unpack("=i", value[:4])
+            if 0 < size < len(data):
+                return [data[k : k + size] for k in range(0, len(data), size)]
+    return [data]
+
+
+#: at most this many datagrams per GSO send (the kernel takes 64; 44 x 1440 bytes
+#: stay under the 64 KiB of one UDP datagram)
+GSO_SEGMENTS = 44
+_GSO_LIMIT = 65000
+
+
+class BurstSender:
+    """Sends datagrams to the group without blocking, as many as the socket takes now.
+
+    Where the kernel offers UDP GSO (Linux >= 4.18), runs of equal-size datagrams go
+    out as one ``sendmsg`` of up to 44 of them with a UDP_SEGMENT size, which the
+    kernel or the NIC cuts into the same datagrams on the wire: the network stack's
+    per-packet work is paid once per ~63 KB instead of per 1.4 KB (measured on the
+    namespace LAN: it was most of the sender's CPU).  Where it does not, one
+    ``sendto`` per datagram.  No trio checkpoint per datagram either way.
+    """
+
+    def __init__(self, sock: socket.socket, to: tuple[str, int]) -> None:
+        self.sock = sock
+        self.to = to
+        self.gso = True
+
+    def send(self, datagrams: list[bytes]) -> int:
+        """Send from the start of ``datagrams``; how many went out (the caller waits
+        with ``trio.lowlevel.wait_writable`` and sends the rest)."""
+        sent = 0
+        while sent < len(datagrams):
+            n = self._run(datagrams, sent) if self.gso else 1
+            try:
+                if n == 1:
+                    self.sock.sendto(datagrams[sent], self.to)
+                else:
+                    size = len(datagrams[sent])
+                    self.sock.sendmsg(
+                        [b"".join(datagrams[sent : sent + n])],
+                        [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))],
+                        0,
+                        self.to,
+                    )
+            except BlockingIOError:
                 break
-            raise
-        sent += 1
-    return sent
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    break
+                if n > 1 and exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT,
+                                           errno.EOPNOTSUPP):  # fmt: skip
+                    self.gso = False  # not offered here: one datagram per call from now on
+                    continue
+                raise
+            sent += n
+        return sent
+
+    @staticmethod
+    def _run(datagrams: list[bytes], first: int) -> int:
+        """How many datagrams from ``first`` one GSO send can carry: equal sizes (the
+        last may be shorter), at most GSO_SEGMENTS and _GSO_LIMIT bytes."""
+        size = len(datagrams[first])
+        n = 1
+        total = size
+        while (
+            first + n < len(datagrams)
+            and n < GSO_SEGMENTS
+            and total + len(datagrams[first + n]) <= _GSO_LIMIT
+        ):
+            length = len(datagrams[first + n])
+            if length > size:
+                break
+            n += 1
+            total += length
+            if length < size:
+                break  # a shorter one can only be the last segment
+        return n
 
 
 def encode_announce(session: int, port: int) -> bytes:

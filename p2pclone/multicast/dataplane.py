@@ -70,16 +70,30 @@ class Fragment:
 
     @classmethod
     def decode(cls, data: bytes, session: int) -> Fragment:
-        if len(data) < DGRAM_HEADER:
-            raise DatagramError("short datagram")
-        magic, version, _, sess, sl, idx, count, slen = _DGRAM.unpack_from(data)
-        if magic != MAGIC or version != VERSION:
-            raise DatagramError("not a p2pclone multicast datagram")
-        if sess != session:
-            raise DatagramError("another session's datagram")
-        if not 0 <= idx < count or slen > count * FRAGMENT + count * 64:
-            raise DatagramError("malformed fragment numbering")
-        return cls(sess, sl, idx, count, slen, data[DGRAM_HEADER:])
+        sl, idx, count, slen = read_header(data, session)
+        return cls(session, sl, idx, count, slen, data[DGRAM_HEADER:])
+
+
+def encode_header(session: int, slice_no: int, index: int, count: int, slice_len: int) -> bytes:
+    return _DGRAM.pack(MAGIC, VERSION, 0, session, slice_no, index, count, slice_len)
+
+
+def read_header(data: bytes | memoryview, session: int) -> tuple[int, int, int, int]:
+    """(slice, fragment, fragments in the slice, slice length) of a datagram of ``session``.
+
+    Raises:
+        DatagramError: not one of ours, another session's, or malformed.
+    """
+    if len(data) < DGRAM_HEADER:
+        raise DatagramError("short datagram")
+    magic, version, _, sess, sl, idx, count, slen = _DGRAM.unpack_from(data)
+    if magic != MAGIC or version != VERSION:
+        raise DatagramError("not a p2pclone multicast datagram")
+    if sess != session:
+        raise DatagramError("another session's datagram")
+    if not 0 <= idx < count or slen > count * FRAGMENT + count * 64:
+        raise DatagramError("malformed fragment numbering")
+    return sl, idx, count, slen
 
 
 def split(session: int, slice_no: int, data: bytes, size: int = FRAGMENT) -> list[Fragment]:
@@ -105,12 +119,18 @@ class Assembler:
 
     def add(self, fragment: Fragment) -> bool:
         """Keep a fragment; True when the slice has just become complete."""
-        if fragment.count != self.count or fragment.slice_len != self.slice_len:
-            return False  # inconsistent with what we saw first: ignore
-        if fragment.index in self._parts:
-            return False
-        self._parts[fragment.index] = fragment.payload
-        return self.complete
+        if not self.fits(fragment.index, fragment.count, fragment.slice_len):
+            return False  # inconsistent with what we saw first, or held already: ignore
+        return self.put(fragment.index, fragment.payload)
+
+    def fits(self, index: int, count: int, slice_len: int) -> bool:
+        """A fragment so numbered is new to this slice and agrees with what came first."""
+        return count == self.count and slice_len == self.slice_len and index not in self._parts
+
+    def put(self, index: int, payload: bytes) -> bool:
+        """Keep a fragment that ``fits``; True when the slice has just become complete."""
+        self._parts[index] = payload
+        return len(self._parts) == self.count
 
     @property
     def complete(self) -> bool:
@@ -135,7 +155,6 @@ class Member:
     name: str
     heard: float  # last report, in the caller's clock
     evicted: str = ""  # why it left the group ("" while in it)
-    rounds: int = 0  # repair rounds it needed on the current slice
     repairs: int = 0  # fragments re-sent because of it, in all
 
 
@@ -157,6 +176,8 @@ class RepairState:
     #: cannot keep up with the group (a slow link): it is evicted at once
     hopeless: float = 0.5
     waiting: dict[str, list[int] | None] = field(default_factory=dict)
+    #: repair rounds each member needed on this slice (slices overlap: it is per slice)
+    rounds: dict[str, int] = field(default_factory=dict)
     #: how many fragments each member that reported was missing, in the last round
     losses: list[int] = field(default_factory=list)
     _reported: dict[str, int] = field(default_factory=dict)
@@ -173,7 +194,7 @@ class RepairState:
     def __post_init__(self) -> None:
         for name, m in self.members.items():
             if not m.evicted:
-                m.rounds = 0
+                self.rounds[name] = 0
                 self.waiting[name] = None  # no report yet
 
     def report(self, name: str, missing: list[int], now: float) -> None:
@@ -207,17 +228,20 @@ class RepairState:
         self.losses, self._reported = list(self._reported.values()), {}
         for name in list(self.waiting):
             m = self.members[name]
+            if m.evicted:  # by another slice's rounds
+                del self.waiting[name]
+                continue
             missing = self.waiting[name]
             if missing is None:
                 if now - m.heard > self.silence:
                     self._evict(name, f"silent for {now - m.heard:.0f} s")
                 continue
-            m.rounds += 1
-            if m.rounds == 1 and len(missing) > self.hopeless * self.count:
+            self.rounds[name] += 1
+            if self.rounds[name] == 1 and len(missing) > self.hopeless * self.count:
                 share = len(missing) / self.count
                 self._evict(name, f"cannot keep up (missed {share:.0%} of a slice)")
                 continue
-            if m.rounds > self.max_rounds:
+            if self.rounds[name] > self.max_rounds:
                 self._evict(name, f"still missing data after {self.max_rounds} repair rounds")
                 continue
             union.update(missing)
@@ -233,17 +257,23 @@ class RepairState:
 
 @dataclass
 class RateGovernor:
-    """Bytes per second for the multicast sender: AIMD on the loss the group reports.
+    """Bytes per second for the multicast sender: slow start, then AIMD on the loss
+    the group reports.
 
-    ``limit`` caps it (``rate=`` in the URL); with none, it starts at ``start`` and
-    adapts.  Loss is the union of missing fragments over fragments sent in a round.
+    ``limit`` caps it (``rate=`` in the URL); with none, it starts at ``rate`` and
+    adapts: until the first high loss it grows by ``growth`` per clean round (slow
+    start: from 50 MB/s, a 1 Gbit link is full after four rounds, not fourteen), then
+    by ``step``; a high loss multiplies it by 0.7.  Loss is what the typical member
+    missed over what was sent in a round.
     """
 
     rate: float = 10e6
     limit: float | None = None
     floor: float = 100e3
     step: float = 5e6
+    growth: float = 1.25
     high_loss: float = 0.02
+    slow_start: bool = True
     _tokens: float = 0.0
     _last: float | None = None
 
@@ -255,7 +285,10 @@ class RateGovernor:
         """After a repair round: ``missing`` of ``sent`` fragments were reported lost."""
         loss = missing / sent if sent else 0.0
         if loss > self.high_loss:
+            self.slow_start = False
             self.rate = max(self.floor, self.rate * 0.7)
+        elif self.slow_start:
+            self.rate *= self.growth
         else:
             self.rate += self.step
         if self.limit is not None:

@@ -17,19 +17,50 @@ import trio
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from transports.multicast import receive_datagrams
+
 from ..protocol.messages import Chunk
-from .dataplane import DGRAM_HEADER, Assembler, DatagramError, Fragment, bitmap
+from .dataplane import (
+    DGRAM_HEADER,
+    FRAGMENT,
+    MAX_FRAGMENTS,
+    Assembler,
+    DatagramError,
+    Fragment,
+    bitmap,
+    encode_header,
+    read_header,
+)
 
 ENTRY = struct.Struct("<QIBI")
 
 
+_NONCE = struct.Struct("<III")
+
+
 def nonce(session: int, slice_no: int, index: int) -> bytes:
-    return struct.pack("<III", session & 0xFFFFFFFF, slice_no, index)
+    return _NONCE.pack(session & 0xFFFFFFFF, slice_no, index)
 
 
 def seal(aead: AESGCM, frag: Fragment) -> bytes:
-    head = frag.encode()[:DGRAM_HEADER]
+    head = encode_header(frag.session, frag.slice, frag.index, frag.count, frag.slice_len)
     return head + aead.encrypt(nonce(frag.session, frag.slice, frag.index), frag.payload, head)
+
+
+def seal_slice(aead: AESGCM, session: int, slice_no: int, data: bytes) -> list[bytes]:
+    """Every fragment of a slice, sealed: ``seal`` over ``split``, without the objects
+    in between (this runs once per datagram: ~60 000 times for 85 MiB)."""
+    count = max(1, -(-len(data) // FRAGMENT))
+    if count > MAX_FRAGMENTS:
+        raise ValueError(f"a slice of {len(data)} bytes needs more than {MAX_FRAGMENTS} fragments")
+    view = memoryview(data)
+    low = session & 0xFFFFFFFF
+    out = []
+    for k in range(count):
+        head = encode_header(session, slice_no, k, count, len(data))
+        body = view[k * FRAGMENT : (k + 1) * FRAGMENT]
+        out.append(head + aead.encrypt(_NONCE.pack(low, slice_no, k), body, head))
+    return out
 
 
 def pack_entry(chunk: Chunk) -> bytes:
@@ -80,49 +111,50 @@ class ReceivePlane:
         self.expected.setdefault(slice_no, {}).update(chunks)
 
     def _take(self, data: bytes) -> tuple[int, bytes] | None:
-        """One datagram; a slice's bytes if it completes one."""
+        """One datagram; a slice's bytes if it completes one.  (Once per datagram:
+        checks that need no decryption come first, and a repeat is never decrypted.)"""
         if self.session is None or self.aead is None:
             return None
         try:
-            frag = Fragment.decode(data, self.session)
+            sl, idx, count, slen = read_header(data, self.session)
         except DatagramError:
             return None
-        if frag.slice in self.done or self.counts.get(frag.slice, frag.count) != frag.count:
+        if sl in self.done or self.counts.get(sl, count) != count:
             return None
-        head = data[:DGRAM_HEADER]
+        asm = self.asm.get(sl)
+        if asm is not None and not asm.fits(idx, count, slen):
+            return None
         try:
             plain = self.aead.decrypt(
-                nonce(frag.session, frag.slice, frag.index), frag.payload, head
+                _NONCE.pack(self.session & 0xFFFFFFFF, sl, idx),
+                memoryview(data)[DGRAM_HEADER:],
+                data[:DGRAM_HEADER],
             )
         except InvalidTag:
             return None  # not sealed with our group key: ignored
-        asm = self.asm.get(frag.slice)
         if asm is None:
-            asm = self.asm[frag.slice] = Assembler(frag.slice, frag.count, frag.slice_len)
-        whole = Fragment(frag.session, frag.slice, frag.index, frag.count, frag.slice_len, plain)
-        if not asm.add(whole):
+            asm = self.asm[sl] = Assembler(sl, count, slen)
+        if not asm.put(idx, plain):
             return None
-        del self.asm[frag.slice]
+        del self.asm[sl]
         try:
-            data = asm.data()
+            whole = asm.data()
         except DatagramError:
             return None  # forged lengths (only a group-key holder can): collect it again
-        self.done.add(frag.slice)
-        return frag.slice, data
+        self.done.add(sl)
+        return sl, whole
 
     def drain(self) -> None:
         """Take everything waiting in the socket now, without blocking; completed
         slices go to ``ready``, where whoever hands them to the writers takes them."""
         while True:
-            try:
-                data = self.sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
+            datagrams = receive_datagrams(self.sock)
+            if not datagrams:
                 return
-            if not data:
-                return
-            got = self._take(data)
-            if got is not None:
-                self.ready.append(got)
+            for data in datagrams:
+                got = self._take(data)
+                if got is not None:
+                    self.ready.append(got)
 
     def missing(self, slice_no: int) -> bytes:
         """The bitmap a REPORT carries: b"" when the slice is complete."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from transports.multicast import MulticastTransport, encode_announce, send_burst
+from transports.multicast import BurstSender, MulticastTransport, encode_announce
 
 from ..disks import Source
 from ..errors import P2PCloneError, TransportError
@@ -56,15 +56,20 @@ from ..protocol.messages import (
     Result,
     Zero,
 )
+from ..sender import READ_AHEAD_BYTES
 from ..session import Channel, Connected, Done, Planned, Progress, Reporter, no_report, pair
-from .dataplane import Member, RateGovernor, RepairState, from_bitmap, split
-from .plane import pack_entry, seal
+from .dataplane import Member, RateGovernor, RepairState, from_bitmap
+from .plane import pack_entry, seal_slice
 
 #: Payload bytes per slice: big enough that a repair round's round trip is cheap next
 #: to the slice's airtime, small enough that a lost-and-repaired slice stays in memory.
 SLICE_BYTES = 4 << 20
 #: How long to wait for the members' reports after a round before judging the silent.
 ROUND_WAIT = 2.0
+#: Slices on the wire or in their repair rounds at once: the next slice goes out while
+#: the members answer for the last (one at a time, the link idled a round trip per
+#: slice, and more than a round trip when the receivers' cores were busy).
+IN_FLIGHT = 3
 ANNOUNCE_EVERY = 0.5
 #: After the group is done, how long evicted or vanished members have to come back for
 #: their unicast session before the sender stops accepting.
@@ -76,7 +81,6 @@ class _Peer:
     name: str
     channel: Channel
     member: Member
-    reported: trio.Event = field(default_factory=trio.Event)
     result: Result | None = None
     finished: trio.Event = field(default_factory=trio.Event)
     evicted_sent: bool = False
@@ -197,8 +201,7 @@ async def send_multicast(
                         await peer.channel.send(chunk)
                 elif isinstance(event, Report):
                     peer.member.heard = trio.current_time()
-                    reports.setdefault(event.slice, {})[peer.name] = event.missing
-                    peer.reported.set()
+                    reports.add(event.slice, peer.name, event.missing)
                 elif isinstance(event, Result):
                     peer.result = event
                     return
@@ -209,9 +212,9 @@ async def send_multicast(
                 show(peer.name, "evicted", why=peer.member.evicted)
         finally:
             peer.finished.set()
-            peer.reported.set()
+            reports.wake_all()  # nobody waits for its reports any more
 
-    reports: dict[int, dict[str, bytes]] = {}
+    reports = _Reports()
     returning: dict[str, trio.Event] = {}  # host -> its unicast session has ended
 
     def addr_of(name: str) -> str:
@@ -222,6 +225,8 @@ async def send_multicast(
     ) -> None:
         await trio.serve_listeners(member, listeners, handler_nursery=late, task_status=task_status)
 
+    stats: dict[str, int] = {"wire": 0, "zero": 0}
+    wire = _Wire(sock, BurstSender(sock, group), governor, stats)
     # ``late``: member and unicast sessions, awaited at the very end.
     try:
         async with trio.open_nursery() as late, trio.open_nursery() as nursery:
@@ -237,9 +242,7 @@ async def send_multicast(
             phase["data"] = True
             report(Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, {}))
             await tell_all(peers, lambda p: Group(key=key, session=session), show)
-            stats = await _stream(
-                source, plan, peers, aead, session, sock, group, governor, reports, report, show
-            )
+            await _stream(source, plan, peers, aead, session, wire, reports, report, show)
             await tell_all(
                 peers,
                 lambda p: End(chunk_count=plan.chunk_count, root=p.channel.conn.root_digest()),
@@ -289,74 +292,162 @@ async def tell_all(peers: dict[str, _Peer], make: Callable[[_Peer], Event], show
             await tell(p, make(p), show)
 
 
+@dataclass
+class _Wire:
+    """The group's side of the data plane: the socket, the pace, what went out."""
+
+    sock: socket.socket
+    burst: BurstSender
+    governor: RateGovernor
+    stats: dict[str, int]
+
+    async def multicast(self, sealed: list[bytes], which: list[int]) -> None:
+        """Send fragments ``which`` in non-blocking bursts, paced by the governor."""
+        governor = self.governor
+        pos = 0
+        while pos < len(which):
+            allowance = governor.allowance(time.monotonic())
+            n = 0
+            size = 0
+            while pos + n < len(which) and size + len(sealed[which[pos + n]]) <= max(
+                allowance, 1500
+            ):
+                size += len(sealed[which[pos + n]])
+                n += 1
+            if n == 0 or allowance < len(sealed[which[pos]]):
+                await trio.sleep(governor.wait_for(len(sealed[which[pos]])))
+                continue
+            batch = [sealed[k] for k in which[pos : pos + n]]
+            sent = self.burst.send(batch)
+            nbytes = sum(len(d) for d in batch[:sent])
+            governor.spend(nbytes)
+            self.stats["wire"] += nbytes
+            pos += sent
+            if sent < n:
+                await trio.lowlevel.wait_writable(self.sock)
+            else:
+                await trio.lowlevel.checkpoint()
+
+
+class _Reports:
+    """The members' REPORTs, per slice, and a way to wait for them (several slices are
+    in their repair rounds at once)."""
+
+    def __init__(self) -> None:
+        self._got: dict[int, dict[str, bytes]] = {}
+        self._wake: dict[int, trio.Event] = {}
+
+    def add(self, slice_no: int, name: str, missing: bytes) -> None:
+        self._got.setdefault(slice_no, {})[name] = missing
+        if slice_no in self._wake:
+            self._wake.pop(slice_no).set()
+
+    def wake_all(self) -> None:
+        for event in self._wake.values():
+            event.set()
+        self._wake.clear()
+
+    async def wait(self, slice_no: int, peers: list[_Peer], timeout: float) -> dict[str, bytes]:
+        """Until every one of ``peers`` still in the group has reported on ``slice_no``
+        (or ``timeout``): the reports, taken."""
+        with trio.move_on_after(timeout):
+            while True:
+                got = self._got.get(slice_no, {})
+                if all(p.name in got or p.member.evicted or p.finished.is_set() for p in peers):
+                    break
+                event = self._wake[slice_no] = trio.Event()
+                await event.wait()
+        return self._got.pop(slice_no, {})
+
+
 async def _stream(
     source: Source,
     plan: Plan,
     peers: dict[str, _Peer],
     aead: AESGCM,
     session: int,
-    sock: socket.socket,
-    group: tuple[str, int],
-    governor: RateGovernor,
-    reports: dict[int, dict[str, bytes]],
+    wire: _Wire,
+    reports: _Reports,
     report: Reporter,
     show: Show,
-) -> dict[str, int]:
-    """Read, encode and multicast every chunk, slice by slice, with repair rounds."""
+) -> None:
+    """Read, encode and multicast every chunk, slice by slice; each slice's repair
+    rounds run while the next slices go out (IN_FLIGHT at most)."""
     threads = default_threads()
     limiter = trio.CapacityLimiter(threads)
-    stats = {"wire": 0, "zero": 0}
+    stats = wire.stats
     last_show = 0.0
+
+    # Chunks are encoded up to READ_AHEAD_BYTES ahead, in order, on the worker threads
+    # (as the unicast sender does): waiting for a few at a time left cores idle.
+    ahead = max(4, READ_AHEAD_BYTES // plan.chunk_size)
+    encoded_send, encoded_recv = trio.open_memory_channel[tuple[trio.Event, list[Encoded]]](ahead)
+
+    async def encode(i: int, ready: trio.Event, box: list[Encoded]) -> None:
+        box.append(await trio.to_thread.run_sync(encode_chunk, source, plan, i, limiter=limiter))
+        ready.set()
+
+    async def encode_all(workers: trio.Nursery) -> None:
+        async with encoded_send:
+            for i in range(plan.chunk_count):
+                ready, box = trio.Event(), list[Encoded]()
+                await encoded_send.send((ready, box))
+                workers.start_soon(encode, i, ready, box)
 
     async def produce(out: trio.MemorySendChannel[_Slice]) -> None:
         """Read, hash, compress and seal the next slice while the last one is on the wire
         and in its repair rounds."""
         index = 0
         slice_no = 0
-        async with out:
+        async with out, trio.open_nursery() as workers, encoded_recv:
+            workers.start_soon(encode_all, workers)
             while index < plan.chunk_count:
                 payload = bytearray()
                 coverage: list[tuple[str, int, list[bytes]]] = []  # (zero|ref, first, hashes)
                 while index < plan.chunk_count and len(payload) < SLICE_BYTES:
-                    batch = list(range(index, min(plan.chunk_count, index + 2 * threads)))
-                    results: dict[int, Encoded] = {}
-
-                    async def one(i: int, results: dict[int, Encoded] = results) -> None:
-                        results[i] = await trio.to_thread.run_sync(
-                            encode_chunk, source, plan, i, limiter=limiter
-                        )
-
-                    async with trio.open_nursery() as n:
-                        for i in batch:
-                            n.start_soon(one, i)
-                    for i in batch:
-                        enc = results[i]
-                        kind = "zero" if enc.zero else "ref"
-                        if kind == "ref":
-                            chunk = enc.chunk
-                            assert chunk is not None
-                            payload += pack_entry(chunk)
-                            digest = chunk.digest
-                        else:
-                            stats["zero"] += 1
-                            digest = b""
-                        last = coverage[-1] if coverage else None
-                        if last and last[0] == kind and last[1] + len(last[2]) == i:
-                            last[2].append(digest)
-                        else:
-                            coverage.append((kind, i, [digest]))
-                    index = batch[-1] + 1
+                    ready, box = await encoded_recv.receive()
+                    await ready.wait()
+                    enc = box[0]
+                    kind = "zero" if enc.zero else "ref"
+                    if kind == "ref":
+                        chunk = enc.chunk
+                        assert chunk is not None
+                        payload += pack_entry(chunk)
+                        digest = chunk.digest
+                    else:
+                        stats["zero"] += 1
+                        digest = b""
+                    last = coverage[-1] if coverage else None
+                    if last and last[0] == kind and last[1] + len(last[2]) == index:
+                        last[2].append(digest)
+                    else:
+                        coverage.append((kind, index, [digest]))
+                    index += 1
                 sealed = await trio.to_thread.run_sync(
-                    _seal_slice, aead, session, slice_no, bytes(payload), limiter=limiter
+                    _seal, aead, session, slice_no, bytes(payload), limiter=limiter
                 )
                 await out.send(_Slice(slice_no, coverage, sealed, index))
                 slice_no += 1
 
     send_slices, recv_slices = trio.open_memory_channel[_Slice](1)
+    in_flight = trio.Semaphore(IN_FLIGHT)
+
+    async def repair(sl: _Slice) -> None:
+        try:
+            await _repair(sl.number, sl.sealed, peers, reports, wire, show)
+        finally:
+            in_flight.release()
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(produce, send_slices)
         async for sl in recv_slices:
-            await _one_slice(sl, peers, sock, group, governor, reports, stats, show)
+            await in_flight.acquire()
+            await _coverage(sl, peers, show)
+            if sl.sealed:
+                await wire.multicast(sl.sealed, list(range(len(sl.sealed))))
+                nursery.start_soon(repair, sl)
+            else:
+                in_flight.release()
             done = min(plan.source_size, sl.end * plan.chunk_size)
             report(Progress(done, plan.source_size, stats["wire"]))
             now = time.monotonic()
@@ -365,11 +456,10 @@ async def _stream(
                 for p in peers.values():
                     if not p.member.evicted:
                         show(p.name, "receiving", done_bytes=done, repairs=p.member.repairs)
-    return stats
 
 
-def _seal_slice(aead: AESGCM, session: int, number: int, payload: bytes) -> list[bytes]:
-    return [seal(aead, f) for f in split(session, number, payload)] if payload else []
+def _seal(aead: AESGCM, session: int, number: int, payload: bytes) -> list[bytes]:
+    return seal_slice(aead, session, number, payload) if payload else []
 
 
 @dataclass
@@ -380,17 +470,8 @@ class _Slice:
     end: int  # the first chunk after it
 
 
-async def _one_slice(
-    sl: _Slice,
-    peers: dict[str, _Peer],
-    sock: socket.socket,
-    group: tuple[str, int],
-    governor: RateGovernor,
-    reports: dict[int, dict[str, bytes]],
-    stats: dict[str, int],
-    show: Show,
-) -> None:
-    """Coverage to every member, the slice to the group, then its repair rounds."""
+async def _coverage(sl: _Slice, peers: dict[str, _Peer], show: Show) -> None:
+    """Tell every member what the slice covers: ZERO runs, and REF with the hashes."""
     for p in list(peers.values()):
         for kind, first, hashes in sl.coverage:
             if kind == "zero":
@@ -404,53 +485,14 @@ async def _one_slice(
                         fragments=len(sl.sealed),
                     )
                     await tell(p, ref, show)
-    if sl.sealed:
-        sealed = sl.sealed
-        await _multicast(sock, sealed, list(range(len(sealed))), group, governor, stats)
-        await _repair(sl.number, sealed, peers, reports, sock, group, governor, stats, show)
-
-
-async def _multicast(
-    sock: socket.socket,
-    sealed: list[bytes],
-    which: list[int],
-    group: tuple[str, int],
-    governor: RateGovernor,
-    stats: dict[str, int],
-) -> None:
-    """Send fragments ``which`` in non-blocking bursts, paced by the governor."""
-    pos = 0
-    while pos < len(which):
-        now = time.monotonic()
-        allowance = governor.allowance(now)
-        n = 0
-        size = 0
-        while pos + n < len(which) and size + len(sealed[which[pos + n]]) <= max(allowance, 1500):
-            size += len(sealed[which[pos + n]])
-            n += 1
-        if n == 0 or allowance < len(sealed[which[pos]]):
-            await trio.sleep(governor.wait_for(len(sealed[which[pos]])))
-            continue
-        batch = [sealed[k] for k in which[pos : pos + n]]
-        sent = send_burst(sock, batch, group)
-        governor.spend(sum(len(d) for d in batch[:sent]))
-        stats["wire"] += sum(len(d) for d in batch[:sent])
-        pos += sent
-        if sent < n:
-            await trio.lowlevel.wait_writable(sock)
-        else:
-            await trio.lowlevel.checkpoint()
 
 
 async def _repair(
     slice_no: int,
     sealed: list[bytes],
     peers: dict[str, _Peer],
-    reports: dict[int, dict[str, bytes]],
-    sock: socket.socket,
-    group: tuple[str, int],
-    governor: RateGovernor,
-    stats: dict[str, int],
+    reports: _Reports,
+    wire: _Wire,
     show: Show,
 ) -> None:
     """POLL, collect REPORTs, multicast the union of the losses; until all hold the slice."""
@@ -459,22 +501,13 @@ async def _repair(
     state = RepairState(slice_no, n, members)
     sent_this_round = n
     while not state.done:
-        reports[slice_no] = {}
         waiting = [peers[name] for name in state.waiting]
         for p in waiting:
-            p.reported = trio.Event()
             await tell(p, Poll(slice=slice_no), show)
-        with trio.move_on_after(ROUND_WAIT):
-            for p in waiting:
-                await p.reported.wait()
-        now = trio.current_time()
-        for name, bits in reports.pop(slice_no, {}).items():
-            state.report(name, from_bitmap(bits, n) if bits else [], now)
-        for p in waiting:
-            if p.member.evicted and p.name in state.waiting:
-                state.waiting.pop(p.name, None)
-        missing = state.next_round(now)
-        governor.on_round(sent_this_round, state.typical_loss())
+        for name, bits in (await reports.wait(slice_no, waiting, ROUND_WAIT)).items():
+            state.report(name, from_bitmap(bits, n) if bits else [], trio.current_time())
+        missing = state.next_round(trio.current_time())
+        wire.governor.on_round(sent_this_round, state.typical_loss())
         for p in peers.values():
             if p.member.evicted and not p.evicted_sent:
                 p.evicted_sent = True
@@ -482,5 +515,5 @@ async def _repair(
                 with contextlib.suppress(P2PCloneError):  # it comes back for unicast
                     await p.channel.send(Evict(reason=p.member.evicted))
         if missing:
-            await _multicast(sock, sealed, missing, group, governor, stats)
+            await wire.multicast(sealed, missing)
             sent_this_round = len(missing)

@@ -156,6 +156,18 @@ def test_rate_governor_backs_off_on_loss_and_respects_its_cap() -> None:
     assert gov.wait_for(20_000) == pytest.approx(0.001)
 
 
+def test_the_rate_governor_grows_fast_until_the_first_loss_then_gently() -> None:
+    gov = RateGovernor(rate=50e6)
+    for _ in range(4):
+        gov.on_round(sent=1000, missing=0)
+    assert gov.rate == pytest.approx(50e6 * 1.25**4)  # ~122 MB/s: a 1 Gbit link, full
+    gov.on_round(sent=1000, missing=50)  # 5 % loss: past the link's speed
+    backed_off = gov.rate
+    assert backed_off == pytest.approx(50e6 * 1.25**4 * 0.7)
+    gov.on_round(sent=1000, missing=0)
+    assert gov.rate == pytest.approx(backed_off + 5e6)  # additive from now on
+
+
 def test_a_receiver_that_cannot_keep_up_is_evicted_after_one_round() -> None:
     members, sent, needed, intact = simulate({"a": 0.0, "slow": 0.9, "c": 0.0})
     assert "cannot keep up" in members["slow"].evicted

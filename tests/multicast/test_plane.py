@@ -3,6 +3,7 @@ arrive whole before the control connection has announced them."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 
@@ -11,6 +12,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from p2pclone.multicast.dataplane import Fragment, bitmap, split
 from p2pclone.multicast.plane import ReceivePlane, seal
+from transports.multicast import UDP_GRO, BurstSender, receive_datagrams
 
 
 def pair() -> tuple[socket.socket, socket.socket]:
@@ -83,3 +85,44 @@ async def test_fragments_forged_with_the_group_key_neither_crash_nor_block_a_sli
     await trio.sleep(0.05)
     plane.drain()
     assert plane.take_ready(None) == [(0, b"r" * 3000)]
+
+
+def test_bursts_cut_by_the_kernel_arrive_as_the_datagrams_that_were_sent() -> None:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+    rx.setblocking(False)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    burst = BurstSender(tx, rx.getsockname())
+    sent = [os.urandom(1440) for _ in range(50)] + [os.urandom(300), os.urandom(1440)]
+    assert burst.send(sent) == len(sent)
+    assert burst.gso  # this kernel takes UDP GSO: runs of equal datagrams, one call each
+    got: list[bytes] = []
+    calls = 0
+    while len(got) < len(sent):
+        batch = receive_datagrams(rx)
+        assert batch is not None, f"only {len(got)} of {len(sent)} datagrams arrived"
+        calls += 1
+        got += batch
+    assert got == sent  # the same datagrams, in order, whether coalesced or not
+    assert calls < len(sent)  # ...and coalesced (UDP GRO): fewer receives than datagrams
+
+
+def test_without_udp_gso_every_datagram_goes_out_on_its_own() -> None:
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+
+    class NoGSO(socket.socket):  # a kernel (or device) that refuses UDP_SEGMENT
+        def sendmsg(self, *args: object, **kw: object) -> int:
+            raise OSError(errno.EIO, "no GSO here")
+
+    tx = NoGSO(socket.AF_INET, socket.SOCK_DGRAM)
+    burst = BurstSender(tx, rx.getsockname())
+    sent = [os.urandom(1440) for _ in range(5)]
+    assert burst.send(sent) == 5
+    assert not burst.gso
+    got = []
+    while (batch := receive_datagrams(rx)) is not None:
+        got += batch
+    assert got == sent
