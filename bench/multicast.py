@@ -27,7 +27,10 @@ Each case runs ``--repeat`` times, the cases taking turns; the median run is rep
   is when the *other* receivers finish.
 
 All hosts share this machine's two cores: with 8 receivers, 8 processes decompress,
-hash and write at once (udpcast's receivers only write).
+hash and write at once (udpcast's receivers only write).  So every process runs under
+GNU time, and the CPU seconds of the sender and of all receivers are reported beside
+the wall time; and p2pclone multicast to a single receiver runs too, which compares
+with the unicast clone at the same CPU load (not a target: the evidence for it).
 """
 
 from __future__ import annotations
@@ -105,6 +108,11 @@ class Lan:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+def timed(argv: list[str], out: Path) -> list[str]:
+    """``argv`` under GNU time, which writes its user + system CPU seconds to ``out``."""
+    return ["/usr/bin/time", "-o", str(out), "-f", "%U %S", *argv]
+
+
 def run_case(
     tool: str,
     python: str,
@@ -139,7 +147,8 @@ def run_case(
             else:
                 argv = ["udp-receiver", "--interface", "eth0", "--file", str(t), "--nokbd",
                         "--portbase", "17700"]  # fmt: skip
-            p = lan.run(k, argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env_k)
+            p = lan.run(k, timed(argv, work / f"cpu{k}"), stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL, env=env_k)  # fmt: skip
             if tool != "udpcast":
                 assert p.stdout is not None
                 p.stdout.readline()  # listening
@@ -157,7 +166,8 @@ def run_case(
             argv = ["udp-sender", "--interface", "eth0", "--file", str(source), "--nokbd",
                     "--min-receivers", str(n), "--portbase", "17700"]  # fmt: skip
         t0 = time.perf_counter()
-        tx = lan.run(0, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        tx = lan.run(0, timed(argv, work / "cpu0"), stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)  # fmt: skip
         finished: dict[int, float] = {}
         while len(finished) < len(rx):
             for k, p in enumerate(rx):
@@ -168,6 +178,7 @@ def run_case(
             time.sleep(0.01)
         tx.wait(300)
         ok = all(p.returncode == 0 for p in rx) and all(identical(source, t) for t in targets)
+        cpu = [sum(map(float, (work / f"cpu{k}").read_text().split())) for k in range(n + 1)]
         for t in targets:
             t.unlink(missing_ok=True)
         times = [finished[k] for k in range(len(rx))]
@@ -180,6 +191,7 @@ def run_case(
             "all_done_s": max(times),
             "others_done_s": max(others),
             "per_receiver_s": times,
+            "cpu_s": {"sender": cpu[0], "receivers": sum(cpu[1:])},
             "identical": ok,
         }
         print(f"[multicast] {res}", file=sys.stderr, flush=True)
@@ -214,6 +226,7 @@ def main() -> int:
         ("p2pclone", 8, False, False),
         ("udpcast", 8, False, False),
         ("unicast", 1, False, False),
+        ("p2pclone", 1, False, False),
         ("p2pclone", 3, True, False),
         ("p2pclone", 3, False, True),
     ]
@@ -271,15 +284,17 @@ def main() -> int:
         f"Multicast on a namespace LAN (sender link 1 Gbit), realistic disk of {args.size_mib} "
         f"MiB, {res['when']} (`{res['command']}`)",
         "",
-        "| tool | receivers | condition | all done (s) | others done (s) | identical | runs (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| tool | receivers | condition | all done (s) | others done (s) | identical | runs (s) "
+        "| CPU s: sender + receivers |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         cond = "3 % loss at one" if r["loss"] else "one at 100 Mbit" if r["slow"] else "clean"
         lines.append(
             f"| {r['tool']} | {r['receivers']} | {cond} | {r['all_done_s']:.2f} | "
             f"{r['others_done_s']:.2f} | {'yes' if r['identical'] else 'NO'} | "
-            f"{' / '.join(f'{t:.2f}' for t in r['runs_s'])} |"
+            f"{' / '.join(f'{t:.2f}' for t in r['runs_s'])} | "
+            f"{r['cpu_s']['sender']:.2f} + {r['cpu_s']['receivers']:.2f} |"
         )
     lines += ["", "| target | value | goal | |", "|---|---|---|---|"]
     lines += [f"| {t} | {v:.3f} | {g} | {'PASS' if ok else 'FAIL'} |" for t, v, g, ok in targets]
