@@ -74,6 +74,10 @@ class Output:
         self._task: Any = None
         self._last_json = 0.0
         self._phase = "copying"
+        # multicast members: last state, live-display task, when a line was last printed
+        self._member_state: dict[str, str] = {}
+        self._member_task: dict[str, Any] = {}
+        self._member_said: dict[str, float] = {}
 
     def emit(self, **fields: Any) -> None:
         print(json.dumps(fields), file=self.stream, flush=True)
@@ -190,7 +194,8 @@ class Output:
                 )
 
     def member(self, gp: Any) -> None:
-        """Multicast: one receiver's state changed (joined, evicted, unicast, done...)."""
+        """Multicast: one receiver's state or progress (joined, receiving, evicted,
+        unicast, done...): a line per change, and its own bar on a terminal."""
         if self.json_mode:
             self.emit(
                 event="receiver",
@@ -198,16 +203,31 @@ class Output:
                 state=gp.state,
                 why=gp.why,
                 done_bytes=gp.done_bytes,
+                total_bytes=gp.total_bytes,
+                rate=round(gp.rate),
                 repairs=gp.repairs,
             )
-        elif gp.state == "receiving":
-            if self._progress is None:  # a live display shows the total already
-                self.say(
-                    f"receiver {gp.name}: {human_bytes(gp.done_bytes)}, "
-                    f"{gp.repairs} fragments repaired"
+            return
+        changed = self._member_state.get(gp.name) != gp.state
+        self._member_state[gp.name] = gp.state
+        if self._progress is not None:
+            label = f"{gp.name} {gp.state}" + (f", {gp.repairs} repaired" if gp.repairs else "")
+            task = self._member_task.get(gp.name)
+            if task is None:
+                task = self._member_task[gp.name] = self._progress.add_task(
+                    label, total=gp.total_bytes or None
                 )
-        else:
-            self.say(f"receiver {gp.name}: {gp.state}" + (f" ({gp.why})" if gp.why else ""))
+            self._progress.update(task, description=label, completed=gp.done_bytes)
+        now = time.monotonic()
+        if changed or (self._progress is None and now - self._member_said.get(gp.name, 0) >= 5):
+            self._member_said[gp.name] = now
+            line = f"receiver {gp.name}: {gp.state}" + (f" — {gp.why}" if gp.why else "")
+            if not changed and gp.total_bytes:  # a progress line (no live display)
+                line += (
+                    f", {gp.done_bytes / gp.total_bytes:.0%} of {human_bytes(gp.total_bytes)}"
+                    f", {human_bytes(gp.rate)}/s, {gp.repairs} fragments repaired"
+                )
+            self.say(line)
 
     def pause(self) -> None:
         """Stop any live display before asking a question."""

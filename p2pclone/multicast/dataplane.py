@@ -156,6 +156,8 @@ class Member:
     heard: float  # last report, in the caller's clock
     evicted: str = ""  # why it left the group ("" while in it)
     repairs: int = 0  # fragments re-sent because of it, in all
+    #: the share of each of its last slices it missed when the slice was sent whole
+    first_losses: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -175,6 +177,12 @@ class RepairState:
     #: a member missing more than this share of the slice after it was sent whole
     #: cannot keep up with the group (a slow link): it is evicted at once
     hopeless: float = 0.5
+    #: a member missing more than this share of each of its last ``chronic_slices``
+    #: slices, while the typical member misses less than half as much, is slower than
+    #: the group (a link a little slower than the rate): it is evicted too, or every
+    #: slice would wait for its repairs
+    chronic: float = 0.1
+    chronic_slices: int = 3
     waiting: dict[str, list[int] | None] = field(default_factory=dict)
     #: repair rounds each member needed on this slice (slices overlap: it is per slice)
     rounds: dict[str, int] = field(default_factory=dict)
@@ -189,7 +197,7 @@ class RepairState:
         if not self.losses:
             return 0
         ordered = sorted(self.losses)
-        return ordered[len(ordered) // 2]
+        return ordered[(len(ordered) - 1) // 2]  # of two, the better: the other is odd
 
     def __post_init__(self) -> None:
         for name, m in self.members.items():
@@ -226,6 +234,7 @@ class RepairState:
         """
         union: set[int] = set()
         self.losses, self._reported = list(self._reported.values()), {}
+        typical = self.typical_loss() / self.count if self.count else 0.0
         for name in list(self.waiting):
             m = self.members[name]
             if m.evicted:  # by another slice's rounds
@@ -237,10 +246,23 @@ class RepairState:
                     self._evict(name, f"silent for {now - m.heard:.0f} s")
                 continue
             self.rounds[name] += 1
-            if self.rounds[name] == 1 and len(missing) > self.hopeless * self.count:
+            if self.rounds[name] == 1:
                 share = len(missing) / self.count
-                self._evict(name, f"cannot keep up (missed {share:.0%} of a slice)")
-                continue
+                if share > self.hopeless:
+                    self._evict(name, f"cannot keep up (missed {share:.0%} of a slice)")
+                    continue
+                recent = m.first_losses = [*m.first_losses, share][-self.chronic_slices :]
+                if (
+                    len(recent) == self.chronic_slices
+                    and min(recent) > self.chronic
+                    and typical < self.chronic / 2
+                ):
+                    self._evict(
+                        name,
+                        f"cannot keep up (missed {min(recent):.0%} or more of each of its last "
+                        f"{self.chronic_slices} slices)",
+                    )
+                    continue
             if self.rounds[name] > self.max_rounds:
                 self._evict(name, f"still missing data after {self.max_rounds} repair rounds")
                 continue

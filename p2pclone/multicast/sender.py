@@ -92,11 +92,18 @@ Show = Callable[..., None]
 
 @dataclass
 class GroupProgress:
-    """One member's state, for the display: joined, percent, repairs, evicted, done."""
+    """One member's state, for the display: joined, receiving or unicast (with how far
+    it is, its rate and the fragments repaired for it), evicted, done, failed, refused.
+
+    ``done_bytes``: what the member holds whole so far (slices it reported complete;
+    over unicast, what that session has sent); ``rate``: bytes/s since the last report
+    about it."""
 
     name: str
     state: str
     done_bytes: int = 0
+    total_bytes: int = 0
+    rate: float = 0.0
     repairs: int = 0
     why: str = ""
 
@@ -131,11 +138,21 @@ async def send_multicast(
     port = listeners[0].socket.getsockname()[1]
     report(Connected(f"{transport.url} (control: tcp://{transport.address}:{port})"))
 
+    meters: dict[str, tuple[float, int]] = {}  # name -> (time, done_bytes) last shown
+
     def show(
-        name: str, state: str, *, why: str = "", done_bytes: int = 0, repairs: int = 0
+        name: str, state: str, *, why: str = "", done_bytes: int | None = None, repairs: int = 0
     ) -> None:
-        if group_report is not None:
-            group_report(GroupProgress(name, state, done_bytes, repairs, why))
+        if group_report is None:
+            return
+        now = trio.current_time()
+        if state == "done":
+            done_bytes = plan.source_size
+        then, before = meters.get(name, (now, 0))
+        done = before if done_bytes is None else done_bytes
+        rate = (done - before) / (now - then) if now > then and done >= before else 0.0
+        meters[name] = (now, done)
+        group_report(GroupProgress(name, state, done, plan.source_size, rate, repairs, why))
 
     async def announce() -> None:
         while True:
@@ -148,11 +165,20 @@ async def send_multicast(
 
         show(name, "unicast")
         back = returning.setdefault(addr_of(name), trio.Event())
+        shown = [trio.current_time()]
+
+        def progress(event: object) -> None:
+            if isinstance(event, Progress) and trio.current_time() - shown[0] >= 1.0:
+                shown[0] = trio.current_time()
+                show(name, "unicast", done_bytes=event.done_bytes)
+
         src = await trio.to_thread.run_sync(
             functools.partial(Source.open, source_path, allow_mounted=allow_mounted)
         )
         try:
-            await send_stream(stream, src, code=code, url=name, chunk_size=chunk_size)
+            await send_stream(
+                stream, src, code=code, url=name, chunk_size=chunk_size, report=progress
+            )
             show(name, "done")
         except P2PCloneError as exc:
             show(name, "failed", why=exc.message)
@@ -240,7 +266,8 @@ async def send_multicast(
                     f"within {wait:.0f} s: start the receivers first (same group and code)"
                 )
             phase["data"] = True
-            report(Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, {}))
+            where = {"name": f"the multicast group {transport.group}:{transport.port}"}
+            report(Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, where))
             await tell_all(peers, lambda p: Group(key=key, session=session), show)
             await _stream(source, plan, peers, aead, session, wire, reports, report, show)
             await tell_all(
@@ -336,9 +363,13 @@ class _Reports:
     def __init__(self) -> None:
         self._got: dict[int, dict[str, bytes]] = {}
         self._wake: dict[int, trio.Event] = {}
+        self.ends: dict[int, int] = {}  # slice -> the source offset where it ends
+        self.held: dict[str, int] = {}  # member -> bytes it holds whole (progress)
 
     def add(self, slice_no: int, name: str, missing: bytes) -> None:
         self._got.setdefault(slice_no, {})[name] = missing
+        if not missing:
+            self.held[name] = max(self.held.get(name, 0), self.ends.get(slice_no, 0))
         if slice_no in self._wake:
             self._wake.pop(slice_no).set()
 
@@ -449,13 +480,15 @@ async def _stream(
             else:
                 in_flight.release()
             done = min(plan.source_size, sl.end * plan.chunk_size)
+            reports.ends[sl.number] = done
             report(Progress(done, plan.source_size, stats["wire"]))
             now = time.monotonic()
             if now - last_show >= 1.0:
                 last_show = now
                 for p in peers.values():
                     if not p.member.evicted:
-                        show(p.name, "receiving", done_bytes=done, repairs=p.member.repairs)
+                        held = reports.held.get(p.name, 0)
+                        show(p.name, "receiving", done_bytes=held, repairs=p.member.repairs)
 
 
 def _seal(aead: AESGCM, session: int, number: int, payload: bytes) -> list[bytes]:

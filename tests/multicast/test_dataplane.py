@@ -156,6 +156,21 @@ def test_rate_governor_backs_off_on_loss_and_respects_its_cap() -> None:
     assert gov.wait_for(20_000) == pytest.approx(0.001)
 
 
+def test_a_receiver_a_little_slower_than_the_group_is_evicted_after_three_slices() -> None:
+    # 25 % of every slice lost: not hopeless, each slice repairable within the rounds,
+    # but every slice would wait for its repairs: it leaves after three of them.
+    members, sent, needed, intact = simulate({"a": 0.0, "slowish": 0.25, "c": 0.0})
+    assert "last 3 slices" in members["slowish"].evicted
+    assert not members["a"].evicted and not members["c"].evicted
+    assert intact["a"] and intact["c"]
+    assert sent < 1.6 * needed
+
+
+def test_a_pair_where_one_is_slower_keeps_the_faster_pace() -> None:
+    members, _, _, intact = simulate({"fast": 0.0, "slowish": 0.25})
+    assert members["slowish"].evicted and not members["fast"].evicted and intact["fast"]
+
+
 def test_the_rate_governor_grows_fast_until_the_first_loss_then_gently() -> None:
     gov = RateGovernor(rate=50e6)
     for _ in range(4):

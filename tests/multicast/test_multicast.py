@@ -92,6 +92,16 @@ def test_loss_a_killed_receiver_and_a_slow_one_all_end_byte_identical(lan, tmp_p
     assert (net.addr(4), "unicast") in states  # ...and finished by unicast
     assert (net.addr(3), "unicast") in states  # the restarted one resumed by unicast
     assert (net.addr(2), "evicted") not in states  # 3 % loss is repaired in the group
+    # Each receiver's own progress: how far it is, at what rate; then done.
+    seen = [e for e in events(out) if e["event"] == "receiver"]
+    mine = [e for e in seen if e["name"].startswith(net.addr(1) + ":")]
+    assert any(
+        e["state"] == "receiving" and 0 < e["done_bytes"] < e["total_bytes"] and e["rate"] > 0
+        for e in mine
+    )
+    assert mine[-1]["state"] == "done" and mine[-1]["done_bytes"] == len(data)
+    slow = [e for e in seen if e["name"].startswith(net.addr(4) + ":")]
+    assert any(e["state"] == "unicast" and e["done_bytes"] > 0 for e in slow)
 
 
 # A sender whose group data is forged, as a rogue group member could forge it: the
