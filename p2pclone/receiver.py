@@ -482,7 +482,7 @@ class _DataState:
                     for i, digest in hashes.items():
                         self.announced.pop(i, None)
                         self.log.write(digest)
-                    self.plane.expect(event.slice, event.fragments, hashes)
+                    self.plane.expect(event.slice, event.fragments, event.length, hashes)
                     self.slices_due.add(event.slice)
                 elif isinstance(event, Poll):
                     if self.plane is None:

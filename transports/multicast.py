@@ -132,13 +132,15 @@ def receive_datagrams(sock: socket.socket) -> list[bytes] | None:
     coalesced (UDP_GRO: one system call for up to 64 KB of them); None when nothing
     waits.  Never blocks."""
     try:
-        data, ancillary, _, _ = sock.recvmsg(65536, _GRO_CMSG)
+        data, ancillary, flags, _ = sock.recvmsg(65536, _GRO_CMSG)
     except (BlockingIOError, InterruptedError):
         return None
     for level, kind, value in ancillary:
         if level == socket.SOL_UDP and kind == UDP_GRO and len(value) >= 4:
             (size,) = struct.unpack("=i", value[:4])
             if 0 < size < len(data):
+                if flags & socket.MSG_TRUNC:  # a run longer than the buffer: keep the
+                    data = data[: len(data) // size * size]  # whole ones (the rest is repaired)
                 return [data[k : k + size] for k in range(0, len(data), size)]
     return [data]
 
@@ -187,9 +189,11 @@ class BurstSender:
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
                     break
+                # Not offered here (EIO: no checksum offload; EMSGSIZE: a segment does
+                # not fit the link's MTU, which plain sends fragment): one per call.
                 if n > 1 and exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT,
-                                           errno.EOPNOTSUPP):  # fmt: skip
-                    self.gso = False  # not offered here: one datagram per call from now on
+                                           errno.EOPNOTSUPP, errno.EMSGSIZE):  # fmt: skip
+                    self.gso = False
                     continue
                 raise
             sent += n

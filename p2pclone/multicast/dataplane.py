@@ -127,6 +127,10 @@ class Assembler:
         """A fragment so numbered is new to this slice and agrees with what came first."""
         return count == self.count and slice_len == self.slice_len and index not in self._parts
 
+    @property
+    def held(self) -> int:
+        return len(self._parts)
+
     def put(self, index: int, payload: bytes) -> bool:
         """Keep a fragment that ``fits``; True when the slice has just become complete."""
         self._parts[index] = payload
@@ -156,8 +160,8 @@ class Member:
     heard: float  # last report, in the caller's clock
     evicted: str = ""  # why it left the group ("" while in it)
     repairs: int = 0  # fragments re-sent because of it, in all
-    #: the share of each of its last slices it missed when the slice was sent whole
-    first_losses: list[float] = field(default_factory=list)
+    #: since when it has missed a large share of every slice sent whole (None: it has not)
+    lagging_since: float | None = None
 
 
 @dataclass
@@ -177,12 +181,13 @@ class RepairState:
     #: a member missing more than this share of the slice after it was sent whole
     #: cannot keep up with the group (a slow link): it is evicted at once
     hopeless: float = 0.5
-    #: a member missing more than this share of each of its last ``chronic_slices``
-    #: slices, while the typical member misses less than half as much, is slower than
+    #: a member missing more than this share of every slice for ``chronic_window``
+    #: seconds, while the typical member misses less than half as much, is slower than
     #: the group (a link a little slower than the rate): it is evicted too, or every
-    #: slice would wait for its repairs
+    #: slice would wait for its repairs.  Seconds, not slices: a hiccup (a busy disk)
+    #: spans many slices at 1 Gbit, and it should not cost the member the group
     chronic: float = 0.1
-    chronic_slices: int = 3
+    chronic_window: float = 3.0
     waiting: dict[str, list[int] | None] = field(default_factory=dict)
     #: repair rounds each member needed on this slice (slices overlap: it is per slice)
     rounds: dict[str, int] = field(default_factory=dict)
@@ -251,16 +256,15 @@ class RepairState:
                 if share > self.hopeless:
                     self._evict(name, f"cannot keep up (missed {share:.0%} of a slice)")
                     continue
-                recent = m.first_losses = [*m.first_losses, share][-self.chronic_slices :]
-                if (
-                    len(recent) == self.chronic_slices
-                    and min(recent) > self.chronic
-                    and typical < self.chronic / 2
-                ):
+                if share <= self.chronic:
+                    m.lagging_since = None
+                elif m.lagging_since is None:
+                    m.lagging_since = now
+                elif now - m.lagging_since >= self.chronic_window and typical < self.chronic / 2:
                     self._evict(
                         name,
-                        f"cannot keep up (missed {min(recent):.0%} or more of each of its last "
-                        f"{self.chronic_slices} slices)",
+                        f"cannot keep up (missed over {self.chronic:.0%} of every slice for "
+                        f"{now - m.lagging_since:.0f} s)",
                     )
                     continue
             if self.rounds[name] > self.max_rounds:

@@ -93,8 +93,12 @@ class ReceivePlane:
         self.session: int | None = None
         self.aead: AESGCM | None = None
         self.expected: dict[int, dict[int, bytes]] = {}  # slice -> {chunk: digest}
-        self.counts: dict[int, int] = {}  # slice -> fragments
-        self.asm: dict[int, Assembler] = {}
+        # slice -> (fragments, length) as the sender's REF gave them
+        self.shapes: dict[int, tuple[int, int]] = {}
+        # slice -> (fragments, slice length) -> its assembly: a fragment forged with
+        # the group key and other numbers starts an assembly of its own, so it cannot
+        # keep the sender's fragments out of theirs (before the REF says which is whose)
+        self.asm: dict[int, dict[tuple[int, int], Assembler]] = {}
         self.done: set[int] = set()
         self.ready: deque[tuple[int, bytes]] = deque()  # complete, not yet handed over
         self._complete: trio.MemorySendChannel[tuple[int, bytes]] | None = None
@@ -103,11 +107,10 @@ class ReceivePlane:
         self.aead = AESGCM(key)
         self.session = session
 
-    def expect(self, slice_no: int, fragments: int, chunks: dict[int, bytes]) -> None:
-        self.counts[slice_no] = fragments
-        asm = self.asm.get(slice_no)
-        if asm is not None and asm.count != fragments:
-            del self.asm[slice_no]  # begun by a datagram that was not the sender's
+    def expect(self, slice_no: int, fragments: int, length: int, chunks: dict[int, bytes]) -> None:
+        self.shapes[slice_no] = (fragments, length)
+        for shape in [k for k in self.asm.get(slice_no, {}) if k != (fragments, length)]:
+            del self.asm[slice_no][shape]  # begun by datagrams that were not the sender's
         self.expected.setdefault(slice_no, {}).update(chunks)
 
     def _take(self, data: bytes) -> tuple[int, bytes] | None:
@@ -119,11 +122,12 @@ class ReceivePlane:
             sl, idx, count, slen = read_header(data, self.session)
         except DatagramError:
             return None
-        if sl in self.done or self.counts.get(sl, count) != count:
+        if sl in self.done or self.shapes.get(sl, (count, slen)) != (count, slen):
             return None
-        asm = self.asm.get(sl)
+        shapes = self.asm.get(sl)
+        asm = shapes.get((count, slen)) if shapes else None
         if asm is not None and not asm.fits(idx, count, slen):
-            return None
+            return None  # a repeat
         try:
             plain = self.aead.decrypt(
                 _NONCE.pack(self.session & 0xFFFFFFFF, sl, idx),
@@ -132,15 +136,18 @@ class ReceivePlane:
             )
         except InvalidTag:
             return None  # not sealed with our group key: ignored
+        if shapes is None:
+            shapes = self.asm[sl] = {}
         if asm is None:
-            asm = self.asm[sl] = Assembler(sl, count, slen)
+            asm = shapes[(count, slen)] = Assembler(sl, count, slen)
         if not asm.put(idx, plain):
             return None
-        del self.asm[sl]
         try:
             whole = asm.data()
-        except DatagramError:
-            return None  # forged lengths (only a group-key holder can): collect it again
+        except DatagramError:  # forged lengths (only a group-key holder can): drop them
+            del shapes[(count, slen)]
+            return None
+        del self.asm[sl]
         self.done.add(sl)
         return sl, whole
 
@@ -160,8 +167,8 @@ class ReceivePlane:
         """The bitmap a REPORT carries: b"" when the slice is complete."""
         if slice_no in self.done:
             return b""
-        n = self.counts.get(slice_no, 0)
-        asm = self.asm.get(slice_no)
+        n, length = self.shapes.get(slice_no, (0, 0))
+        asm = self.asm.get(slice_no, {}).get((n, length))
         return bitmap(asm.missing() if asm else list(range(n)), n)
 
     async def run(self) -> None:

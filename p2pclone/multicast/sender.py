@@ -150,7 +150,8 @@ async def send_multicast(
             done_bytes = plan.source_size
         then, before = meters.get(name, (now, 0))
         done = before if done_bytes is None else done_bytes
-        rate = (done - before) / (now - then) if now > then and done >= before else 0.0
+        moving = state in ("receiving", "unicast") and now > then and done >= before
+        rate = (done - before) / (now - then) if moving else 0.0
         meters[name] = (now, done)
         group_report(GroupProgress(name, state, done, plan.source_size, rate, repairs, why))
 
@@ -327,9 +328,16 @@ class _Wire:
     burst: BurstSender
     governor: RateGovernor
     stats: dict[str, int]
+    #: one sender at a time: the slices' repairs and the next slice share the socket
+    #: (two tasks waiting for it to be writable is an error in trio)
+    lock: trio.Lock = field(default_factory=trio.Lock)
 
     async def multicast(self, sealed: list[bytes], which: list[int]) -> None:
         """Send fragments ``which`` in non-blocking bursts, paced by the governor."""
+        async with self.lock:
+            await self._multicast(sealed, which)
+
+    async def _multicast(self, sealed: list[bytes], which: list[int]) -> None:
         governor = self.governor
         pos = 0
         while pos < len(which):
@@ -363,10 +371,29 @@ class _Reports:
     def __init__(self) -> None:
         self._got: dict[int, dict[str, bytes]] = {}
         self._wake: dict[int, trio.Event] = {}
+        # (slice, member) -> POLLs sent, REPORTs received: a REPORT counts only when it
+        # answers the latest POLL (one that arrives after its round timed out is stale)
+        self._polls: dict[tuple[int, str], int] = {}
+        self._answers: dict[tuple[int, str], int] = {}
         self.ends: dict[int, int] = {}  # slice -> the source offset where it ends
         self.held: dict[str, int] = {}  # member -> bytes it holds whole (progress)
 
+    def polled(self, slice_no: int, name: str) -> None:
+        key = (slice_no, name)
+        self._polls[key] = self._polls.get(key, 0) + 1
+
+    def finished(self, slice_no: int) -> None:
+        """The slice's repair rounds are over: forget its bookkeeping."""
+        self._got.pop(slice_no, None)
+        for key in [k for k in self._polls if k[0] == slice_no]:
+            del self._polls[key]
+            self._answers.pop(key, None)
+
     def add(self, slice_no: int, name: str, missing: bytes) -> None:
+        key = (slice_no, name)
+        self._answers[key] = self._answers.get(key, 0) + 1
+        if self._answers[key] < self._polls.get(key, 0):
+            return  # answers an earlier POLL, whose round is over: a fresher one is due
         self._got.setdefault(slice_no, {})[name] = missing
         if not missing:
             self.held[name] = max(self.held.get(name, 0), self.ends.get(slice_no, 0))
@@ -457,7 +484,7 @@ async def _stream(
                 sealed = await trio.to_thread.run_sync(
                     _seal, aead, session, slice_no, bytes(payload), limiter=limiter
                 )
-                await out.send(_Slice(slice_no, coverage, sealed, index))
+                await out.send(_Slice(slice_no, coverage, sealed, index, len(payload)))
                 slice_no += 1
 
     send_slices, recv_slices = trio.open_memory_channel[_Slice](1)
@@ -501,6 +528,7 @@ class _Slice:
     coverage: list[tuple[str, int, list[bytes]]]
     sealed: list[bytes]
     end: int  # the first chunk after it
+    length: int  # payload bytes
 
 
 async def _coverage(sl: _Slice, peers: dict[str, _Peer], show: Show) -> None:
@@ -516,6 +544,7 @@ async def _coverage(sl: _Slice, peers: dict[str, _Peer], show: Show) -> None:
                         hashes=b"".join(hashes[k : k + 1024]),
                         slice=sl.number,
                         fragments=len(sl.sealed),
+                        length=sl.length,
                     )
                     await tell(p, ref, show)
 
@@ -533,20 +562,28 @@ async def _repair(
     members = {p.name: p.member for p in peers.values() if not p.member.evicted}
     state = RepairState(slice_no, n, members)
     sent_this_round = n
-    while not state.done:
-        waiting = [peers[name] for name in state.waiting]
-        for p in waiting:
-            await tell(p, Poll(slice=slice_no), show)
-        for name, bits in (await reports.wait(slice_no, waiting, ROUND_WAIT)).items():
-            state.report(name, from_bitmap(bits, n) if bits else [], trio.current_time())
-        missing = state.next_round(trio.current_time())
-        wire.governor.on_round(sent_this_round, state.typical_loss())
-        for p in peers.values():
-            if p.member.evicted and not p.evicted_sent:
-                p.evicted_sent = True
-                show(p.name, "evicted", why=p.member.evicted)
-                with contextlib.suppress(P2PCloneError):  # it comes back for unicast
-                    await p.channel.send(Evict(reason=p.member.evicted))
-        if missing:
-            await wire.multicast(sealed, missing)
-            sent_this_round = len(missing)
+    try:
+        while not state.done:
+            waiting = [peers[name] for name in state.waiting]
+            for p in waiting:
+                reports.polled(slice_no, p.name)
+                await tell(p, Poll(slice=slice_no), show)
+            for name, bits in (await reports.wait(slice_no, waiting, ROUND_WAIT)).items():
+                state.report(name, from_bitmap(bits, n) if bits else [], trio.current_time())
+            missing = state.next_round(trio.current_time())
+            if state.losses:  # a round nobody answered says nothing about the rate
+                wire.governor.on_round(sent_this_round, state.typical_loss())
+            evicted = False
+            for p in peers.values():
+                if p.member.evicted and not p.evicted_sent:
+                    p.evicted_sent = evicted = True
+                    show(p.name, "evicted", why=p.member.evicted)
+                    with contextlib.suppress(P2PCloneError):  # it comes back for unicast
+                        await p.channel.send(Evict(reason=p.member.evicted))
+            if evicted:
+                reports.wake_all()  # other slices' rounds need not wait for them
+            if missing:
+                await wire.multicast(sealed, missing)
+                sent_this_round = len(missing)
+    finally:
+        reports.finished(slice_no)

@@ -425,20 +425,28 @@ class Group:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Ref:
     """Sender -> receiver, multicast: chunks ``index``.. come in multicast slice
-    ``slice`` (``fragments`` datagrams), with these hashes; counts like SAME."""
+    ``slice`` (``fragments`` datagrams, ``length`` bytes), with these hashes; counts
+    like SAME."""
 
     TYPE: ClassVar[FrameType] = FrameType.REF
     index: int
     hashes: bytes
     slice: int
     fragments: int
+    length: int
 
     @property
     def count(self) -> int:
         return len(self.hashes) // HASH_SIZE
 
     def to_meta(self) -> dict[str, Any]:
-        return {"i": self.index, "h": self.hashes, "sl": self.slice, "n": self.fragments}
+        return {
+            "i": self.index,
+            "h": self.hashes,
+            "sl": self.slice,
+            "n": self.fragments,
+            "l": self.length,
+        }
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Ref:
@@ -447,6 +455,7 @@ class Ref:
             hashes=_hashes(meta, "REF"),
             slice=_count(meta, "sl", "REF", limit=2**32 - 1),
             fragments=_count(meta, "n", "REF", limit=0xFFFF),
+            length=_count(meta, "l", "REF", limit=2**32 - 1),
         )
 
 

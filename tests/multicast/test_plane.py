@@ -1,5 +1,6 @@
-"""The receiver's data plane on real UDP sockets (loopback): sealing, and slices that
-arrive whole before the control connection has announced them."""
+"""Both ends of the data plane on real UDP sockets (loopback): sealing, slices that
+arrive whole before the control connection has announced them, forged fragments, GSO
+bursts and GRO receives, and the sender's sharing of its socket and its reports."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import errno
 import os
 import socket
 
+import pytest
 import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from p2pclone.multicast.dataplane import Fragment, bitmap, split
+from p2pclone.multicast.dataplane import Fragment, RateGovernor, bitmap, split
 from p2pclone.multicast.plane import ReceivePlane, seal
+from p2pclone.multicast.sender import _Reports, _Wire
 from transports.multicast import UDP_GRO, BurstSender, receive_datagrams
 
 
@@ -48,7 +51,7 @@ async def test_datagrams_sealed_with_another_key_or_session_are_ignored() -> Non
     key, session = os.urandom(32), 5
     plane = ReceivePlane(rx)
     plane.start(key, session)
-    plane.expect(0, 1, {})
+    plane.expect(0, 1, 100, {})
     (frag,) = split(session, 0, b"x" * 100)
     tx.send(seal(AESGCM(os.urandom(32)), frag))  # a stranger's key
     (other,) = split(session + 1, 0, b"y" * 100)
@@ -71,15 +74,20 @@ async def test_fragments_forged_with_the_group_key_neither_crash_nor_block_a_sli
     plane = ReceivePlane(rx)
     plane.start(key, session)
     real = split(session, 0, b"r" * 3000)  # three fragments
-    plane.expect(0, len(real), {})
-    # A rogue member: a fragment claiming the slice has one fragment only...
+    # A rogue member, before the REF: a fragment of slice 0 with the right count but
+    # another length (it comes first, and must not pin the slice)...
+    tx.send(seal(aead, Fragment(session, 0, 0, 3, 2999, b"z" * 1400)))
+    await trio.sleep(0.05)
+    plane.drain()
+    plane.expect(0, len(real), 3000, {})
+    # ...after it: one claiming the slice has a single fragment, and a whole slice 1
+    # whose length disagrees with its fragments.
     tx.send(seal(aead, Fragment(session, 0, 0, 1, 10, b"z" * 10)))
-    # ...and a whole slice 1 whose length disagrees with its fragments.
     tx.send(seal(aead, Fragment(session, 1, 0, 1, 999, b"z" * 10)))
     await trio.sleep(0.05)
     plane.drain()  # no exception
     assert plane.take_ready(None) == []
-    assert plane.missing(0) == bitmap([0, 1, 2], 3)  # the forged count was not taken
+    assert plane.missing(0) == bitmap([0, 1, 2], 3)  # nothing forged was counted
     for frag in real:
         tx.send(seal(aead, frag))
     await trio.sleep(0.05)
@@ -108,14 +116,15 @@ def test_bursts_cut_by_the_kernel_arrive_as_the_datagrams_that_were_sent() -> No
     assert calls < len(sent)  # ...and coalesced (UDP GRO): fewer receives than datagrams
 
 
-def test_without_udp_gso_every_datagram_goes_out_on_its_own() -> None:
+@pytest.mark.parametrize("refusal", [errno.EIO, errno.EMSGSIZE])
+def test_without_udp_gso_every_datagram_goes_out_on_its_own(refusal: int) -> None:
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
     rx.setblocking(False)
 
     class NoGSO(socket.socket):  # a kernel (or device) that refuses UDP_SEGMENT
         def sendmsg(self, *args: object, **kw: object) -> int:
-            raise OSError(errno.EIO, "no GSO here")
+            raise OSError(refusal, "no GSO here")  # no checksum offload; a small MTU
 
     tx = NoGSO(socket.AF_INET, socket.SOCK_DGRAM)
     burst = BurstSender(tx, rx.getsockname())
@@ -126,3 +135,36 @@ def test_without_udp_gso_every_datagram_goes_out_on_its_own() -> None:
     while (batch := receive_datagrams(rx)) is not None:
         got += batch
     assert got == sent
+
+
+async def test_slices_and_repairs_sending_at_once_take_turns_on_the_socket() -> None:
+    """The next slice and the repairs of earlier ones go out concurrently; when the
+    socket takes only part of a burst, each waits for it to be writable — one at a
+    time (two waiters on one socket is an error in trio)."""
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.setblocking(False)
+
+    class Partial(BurstSender):  # a socket that is full after every second datagram
+        def send(self, datagrams: list[bytes]) -> int:
+            return super().send(datagrams[:1])
+
+    stats = {"wire": 0}
+    wire = _Wire(tx, Partial(tx, rx.getsockname()), RateGovernor(rate=1e9), stats)
+    sealed = [os.urandom(100) for _ in range(20)]
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(wire.multicast, sealed, list(range(20)))
+    assert stats["wire"] == 3 * 20 * 100
+
+
+async def test_a_report_that_answers_an_earlier_poll_is_not_taken_for_a_fresh_one() -> None:
+    reports = _Reports()
+    reports.polled(0, "a")  # round 1: no answer in time
+    reports.polled(0, "a")  # round 2
+    reports.add(0, "a", b"\x01")  # the late answer to round 1: stale
+    with trio.move_on_after(0.05):
+        assert await reports.wait(0, [], 1.0) == {}
+    reports.add(0, "a", b"")  # the answer to round 2
+    assert await reports.wait(0, [], 1.0) == {"a": b""}

@@ -228,7 +228,7 @@ def all_events(p: Pair, role: Role) -> dict:
         FrameType.ZERO: Zero(index=0, count=1),
         FrameType.LOST: Lost(index=0, count=1),
         FrameType.GROUP: Group(key=bytes(32), session=1),
-        FrameType.REF: Ref(index=0, hashes=bytes(32), slice=0, fragments=1),
+        FrameType.REF: Ref(index=0, hashes=bytes(32), slice=0, fragments=1, length=100),
         FrameType.POLL: Poll(slice=0),
         FrameType.REPORT: Report(slice=0, missing=b""),
         FrameType.EVICT: Evict(reason="slow"),
