@@ -661,7 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=60.0,
         metavar="SECONDS",
-        help="multicast: start after this long with the receivers that joined (default 60)",
+        help="multicast: start after this long with the receivers that joined, and wait as "
+        "long for evicted or restarted ones to come back for their unicast finish (default 60)",
     )
     s.add_argument(
         "--delta",

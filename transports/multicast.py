@@ -195,7 +195,11 @@ class BurstSender:
                                            errno.EOPNOTSUPP, errno.EMSGSIZE):  # fmt: skip
                     self.gso = False
                     continue
-                raise
+                raise TransportError(
+                    f"sending to the multicast group {self.to[0]}:{self.to[1]} failed "
+                    f"({exc.strerror or exc}): check the network link; run the sender again "
+                    "(the receivers resume)"
+                ) from None
             sent += n
         return sent
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 import trio
 
 from transports.multicast import MulticastTransport, decode_announce
+from transports.tcp import tune
 
 from ..disks import Target
+from ..errors import TransportError
 from ..session import Connected, Done, Listening, Reporter, no_report
 from .plane import ReceivePlane
 
@@ -48,7 +50,7 @@ async def receive_multicast(
                 break
         _, port = found
         url = f"tcp://{host}:{port}"
-        stream = await trio.open_tcp_stream(host, port)
+        stream = await _connect(host, port, url)
         report(Connected(url))
         try:
             return await receive_stream(
@@ -62,7 +64,7 @@ async def receive_multicast(
             )
         except Evicted as exc:
             report(Connected(f"{url} (unicast: the sender evicted this receiver: {exc})"))
-            stream = await trio.open_tcp_stream(host, port)
+            stream = await _connect(host, port, url)
             return await receive_stream(
                 stream,
                 target,
@@ -74,3 +76,15 @@ async def receive_multicast(
     finally:
         sock.close()
         target.close()
+
+
+async def _connect(host: str, port: int, url: str) -> trio.SocketStream:
+    """The control connection, with the TCP link's dead-peer detection (keepalive and a
+    user timeout): a sender that vanishes ends this receiver with exit 5, not a hang."""
+    try:
+        return tune(await trio.open_tcp_stream(host, port))
+    except OSError as exc:
+        raise TransportError(
+            f"cannot connect to the multicast sender's control port {url} ({exc.strerror or exc}):"
+            " check that the sender is still running and that no firewall blocks the port"
+        ) from None

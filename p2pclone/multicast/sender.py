@@ -35,6 +35,7 @@ import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from transports.multicast import BurstSender, MulticastTransport, encode_announce
+from transports.tcp import tune
 
 from ..disks import Source
 from ..errors import P2PCloneError, TransportError
@@ -71,9 +72,6 @@ ROUND_WAIT = 2.0
 #: slice, and more than a round trip when the receivers' cores were busy).
 IN_FLIGHT = 3
 ANNOUNCE_EVERY = 0.5
-#: After the group is done, how long evicted or vanished members have to come back for
-#: their unicast session before the sender stops accepting.
-RETURN_WAIT = 120.0
 
 
 @dataclass
@@ -180,6 +178,7 @@ async def send_multicast(
             await send_stream(
                 stream, src, code=code, url=name, chunk_size=chunk_size, report=progress
             )
+            finished_hosts.add(addr_of(name))
             show(name, "done")
         except P2PCloneError as exc:
             show(name, "failed", why=exc.message)
@@ -188,6 +187,7 @@ async def send_multicast(
             back.set()
 
     async def member(stream: trio.SocketStream) -> None:
+        tune(stream)  # a receiver that vanishes is noticed (keepalive, user timeout)
         addr = stream.socket.getpeername()
         name = f"{addr[0]}:{addr[1]}"
         if phase["data"] or len(peers) >= receivers:
@@ -243,6 +243,7 @@ async def send_multicast(
 
     reports = _Reports()
     returning: dict[str, trio.Event] = {}  # host -> its unicast session has ended
+    finished_hosts: set[str] = set()  # hosts whose receiver confirmed its clone
 
     def addr_of(name: str) -> str:
         return name.rsplit(":", 1)[0]
@@ -278,12 +279,15 @@ async def send_multicast(
             )
             for p in peers.values():
                 if not p.member.evicted:
-                    with trio.move_on_after(300):
-                        await p.finished.wait()
+                    # No time limit: a --verify or a refetch can take long, and a dead
+                    # link ends within a minute (the control connections' keepalive).
+                    await p.finished.wait()
+                    if p.result:
+                        finished_hosts.add(addr_of(p.name))
                     show(p.name, "done" if p.result else "failed")
             # Evicted members (and killed ones, once restarted) come back for unicast:
-            # keep the door open for them a while.
-            with trio.move_on_after(RETURN_WAIT):
+            # keep the door open for them as long as for joining.
+            with trio.move_on_after(wait):
                 for p in peers.values():
                     if p.member.evicted:
                         await returning.setdefault(addr_of(p.name), trio.Event()).wait()
@@ -291,6 +295,16 @@ async def send_multicast(
     finally:
         source.close()
         sock.close()
+    behind = [p for p in peers.values() if addr_of(p.name) not in finished_hosts]
+    if behind:
+        why = "; ".join(
+            f"{p.name}: {p.member.evicted or 'no confirmation'}" for p in behind[:3]
+        ) + (f"; and {len(behind) - 3} more" if len(behind) > 3 else "")
+        raise TransportError(
+            f"{len(behind)} of {len(peers)} receivers did not finish ({why}), and did not "
+            f"come back within {wait:.0f} s: start them again and run the sender again — "
+            "they resume where they stopped"
+        )
     ok = [p for p in peers.values() if p.result is not None]
     return Done(
         source_bytes=plan.source_size,

@@ -56,6 +56,10 @@ class Lan:
             capture_output=True,
         )
 
+    def unplug(self, k: int) -> None:
+        """Pull host ``k``'s cable: its switch port goes down, nothing more gets through."""
+        sh("ip", "-n", self.switch, "link", "set", self.port(k), "down")
+
     def rate(self, k: int, rate: str) -> None:
         """Limit what reaches host ``k`` to ``rate`` (tc tbf on its switch port)."""
         sh(

@@ -151,3 +151,36 @@ def test_group_data_forged_with_the_group_key_is_refetched_not_written(lan, tmp_
         assert done["repaired_chunks"] == 2  # the two forged chunks, fetched over its own link
     for t in targets:
         assert t.read_bytes() == data
+
+
+def test_a_pulled_cable_ends_that_receiver_and_the_sender_names_it(lan, tmp_path: Path) -> None:
+    net: Lan = lan(3)
+    source = tmp_path / "disk.img"
+    data = random_file(source, 16 * MiB)
+    url = "multicast://239.77.1.4:17503?iface=eth0&rate=16m"  # 2 MB/s: about 8 s
+    targets = {k: tmp_path / f"t{k}.img" for k in (1, 2)}
+    rx = {k: receiver(net, k, targets[k], url, tmp_path) for k in targets}
+    tx = net.run(
+        0, sys.executable, "-m", "p2pclone", "send", str(source), url, "--code", CODE,
+        "--receivers", "2", "--wait", "5", "--json",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (targets[2].exists() and targets[2].stat().st_blocks * 512 > 2 * MiB):
+        assert time.monotonic() < deadline and tx.poll() is None
+        time.sleep(0.02)
+    net.unplug(2)
+    pulled = time.monotonic()
+    _, err2 = rx[2].communicate(timeout=150)
+    # Host 2 hears nothing more: its control link's keepalive ends it, not a hang.
+    assert rx[2].returncode == 5, err2.decode()
+    assert time.monotonic() - pulled < 100
+    assert "resume" in err2.decode()
+    _, err1 = rx[1].communicate(timeout=60)
+    assert rx[1].returncode == 0, err1.decode()
+    assert targets[1].read_bytes() == data  # the other one finished, unharmed
+    out, err = tx.communicate(timeout=150)
+    # The sender does not claim success: it names the receiver that did not finish.
+    assert tx.returncode == 5, err.decode()
+    assert "1 of 2 receivers did not finish" in err.decode()
+    assert net.addr(2) in err.decode()
