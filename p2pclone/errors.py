@@ -78,6 +78,15 @@ class TransportError(P2PCloneError):
     code = "link"
 
 
+class StorageError(P2PCloneError):
+    """An image's storage (a mounted share, an SMB server) failed mid-session.  Not a
+    TransportError: the session's own link (in-process, for an image) is fine, so the
+    other side is told why, and the exit code is the same (5)."""
+
+    exit_code = ExitCode.LINK
+    code = "storage"
+
+
 class SourceError(P2PCloneError):
     code = "source"
 

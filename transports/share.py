@@ -18,6 +18,7 @@ block: callers run them in worker threads.
 from __future__ import annotations
 
 import abc
+import contextlib
 import errno
 import os
 import threading
@@ -28,7 +29,7 @@ from typing import Any
 
 import trio
 
-from p2pclone.errors import AuthenticationError, TransportError, UsageError
+from p2pclone.errors import AuthenticationError, StorageError, TransportError, UsageError
 
 from . import LinkListener, Transport
 from .pipe import pipe_pair
@@ -65,7 +66,7 @@ class Store(abc.ABC):
 
     @contextmanager
     def _check(self, doing: str) -> Iterator[None]:
-        """OSError -> one TransportError sentence naming the image."""
+        """OSError -> one StorageError sentence naming the image."""
         try:
             yield
         except OSError as exc:
@@ -74,7 +75,7 @@ class Store(abc.ABC):
                 if exc.errno == errno.ENOSPC
                 else "check the share and run the same command again (a save resumes)"
             )
-            raise TransportError(
+            raise StorageError(
                 f"{doing} the image {self.url} failed ({exc.strerror or exc}): {hint}"
             ) from exc
 
@@ -214,6 +215,28 @@ class SMBStore(Store):
 
         smbclient.reset_connection_cache(connection_cache=self._cache)
 
+    @contextmanager
+    def _check(self, doing: str) -> Iterator[None]:
+        """As Store's, and smbprotocol's own errors (the server closed the connection,
+        refused a request) -> one StorageError sentence naming the image."""
+        from smbprotocol.exceptions import SMBException
+
+        try:
+            with super()._check(doing):
+                yield
+        except SMBException as exc:
+            text = str(exc)
+            hint = (
+                "the share is full: free space or save elsewhere"
+                if "DISK_FULL" in text.upper()
+                else "check the server and the network, and run the same command again "
+                "(a save or restore resumes where it stopped)"
+            )
+            raise StorageError(
+                f"{doing} the image {self.url} failed: the SMB server ended the connection or "
+                f"refused the request ({text}); {hint}"
+            ) from None
+
     def size(self) -> int:
         with self._check("reading"), self._lock:
             return int(self._file.seek(0, os.SEEK_END))
@@ -295,9 +318,11 @@ class SMBStore(Store):
             self._file.fd.flush()
 
     def close(self) -> None:
-        try:
+        """Best effort: whatever was to be kept was synced before; a server that is
+        gone already cannot be told, and that is not the error to report."""
+        with contextlib.suppress(Exception):
             self._file.close()
-        finally:
+        with contextlib.suppress(Exception):
             self._reset()
 
 

@@ -29,6 +29,7 @@ class Samba:
     user: str
     password: str
     root: Path  # the share's folder on this machine
+    pid: int  # the main smbd: it forks a child per client connection
 
     def url(self, path: str) -> str:
         return f"smb://{self.user}@{self.host}:{self.port}/{self.share}/{path}"
@@ -122,7 +123,7 @@ def samba() -> Iterator[Samba]:
                     logs = "".join(p.read_text() for p in base.glob("log.*"))
                     pytest.fail(f"smbd did not start: {logs[-2000:]}")
                 time.sleep(0.1)
-        yield Samba("127.0.0.1", port, "images", SMB_USER, SMB_PASSWORD, share)
+        yield Samba("127.0.0.1", port, "images", SMB_USER, SMB_PASSWORD, share, proc.pid)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -324,3 +324,55 @@ async def test_copying_a_damaged_image_is_never_a_success(tmp_path: Path) -> Non
     span = f"{3 * 256 * 1024}-{4 * 256 * 1024 - 1}"
     with pytest.raises(IntegrityError, match=span):  # the copy says what it lacks
         await tools.verify(copy, CODE)
+
+
+def _smbd_children(samba: Samba) -> set[int]:
+    found = subprocess.run(["pgrep", "-P", str(samba.pid)], capture_output=True, text=True)
+    return {int(pid) for pid in found.stdout.split()}
+
+
+def _cut_when(samba: Samba, grown: Path, proc: subprocess.Popen[bytes], before: set[int]) -> None:
+    """Once ``grown`` holds 8 MiB, kill the smbd process serving ``proc``'s connection:
+    the server goes away mid-transfer, as a NAS that reboots or loses power."""
+    deadline = time.monotonic() + 60
+    while not (grown.exists() and grown.stat().st_blocks * 512 > 8 * MiB):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    for pid in _smbd_children(samba) - before:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_cli_the_smb_server_going_away_ends_save_and_restore_with_exit_5_and_they_resume(
+    tmp_path: Path, smb_env: Samba, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("P2PCLONE_STATE_DIR", str(tmp_path / "state"))
+    source = tmp_path / "disk.img"
+    data = random_file(source, 96 * MiB)
+    url = smb_env.url("gone/pc1.p2pc")
+    before = _smbd_children(smb_env)
+    proc = subprocess.Popen(
+        [*CLI, "send", str(source), url, "--code", CODE],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    _cut_when(smb_env, smb_env.root / "gone" / "pc1.p2pc", proc, before)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 5, err.decode()
+    assert b"the SMB server ended the connection" in err and b"Traceback" not in err
+    again = run("send", str(source), url, "--code", CODE, "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.splitlines()[-1])["same_chunks"] > 0  # it resumed
+
+    target = tmp_path / "target.img"
+    before = _smbd_children(smb_env)
+    proc = subprocess.Popen(
+        [*CLI, "receive", str(target), url, "--code", CODE, "--yes"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    _cut_when(smb_env, target, proc, before)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 5, err.decode()
+    assert b"the SMB server ended the connection" in err and b"Traceback" not in err
+    again = run("receive", str(target), url, "--code", CODE, "--yes", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.splitlines()[-1])["same_chunks"] > 0  # it resumed
+    assert target.read_bytes() == data
