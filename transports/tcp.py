@@ -28,9 +28,10 @@ KEEPALIVE_COUNT = 4
 USER_TIMEOUT = 60
 
 
-def tune(stream: trio.SocketStream) -> trio.SocketStream:
-    """Keepalives and a user timeout, so a dead link ends in an error, never a hang."""
-    stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+def dead_peer_options() -> list[tuple[int, int, int]]:
+    """(level, option, value) for keepalives and a user timeout, so a dead link ends in
+    an error, never a hang (Linux has them all; elsewhere only SO_KEEPALIVE)."""
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
     for name, value in (
         ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
         ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
@@ -38,8 +39,15 @@ def tune(stream: trio.SocketStream) -> trio.SocketStream:
         ("TCP_USER_TIMEOUT", USER_TIMEOUT * 1000),
     ):
         option = getattr(socket, name, None)
-        if option is not None:  # Linux has them all; elsewhere the defaults stand
-            stream.setsockopt(socket.IPPROTO_TCP, option, value)
+        if option is not None:
+            options.append((socket.IPPROTO_TCP, option, value))
+    return options
+
+
+def tune(stream: trio.SocketStream) -> trio.SocketStream:
+    """Keepalives and a user timeout, so a dead link ends in an error, never a hang."""
+    for level, option, value in dead_peer_options():
+        stream.setsockopt(level, option, value)
     return stream
 
 

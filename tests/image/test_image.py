@@ -376,3 +376,22 @@ def test_cli_the_smb_server_going_away_ends_save_and_restore_with_exit_5_and_the
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout.splitlines()[-1])["same_chunks"] > 0  # it resumed
     assert target.read_bytes() == data
+
+
+def test_the_smb_connection_notices_a_silent_server(tmp_path: Path, smb_env: Samba) -> None:
+    """A NAS that loses power sends no reset: the connection's socket carries the TCP
+    links' keepalive and user timeout, so a save or restore ends within about a minute
+    (exit 5, as above) instead of waiting on smbprotocol's 20-minute echo."""
+    import socket
+
+    from transports.share import open_store
+
+    store = open_store(smb_env.url("silent/pc1.p2pc"), create=True)
+    try:
+        socks = [conn.transport._sock for conn in store._cache.values()]  # type: ignore[attr-defined]
+        assert socks
+        for sock in socks:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 60_000
+    finally:
+        store.close()
