@@ -359,18 +359,19 @@ def ask_code() -> str:
 
 
 def _run(args: argparse.Namespace, out: Output, fn: Callable[[], Any]) -> int:
+    interrupted = TransportError(
+        "interrupted: the transfer was stopped and the target is incomplete; run both sides again",
+        code="interrupted",
+    )
     try:
         done = trio.run(fn)
     except KeyboardInterrupt:
-        out.error(
-            TransportError(
-                "interrupted: the transfer was stopped and the target is "
-                "incomplete; run both sides again",
-                code="interrupted",
-            )
-        )
+        out.error(interrupted)
         return int(ExitCode.LINK)
     except BaseException as exc:
+        if isinstance(exc, BaseExceptionGroup) and exc.split(KeyboardInterrupt)[0]:
+            out.error(interrupted)  # Ctrl-C, raised inside a nursery: it wins
+            return int(ExitCode.LINK)
         err = pick_error(exc)
         if isinstance(err, P2PCloneError):
             if args.debug:

@@ -87,6 +87,17 @@ class StorageError(P2PCloneError):
     code = "storage"
 
 
+class GroupError(P2PCloneError):
+    """Multicast: receivers did not finish.  The exit code is theirs when they all failed
+    alike (3: wrong code, 4: a target refused...), else 5."""
+
+    code = "group"
+
+    def __init__(self, message: str, exit_code: ExitCode) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class SourceError(P2PCloneError):
     code = "source"
 

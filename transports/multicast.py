@@ -64,12 +64,20 @@ class MulticastTransport(Transport):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         parts = urlsplit(url)
-        hint = "write multicast://GROUP[:PORT][?iface=NAME], e.g. multicast://239.7.7.7?iface=eth0"
+        hint = (
+            "write multicast://GROUP[:PORT][?iface=NAME&rate=RATE], "
+            "e.g. multicast://239.7.7.7?iface=eth0"
+        )
         try:
             self.group = socket.inet_ntoa(socket.inet_aton(parts.hostname or ""))
-            self.port = parts.port or DEFAULT_PORT
-        except (OSError, ValueError):
+        except OSError:
             raise UsageError(f"{url!r} is not a multicast URL: {hint}") from None
+        try:
+            self.port = parts.port or DEFAULT_PORT
+        except ValueError:
+            raise UsageError(f"{url!r} has a bad port number (1-65535): {hint}") from None
+        if parts.path not in ("", "/"):
+            raise UsageError(f"{url!r} has a path ({parts.path}), which a group has not: {hint}")
         first = int(self.group.split(".")[0])
         if not 224 <= first <= 239:
             raise UsageError(f"{self.group} is not a multicast group (224.0.0.0/4): {hint}")

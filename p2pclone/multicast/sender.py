@@ -38,7 +38,7 @@ from transports.multicast import BurstSender, MulticastTransport, encode_announc
 from transports.tcp import tune
 
 from ..disks import Source
-from ..errors import P2PCloneError, TransportError
+from ..errors import ExitCode, GroupError, P2PCloneError, TransportError
 from ..pipeline import Encoded, default_threads, encode_chunk, encode_repair
 from ..protocol import Connection, Role
 from ..protocol.messages import (
@@ -199,6 +199,7 @@ async def send_multicast(
             await channel.send(plan)
             await channel.expect(Accept, "the receiver to accept the plan")
         except P2PCloneError as exc:
+            refused[name] = (exc.message, exc.exit_code)
             show(name, "refused", why=exc.message)
             await channel.close()
             return
@@ -234,7 +235,11 @@ async def send_multicast(
                     return
         except P2PCloneError as exc:
             if not peer.member.evicted:
-                peer.member.evicted = f"left the group ({exc.message})"
+                peer.member.evicted = (
+                    "its control link closed: the receiver stopped, or the network failed"
+                    if isinstance(exc, TransportError)
+                    else f"left the group ({exc.message})"
+                )
                 peer.evicted_sent = True  # nobody to tell
                 show(peer.name, "evicted", why=peer.member.evicted)
         finally:
@@ -244,6 +249,7 @@ async def send_multicast(
     reports = _Reports()
     returning: dict[str, trio.Event] = {}  # host -> its unicast session has ended
     finished_hosts: set[str] = set()  # hosts whose receiver confirmed its clone
+    refused: dict[str, tuple[str, ExitCode]] = {}  # name -> why, its exit code
 
     def addr_of(name: str) -> str:
         return name.rsplit(":", 1)[0]
@@ -295,15 +301,25 @@ async def send_multicast(
     finally:
         source.close()
         sock.close()
-    behind = [p for p in peers.values() if addr_of(p.name) not in finished_hosts]
-    if behind:
-        why = "; ".join(
-            f"{p.name}: {p.member.evicted or 'no confirmation'}" for p in behind[:3]
-        ) + (f"; and {len(behind) - 3} more" if len(behind) > 3 else "")
-        raise TransportError(
-            f"{len(behind)} of {len(peers)} receivers did not finish ({why}), and did not "
-            f"come back within {wait:.0f} s: start them again and run the sender again — "
-            "they resume where they stopped"
+    failed = [
+        (p.name, f"{p.member.evicted or 'it did not confirm its clone'}", ExitCode.LINK)
+        for p in peers.values()
+        if addr_of(p.name) not in finished_hosts
+    ] + [
+        (name, f"refused: {why}", code)
+        for name, (why, code) in refused.items()
+        if addr_of(name) not in finished_hosts
+    ]
+    if failed:
+        details = "; ".join(f"{name}: {why}" for name, why, _ in failed[:3]) + (
+            f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+        )
+        codes = {code for _, _, code in failed}
+        raise GroupError(
+            f"{len(failed)} of {len(peers) + len(refused)} receivers did not finish "
+            f"({details}); the sender waited {wait:.0f} s for them to come back: see each "
+            "receiver's own message, then start them again and run the sender again",
+            codes.pop() if len(codes) == 1 else ExitCode.LINK,
         )
     ok = [p for p in peers.values() if p.result is not None]
     return Done(

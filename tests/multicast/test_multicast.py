@@ -184,3 +184,50 @@ def test_a_pulled_cable_ends_that_receiver_and_the_sender_names_it(lan, tmp_path
     assert tx.returncode == 5, err.decode()
     assert "1 of 2 receivers did not finish" in err.decode()
     assert net.addr(2) in err.decode()
+
+
+def test_a_refused_receiver_makes_the_sender_fail_with_its_exit_code(lan, tmp_path: Path) -> None:
+    net: Lan = lan(3)
+    source = tmp_path / "disk.img"
+    data = random_file(source, 4 * MiB)
+    url = "multicast://239.77.1.5:17504?iface=eth0"
+    good = receiver(net, 1, tmp_path / "t1.img", url, tmp_path)
+    env = dict(os.environ, P2PCLONE_STATE_DIR=str(tmp_path / "r2"))
+    wrong = net.run(
+        2, sys.executable, "-m", "p2pclone", "receive", str(tmp_path / "t2.img"), url,
+        "--code", "9-wrong-code", "--yes", stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    tx = net.run(
+        0, sys.executable, "-m", "p2pclone", "send", str(source), url, "--code", CODE,
+        "--receivers", "2", "--wait", "3", "--json",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    out, err = tx.communicate(timeout=120)
+    assert good.wait(60) == 0 and (tmp_path / "t1.img").read_bytes() == data
+    assert wrong.wait(60) == 3
+    # The lab is not all cloned: the sender says so, with the refused one's exit code.
+    assert tx.returncode == 3, err.decode()
+    last = events(out)[-1]
+    assert last["event"] == "error" and last["code"] == "group"
+    assert "1 of 2 receivers did not finish" in last["message"]
+    assert net.addr(2) in last["message"] and "pairing failed" in last["message"]
+
+
+def test_ctrl_c_on_the_sender_is_exit_5_not_a_traceback(lan, tmp_path: Path) -> None:
+    net: Lan = lan(2)
+    source = tmp_path / "disk.img"
+    random_file(source, 16 * MiB)
+    url = "multicast://239.77.1.6:17505?iface=eth0&rate=16m"  # 2 MB/s: about 8 s
+    target = tmp_path / "t1.img"
+    rx = receiver(net, 1, target, url, tmp_path)
+    tx = sender(net, source, url, 1)
+    deadline = time.monotonic() + 60
+    while not (target.exists() and target.stat().st_blocks * 512 > 2 * MiB):
+        assert time.monotonic() < deadline and tx.poll() is None
+        time.sleep(0.02)
+    tx.send_signal(signal.SIGINT)  # Ctrl-C (`ip netns exec` became the sender)
+    out, err = tx.communicate(timeout=60)
+    assert tx.returncode == 5, err.decode()
+    assert b"Traceback" not in err and b"interrupted" in err
+    assert events(out)[-1] == {**events(out)[-1], "event": "error", "code": "interrupted"}
+    assert rx.wait(60) == 5
