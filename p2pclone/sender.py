@@ -288,11 +288,14 @@ class HaveMap:
 
     async def get(self, index: int) -> bytes | None:
         """The receiver's hash for chunk ``index`` (waiting for its report), or None."""
-        if not self.expected:
-            return None
-        while self.covered <= index:
+        while self.expected and self.covered <= index:
             await self._changed.wait()
         return self._hashes.pop(index, None)
+
+    def close(self) -> None:
+        """No more reports will come (the receiver is gone): nobody waits for them."""
+        self.expected = False
+        self._changed.set()
 
 
 async def _watch(

@@ -41,6 +41,7 @@ from ..disks import Source
 from ..errors import ExitCode, GroupError, P2PCloneError, TransportError
 from ..pipeline import Encoded, default_threads, encode_chunk, encode_repair
 from ..protocol import Connection, Role
+from ..protocol.connection import zero_digest
 from ..protocol.messages import (
     Accept,
     Ack,
@@ -55,9 +56,10 @@ from ..protocol.messages import (
     Ref,
     Report,
     Result,
+    Same,
     Zero,
 )
-from ..sender import READ_AHEAD_BYTES
+from ..sender import READ_AHEAD_BYTES, HaveMap
 from ..session import Channel, Connected, Done, Planned, Progress, Reporter, no_report, pair
 from .dataplane import Member, RateGovernor, RepairState, from_bitmap
 from .plane import pack_entry, seal_slice
@@ -79,6 +81,7 @@ class _Peer:
     name: str
     channel: Channel
     member: Member
+    have: HaveMap  # what it holds already (its journal's HAVE frames): a resumed member
     result: Result | None = None
     finished: trio.Event = field(default_factory=trio.Event)
     evicted_sent: bool = False
@@ -197,7 +200,7 @@ async def send_multicast(
         try:
             await pair(channel)
             await channel.send(plan)
-            await channel.expect(Accept, "the receiver to accept the plan")
+            accept = await channel.expect(Accept, "the receiver to accept the plan")
         except P2PCloneError as exc:
             refused[name] = (exc.message, exc.exit_code)
             show(name, "refused", why=exc.message)
@@ -206,7 +209,8 @@ async def send_multicast(
         if phase["data"]:  # the group started while this one paired: unicast it is not
             await channel.fail(TransportError("the multicast group started without you"))
             return
-        peer = _Peer(name, channel, Member(name, heard=trio.current_time()))
+        have = HaveMap(accept.have, plan, accept.sub)
+        peer = _Peer(name, channel, Member(name, heard=trio.current_time()), have)
         peers[name] = peer
         show(name, "joined")
         if len(peers) >= receivers:
@@ -227,6 +231,8 @@ async def send_multicast(
                     for index in event.indices:
                         chunk = await trio.to_thread.run_sync(encode_repair, source, plan, index)
                         await peer.channel.send(chunk)
+                elif isinstance(event, Have):
+                    peer.have.add(event)
                 elif isinstance(event, Report):
                     peer.member.heard = trio.current_time()
                     reports.add(event.slice, peer.name, event.missing)
@@ -244,6 +250,7 @@ async def send_multicast(
                 show(peer.name, "evicted", why=peer.member.evicted)
         finally:
             peer.finished.set()
+            peer.have.close()
             reports.wake_all()  # nobody waits for its reports any more
 
     reports = _Reports()
@@ -491,25 +498,35 @@ async def _stream(
             workers.start_soon(encode_all, workers)
             while index < plan.chunk_count:
                 payload = bytearray()
-                coverage: list[tuple[str, int, list[bytes]]] = []  # (zero|ref, first, hashes)
+                members = [p for p in peers.values() if not p.member.evicted]
+                # Per member: (zero|ref|same, first, hashes) runs.  A member that holds
+                # a chunk already (a resumed one: its HAVE said so) gets SAME for it;
+                # the chunk goes on the wire only if some member lacks it.
+                coverage: dict[str, list[tuple[str, int, list[bytes]]]] = {
+                    p.name: [] for p in members
+                }
                 while index < plan.chunk_count and len(payload) < SLICE_BYTES:
                     ready, box = await encoded_recv.receive()
                     await ready.wait()
                     enc = box[0]
-                    kind = "zero" if enc.zero else "ref"
-                    if kind == "ref":
-                        chunk = enc.chunk
-                        assert chunk is not None
-                        payload += pack_entry(chunk)
-                        digest = chunk.digest
-                    else:
+                    chunk = enc.chunk
+                    digest = chunk.digest if chunk else zero_digest(plan.chunk_length(index))
+                    needed = False
+                    for p in members:
+                        held = await p.have.get(index)
+                        p.have.subs(index)  # a delta's sub-hashes: not used in a group
+                        kind = "same" if held == digest else "ref" if chunk else "zero"
+                        needed = needed or kind == "ref"
+                        runs = coverage[p.name]
+                        last = runs[-1] if runs else None
+                        if last and last[0] == kind and last[1] + len(last[2]) == index:
+                            last[2].append(digest)
+                        else:
+                            runs.append((kind, index, [digest]))
+                    if chunk is None:
                         stats["zero"] += 1
-                        digest = b""
-                    last = coverage[-1] if coverage else None
-                    if last and last[0] == kind and last[1] + len(last[2]) == index:
-                        last[2].append(digest)
-                    else:
-                        coverage.append((kind, index, [digest]))
+                    elif needed:
+                        payload += pack_entry(chunk)
                     index += 1
                 sealed = await trio.to_thread.run_sync(
                     _seal, aead, session, slice_no, bytes(payload), limiter=limiter
@@ -555,18 +572,24 @@ def _seal(aead: AESGCM, session: int, number: int, payload: bytes) -> list[bytes
 @dataclass
 class _Slice:
     number: int
-    coverage: list[tuple[str, int, list[bytes]]]
+    coverage: dict[str, list[tuple[str, int, list[bytes]]]]  # member -> its runs
     sealed: list[bytes]
     end: int  # the first chunk after it
     length: int  # payload bytes
 
 
 async def _coverage(sl: _Slice, peers: dict[str, _Peer], show: Show) -> None:
-    """Tell every member what the slice covers: ZERO runs, and REF with the hashes."""
+    """Tell every member what the slice covers: ZERO runs, SAME for what it holds
+    already, and REF with the hashes of what comes in the slice."""
     for p in list(peers.values()):
-        for kind, first, hashes in sl.coverage:
+        for kind, first, hashes in sl.coverage.get(p.name, []):
             if kind == "zero":
                 await tell(p, Zero(index=first, count=len(hashes)), show)
+            elif kind == "same":
+                for k in range(0, len(hashes), 1024):
+                    await tell(
+                        p, Same(index=first + k, hashes=b"".join(hashes[k : k + 1024])), show
+                    )
             else:
                 for k in range(0, len(hashes), 1024):
                     ref = Ref(

@@ -231,3 +231,31 @@ def test_ctrl_c_on_the_sender_is_exit_5_not_a_traceback(lan, tmp_path: Path) -> 
     assert b"Traceback" not in err and b"interrupted" in err
     assert events(out)[-1] == {**events(out)[-1], "event": "error", "code": "interrupted"}
     assert rx.wait(60) == 5
+
+
+def test_a_new_group_run_resumes_what_the_receivers_hold(lan, tmp_path: Path) -> None:
+    net: Lan = lan(3)
+    source = tmp_path / "disk.img"
+    data = random_file(source, 16 * MiB)
+    url = "multicast://239.77.1.7:17506?iface=eth0&rate=16m"  # 2 MB/s: about 8 s
+    targets = {k: tmp_path / f"t{k}.img" for k in (1, 2)}
+    rx = {k: receiver(net, k, targets[k], url, tmp_path) for k in targets}
+    tx = sender(net, source, url, 2)
+    deadline = time.monotonic() + 60
+    while not all(t.exists() and t.stat().st_blocks * 512 > 6 * MiB for t in targets.values()):
+        assert time.monotonic() < deadline and tx.poll() is None
+        time.sleep(0.02)
+    tx.send_signal(signal.SIGKILL)  # the sender's machine goes down mid-way
+    tx.wait()
+    assert all(r.wait(60) == 5 for r in rx.values())
+    # Everyone again: the receivers' journals say what they hold; only the rest is sent.
+    rx = {k: receiver(net, k, targets[k], url, tmp_path) for k in targets}
+    tx = sender(net, source, url, 2)
+    out, err = tx.communicate(timeout=120)
+    assert tx.returncode == 0, err.decode()
+    for k, r in rx.items():
+        r_out, r_err = r.communicate(timeout=60)
+        assert r.returncode == 0, r_err.decode()
+        assert events(r_out)[-1]["same_chunks"] >= 4  # chunks it held were not sent again
+        assert targets[k].read_bytes() == data
+    assert events(out)[-1]["wire_bytes"] < 0.8 * len(data)
