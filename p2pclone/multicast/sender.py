@@ -67,6 +67,10 @@ from .plane import pack_entry, seal_slice
 #: Payload bytes per slice: big enough that a repair round's round trip is cheap next
 #: to the slice's airtime, small enough that a lost-and-repaired slice stays in memory.
 SLICE_BYTES = 4 << 20
+#: ...and at most this many chunks (zero ones add no bytes): the producer waits for
+#: resumed members' HAVE of each chunk, which they send at most HAVE_AHEAD (4096)
+#: chunks past what they were told, and it runs up to two slices ahead of that
+SLICE_CHUNKS = 1024
 #: How long to wait for the members' reports after a round before judging the silent.
 ROUND_WAIT = 2.0
 #: Slices on the wire or in their repair rounds at once: the next slice goes out while
@@ -505,7 +509,12 @@ async def _stream(
                 coverage: dict[str, list[tuple[str, int, list[bytes]]]] = {
                     p.name: [] for p in members
                 }
-                while index < plan.chunk_count and len(payload) < SLICE_BYTES:
+                first = index
+                while (
+                    index < plan.chunk_count
+                    and len(payload) < SLICE_BYTES
+                    and index - first < SLICE_CHUNKS
+                ):
                     ready, box = await encoded_recv.receive()
                     await ready.wait()
                     enc = box[0]

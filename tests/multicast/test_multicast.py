@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -259,3 +260,39 @@ def test_a_new_group_run_resumes_what_the_receivers_hold(lan, tmp_path: Path) ->
         assert events(r_out)[-1]["same_chunks"] >= 4  # chunks it held were not sent again
         assert targets[k].read_bytes() == data
     assert events(out)[-1]["wire_bytes"] < 0.8 * len(data)
+
+
+def test_a_long_zero_run_with_resumed_members_does_not_stall(lan, tmp_path: Path) -> None:
+    """Thousands of zero chunks in a row fill no slice; members that report what they
+    hold (here with --delta) send those reports only so far ahead of the data."""
+    net: Lan = lan(2)
+    source = tmp_path / "disk.img"
+    with open(source, "wb") as f:
+        f.truncate(320 * MiB)  # 5120 chunks of 64 KiB, nearly all holes
+        f.seek(0)
+        f.write(os.urandom(MiB))
+        f.seek(300 * MiB)
+        f.write(os.urandom(MiB))
+    target = tmp_path / "t1.img"
+    shutil.copyfile(source, target)
+    with open(target, "r+b") as f:  # one block differs
+        f.seek(300 * MiB + 4096)
+        f.write(b"x" * 4096)
+    url = "multicast://239.77.1.8:17507?iface=eth0"
+    env = dict(os.environ, P2PCLONE_STATE_DIR=str(tmp_path / "r1"))
+    rx = net.run(
+        1, sys.executable, "-m", "p2pclone", "receive", str(target), url, "--code", CODE,
+        "--yes", "--delta", "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert rx.stdout is not None and json.loads(rx.stdout.readline())["event"] == "listening"
+    tx = net.run(
+        0, sys.executable, "-m", "p2pclone", "send", str(source), url, "--code", CODE,
+        "--receivers", "1", "--wait", "30", "--chunk-size", "64k", "--json",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    out, err = tx.communicate(timeout=120)
+    assert tx.returncode == 0, err.decode()
+    r_out, r_err = rx.communicate(timeout=60)
+    assert rx.returncode == 0, r_err.decode()
+    assert events(r_out)[-1]["same_chunks"] > 5000  # all but the changed one
+    assert target.read_bytes() == source.read_bytes()
