@@ -182,8 +182,10 @@ async def send_multicast(
             functools.partial(Source.open, source_path, allow_mounted=allow_mounted)
         )
         try:
+            # rate= caps the network load, the unicast finish included
+            link = _Paced(stream, transport.rate) if transport.rate else stream
             await send_stream(
-                stream, src, code=code, url=name, chunk_size=chunk_size, report=progress
+                link, src, code=code, url=name, chunk_size=chunk_size, report=progress
             )
             finished_hosts.add(addr_of(name))
             show(name, "done")
@@ -359,6 +361,37 @@ async def tell_all(peers: dict[str, _Peer], make: Callable[[_Peer], Event], show
     for p in list(peers.values()):
         if not p.member.evicted:
             await tell(p, make(p), show)
+
+
+class _Paced(trio.abc.HalfCloseableStream):
+    """A stream whose sending is held to ``rate`` bytes per second (a token bucket)."""
+
+    def __init__(self, inner: trio.SocketStream, rate: float) -> None:
+        self.inner = inner
+        self.bucket = RateGovernor(rate=rate, limit=rate)
+        self.piece = max(1024, min(64 * 1024, int(rate * 0.05)))  # fits the 50 ms burst
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            piece = view[: self.piece]
+            while self.bucket.allowance(time.monotonic(), burst=0.05) < len(piece):
+                await trio.sleep(self.bucket.wait_for(len(piece)))
+            self.bucket.spend(len(piece))
+            await self.inner.send_all(piece)
+            view = view[len(piece) :]
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 @dataclass

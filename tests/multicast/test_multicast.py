@@ -296,3 +296,23 @@ def test_a_long_zero_run_with_resumed_members_does_not_stall(lan, tmp_path: Path
     assert rx.returncode == 0, r_err.decode()
     assert events(r_out)[-1]["same_chunks"] > 5000  # all but the changed one
     assert target.read_bytes() == source.read_bytes()
+
+
+def test_a_latecomer_finishes_by_unicast_within_the_rate(lan, tmp_path: Path) -> None:
+    net: Lan = lan(3)
+    source = tmp_path / "disk.img"
+    data = random_file(source, 12 * MiB)
+    url = "multicast://239.77.1.9:17508?iface=eth0&rate=16m"  # 2 MB/s, the network's share
+    first = receiver(net, 1, tmp_path / "t1.img", url, tmp_path)
+    tx = sender(net, source, url, 1)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "t1.img").exists():
+        assert time.monotonic() < deadline and tx.poll() is None
+        time.sleep(0.02)
+    late = receiver(net, 2, tmp_path / "t2.img", url, tmp_path)  # after the group started
+    l_out, l_err = late.communicate(timeout=120)
+    assert late.returncode == 0, l_err.decode()
+    assert (tmp_path / "t2.img").read_bytes() == data
+    # Its unicast session kept to rate= too: 12 MiB at 2 MB/s is over 6 s.
+    assert events(l_out)[-1]["seconds"] > 4.0
+    assert first.wait(60) == 0 and tx.wait(60) == 0
