@@ -38,7 +38,14 @@ from transports.multicast import BurstSender, MulticastTransport, encode_announc
 from transports.tcp import tune
 
 from ..disks import Source
-from ..errors import ExitCode, GroupError, P2PCloneError, TransportError
+from ..errors import (
+    AuthenticationError,
+    ExitCode,
+    GroupError,
+    P2PCloneError,
+    PeerError,
+    TransportError,
+)
 from ..pipeline import Encoded, default_threads, encode_chunk, encode_repair
 from ..protocol import Connection, Role
 from ..protocol.connection import zero_digest
@@ -208,7 +215,10 @@ async def send_multicast(
             await channel.send(plan)
             accept = await channel.expect(Accept, "the receiver to accept the plan")
         except P2PCloneError as exc:
-            refused[name] = (exc.message, exc.exit_code)
+            # A receiver with a wrong code, or one that refused its target, is one of
+            # the lab that will not be cloned; a stranger's garbage or a port scan is not.
+            if isinstance(exc, (AuthenticationError, PeerError)):
+                refused[name] = (exc.message, exc.exit_code)
             show(name, "refused", why=exc.message)
             await channel.close()
             return
