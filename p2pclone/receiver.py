@@ -319,7 +319,10 @@ async def _session(channel: Channel, target: Target, opts: Options, report: Repo
     await channel.send(Result(root=channel.conn.root_digest(), verified=opts.verify))
     done = Done(
         source_bytes=plan.source_size,
-        wire_bytes=channel.conn.bytes_in + channel.conn.bytes_out,
+        # the control connection, both ways, and the group's datagrams it received
+        wire_bytes=channel.conn.bytes_in
+        + channel.conn.bytes_out
+        + (opts.plane.bytes_in if opts.plane else 0),
         chunks=plan.chunk_count,
         zero_chunks=state.zero_total,
         same_chunks=state.same_total,

@@ -101,6 +101,7 @@ class ReceivePlane:
         self.asm: dict[int, dict[tuple[int, int], Assembler]] = {}
         self.done: set[int] = set()
         self.ready: deque[tuple[int, bytes]] = deque()  # complete, not yet handed over
+        self.bytes_in = 0  # datagram bytes received (the group's data, as this receiver saw it)
         self._complete: trio.MemorySendChannel[tuple[int, bytes]] | None = None
 
     def start(self, key: bytes, session: int) -> None:
@@ -159,6 +160,7 @@ class ReceivePlane:
             if not datagrams:
                 return
             for data in datagrams:
+                self.bytes_in += len(data)
                 got = self._take(data)
                 if got is not None:
                     self.ready.append(got)
