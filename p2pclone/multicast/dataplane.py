@@ -96,12 +96,18 @@ def read_header(data: bytes | memoryview, session: int) -> tuple[int, int, int, 
     return sl, idx, count, slen
 
 
+def fragment_count(length: int, size: int = FRAGMENT) -> int:
+    """Fragments of at most ``size`` bytes a slice of ``length`` bytes is cut into."""
+    count = max(1, -(-length // size))
+    if count > MAX_FRAGMENTS:
+        raise ValueError(f"a slice of {length} bytes needs more than {MAX_FRAGMENTS} fragments")
+    return count
+
+
 def split(session: int, slice_no: int, data: bytes, size: int = FRAGMENT) -> list[Fragment]:
     """A slice's bytes as fragments of at most ``size`` bytes (plaintext; the caller
     seals each payload)."""
-    count = max(1, -(-len(data) // size))
-    if count > MAX_FRAGMENTS:
-        raise ValueError(f"a slice of {len(data)} bytes needs more than {MAX_FRAGMENTS} fragments")
+    count = fragment_count(len(data), size)
     return [
         Fragment(session, slice_no, k, count, len(data), data[k * size : (k + 1) * size])
         for k in range(count)
