@@ -232,18 +232,19 @@ class SMBStore(Store):
 
     @contextmanager
     def _check(self, doing: str) -> Iterator[None]:
-        """As Store's, and smbprotocol's own errors (the server closed the connection,
-        refused a request) -> one StorageError sentence naming the image."""
+        """smbprotocol's own errors (the server closed the connection, refused a
+        request) and the connection's socket errors (a reset, a broken pipe) -> one
+        StorageError sentence naming the image and the server."""
         from smbprotocol.exceptions import SMBException
 
         try:
-            with super()._check(doing):
-                yield
-        except SMBException as exc:
-            text = str(exc)
+            yield
+        except (SMBException, OSError) as exc:
+            text = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+            full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
             hint = (
                 "the share is full: free space or save elsewhere"
-                if "DISK_FULL" in text.upper()
+                if full or "DISK_FULL" in text.upper()
                 else "check the server and the network, and run the same command again "
                 "(a save or restore resumes where it stopped)"
             )
