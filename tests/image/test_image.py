@@ -119,15 +119,20 @@ async def test_wrong_passphrase_is_refused_and_nothing_is_written(tmp_path: Path
     assert (tmp_path / "pc1.p2pc").read_bytes() == before
 
 
+def flip_a_byte_of_chunk(image: Path, index: int) -> None:
+    """Damage one byte inside the record of chunk ``index``."""
+    pos, head = next((p, h) for p, h in records(image) if h.type == fmt.CHUNK and h.index == index)
+    raw = bytearray(image.read_bytes())
+    raw[pos + head.total - 100] ^= 0x10
+    image.write_bytes(bytes(raw))
+
+
 async def test_a_flipped_byte_is_found_and_named(tmp_path: Path) -> None:
     source, data = layout(tmp_path)
     url = f"file://{tmp_path}/pc1.p2pc"
     await save(source, url)
     image = tmp_path / "pc1.p2pc"
-    pos, head = next((p, h) for p, h in records(image) if h.type == fmt.CHUNK and h.index == 3)
-    raw = bytearray(image.read_bytes())
-    raw[pos + head.total - 100] ^= 0x10
-    image.write_bytes(bytes(raw))
+    flip_a_byte_of_chunk(image, 3)
     span = f"{3 * 256 * 1024}-{4 * 256 * 1024 - 1}"
     with pytest.raises(IntegrityError, match=span):
         await tools.verify(url, CODE)
@@ -313,10 +318,7 @@ async def test_copying_a_damaged_image_is_never_a_success(tmp_path: Path) -> Non
     url = f"file://{tmp_path}/pc1.p2pc"
     await save(source, url)
     image = tmp_path / "pc1.p2pc"
-    pos, head = next((p, h) for p, h in records(image) if h.type == fmt.CHUNK and h.index == 3)
-    raw = bytearray(image.read_bytes())
-    raw[pos + head.total - 100] ^= 0x10
-    image.write_bytes(bytes(raw))
+    flip_a_byte_of_chunk(image, 3)
     copy = f"file://{tmp_path}/copy.p2pc"
     with pytest.raises(P2PCloneError, match="could not provide") as failed:
         await send(url, copy, code=CODE, passphrase=CODE)
