@@ -196,17 +196,8 @@ class Output:
     def member(self, gp: Any) -> None:
         """Multicast: one receiver's state or progress (joined, receiving, evicted,
         unicast, done...): a line per change, and its own bar on a terminal."""
-        if self.json_mode:
-            self.emit(
-                event="receiver",
-                name=gp.name,
-                state=gp.state,
-                why=gp.why,
-                done_bytes=gp.done_bytes,
-                total_bytes=gp.total_bytes,
-                rate=round(gp.rate),
-                repairs=gp.repairs,
-            )
+        if self.json_mode:  # every field, as for Done
+            self.emit(event="receiver", **{**asdict(gp), "rate": round(gp.rate)})
             return
         changed = self._member_state.get(gp.name) != gp.state
         self._member_state[gp.name] = gp.state
@@ -365,12 +356,12 @@ def _run(args: argparse.Namespace, out: Output, fn: Callable[[], Any]) -> int:
     )
     try:
         done = trio.run(fn)
-    except KeyboardInterrupt:
-        out.error(interrupted)
-        return int(ExitCode.LINK)
     except BaseException as exc:
-        if isinstance(exc, BaseExceptionGroup) and exc.split(KeyboardInterrupt)[0]:
-            out.error(interrupted)  # Ctrl-C, raised inside a nursery: it wins
+        # Ctrl-C, alone or raised inside a nursery among other errors: it wins.
+        if isinstance(exc, KeyboardInterrupt) or (
+            isinstance(exc, BaseExceptionGroup) and exc.split(KeyboardInterrupt)[0]
+        ):
+            out.error(interrupted)
             return int(ExitCode.LINK)
         err = pick_error(exc)
         if isinstance(err, P2PCloneError):
