@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import pwd
 import shutil
@@ -50,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mkdisk  # noqa: E402
-from common import drop_caches  # noqa: E402
+from common import drop_caches, publish  # noqa: E402
 
 MIB = 1 << 20
 USER, PASSWORD, CODE = "p2pclone-smb", "Bench-pass-1", "bench image passphrase"
@@ -245,11 +244,7 @@ def main() -> int:
         "|---|---|---|---|",
     ] + [f"| {t} | {v:.3f} | {g} | {'PASS' if ok else 'FAIL'} |" for t, v, g, ok in targets]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(json.dumps(res, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.write_text(text)
+    publish(res, text, args.out, args.markdown)
     return 0
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import shutil
 import subprocess
@@ -50,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mkdisk  # noqa: E402
-from common import drop_caches, identical  # noqa: E402
+from common import drop_caches, identical, publish  # noqa: E402
 
 MIB = 1 << 20
 CODE = "7-bench-multicast"
@@ -299,11 +298,7 @@ def main() -> int:
     lines += ["", "| target | value | goal | |", "|---|---|---|---|"]
     lines += [f"| {t} | {v:.3f} | {g} | {'PASS' if ok else 'FAIL'} |" for t, v, g, ok in targets]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(json.dumps(res, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.write_text(text)
+    publish(res, text, args.out, args.markdown)
     return 0 if all(r["identical"] for r in runs) else 1
 
 

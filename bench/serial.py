@@ -58,7 +58,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mkdisk  # noqa: E402
-from common import identical  # noqa: E402
+from common import identical, publish  # noqa: E402
 
 KIB = 1024
 MIB = 1 << 20
@@ -355,11 +355,7 @@ def main() -> int:
     }
     res["targets"] = evaluate(runs)
     text = render(res)
-    print(text)
-    if args.out:
-        args.out.write_text(json.dumps(res, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.write_text(text)
+    publish(res, text, args.out, args.markdown)
     return 0 if all(r["ok"] for r in runs) else 1
 
 
