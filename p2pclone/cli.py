@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from importlib import resources
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, assert_never
 
 import trio
 
@@ -27,7 +27,17 @@ from . import __version__
 from .errors import ExitCode, P2PCloneError, SafetyError, TransportError, UsageError
 from .pipeline import is_image_url
 from .protocol import Plan
-from .session import Connected, Done, Listening, Planned, Progress, Report, Verifying, pick_error
+from .session import (
+    Connected,
+    Done,
+    Listening,
+    Notice,
+    Planned,
+    Progress,
+    Report,
+    Verifying,
+    pick_error,
+)
 
 EPILOG_EXIT = """exit codes: 0 done, 1 other error, 2 usage or bad URL, 3 authentication failed,
 4 refused for safety, 5 link lost or transfer interrupted, 6 integrity failure
@@ -122,6 +132,11 @@ class Output:
                     self._progress.reset(self._task, total=total, description="verifying")
                 else:
                     self.say("Verifying: re-reading the target…")
+            case Notice(message=message):
+                if self.json_mode:
+                    self.emit(event="notice", message=message)
+                else:
+                    self.say(f"p2pclone: note: {message}")
             case Done() as d:
                 self._stop()
                 if self.json_mode:
@@ -138,7 +153,7 @@ class Output:
                         f"{'verified, ' if d.verified else ''}root {d.digest[:16]}…"
                     )
             case _:
-                pass
+                assert_never(event)
 
     def _planned(self, p: Planned) -> None:
         if self.json_mode:

@@ -7,16 +7,27 @@ target, named after a hash of the target's identity.
 
 File layout: a record stream, each record ``u32 length | u32 crc32 | msgpack``.  The
 first record is the header (format version, chunk size, source size, target
-identity); each later one is a commit, ``{"i": [indices], "h": hashes}`` (at most
-RECORD_ENTRIES chunks), or a retraction of chunks found wrong, ``{"f": [indices]}``.  A record
-whose length runs past the end or whose CRC fails ends the journal: a torn tail (a
-crash mid-append) is dropped, never trusted.
+identity, and the medium: which file it was); each later one is a commit,
+``{"i": [indices], "h": hashes}`` (at most RECORD_ENTRIES chunks), or a retraction of
+chunks found wrong, ``{"f": [indices]}``.  A record whose length runs past the end or
+whose CRC fails ends the journal: a torn tail (a crash mid-append) is dropped, never
+trusted.
 
 The order that makes it safe, kept by the receiver: write data -> fsync target ->
 append the commit -> fsync journal -> ACK to the sender.  So every chunk the journal
-names was on stable storage before the journal said so.  On restart the chunks of
-the last commit record are re-hashed on the target before they are trusted (a crash can
-reorder what the disk kept; the rsync ``--append`` lesson).
+names was on stable storage before the journal said so.
+
+What it does not prove is that the target still holds it: between two runs anyone may
+delete and recreate a target file, or wipe a disk's partition table.  Two defences:
+
+1. The header names the medium (a file's device and inode number).  A journal for the
+   same path whose medium differs is discarded (``Journal.replaced``): the file was
+   replaced, the clone starts over.
+2. The receiver re-hashes on the target every chunk the journal claims before it
+   offers it to the sender (``receiver._DataState._held``); a claim the target does
+   not back is retracted and the chunk is sent again.  This also covers what (1)
+   cannot see: an inode number reused by a new file, a device rewritten in place, a
+   crash that reordered what the disk kept (the rsync ``--append`` lesson).
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ import msgpack
 
 from .errors import TargetError
 
-FORMAT = 1
+FORMAT = 2  # 2: the header names the medium
 _REC = struct.Struct("<II")
 MAX_RECORD = 64 * 1024 * 1024
 
@@ -110,6 +121,8 @@ class Header:
     chunk_size: int
     source_size: int
     target: str
+    #: which medium the target is (a file's device and inode), "" where that can't tell
+    medium: str = ""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -117,6 +130,7 @@ class Header:
             "chunk": self.chunk_size,
             "size": self.source_size,
             "target": self.target,
+            "medium": self.medium,
         }
 
 
@@ -158,8 +172,9 @@ class Journal:
         count = -(-header.source_size // header.chunk_size)
         #: chunk index -> hash of what is durably on the target
         self.have = HashTable(count)
-        #: indices of the last commit found on disk (to re-check before trusting)
-        self.tail: list[int] = []
+        #: a journal of this target's path and plan was found, but for another medium
+        #: (the file was deleted and created again since): it was discarded
+        self.replaced = False
         self._fd = -1
 
     @classmethod
@@ -180,6 +195,8 @@ class Journal:
         journal = cls(path, header)
         records = [] if fresh else read_records(path)
         kept = 0
+        if records and records[0] == {**header.to_dict(), "medium": records[0].get("medium")}:
+            journal.replaced = records[0].get("medium") != header.medium
         if records and records[0] == header.to_dict():
             kept = 1
             for rec in records[1:]:
@@ -205,7 +222,6 @@ class Journal:
             return False
         for k, i in enumerate(indices):
             self.have[i] = hashes[32 * k : 32 * k + 32]
-        self.tail = indices
         return True
 
     def _start(self, *, keep: bool, records: list[dict[str, object]]) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -86,6 +86,7 @@ from .session import (
     Connected,
     Done,
     Listening,
+    Notice,
     Planned,
     Progress,
     Reporter,
@@ -251,13 +252,20 @@ async def _session(channel: Channel, target: Target, opts: Options, report: Repo
     await trio.to_thread.run_sync(target.prepare, plan.source_size)
     journal = None
     if opts.journal:
-        header = Header(plan.chunk_size, plan.source_size, target.identity())
+        header = Header(plan.chunk_size, plan.source_size, target.identity(), target.medium())
         journal = await trio.to_thread.run_sync(
             functools.partial(
                 Journal.open, opts.state_dir or default_state_dir(), header, fresh=opts.fresh
             )
         )
-        await _recheck_tail(journal, target, plan)
+        if journal.replaced:
+            report(
+                Notice(
+                    f"the target {target.path} was replaced since the interrupted run "
+                    "(another file at the same path): that run's journal was discarded and "
+                    "the clone starts over"
+                )
+            )
     delta = opts.delta or plan.delta
     await channel.send(
         Accept(
@@ -335,17 +343,6 @@ async def _session(channel: Channel, target: Target, opts: Options, report: Repo
     return done
 
 
-async def _recheck_tail(journal: Journal, target: Target, plan: Plan) -> None:
-    """Re-hash the last committed chunks before trusting them (a crash may have lost them)."""
-    tail = [i for i in journal.tail if i < plan.chunk_count and i in journal.have]
-    bad = [
-        i
-        for i in tail
-        if await trio.to_thread.run_sync(hash_target_chunk, target, plan, i) != journal.have[i]
-    ]
-    await trio.to_thread.run_sync(journal.forget, bad)
-
-
 class _NullLog:
     """Stands in for the hash log when nothing will be verified."""
 
@@ -364,7 +361,8 @@ UNKNOWN = bytes(HASH_SIZE)
 COMMIT_SECONDS = 1.0
 #: ... or after this many bytes written, whichever comes first.
 COMMIT_BYTES = 64 * 1024 * 1024
-#: Chunks hashed per worker call when scanning the target for a delta.
+#: Chunks per HAVE frame when the target is hashed (a delta scan, or re-checking what
+#: the journal claims): small, so the first report goes out after a short read.
 DELTA_BATCH = 64
 #: How far (in chunks) HAVE reports may run ahead of the data received.
 HAVE_AHEAD = 4096
@@ -403,6 +401,7 @@ class _DataState:
         self.refetch: dict[int, bytes] = {}
         self._plane_scope = trio.CancelScope()
         self.progressed = trio.Event()  # the data moved on (wakes the HAVE sender)
+        self.withdrawn = 0  # journal claims the target no longer backed (sent again)
 
     async def run(self, delta: bool) -> End:
         async with trio.open_nursery() as nursery:
@@ -628,19 +627,20 @@ class _DataState:
             if ack and self.channel.conn.state in (State.DATA, State.FINISH):
                 await self.channel.send(Ack(durable=len(self.journal.have)))
 
-    async def _hash_batch(self, start: int, stop: int) -> tuple[list[bytes], bytes]:
-        """Hash target chunks [start, stop) on all worker threads at once, in order."""
-        parts = max(1, min(self.threads, stop - start))
-        bounds = [start + (stop - start) * k // parts for k in range(parts + 1)]
+    async def _hash_batch(self, indices: Sequence[int], *, subs: bool) -> tuple[list[bytes], bytes]:
+        """Hash these target chunks on all worker threads at once; results in order
+        (with ``subs``, also each chunk's sub-block hashes)."""
+        parts = max(1, min(self.threads, len(indices)))
+        bounds = [len(indices) * k // parts for k in range(parts + 1)]
         results: list[tuple[list[bytes], bytes]] = [([], b"")] * parts
 
         async def one(k: int) -> None:
             results[k] = await trio.to_thread.run_sync(
-                _hash_range,
+                _hash_chunks,
                 self.target,
                 self.plan,
-                bounds[k],
-                bounds[k + 1],
+                indices[bounds[k] : bounds[k + 1]],
+                subs,
                 limiter=self.limiter,
             )
 
@@ -649,12 +649,45 @@ class _DataState:
                 nursery.start_soon(one, k)
         return [h for part, _ in results for h in part], b"".join(s for _, s in results)
 
+    async def _held(self, indices: range) -> list[bytes]:
+        """What the journal says the target holds at ``indices``, each claim re-hashed
+        on the target first (UNKNOWN where it holds nothing or something else).
+
+        The journal proves what was written, not that it is still there: the target may
+        have been wiped or rewritten between the runs.  A claim the target does not back
+        is withdrawn, durably, and the chunk is sent again.  This costs a read of the
+        part already cloned, in parallel with the sender's read of its source.
+        """
+        assert self.journal is not None
+        claimed = {i: h for i in indices if (h := self.journal.have.get(i)) is not None}
+        if not claimed:
+            return [UNKNOWN] * len(indices)
+        actual, _ = await self._hash_batch(list(claimed), subs=False)
+        bad = [i for i, digest in zip(claimed, actual, strict=True) if digest != claimed[i]]
+        if bad:
+            async with self.commit_lock:  # the journal's file and table: one writer
+                await trio.to_thread.run_sync(self.journal.forget, bad)
+            if not self.withdrawn:
+                self.report(
+                    Notice(
+                        f"the target {self.target.path} changed since the interrupted run "
+                        f"({chunk_span(self.plan, bad[0])} no longer holds what was cloned "
+                        "there): what the journal claims is checked chunk by chunk, and "
+                        "whatever differs is sent again"
+                    )
+                )
+            self.withdrawn += len(bad)
+            for i in bad:
+                del claimed[i]
+        return [claimed.get(i, UNKNOWN) for i in indices]
+
     async def _send_have(self, delta: bool) -> None:
-        """Stream HAVE frames for every chunk, in order: journal entries, or target hashes."""
-        plan, journal = self.plan, self.journal
+        """Stream HAVE frames for every chunk, in order: target hashes (a delta), or
+        the journal's entries that the target still backs."""
+        plan = self.plan
         # A delta HAVE carries sub-hashes too: keep its meta well inside MAX_META.
         per_chunk = HASH_SIZE + SUB_HASH_SIZE * -(-plan.chunk_size // SUB_BLOCK)
-        step = max(1, min(DELTA_BATCH, (48 * 1024) // per_chunk)) if delta else MAX_HASHES
+        step = max(1, min(DELTA_BATCH, (48 * 1024) // per_chunk)) if delta else DELTA_BATCH
         for first in range(0, plan.chunk_count, step):
             # Stay a bounded distance ahead of the data, so neither side's memory of
             # the report grows with the disk.
@@ -664,28 +697,31 @@ class _DataState:
             indices = range(first, min(first + step, plan.chunk_count))
             subs = b""
             if delta:
-                hashes, subs = await self._hash_batch(indices.start, indices.stop)
+                hashes, subs = await self._hash_batch(indices, subs=True)
             else:
-                assert journal is not None
-                hashes = [journal.have.get(i) or UNKNOWN for i in indices]
+                hashes = await self._held(indices)
             for i, digest in zip(indices, hashes, strict=True):
                 if digest != UNKNOWN:
                     self.announced[i] = digest
             await self.channel.send(Have(index=first, hashes=b"".join(hashes), subs=subs))
 
 
-def _hash_range(target: Target, plan: Plan, start: int, stop: int) -> tuple[list[bytes], bytes]:
-    """Whole-chunk and sub-block hashes of the target's chunks [start, stop)."""
-    # Have the kernel fetch the next batch while this one is hashed: reading and
+def _hash_chunks(
+    target: Target, plan: Plan, indices: Sequence[int], subs: bool
+) -> tuple[list[bytes], bytes]:
+    """Whole-chunk hashes of these target chunks, and with ``subs`` their sub-block hashes."""
+    if not indices:
+        return [], b""
+    # Have the kernel fetch what follows while this batch is hashed: reading and
     # hashing then overlap, and the scan runs at the disk's sequential speed.
-    span = (stop - start) * plan.chunk_size
-    target.prefetch(stop * plan.chunk_size, span)
-    hashes, subs = [], []
-    for i in range(start, stop):
+    target.prefetch((indices[-1] + 1) * plan.chunk_size, len(indices) * plan.chunk_size)
+    hashes, sub = [], []
+    for i in indices:
         data = target.read(i * plan.chunk_size, plan.chunk_length(i))
         hashes.append(blake3.blake3(data).digest())
-        subs.append(sub_hashes(data, SUB_BLOCK))
-    return hashes, b"".join(subs)
+        if subs:
+            sub.append(sub_hashes(data, SUB_BLOCK))
+    return hashes, b"".join(sub)
 
 
 async def _verify(

@@ -86,7 +86,14 @@ class Done:
     repaired_chunks: int = 0
 
 
-Report = Listening | Connected | Planned | Progress | Verifying | Done
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something the user should know that changes what the run does (one sentence)."""
+
+    message: str
+
+
+Report = Listening | Connected | Planned | Progress | Verifying | Done | Notice
 Reporter = Callable[[Report], None]
 
 

@@ -20,7 +20,18 @@ def test_commits_survive_a_reopen(tmp_path: Path) -> None:
     j.close()
     again = Journal.open(tmp_path, H)
     assert len(again.have) == 3 and again.have.get(5) == digest(5) and 6 not in again.have
-    assert again.tail == [7]
+    assert not again.replaced
+
+
+def test_a_journal_of_another_medium_is_discarded(tmp_path: Path) -> None:
+    """Same path and plan, but another file there now (deleted and created again):
+    nothing the old journal says is trusted, and the caller is told."""
+    j = Journal.open(tmp_path, H)
+    j.commit([(0, digest(0))])
+    j.close()
+    other = Header(H.chunk_size, H.source_size, H.target, medium="inode:1:2")
+    again = Journal.open(tmp_path, other)
+    assert again.replaced and len(again.have) == 0
 
 
 def test_a_retraction_is_durable(tmp_path: Path) -> None:

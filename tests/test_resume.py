@@ -20,7 +20,7 @@ from p2pclone.errors import RemoteProtocolError, TransportError
 from p2pclone.journal import read_records
 from p2pclone.receiver import receive
 from p2pclone.sender import send
-from p2pclone.session import Done, pick_error
+from p2pclone.session import Done, Notice, pick_error
 from tests.conftest import MiB, random_file, write_layout
 
 
@@ -33,10 +33,17 @@ async def run_pair(
     delta_rx: bool = False,
     delta_tx: bool = False,
     verify: bool = False,
+    notes: list[str] | None = None,
 ) -> dict[str, object]:
     """Receiver and sender over loopback TCP; optionally through a relay that cuts the
-    link (RST both ways) after ``cut_after`` bytes from the sender."""
+    link (RST both ways) after ``cut_after`` bytes from the sender.  The receiver's
+    notices go to ``notes``."""
     out: dict[str, object] = {}
+
+    def report(event: object) -> None:
+        if notes is not None and isinstance(event, Notice):
+            notes.append(event.message)
+
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
 
@@ -49,6 +56,7 @@ async def run_pair(
                         fresh=fresh,
                         delta=delta_rx,
                         verify=verify,
+                        report=report,
                         task_status=task_status,
                     )
                 except BaseException as exc:  # noqa: BLE001
@@ -150,7 +158,7 @@ async def test_torn_journal_tail_is_dropped(tmp_path: Path, state_dir: Path) -> 
 async def test_journal_entry_that_lies_about_the_target_is_rechecked(
     tmp_path: Path, state_dir: Path
 ) -> None:
-    """The last commit is re-hashed on the target: data lost after it was journaled is resent."""
+    """A chunk of the last commit, lost after it was journaled, is re-hashed and resent."""
     source = tmp_path / "s.img"
     data = random_file(source, 16 * MiB, seed=3)
     target = tmp_path / "t.img"
@@ -163,6 +171,93 @@ async def test_journal_entry_that_lies_about_the_target_is_rechecked(
     out = await run_pair(source, target)
     assert isinstance(out["tx"], Done), out
     assert target.read_bytes() == data
+
+
+async def test_target_file_deleted_between_runs_is_cloned_whole(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    """Ctrl-C, then the user deletes the target file to "start over" and runs the same
+    commands: the journal belongs to the deleted file, so the clone starts over and the
+    new file ends up byte-identical.
+
+    Negative control: before the journal named its medium and the claims were
+    re-hashed, the second run said "Done, N already there" and exited 0 over a file
+    that held only what the second run sent (this test failed on that code).
+    """
+    source = tmp_path / "s.img"
+    data = random_file(source, 16 * MiB, seed=5)
+    target = tmp_path / "t.img"
+    await run_pair(source, target, cut_after=10 * MiB)
+    assert list(state_dir.glob("*.journal"))
+    target.unlink()
+    notes: list[str] = []
+    out = await run_pair(source, target, notes=notes)
+    assert isinstance(out["tx"], Done) and isinstance(out["rx"], Done), out
+    assert target.read_bytes() == data
+    assert out["rx"].same_chunks == 0
+    assert any("replaced since the interrupted run" in n or "changed since" in n for n in notes)
+
+
+async def test_any_journaled_chunk_the_target_lost_is_sent_again(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    """Every chunk the journal claims is re-hashed before it is offered, not only the
+    last commit's: chunks zeroed in the middle of the cloned part between the runs
+    (a partial wipe) are sent again, the rest is not, and the user is told.
+
+    Negative control: with only the last commit re-checked (the code before), the
+    run ended Done with the wiped chunks still zero on the target.
+    """
+    source = tmp_path / "s.img"
+    data = random_file(source, 16 * MiB, seed=6)
+    target = tmp_path / "t.img"
+    await run_pair(source, target, cut_after=12 * MiB)
+    [journal] = state_dir.glob("*.journal")
+    held = sorted(i for rec in read_records(journal)[1:] for i in rec.get("i", []))
+    assert len(held) >= 6, held
+    wiped = held[:2]  # the first commit's chunks, not the last
+    with open(target, "r+b") as f:
+        for i in wiped:
+            f.seek(i * MiB)
+            f.write(bytes(MiB))
+    notes: list[str] = []
+    out = await run_pair(source, target, notes=notes)
+    assert isinstance(out["tx"], Done) and isinstance(out["rx"], Done), out
+    assert target.read_bytes() == data
+    assert out["rx"].same_chunks == len(held) - len(wiped)
+    assert len(notes) == 1 and "changed since the interrupted run" in notes[0], notes
+
+
+@pytest.mark.root
+async def test_device_wiped_between_runs_is_repaired(
+    tmp_path: Path, state_dir: Path, loop_device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sgdisk --zap-all`` on the target disk between an interrupted run and its re-run
+    (its first and last sectors: both GPT copies) must not end in a false Done: the
+    wiped chunks are re-hashed, found changed and sent again.
+
+    Negative control: the old code printed Done with the GPT gone (this test failed).
+    """
+    from p2pclone import receiver
+
+    # Commit every 2 MiB, so the first chunk is not in the last commit record (which
+    # the old code did re-check).
+    monkeypatch.setattr(receiver, "COMMIT_BYTES", 2 * MiB)
+    source = tmp_path / "s.img"
+    size = 16 * MiB
+    data = bytearray(random.Random(7).randbytes(size))
+    source.write_bytes(data)
+    dev = loop_device(size)
+    await run_pair(source, Path(dev), cut_after=15 * MiB)
+    with open(dev, "r+b") as f:  # as --zap-all does: the first and last 34 sectors
+        f.write(bytes(34 * 512))
+        f.seek(size - 34 * 512)
+        f.write(bytes(34 * 512))
+        os.fsync(f.fileno())
+    out = await run_pair(source, Path(dev))
+    assert isinstance(out["tx"], Done) and isinstance(out["rx"], Done), out
+    with open(dev, "rb") as f:
+        assert f.read(size) == data
 
 
 async def test_fresh_starts_over(tmp_path: Path) -> None:

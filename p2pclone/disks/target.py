@@ -111,6 +111,16 @@ class Target:
             return f"block:{os.path.realpath(self.path)}:{dev.model}:{dev.serial}:{self.size}"
         return f"file:{os.path.abspath(self.path)}"
 
+    def medium(self) -> str:
+        """Which medium this is, for the resume journal: a file's device and inode
+        number (a file deleted and created again is another medium); "" for a block
+        device, whose identity already names it (and whose content the receiver
+        re-hashes before trusting a journal)."""
+        if self.is_block or self.fd < 0:
+            return ""
+        st = os.fstat(self.fd)
+        return f"inode:{st.st_dev}:{st.st_ino}"
+
     def describe(self) -> dict[str, str | int]:
         out: dict[str, str | int] = {
             "name": self.path,
