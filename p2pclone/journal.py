@@ -59,6 +59,27 @@ def default_state_dir() -> Path:
     return Path(base) / "p2pclone"
 
 
+def check_state_dir(state_dir: Path) -> None:
+    """Create the state directory (0700) if needed and check that journals can be
+    written there: the receiver does this before it listens, not after pairing.
+
+    Raises:
+        TargetError: it can't be created or written.
+    """
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TargetError(
+            f"cannot create the state directory {state_dir} ({exc.strerror}): "
+            "choose another with --state-dir"
+        ) from None
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise TargetError(
+            f"cannot write resume journals in the state directory {state_dir}: "
+            "choose another with --state-dir"
+        )
+
+
 def journal_path(state_dir: Path, target_identity: str) -> Path:
     name = hashlib.sha256(target_identity.encode()).hexdigest()[:24]
     return state_dir / f"{name}.journal"
@@ -184,13 +205,7 @@ class Journal:
         Raises:
             TargetError: the state directory can't be created or written.
         """
-        try:
-            state_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise TargetError(
-                f"cannot create the state directory {state_dir} ({exc.strerror}): "
-                "choose another with --state-dir"
-            ) from None
+        check_state_dir(state_dir)
         path = journal_path(state_dir, header.target)
         journal = cls(path, header)
         records = [] if fresh else read_records(path)

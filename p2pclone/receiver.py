@@ -40,7 +40,7 @@ from .errors import (
     TargetError,
     TransportError,
 )
-from .journal import Header, Journal, default_state_dir
+from .journal import Header, Journal, check_state_dir, default_state_dir
 from .multicast.dataplane import DatagramError
 from .multicast.plane import ReceivePlane, unpack_entries
 from .pipeline import (
@@ -156,6 +156,10 @@ async def receive(
         P2PCloneError: any failure, with a user-facing sentence and exit code.
     """
     transport = open_transport(url, code=code, password=password)
+    if journal:  # before listening: a sender should not connect only to hear of it
+        await trio.to_thread.run_sync(
+            check_state_dir, Path(state_dir) if state_dir else default_state_dir()
+        )
     if transport.scheme == "multicast":
         from transports.multicast import MulticastTransport
 

@@ -11,6 +11,7 @@ always gets there, resuming from what survived.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import tempfile
@@ -37,9 +38,8 @@ class VolatileTarget(Target):
     """A file target whose writes sit in a 'page cache' until sync(); crash() loses them."""
 
     def __init__(self, path: str) -> None:
-        super().__init__(
-            path, -1, False, Path(path).stat().st_size if Path(path).exists() else 0, None
-        )
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        super().__init__(path, fd, False, os.fstat(fd).st_size, None)
         self.pending: list[tuple[int, bytes]] = []
 
     def write(self, offset: int, data) -> None:
@@ -191,6 +191,7 @@ class CloneMachine(RuleBasedStateMachine):
         finally:
             if fault == "crash":
                 target.crash()  # the machine died: whatever wasn't fsynced is gone
+            target.close()
             source.close()
         done = result.get("rx")
         return done if isinstance(done, Done) else None

@@ -21,6 +21,8 @@ from pathlib import Path
 BLKGETSIZE64 = 0x80081272  # _IOR(0x12, 114, size_t)
 BLKSSZGET = 0x1268  # _IO(0x12, 104): logical sector size
 BLKZEROOUT = 0x127F  # _IO(0x12, 127): write zeroes to a byte range
+BLKROGET = 0x125E  # _IO(0x12, 94): is the device read-only (blockdev --setro)
+BLKRRPART = 0x125F  # _IO(0x12, 95): re-read the partition table
 # <linux/falloc.h>
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -57,6 +59,53 @@ def is_block_device(path: str | os.PathLike[str]) -> bool:
 def block_size_bytes(fd: int) -> int:
     buf = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
     return int(struct.unpack("<Q", buf)[0])
+
+
+def is_read_only(fd: int) -> bool:
+    """The block device refuses writes (``blockdev --setro``, a write-protect switch)."""
+    try:
+        buf = fcntl.ioctl(fd, BLKROGET, b"\0" * 4)
+    except OSError:
+        return False
+    flag: int = struct.unpack("<i", buf)[0]
+    return flag != 0
+
+
+def loop_backing(st: os.stat_result) -> str | None:
+    """The loop device (``/dev/loopN``) whose backing file is this file, if any."""
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        name = _read(backing).removesuffix(" (deleted)")
+        try:
+            other = os.stat(name)
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            return f"/dev/{backing.parent.parent.name}"
+    return None
+
+
+def open_elsewhere(fd: int) -> bool:
+    """Another open file (any process, or the kernel's loop driver) holds this file.
+
+    A write lease is granted only while nobody else has the file open; it is dropped
+    at once.  Where leases are not supported (some network filesystems) or not
+    allowed (a file of another user), this says False: it cannot tell.
+    """
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    except OSError as exc:
+        return exc.errno in (errno.EAGAIN, errno.EBUSY)
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return False
+
+
+def reread_partitions(fd: int) -> str | None:
+    """Ask the kernel to re-read the partition table (BLKRRPART); why not, or None."""
+    try:
+        fcntl.ioctl(fd, BLKRRPART)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def logical_sector_size(fd: int) -> int:

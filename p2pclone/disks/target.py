@@ -17,6 +17,7 @@ Life cycle, in the order the receiver uses it:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 
@@ -25,7 +26,10 @@ from .device import (
     DeviceInfo,
     block_size_bytes,
     device_info,
+    is_read_only,
     logical_sector_size,
+    loop_backing,
+    open_elsewhere,
     punch_hole,
     pwrite_all,
     start_writeback,
@@ -42,6 +46,20 @@ def _human(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+def _cannot_write(path: str, exc: OSError) -> TargetError:
+    if exc.errno in (errno.EROFS, errno.EPERM) or (
+        exc.errno == errno.EACCES and os.path.exists(path)
+    ):
+        why = "read-only" if exc.errno == errno.EROFS else "not writable by this user"
+        return TargetError(
+            f"the target {path} is {why} ({exc.strerror}): choose a writable target; "
+            "nothing was written"
+        )
+    if exc.errno == errno.ELOOP:
+        return TargetError(f"the target {path} is a symbolic link: give the file's real path")
+    return TargetError(f"cannot open the target {path}: {exc.strerror}")
+
+
 class Target:
     def __init__(self, path: str, fd: int, is_block: bool, size: int, device: DeviceInfo | None):
         self.path = path
@@ -50,59 +68,134 @@ class Target:
         self.size = size  # device size, or the file's size before the clone
         self.device = device
         self.sector_size = logical_sector_size(fd) if is_block and fd >= 0 else 512
+        #: this run created the (empty) file: removed again if nothing was written
+        self.created = False
+        self.prepared = False
 
     @classmethod
     def open(cls, path: str) -> Target:
-        """Check and (for a block device) exclusively open ``path``.
+        """Check ``path`` and open it, once, for the whole session.
+
+        A block device is opened exclusively (``O_EXCL``: fails while it is mounted or
+        held).  A file target is opened now too — created (mode 0600: it will hold a
+        whole disk) if it does not exist — without following a symbolic link, so
+        nothing placed at the path while the receiver waits for its sender can redirect
+        the writes; a link given on the command line is followed only to a block device
+        (``/dev/disk/by-id/...``).
 
         Raises:
-            TargetError: the folder does not exist, it is a directory, or can't be opened.
-            SafetyError: the block device is in use (mounted, swap, held).
+            TargetError: the folder does not exist, it is a folder, a link to a file,
+                read-only, or can't be opened.
+            SafetyError: the block device is in use (mounted, swap, held), or the file
+                is open elsewhere (a loop device's backing file, another program).
         """
         try:
-            st = os.stat(path)
+            lst = os.lstat(path)
         except FileNotFoundError:
-            parent = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(parent):
-                raise TargetError(
-                    f"the folder {parent} for the target file does not exist: "
-                    "create it or choose another path"
-                ) from None
-            if not os.access(parent, os.W_OK):
-                raise TargetError(f"no permission to create a file in {parent}") from None
-            return cls(path, -1, False, 0, None)
-        if stat.S_ISDIR(st.st_mode):
-            raise TargetError(f"the target {path} is a folder: give a disk or a file path")
-        if stat.S_ISBLK(st.st_mode):
-            dev = device_info(path)
-            if dev.holds_running_system:
-                raise SafetyError(
-                    f"the target {path} holds the running system ({dev.describe_use()}): "
-                    "boot the target machine from a live system, or choose another disk; "
-                    "nothing was written"
-                )
-            if dev.in_use:
-                raise SafetyError(
-                    f"the target {path} is in use ({dev.describe_use()}): unmount it "
-                    "or choose another disk; nothing was written"
-                )
+            return cls._create(path)
+        except OSError as exc:
+            raise TargetError(f"cannot open the target {path}: {exc.strerror}") from None
+        if stat.S_ISLNK(lst.st_mode):
+            real = os.path.realpath(path)
             try:
-                # O_EXCL on a block device: fails with EBUSY while anything has it
-                # mounted or claimed, and keeps others from claiming it meanwhile.
-                fd = os.open(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
-            except OSError as exc:
-                if exc.errno == 16:  # EBUSY
-                    raise SafetyError(
-                        f"the target {path} is busy (mounted or used by another program): "
-                        "unmount it or choose another disk; nothing was written"
-                    ) from None
-                raise TargetError(f"cannot open the target {path}: {exc.strerror}") from None
-            return cls(path, fd, True, block_size_bytes(fd), dev)
-        if not stat.S_ISREG(st.st_mode):
+                is_block = stat.S_ISBLK(os.stat(path).st_mode)
+            except OSError:
+                is_block = False
+            if not is_block:
+                raise TargetError(
+                    f"the target {path} is a symbolic link (to {real}): give the file's "
+                    "real path"
+                )
+            return cls._open_device(real)
+        if stat.S_ISDIR(lst.st_mode):
+            raise TargetError(f"the target {path} is a folder: give a disk or a file path")
+        if stat.S_ISBLK(lst.st_mode):
+            return cls._open_device(path)
+        if not stat.S_ISREG(lst.st_mode):
             raise TargetError(f"the target {path} is neither a block device nor a regular file")
-        if not os.access(path, os.W_OK):
-            raise TargetError(f"no permission to write the target {path}")
-        return cls(path, -1, False, st.st_size, None)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _cannot_write(path, exc) from None
+        target = cls(path, fd, False, lst.st_size, None)
+        try:
+            target._check_file(lst)
+        except BaseException:
+            target.close()
+            raise
+        return target
+
+    @classmethod
+    def _create(cls, path: str) -> Target:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise TargetError(
+                f"the folder {parent} for the target file does not exist: "
+                "create it or choose another path"
+            )
+        try:
+            fd = os.open(
+                path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            if exc.errno == errno.EACCES:
+                raise TargetError(f"no permission to create a file in {parent}") from None
+            raise _cannot_write(path, exc) from None
+        target = cls(path, fd, False, 0, None)
+        target.created = True
+        return target
+
+    def _check_file(self, lst: os.stat_result) -> None:
+        st = os.fstat(self.fd)
+        if (st.st_dev, st.st_ino) != (lst.st_dev, lst.st_ino) or not stat.S_ISREG(st.st_mode):
+            raise TargetError(
+                f"the target {self.path} changed while it was being opened: run again"
+            )
+        loop = loop_backing(st)
+        if loop is not None:
+            raise SafetyError(
+                f"the target {self.path} is the backing file of {loop}: detach it first "
+                f"(losetup -d {loop}) or choose another path; nothing was written"
+            )
+        if open_elsewhere(self.fd):
+            raise SafetyError(
+                f"the target {self.path} is open in another program: close it "
+                "or choose another path; nothing was written"
+            )
+
+    @classmethod
+    def _open_device(cls, path: str) -> Target:
+        dev = device_info(path)
+        if dev.holds_running_system:
+            raise SafetyError(
+                f"the target {path} holds the running system ({dev.describe_use()}): "
+                "boot the target machine from a live system, or choose another disk; "
+                "nothing was written"
+            )
+        if dev.in_use:
+            raise SafetyError(
+                f"the target {path} is in use ({dev.describe_use()}): unmount it "
+                "or choose another disk; nothing was written"
+            )
+        try:
+            # O_EXCL on a block device: fails with EBUSY while anything has it
+            # mounted or claimed, and keeps others from claiming it meanwhile.
+            fd = os.open(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                raise SafetyError(
+                    f"the target {path} is busy (mounted or used by another program): "
+                    "unmount it or choose another disk; nothing was written"
+                ) from None
+            raise _cannot_write(path, exc) from None
+        if is_read_only(fd):
+            os.close(fd)
+            raise TargetError(
+                f"the target {path} is read-only (blockdev --setro, or a write-protect "
+                f"switch): make it writable (blockdev --setrw {path}) or choose another "
+                "disk; nothing was written"
+            )
+        return cls(path, fd, True, block_size_bytes(fd), dev)
 
     def identity(self) -> str:
         """What names this target across runs (the resume journal is kept per identity)."""
@@ -152,17 +245,31 @@ class Target:
                 "nothing was written"
             )
 
+    def _still_at_path(self) -> bool:
+        """The path still names the file opened at the start (not a link put there since)."""
+        try:
+            st, lst = os.fstat(self.fd), os.lstat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == (lst.st_dev, lst.st_ino)
+
     def prepare(self, source_size: int) -> None:
-        """Create or size a file target (block devices need nothing)."""
+        """Size a file target (block devices need nothing)."""
+        self.prepared = True
         if self.is_block:
             return
+        if not self._still_at_path():
+            raise TargetError(
+                f"the target {self.path} was removed or replaced while the receiver waited "
+                "(it is not the file opened at the start): nothing was written; check who "
+                "changed it and run again"
+            )
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             # The target must end up equal to the source, so a larger old file is
             # cut to the source's size; every byte below it is rewritten or punched.
             os.ftruncate(self.fd, source_size)
         except OSError as exc:
-            raise TargetError(f"cannot create the target {self.path}: {exc.strerror}") from None
+            raise TargetError(f"cannot size the target {self.path}: {exc.strerror}") from None
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         try:
@@ -213,6 +320,11 @@ class Target:
         return data
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        if self.fd < 0:
+            return
+        if self.created and not self.prepared and self._still_at_path():
+            # Nothing was written: leave no empty file behind (only ours).
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+        os.close(self.fd)
+        self.fd = -1

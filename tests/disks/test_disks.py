@@ -57,9 +57,14 @@ def test_file_target_zero_punches_a_hole_over_old_data(tmp_path: Path) -> None:
         os.close(fd)
 
 
-def test_file_target_is_not_created_until_prepared(tmp_path: Path) -> None:
+def test_file_target_is_opened_at_once_and_left_behind_only_if_prepared(tmp_path: Path) -> None:
+    """A new file target is created at open, 0600 (it will hold a whole disk), and
+    removed again if the session ends before anything was to be written."""
     t = Target.open(str(tmp_path / "new.img"))
+    assert (tmp_path / "new.img").stat().st_mode & 0o777 == 0o600
+    t.close()
     assert not (tmp_path / "new.img").exists()
+    t = Target.open(str(tmp_path / "new.img"))
     t.prepare(10)
     t.close()
     assert (tmp_path / "new.img").stat().st_size == 10
