@@ -26,6 +26,7 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -405,6 +406,42 @@ def split_password(url: str) -> tuple[str, str | None]:
     return clean, urllib.parse.unquote(parts.password)
 
 
+@dataclass(frozen=True, slots=True)
+class ReadOptions:
+    """What an image URL's query allows a *reader* (restore, ``image verify|export``,
+    an image as a send SOURCE) beyond the safe default; nothing, unless asked by name.
+
+    ``plain``: read an image that is not encrypted, and so not authenticated: anyone
+    who can write to the share can make one (p2pclone itself never writes them).
+    ``salvage``: reserved for reading an image without its index (not used yet).
+    """
+
+    plain: bool = False
+    salvage: bool = False
+
+
+def read_options(url: str) -> ReadOptions:
+    """The ``?plain=1&salvage=1`` options of an image URL.
+
+    Raises:
+        UsageError: an option that is not one of these, or a value other than 0 or 1.
+    """
+    query = urllib.parse.urlsplit(url).query
+    try:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        pairs = [(query, "")]
+    found: dict[str, bool] = {}
+    for key, value in pairs:
+        if key not in ("plain", "salvage") or value not in ("0", "1"):
+            raise UsageError(
+                f"{url!r}: unknown image URL option {key}={value}; image URLs know only "
+                "?plain=1 and ?salvage=1 (see docs/transports.md)"
+            )
+        found[key] = value == "1"
+    return ReadOptions(**found)
+
+
 def check_url(url: str) -> None:
     """Raise UsageError now for a malformed image URL (before anything is opened)."""
     scheme = url.partition("://")[0].lower()
@@ -414,6 +451,7 @@ def check_url(url: str) -> None:
         SMBLocation(url, "")
     else:
         raise UsageError(f"{url!r} is not an image URL: use file:///PATH or smb://HOST/SHARE/PATH")
+    read_options(url)
 
 
 class _PlayerListener(LinkListener):

@@ -49,6 +49,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from ..errors import AuthenticationError, IntegrityError, UsageError
+from ..protocol.frames import MAX_CHUNK_SIZE
+from ..protocol.messages import MAX_DISK_SIZE
 
 FORMAT_VERSION = 1
 MAGIC = b"P2PCIMG\n"
@@ -79,6 +81,13 @@ KDF_ITERATIONS = 3
 KDF_LANES = 4
 CIPHER = "aes-256-gcm"
 KDF = "argon2id"
+#: The most an image's header may ask of Argon2id.  The header can only be
+#: authenticated with the key the KDF gives, so its costs are used before they are
+#: known to be genuine: a header altered to ask for 64 GiB or a million passes must be
+#: refused first, not obeyed.  16x and 3x today's costs leave room to raise them.
+KDF_MAX_MEMORY_KIB = 1 << 20  # 1 GiB
+KDF_MAX_ITERATIONS = 10
+KDF_MAX_LANES = 16
 
 
 class Keys:
@@ -94,20 +103,42 @@ class Keys:
         )
 
     @classmethod
-    def derive(cls, passphrase: str, enc: dict[str, Any]) -> Keys:
+    def derive(cls, passphrase: str, enc: dict[str, Any], where: str) -> Keys:
+        """The keys from ``passphrase`` and the header's (unauthenticated) KDF settings.
+
+        Raises:
+            UsageError: a cipher or KDF this release does not know.
+            AuthenticationError: KDF settings out of bounds (``KDF_MAX_*``): refused
+                before Argon2id runs, since they cannot be authenticated before it has.
+        """
         if enc.get("kdf") != KDF or enc.get("cipher") != CIPHER:
             raise UsageError(
                 f"the image is encrypted with {enc.get('cipher')}/{enc.get('kdf')}, which this "
                 "p2pclone does not know: use a newer release"
             )
-        kdf = Argon2id(
-            salt=enc["salt"],
-            length=32,
-            iterations=enc["iterations"],
-            lanes=enc["lanes"],
-            memory_cost=enc["memory_kib"],
-        )
+        salt: Any = enc.get("salt")
+        memory: Any = enc.get("memory_kib")
+        passes: Any = enc.get("iterations")
+        lanes: Any = enc.get("lanes")
+        if not (
+            isinstance(salt, bytes)
+            and 16 <= len(salt) <= 64
+            and _int_in(lanes, 1, KDF_MAX_LANES)
+            and _int_in(passes, 1, KDF_MAX_ITERATIONS)
+            and _int_in(memory, 8 * lanes, KDF_MAX_MEMORY_KIB)
+        ):
+            raise AuthenticationError(
+                f"the header of {where} asks for key-derivation costs p2pclone refuses "
+                f"(m={memory!r} KiB, t={passes!r}, p={lanes!r}; at most "
+                f"{KDF_MAX_MEMORY_KIB} KiB, {KDF_MAX_ITERATIONS} passes, {KDF_MAX_LANES} lanes): "
+                "it was altered or not made by p2pclone; nothing was read or written"
+            )
+        kdf = Argon2id(salt=salt, length=32, iterations=passes, lanes=lanes, memory_cost=memory)
         return cls(kdf.derive(passphrase.encode()))
+
+
+def _int_in(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def new_encryption() -> dict[str, Any]:
@@ -193,7 +224,7 @@ def decode_header(data: bytes, where: str) -> Header:
     end = header_length(data, where) - CHECK_SIZE
     try:
         m = msgpack.unpackb(data[PREAMBLE_SIZE:end], raw=False)
-        return Header(
+        header = Header(
             source_size=int(m["source_size"]),
             chunk_size=int(m["chunk_size"]),
             source=dict(m["source"]),
@@ -203,7 +234,17 @@ def decode_header(data: bytes, where: str) -> Header:
             generator=str(m.get("generator", "")),
         )
     except (ValueError, KeyError, TypeError, msgpack.UnpackException):
-        raise IntegrityError(f"the header of {where} is damaged and cannot be read") from None
+        header = None
+    # Sizes as a PLAN allows them (protocol/messages.py): even unauthenticated (``image
+    # info``), nothing here may divide by zero or size a read after a forged number.
+    if (
+        header is None
+        or not 0 < header.chunk_size <= MAX_CHUNK_SIZE
+        or not 0 <= header.source_size <= MAX_DISK_SIZE
+        or not isinstance(header.encryption, dict | None)
+    ):
+        raise IntegrityError(f"the header of {where} is damaged and cannot be read")
+    return header
 
 
 def check_header(data: bytes, keys: Keys | None, where: str) -> None:
@@ -373,7 +414,14 @@ class Codec:
                 packed = self.keys.data_aead.decrypt(
                     body[:NONCE_SIZE], body[NONCE_SIZE:], self._aad(head.raw)
                 )
-            m = msgpack.unpackb(zlib.decompress(packed), raw=False)
+            # The table's size follows from the chunk count: a larger one is a forgery,
+            # refused before it fills memory (a zlib bomb in an unsealed image).
+            limit = index_table_limit(head.count)
+            inflate = zlib.decompressobj()
+            table = inflate.decompress(packed, limit)
+            if inflate.unconsumed_tail or not inflate.eof:
+                raise IntegrityError("index is larger than its chunk count allows")
+            m = msgpack.unpackb(table, raw=False)
             offsets = list(struct.unpack(f"<{head.count}Q", m["offsets"]))
             hashes, root = bytes(m["hashes"]), bytes(m["root"])
         except (InvalidTag, zlib.error, ValueError, KeyError, TypeError, struct.error):
@@ -381,6 +429,18 @@ class Codec:
         if len(hashes) != HASH_SIZE * head.count:
             raise IntegrityError("index failed its checksum")
         return offsets, hashes, root
+
+
+def index_table_limit(count: int) -> int:
+    """The most bytes the msgpack table of an INDEX of ``count`` chunks can take."""
+    return (8 + HASH_SIZE) * count + 256
+
+
+def index_record_limit(count: int) -> int:
+    """The most bytes an INDEX record of ``count`` chunks can take (zlib adds at most
+    5 bytes per 16 KiB that does not compress, and a few of its own)."""
+    table = index_table_limit(count)
+    return RECORD_HEADER_SIZE + NONCE_SIZE + TAG_SIZE + HASH_SIZE + table + table // 1000 + 64
 
 
 def encode_footer(index_offset: int, index_len: int) -> bytes:

@@ -176,19 +176,40 @@ class ImageSource:
 
     @classmethod
     def open(cls, url: str, code: str, password: str | None = None) -> ImageSource:
-        from transports.share import open_store
+        """Open the image at ``url`` and authenticate its header.  Blocking.
 
+        Only what the URL's query allows by name is accepted (transports/share.py,
+        ``read_options``): an image that is not encrypted, and so not authenticated,
+        with ``?plain=1``.
+
+        Raises:
+            AuthenticationError: a plain image without ``?plain=1``; no or a wrong
+                passphrase; a header that is altered or asks for absurd KDF costs.
+            UsageError, TransportError: the URL; the share.
+        """
+        from transports.share import open_store, read_options
+
+        options = read_options(url)
         store = open_store(url, create=False, password=password)
         url = store.url  # without a password that the URL may hold
         try:
             header, raw = read_header(store, url)
             keys = None
-            if header.encryption is not None:
+            if header.encryption is None:
+                # Its header check is a plain BLAKE3 anyone can compute: whoever can
+                # write to the share could have made it, whatever disk it holds.
+                if not options.plain:
+                    raise AuthenticationError(
+                        f"{url} is not encrypted, so nothing proves who made it (p2pclone "
+                        "never saves such images): if you trust it, add ?plain=1 to its "
+                        "URL to read it anyway"
+                    )
+            else:
                 if not code:
                     raise AuthenticationError(
                         f"{url} is encrypted: give its passphrase with --code"
                     )
-                keys = fmt.Keys.derive(code, header.encryption)
+                keys = fmt.Keys.derive(code, header.encryption, url)
             fmt.check_header(raw, keys, url)
             return cls(url, store, header, keys)
         except BaseException:
@@ -248,7 +269,9 @@ class ImageSource:
         )
         raw = self._fetch(at, want)
         head = fmt.decode_record_head(raw)
-        if head is None or head.type != fmt.CHUNK or head.index != index:
+        # ``want`` is the largest a CHUNK record can be (a payload never exceeds its
+        # chunk): a longer one is damage, whose length must not size a read.
+        if head is None or head.type != fmt.CHUNK or head.index != index or head.total > want:
             raise self._damaged(index, "is damaged (its record header is unreadable)")
         if len(raw) < head.total:
             raw += self.store.read(at + len(raw), head.total - len(raw))

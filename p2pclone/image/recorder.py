@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .. import __version__
-from ..errors import IntegrityError, P2PCloneError, RemoteProtocolError, SafetyError
+from ..errors import IntegrityError, P2PCloneError, RemoteProtocolError, SafetyError, UsageError
 from ..pipeline import chunk_span
 from ..protocol import Connection, Role
 from ..protocol.connection import zero_digest
@@ -68,10 +68,15 @@ class Recorder:
     @classmethod
     def open(cls, url: str, code: str, password: str | None, fresh: bool) -> Recorder:
         """Open (or create) the image; check the passphrase of an existing one.  Blocking."""
-        from transports.share import open_store
+        from transports.share import ReadOptions, open_store, read_options
 
         if not code:
             raise P2PCloneError("an image needs a passphrase to encrypt it: give one with --code")
+        if read_options(url) != ReadOptions():
+            raise UsageError(
+                f"{url}: ?plain=1 and ?salvage=1 are for reading an image; a save always "
+                "writes an encrypted, complete one: remove them"
+            )
         store = open_store(url, create=True, password=password)
         url = store.url  # without a password that the URL may hold
         try:
@@ -85,7 +90,7 @@ class Recorder:
                         f"{url} holds an unencrypted image: p2pclone will not add to it; "
                         "use --fresh to replace it"
                     )
-                rec.keys = fmt.Keys.derive(code, rec.header.encryption)
+                rec.keys = fmt.Keys.derive(code, rec.header.encryption, url)
                 fmt.check_header(data, rec.keys, url)
             return rec
         except BaseException:
@@ -172,7 +177,7 @@ class Recorder:
             encryption=enc,
             generator=f"p2pclone {__version__}",
         )
-        self.keys = fmt.Keys.derive(self.code, enc)
+        self.keys = fmt.Keys.derive(self.code, enc, self.url)
         self.codec = fmt.Codec(h, self.keys)
         head = fmt.encode_header(h, self.keys)
         self.store.truncate(0)

@@ -1,0 +1,168 @@
+"""Issue 12: what someone who can write to the share can do to an image, and cannot.
+
+An unencrypted (plain) image, a header asking for absurd KDF costs, a forged index:
+each is refused with one sentence and its exit code, before the target is touched,
+unless the user opts in by name on the image URL (``?plain=1``).
+"""
+
+from __future__ import annotations
+
+import struct
+import tracemalloc
+import zlib
+from pathlib import Path
+from typing import Any
+
+import blake3
+import msgpack
+import pytest
+
+from p2pclone.errors import AuthenticationError, ExitCode, IntegrityError, UsageError
+from p2pclone.image import format as fmt
+from p2pclone.image import tools
+from tests.conftest import MiB, random_file
+from tests.image.test_image import CODE, restore, run, save
+
+CHUNK = 256 * 1024
+
+
+def plain_image(path: Path, data: bytes) -> None:
+    """Write ``data`` as an unencrypted image, as anyone can without a passphrase: its
+    header check, record digests and index checksum are plain BLAKE3."""
+    header = fmt.Header(
+        source_size=len(data),
+        chunk_size=CHUNK,
+        source={"name": "/dev/sda", "model": "planted", "serial": "X", "kind": "disk"},
+        encryption=None,
+        generator="not p2pclone",
+    )
+    codec = fmt.Codec(header, None)
+    out = bytearray(fmt.encode_header(header, None))
+    offsets, hashes = [], b""
+    for i in range(header.chunk_count):
+        chunk = data[i * CHUNK : (i + 1) * CHUNK]
+        digest = blake3.blake3(chunk).digest()
+        offsets.append(len(out))
+        out += b"".join(codec.chunk(i, len(chunk), digest, fmt.RAW, chunk))
+        hashes += digest
+    at = len(out)
+    index = codec.index(offsets, hashes, blake3.blake3(hashes).digest())
+    out += index + fmt.encode_footer(at, len(index))
+    path.write_bytes(bytes(out))
+
+
+def rewrite_header(path: Path, change: dict[str, Any]) -> None:
+    """Alter the header map of an image (its check is left as it was: nobody without
+    the passphrase can compute the new one)."""
+    raw = path.read_bytes()
+    end = fmt.header_length(raw, "x")
+    m = msgpack.unpackb(raw[fmt.PREAMBLE_SIZE : end - fmt.CHECK_SIZE], raw=False)
+    for key, value in change.items():
+        m["encryption"][key] = value
+    body = msgpack.packb(m, use_bin_type=True)
+    preamble = struct.pack("<8sHHI", fmt.MAGIC, fmt.FORMAT_VERSION, 0, len(body))
+    path.write_bytes(preamble + body + raw[end - fmt.CHECK_SIZE :])
+
+
+async def test_a_planted_plain_image_is_refused_even_with_a_passphrase(tmp_path: Path) -> None:
+    """Catches the downgrade: someone with write access to the share replaces an image
+    with an unencrypted one holding any disk they like; restore and ``image verify``
+    used to accept it although the user gave a passphrase (exit 0, planted disk
+    written).  Now exit 3 with one sentence, target untouched; ``?plain=1`` opts in."""
+    source = tmp_path / "disk.img"
+    random_file(source, 2 * MiB)
+    url = f"file://{tmp_path}/pc1.p2pc"
+    await save(source, url)
+    planted = random_file(tmp_path / "evil.img", 2 * MiB)
+    plain_image(tmp_path / "pc1.p2pc", planted)
+
+    target = tmp_path / "t.img"
+    target.write_bytes(b"keep me" * 1000)
+    with pytest.raises(AuthenticationError, match=r"not encrypted.*\?plain=1") as refused:
+        await restore(target, url)
+    assert refused.value.exit_code == ExitCode.AUTH
+    assert target.read_bytes() == b"keep me" * 1000
+    with pytest.raises(AuthenticationError, match="not encrypted"):
+        await tools.verify(url, CODE)
+
+    cli = run("receive", str(target), url, "--code", CODE, "--yes")
+    assert cli.returncode == 3, cli.stderr
+    assert b"?plain=1" in cli.stderr and b"Traceback" not in cli.stderr
+    assert target.read_bytes() == b"keep me" * 1000
+
+    # Asked for by name, it is read (the user vouches for it).
+    await tools.verify(url + "?plain=1", "")
+    await restore(target, url + "?plain=1")
+    assert target.read_bytes() == planted
+
+
+async def test_image_url_options_are_checked(tmp_path: Path) -> None:
+    """Catches a typo'd or misplaced opt-in silently doing nothing: an unknown option
+    is a usage error, and a save refuses the reading options."""
+    source = tmp_path / "disk.img"
+    random_file(source, MiB)
+    with pytest.raises(UsageError, match="unknown image URL option"):
+        await restore(tmp_path / "t.img", f"file://{tmp_path}/pc1.p2pc?plian=1")
+    with pytest.raises(UsageError, match="for reading an image"):
+        await save(source, f"file://{tmp_path}/pc1.p2pc?plain=1")
+    assert not (tmp_path / "pc1.p2pc").exists()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"memory_kib": 64 << 20},  # 64 GiB
+        {"iterations": 1_000_000},
+        {"lanes": 1 << 20},
+        {"lanes": "4"},
+        {"salt": 7},
+    ],
+)
+async def test_kdf_costs_in_the_header_are_bounded_before_argon2_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: dict[str, Any]
+) -> None:
+    """Catches a header altered to make Argon2id allocate gigabytes or run for hours:
+    its costs are used before the header can be authenticated (the MAC key is what
+    they give), so they used to reach Argon2id as written (or crash it with a
+    traceback).  Now refused, exit 3, before the KDF runs; the real Argon2id is never
+    called with anything out of bounds (a spy fails the test if it is)."""
+    source = tmp_path / "disk.img"
+    random_file(source, MiB)
+    url = f"file://{tmp_path}/pc1.p2pc"
+    await save(source, url)
+    rewrite_header(tmp_path / "pc1.p2pc", change)
+
+    real = fmt.Argon2id
+
+    def spy(**kw: Any) -> Any:
+        assert kw["memory_cost"] <= 1 << 20 and kw["iterations"] <= 10 and kw["lanes"] <= 16, (
+            f"Argon2id ran with the altered header's costs {kw}"
+        )
+        return real(**kw)
+
+    monkeypatch.setattr(fmt, "Argon2id", spy)
+    target = tmp_path / "t.img"
+    target.write_bytes(b"keep me")
+    with pytest.raises(AuthenticationError, match="key-derivation costs") as refused:
+        await restore(target, url)
+    assert refused.value.exit_code == ExitCode.AUTH
+    assert target.read_bytes() == b"keep me"
+
+
+def test_index_decompression_is_bounded_by_the_chunk_count() -> None:
+    """Catches a zlib bomb in an index (an unsealed image's index has only a BLAKE3
+    anyone can compute): it used to be inflated whole (256 MiB here) before its size
+    was looked at.  Now inflation stops at what the chunk count allows."""
+    header = fmt.Header(source_size=8 * CHUNK, chunk_size=CHUNK, source={})
+    packer = zlib.compressobj(9)
+    bomb = b"".join(packer.compress(bytes(MiB)) for _ in range(256)) + packer.flush()
+    body = blake3.blake3(bomb).digest() + bomb
+    head = fmt.RecordHead(fmt.INDEX, fmt.RAW, 0, 0, 8, 0, len(body), b"")
+    tracemalloc.start()
+    try:
+        with pytest.raises(IntegrityError):
+            fmt.Codec(header, None).open_index(head, body)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * MiB, f"inflating the index took {peak} bytes"
