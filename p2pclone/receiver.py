@@ -192,7 +192,7 @@ async def receive(
         finally:
             await listener.aclose()
         report(Connected(url))
-        return await receive_stream(
+        done = await receive_stream(
             stream,
             target,
             code=code,
@@ -207,6 +207,9 @@ async def receive(
             report=report,
             seal=not transport.local,
         )
+        if listener.caveat:
+            raise IntegrityError(listener.caveat, code="salvaged")
+        return done
     finally:
         target.close()
 

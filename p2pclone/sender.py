@@ -159,7 +159,7 @@ async def send(
         stream = await transport.connect()
         url = transport.url  # as the transport shows it (never with a password)
         report(Connected(url))
-        return await send_stream(
+        done = await send_stream(
             stream,
             source,
             url=url,
@@ -170,6 +170,9 @@ async def send(
             report=report,
             seal=not transport.local,
         )
+        if isinstance(source, ImageSource) and (note := source.salvage_note()):
+            raise IntegrityError(note, code="salvaged")
+        return done
     finally:
         source.close()
 

@@ -42,6 +42,10 @@ class LinkListener(abc.ABC):
 
     #: the URL a sender should use to reach us (with the real port, if 0 was asked)
     url: str
+    #: set by accept() when the peer cannot vouch for all it will send (an image
+    #: salvaged without its index): one sentence, which the receiver raises as an
+    #: IntegrityError after an otherwise complete session, never reporting success
+    caveat: str | None = None
 
     @abc.abstractmethod
     async def accept(self) -> trio.abc.Stream:

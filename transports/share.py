@@ -413,7 +413,8 @@ class ReadOptions:
 
     ``plain``: read an image that is not encrypted, and so not authenticated: anyone
     who can write to the share can make one (p2pclone itself never writes them).
-    ``salvage``: reserved for reading an image without its index (not used yet).
+    ``salvage``: use an image without an intact index and root hash, by a scan of its
+    records; a cut-short or rolled-back file then gives some chunks from an older save.
     """
 
     plain: bool = False
@@ -472,6 +473,7 @@ class _PlayerListener(LinkListener):
         source = await trio.to_thread.run_sync(
             ImageSource.open, t.url, code, t.options.get("password")
         )
+        self.caveat = source.salvage_note()
         ours, theirs = pipe_pair()
         trio.lowlevel.spawn_system_task(play, theirs, source, t.url, code)
         return ours

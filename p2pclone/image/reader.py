@@ -121,6 +121,9 @@ def read_index(store: Store, codec: fmt.Codec) -> tuple[list[int], bytes, bytes,
     if footer is None:
         return None
     at, length = footer
+    # The footer has only a CRC: a forged length must not size the read.
+    if length > fmt.index_record_limit(codec.header.chunk_count) or at + length > size:
+        return None
     raw = store.read(at, length)
     head = fmt.decode_record_head(raw)
     if head is None or head.type != fmt.INDEX or head.total != length:
@@ -147,7 +150,15 @@ class Index:
 class ImageSource:
     """An image opened for reading (see the module docstring)."""
 
-    def __init__(self, url: str, store: Store, header: fmt.Header, keys: fmt.Keys | None) -> None:
+    def __init__(
+        self,
+        url: str,
+        store: Store,
+        header: fmt.Header,
+        keys: fmt.Keys | None,
+        *,
+        scan: bool = False,
+    ) -> None:
         self.url = url
         self.store = store
         self.header = header
@@ -158,7 +169,7 @@ class ImageSource:
             k: v for k, v in header.source.items() if isinstance(v, (str, int))
         }
         self.plan = Plan(source_size=header.source_size, chunk_size=header.chunk_size)
-        self.index = self._load_index()
+        self.index = self._load_index(scan)
         # Records are read through a window of WINDOW bytes: a restore reads them in
         # order, and one large read costs far less than one per record (over SMB, one
         # request per record).  Worker threads share it.
@@ -175,16 +186,21 @@ class ImageSource:
             return data[at - w_at : at - w_at + length]
 
     @classmethod
-    def open(cls, url: str, code: str, password: str | None = None) -> ImageSource:
+    def open(
+        cls, url: str, code: str, password: str | None = None, *, need_index: bool = True
+    ) -> ImageSource:
         """Open the image at ``url`` and authenticate its header.  Blocking.
 
         Only what the URL's query allows by name is accepted (transports/share.py,
         ``read_options``): an image that is not encrypted, and so not authenticated,
-        with ``?plain=1``.
+        with ``?plain=1``; one without an intact index and root, found by a scan of its
+        records, with ``?salvage=1`` or ``need_index=False`` (``image verify``, which
+        only reports).
 
         Raises:
             AuthenticationError: a plain image without ``?plain=1``; no or a wrong
                 passphrase; a header that is altered or asks for absurd KDF costs.
+            IntegrityError: no intact index, without ``?salvage=1``.
             UsageError, TransportError: the URL; the share.
         """
         from transports.share import open_store, read_options
@@ -211,12 +227,12 @@ class ImageSource:
                     )
                 keys = fmt.Keys.derive(code, header.encryption, url)
             fmt.check_header(raw, keys, url)
-            return cls(url, store, header, keys)
+            return cls(url, store, header, keys, scan=options.salvage or not need_index)
         except BaseException:
             store.close()
             raise
 
-    def _load_index(self) -> Index:
+    def _load_index(self, scan: bool) -> Index:
         n = self.header.chunk_count
         found = read_index(self.store, self.codec)
         if found is not None:
@@ -228,6 +244,15 @@ class ImageSource:
                     zero = digest == zero_digest(self.header.chunk_length(i))
                     kinds[i] = ZEROS if zero else DATA
             return Index(array("Q", offsets), bytearray(hashes), root, kinds)
+        if not scan:
+            # A scan finds, for each chunk, its last record *in what is left*: in a
+            # file cut back before a re-save's last records, an older save's chunk.
+            raise IntegrityError(
+                f"the image {self.url} has no intact index (an interrupted save, or a file "
+                "cut short or rolled back), so it cannot prove its records are the latest "
+                "save: run the same send again to complete it, or add ?salvage=1 to the "
+                "URL to use whatever its records hold"
+            )
         # No intact index (an interrupted save, or damage): find the records by a scan.
         known, _ = scan_records(self.store, self.codec, self.url, deep=False)
         index = Index(array("Q", bytes(8 * n)), bytearray(HASH_SIZE * n), None, bytearray(n))
@@ -241,6 +266,17 @@ class ImageSource:
     @property
     def complete(self) -> bool:
         return self.index.root is not None
+
+    def salvage_note(self) -> str | None:
+        """Why a copy from this image is not a success even when every chunk arrived
+        (opened with ``?salvage=1`` and no intact index), or None."""
+        if self.complete:
+            return None
+        return (
+            f"salvaged from {self.url} without its index: every chunk was checked against "
+            "its own hash, but not against the saved root hash, so some may be from an "
+            "older save; check the result before you trust it"
+        )
 
     def digest(self, index: int) -> bytes:
         return bytes(self.index.hashes[HASH_SIZE * index : HASH_SIZE * (index + 1)])

@@ -1,8 +1,9 @@
 """Issue 12: what someone who can write to the share can do to an image, and cannot.
 
-An unencrypted (plain) image, a header asking for absurd KDF costs, a forged index:
-each is refused with one sentence and its exit code, before the target is touched,
-unless the user opts in by name on the image URL (``?plain=1``).
+An unencrypted (plain) image, a header asking for absurd KDF costs, a forged footer or
+index, and a file cut back to before a re-save's last records: each is refused with one
+sentence and its exit code, before the target is touched, unless the user opts in by
+name on the image URL (``?plain=1``, ``?salvage=1``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from p2pclone.errors import AuthenticationError, ExitCode, IntegrityError, Usage
 from p2pclone.image import format as fmt
 from p2pclone.image import tools
 from tests.conftest import MiB, random_file
-from tests.image.test_image import CODE, restore, run, save
+from tests.image.test_image import CODE, records, restore, run, save
 
 CHUNK = 256 * 1024
 
@@ -166,3 +167,65 @@ def test_index_decompression_is_bounded_by_the_chunk_count() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 16 * MiB, f"inflating the index took {peak} bytes"
+
+
+async def test_a_forged_footer_cannot_size_a_read(tmp_path: Path) -> None:
+    """Catches a footer (only CRC-protected) claiming a 1 PiB index: the reader used to
+    read that many bytes (MemoryError and a traceback).  Now the index counts as
+    missing: exit 6 naming it, target untouched."""
+    source = tmp_path / "disk.img"
+    random_file(source, MiB)
+    url = f"file://{tmp_path}/pc1.p2pc"
+    await save(source, url)
+    image = tmp_path / "pc1.p2pc"
+    raw = image.read_bytes()
+    at, _ = fmt.decode_footer(raw[-fmt.FOOTER_SIZE :]) or (0, 0)
+    image.write_bytes(raw[: -fmt.FOOTER_SIZE] + fmt.encode_footer(at, 1 << 50))
+    target = tmp_path / "t.img"
+    target.write_bytes(b"keep me")
+    with pytest.raises(IntegrityError, match="no intact index"):
+        await restore(target, url)
+    assert target.read_bytes() == b"keep me"
+
+
+async def test_a_rolled_back_image_is_not_restored_unless_salvaged(tmp_path: Path) -> None:
+    """Catches a rollback: a re-saved image cut back to before the re-save's records
+    (so its older record of a chunk is the last one left) used to be restored from a
+    record scan, writing the *old* chunk and exiting 0 (``image export`` too).  Now a
+    restore needs the intact index and root: exit 6 naming what is missing, target
+    untouched.  With ``?salvage=1`` it writes what the records hold and still ends
+    with exit 6, saying it salvaged (never a success)."""
+    source = tmp_path / "disk.img"
+    old = random_file(source, 2 * MiB)
+    url = f"file://{tmp_path}/pc1.p2pc"
+    await save(source, url)
+    with open(source, "r+b") as f:
+        f.seek(3 * CHUNK + 100)
+        f.write(b"new version" * 100)
+    await save(source, url)  # appends chunk 3's new record and a new index
+    image = tmp_path / "pc1.p2pc"
+    *_, (pos, last) = [(p, h) for p, h in records(image) if h.type == fmt.CHUNK]
+    assert last.index == 3
+    with open(image, "r+b") as f:
+        f.truncate(pos)  # as if the re-save had never happened
+
+    target = tmp_path / "t.img"
+    target.write_bytes(b"keep me" * 1000)
+    with pytest.raises(IntegrityError, match=r"no intact index.*\?salvage=1") as refused:
+        await restore(target, url)
+    assert refused.value.exit_code == ExitCode.INTEGRITY
+    assert target.read_bytes() == b"keep me" * 1000
+    with pytest.raises(IntegrityError, match="no intact index"):
+        await tools.export(url, CODE, open(tmp_path / "raw.img", "wb"))  # noqa: SIM115
+    cli = run("receive", str(target), url, "--code", CODE, "--yes")
+    assert cli.returncode == 6, cli.stderr
+    assert b"no intact index" in cli.stderr and b"Traceback" not in cli.stderr
+    assert target.read_bytes() == b"keep me" * 1000
+
+    with pytest.raises(IntegrityError, match="salvaged from") as salvaged:
+        await restore(target, url + "?salvage=1")
+    assert salvaged.value.code == "salvaged"
+    assert target.read_bytes() == old  # what the records hold: the older save
+    cli = run("receive", str(target), url + "?salvage=1", "--code", CODE, "--yes", "--json")
+    assert cli.returncode == 6, cli.stderr
+    assert b'"code": "salvaged"' in cli.stdout
