@@ -195,7 +195,11 @@ def describe(facts: dict[str, Any]) -> list[str]:
         f"Stored:     {human_bytes(facts['stored_bytes'])} ({facts['ratio']:.1%} of the source)",
         f"Created:    {facts['created']} by {facts['generator'] or 'unknown'}",
         "Encrypted:  "
-        + (f"yes, {facts['cipher']}, key from {facts['kdf']}" if facts["encrypted"] else "no"),
+        + (
+            f"yes, {facts['cipher']}, key from {facts['kdf']}"
+            if facts["encrypted"]
+            else "no (nothing proves who made it: reading it needs ?plain=1 on its URL)"
+        ),
         "Complete:   "
         + ("yes" if facts["complete"] else "no (an interrupted save: run the same send again)"),
     ]

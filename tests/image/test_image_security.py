@@ -21,6 +21,7 @@ import pytest
 from p2pclone.errors import AuthenticationError, ExitCode, IntegrityError, UsageError
 from p2pclone.image import format as fmt
 from p2pclone.image import tools
+from p2pclone.sender import send
 from tests.conftest import MiB, random_file
 from tests.image.test_image import CODE, records, restore, run, save
 
@@ -85,6 +86,7 @@ async def test_a_planted_plain_image_is_refused_even_with_a_passphrase(tmp_path:
     assert target.read_bytes() == b"keep me" * 1000
     with pytest.raises(AuthenticationError, match="not encrypted"):
         await tools.verify(url, CODE)
+    assert "?plain=1" in tools.describe(tools.info(url))[5]  # image info says so too
 
     cli = run("receive", str(target), url, "--code", CODE, "--yes")
     assert cli.returncode == 3, cli.stderr
@@ -215,8 +217,10 @@ async def test_a_rolled_back_image_is_not_restored_unless_salvaged(tmp_path: Pat
         await restore(target, url)
     assert refused.value.exit_code == ExitCode.INTEGRITY
     assert target.read_bytes() == b"keep me" * 1000
-    with pytest.raises(IntegrityError, match="no intact index"):
-        await tools.export(url, CODE, open(tmp_path / "raw.img", "wb"))  # noqa: SIM115
+    with open(tmp_path / "raw.img", "wb") as out, pytest.raises(IntegrityError, match="no intact"):
+        await tools.export(url, CODE, out)
+    with pytest.raises(IntegrityError, match="no intact index"):  # nor a live clone from it
+        await send(url, "memory://img-rolled-back", code="7-pair", passphrase=CODE)
     cli = run("receive", str(target), url, "--code", CODE, "--yes")
     assert cli.returncode == 6, cli.stderr
     assert b"no intact index" in cli.stderr and b"Traceback" not in cli.stderr
