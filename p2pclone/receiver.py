@@ -498,6 +498,7 @@ class _DataState:
                         raise RemoteProtocolError("POLL outside a multicast session")
                     await trio.sleep(0.002)  # datagrams sent just before the POLL
                     self.plane.drain()
+                    self.plane.polled(event.slice)
                     # Answer first, then write: the group should not wait for our disk.
                     await self.channel.send(
                         Report(slice=event.slice, missing=self.plane.missing(event.slice))

@@ -91,9 +91,16 @@ def read_header(data: bytes | memoryview, session: int) -> tuple[int, int, int, 
         raise DatagramError("not a p2pclone multicast datagram")
     if sess != session:
         raise DatagramError("another session's datagram")
-    if not 0 <= idx < count or slen > count * FRAGMENT + count * 64:
+    # The count follows from the length: a datagram cannot declare a shape of its own
+    if not 0 <= idx < count or count != max(1, -(-slen // FRAGMENT)):
         raise DatagramError("malformed fragment numbering")
     return sl, idx, count, slen
+
+
+def fragment_size(index: int, slice_len: int) -> int:
+    """Payload bytes of fragment ``index`` of a slice of ``slice_len`` bytes: FRAGMENT,
+    the last one the rest.  A datagram of any other size is not the sender's."""
+    return max(0, min(FRAGMENT, slice_len - index * FRAGMENT))
 
 
 def fragment_count(length: int, size: int = FRAGMENT) -> int:
@@ -122,6 +129,9 @@ class Assembler:
         self.count = count
         self.slice_len = slice_len
         self._parts: dict[int, bytes] = {}
+        self.size = 0  # payload bytes held
+        #: its shape is the one the sender's REF gave (not only what datagrams claimed)
+        self.announced = False
 
     def add(self, fragment: Fragment) -> bool:
         """Keep a fragment; True when the slice has just become complete."""
@@ -140,6 +150,7 @@ class Assembler:
     def put(self, index: int, payload: bytes) -> bool:
         """Keep a fragment that ``fits``; True when the slice has just become complete."""
         self._parts[index] = payload
+        self.size += len(payload)
         return len(self._parts) == self.count
 
     @property

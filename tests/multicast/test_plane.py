@@ -13,7 +13,7 @@ import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from p2pclone.multicast.dataplane import Fragment, RateGovernor, bitmap, split
-from p2pclone.multicast.plane import ReceivePlane, seal
+from p2pclone.multicast.plane import AHEAD_BYTES, AHEAD_SLICES, ReceivePlane, seal
 from p2pclone.multicast.sender import _Reports, _Wire
 from transports.multicast import UDP_GRO, BurstSender, receive_datagrams
 
@@ -27,7 +27,7 @@ def pair() -> tuple[socket.socket, socket.socket]:
     return tx, rx
 
 
-async def test_a_slice_complete_before_its_ref_waits_for_its_poll() -> None:
+async def test_a_slice_whole_before_its_ref_is_complete_only_at_the_ref() -> None:
     tx, rx = pair()
     key, session = os.urandom(32), 77
     plane = ReceivePlane(rx)
@@ -38,8 +38,12 @@ async def test_a_slice_complete_before_its_ref_waits_for_its_poll() -> None:
             tx.send(seal(aead, frag))
     await trio.sleep(0.05)
     plane.drain()
-    # Both slices are whole, but only slice 0 has been polled: slice 1 stays, whole,
-    # until the REF frames that say what it must hold have been read.
+    # All their fragments are here, but only a REF (from the sealed control
+    # connection) says what a slice is: nothing is complete before it.
+    assert plane.take_ready(None) == []
+    plane.expect(0, 4, 5000, {})
+    plane.expect(1, 3, 3000, {})
+    # Slice 1 stays, whole, until it is polled (the writers take slices at the POLL).
     assert [n for n, _ in plane.take_ready(0)] == [0]
     assert plane.missing(1) == b""  # complete: the REPORT says so
     assert plane.take_ready(1) == [(1, b"b" * 3000)]
@@ -93,6 +97,86 @@ async def test_fragments_forged_with_the_group_key_neither_crash_nor_block_a_sli
     await trio.sleep(0.05)
     plane.drain()
     assert plane.take_ready(None) == [(0, b"r" * 3000)]
+
+
+async def test_a_forged_one_fragment_slice_sent_before_the_ref_does_not_complete_it() -> None:
+    """Catches a datagram deciding that a slice is complete: a group-key holder's
+    one-fragment "slice 0", sent before the REF, was taken as the whole slice, the
+    sender's own fragments were then ignored, and every chunk of the slice was fetched
+    again by unicast."""
+    tx, rx = pair()
+    key, session = os.urandom(32), 11
+    aead = AESGCM(key)
+    plane = ReceivePlane(rx)
+    plane.start(key, session)
+    tx.send(seal(aead, Fragment(session, 0, 0, 1, 10, b"z" * 10)))  # "whole", and forged
+    await trio.sleep(0.05)
+    plane.drain()
+    plane.expect(0, 3, 3000, {})  # the REF: three fragments, 3000 bytes
+    assert plane.take_ready(None) == []
+    for frag in split(session, 0, b"r" * 3000):
+        tx.send(seal(aead, frag))
+    await trio.sleep(0.05)
+    plane.drain()
+    assert plane.take_ready(None) == [(0, b"r" * 3000)]
+
+
+def held(plane: ReceivePlane) -> int:
+    """Payload bytes the plane holds in partial slices."""
+    return sum(
+        len(part)
+        for shapes in plane.asm.values()
+        for asm in shapes.values()
+        for part in asm._parts.values()
+    )
+
+
+async def test_fragments_of_slices_never_announced_are_held_only_so_far_and_so_much() -> None:
+    """Catches a receiver keeping whatever a group-key holder multicasts: partial
+    slices for numbers never announced were kept forever, and fragments of any size
+    (500 forged 60 KB datagrams held ~29 MiB).  Now a fragment must have its exact size,
+    and unannounced slices are held only AHEAD_SLICES past the last REF or POLL, within
+    AHEAD_BYTES, and dropped once the control connection has passed them."""
+    tx, rx = pair()
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    key, session = os.urandom(32), 12
+    aead = AESGCM(key)
+    plane = ReceivePlane(rx)
+    plane.start(key, session)
+
+    async def send(datagrams: list[bytes]) -> None:
+        for k in range(0, len(datagrams), 50):  # in bites the socket buffer holds
+            for d in datagrams[k : k + 50]:
+                tx.send(d)
+            await trio.sleep(0.002)
+            plane.drain()
+
+    # Oversized fragments of 500 different slices, never to be announced.
+    big = b"z" * 60000
+    await send([seal(aead, Fragment(session, 1000 + k, 0, 50, 60000, big)) for k in range(500)])
+    assert held(plane) < 1 << 20
+    # Fragments of the right size: far ahead, dropped; the next few slices, held up to
+    # the budget (a real slice is ~4 MiB; these claim 90 MB each).
+    count = 65535
+    length = count * 1400
+    chunk = b"y" * 1400
+    far = AHEAD_SLICES + 1
+    await send([seal(aead, Fragment(session, far, k, count, length, chunk)) for k in range(100)])
+    assert held(plane) == 0
+    per_slice = 6000
+    await send(
+        [
+            seal(aead, Fragment(session, sl, k, count, length, chunk))
+            for sl in range(AHEAD_SLICES)
+            for k in range(per_slice)
+        ]
+    )
+    assert AHEAD_BYTES // 2 < held(plane) <= AHEAD_BYTES
+    # The control connection moves on: what it passed without announcing is dropped.
+    plane.expect(3, 1, 100, {})
+    assert 3 not in plane.asm and not [sl for sl in plane.asm if sl < 3]
+    plane.polled(AHEAD_SLICES)
+    assert held(plane) == 0 and plane.ahead_bytes == 0
 
 
 def test_bursts_cut_by_the_kernel_arrive_as_the_datagrams_that_were_sent() -> None:
