@@ -53,6 +53,16 @@ def from_bitmap(bits: bytes, n: int) -> list[int]:
     return [k for k in range(n) if bits[k // 8] >> (k % 8) & 1]
 
 
+def check_bitmap(bits: bytes, n: int) -> str:
+    """What is wrong with a REPORT's bitmap for a slice of ``n`` fragments ("" if it is
+    well formed: empty, or exactly ``n`` bits with no bit set past them)."""
+    if bits and len(bits) != -(-n // 8):
+        return f"a bitmap of {len(bits)} bytes where the slice's {n} fragments need {-(-n // 8)}"
+    if bits and n % 8 and bits[-1] >> (n % 8):
+        return f"a bitmap naming fragments past the slice's {n}"
+    return ""
+
+
 @dataclass(frozen=True, slots=True)
 class Fragment:
     session: int

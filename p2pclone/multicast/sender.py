@@ -44,6 +44,7 @@ from ..errors import (
     GroupError,
     P2PCloneError,
     PeerError,
+    RemoteProtocolError,
     TransportError,
 )
 from ..pipeline import Encoded, default_threads, encode_chunk, encode_repair
@@ -53,6 +54,7 @@ from ..protocol.messages import (
     Accept,
     Ack,
     End,
+    Error,
     Event,
     Evict,
     Group,
@@ -68,7 +70,7 @@ from ..protocol.messages import (
 )
 from ..sender import READ_AHEAD_BYTES, HaveMap
 from ..session import Channel, Connected, Done, Planned, Progress, Reporter, no_report, pair
-from .dataplane import Member, RateGovernor, RepairState, from_bitmap
+from .dataplane import Member, RateGovernor, RepairState, check_bitmap, from_bitmap
 from .plane import pack_entry, seal_slice
 
 #: Payload bytes per slice: big enough that a repair round's round trip is cheap next
@@ -96,6 +98,8 @@ class _Peer:
     result: Result | None = None
     finished: trio.Event = field(default_factory=trio.Event)
     evicted_sent: bool = False
+    #: it broke the protocol: its session was ended, it is not waited for to come back
+    expelled: ExitCode | None = None
 
 
 #: report a member's state: show(name, state, why=..., done_bytes=..., repairs=...)
@@ -255,6 +259,14 @@ async def send_multicast(
                 elif isinstance(event, Result):
                     peer.result = event
                     return
+        except RemoteProtocolError as exc:
+            # A member that breaks the protocol (a REPORT that does not fit its slice, a
+            # frame that is not p2pclone) is ended alone: the group goes on without it.
+            peer.member.evicted = f"broke the protocol: {exc.message}"
+            peer.evicted_sent = True
+            peer.expelled = exc.exit_code
+            show(peer.name, "failed", why=peer.member.evicted)
+            await _expel(peer.channel, exc)
         except P2PCloneError as exc:
             if not peer.member.evicted:
                 peer.member.evicted = (
@@ -318,14 +330,18 @@ async def send_multicast(
             # keep the door open for them as long as for joining.
             with trio.move_on_after(wait):
                 for p in peers.values():
-                    if p.member.evicted:
+                    if p.member.evicted and p.expelled is None:
                         await returning.setdefault(addr_of(p.name), trio.Event()).wait()
             nursery.cancel_scope.cancel()  # stop announcing and accepting
     finally:
         source.close()
         sock.close()
     failed = [
-        (p.name, f"{p.member.evicted or 'it did not confirm its clone'}", ExitCode.LINK)
+        (
+            p.name,
+            f"{p.member.evicted or 'it did not confirm its clone'}",
+            p.expelled or ExitCode.LINK,
+        )
         for p in peers.values()
         if addr_of(p.name) not in finished_hosts
     ] + [
@@ -353,6 +369,19 @@ async def send_multicast(
         digest=ok[0].result.root.hex() if ok and ok[0].result else "",
         seconds=trio.current_time() - started_at,
     )
+
+
+async def _expel(channel: Channel, exc: RemoteProtocolError) -> None:
+    """End a member's session that broke the protocol, telling it why (best effort: an
+    ERROR frame, if the link can still carry one)."""
+    message = (
+        f"the multicast sender ended this receiver's session: {exc.message} (a bug, or "
+        "not a p2pclone receiver); run it again (it resumes)"
+    )
+    with trio.move_on_after(5), contextlib.suppress(P2PCloneError):
+        if channel.conn.can_send_error:
+            await channel.send(Error(code=exc.code, message=message, exit=int(exc.exit_code)))
+    await channel.close()
 
 
 async def tell(p: _Peer, event: Event, show: Show) -> None:
@@ -460,23 +489,51 @@ class _Reports:
         self._polls: dict[tuple[int, str], int] = {}
         self._answers: dict[tuple[int, str], int] = {}
         self.ends: dict[int, int] = {}  # slice -> the source offset where it ends
+        self.counts: dict[int, int] = {}  # slice -> its fragments, while in repair rounds
+        self.last_polled = -1
         self.held: dict[str, int] = {}  # member -> bytes it holds whole (progress)
+
+    def opened(self, slice_no: int, fragments: int) -> None:
+        """The slice's repair rounds begin: REPORTs on it are checked against its size."""
+        self.counts[slice_no] = fragments
 
     def polled(self, slice_no: int, name: str) -> None:
         key = (slice_no, name)
         self._polls[key] = self._polls.get(key, 0) + 1
+        self.last_polled = max(self.last_polled, slice_no)
 
     def finished(self, slice_no: int) -> None:
         """The slice's repair rounds are over: forget its bookkeeping."""
         self._got.pop(slice_no, None)
+        self.counts.pop(slice_no, None)
         for key in [k for k in self._polls if k[0] == slice_no]:
             del self._polls[key]
             self._answers.pop(key, None)
 
     def add(self, slice_no: int, name: str, missing: bytes) -> None:
+        """A member's REPORT, checked against the slice it answers before it is used.
+
+        Raises:
+            RemoteProtocolError: a REPORT on a slice never polled, more REPORTs than
+                POLLs, or a bitmap that does not fit the slice (a bug or a forged
+                receiver: that member leaves, the group goes on).
+        """
         key = (slice_no, name)
+        if slice_no > self.last_polled:
+            raise RemoteProtocolError(
+                f"it sent a REPORT on multicast slice {slice_no}, never polled"
+            )
+        if slice_no not in self.counts or key not in self._polls:
+            return  # late: that slice's rounds are over
+        wrong = check_bitmap(missing, self.counts[slice_no])
+        if wrong:
+            raise RemoteProtocolError(f"its REPORT on multicast slice {slice_no} has {wrong}")
         self._answers[key] = self._answers.get(key, 0) + 1
-        if self._answers[key] < self._polls.get(key, 0):
+        if self._answers[key] > self._polls[key]:
+            raise RemoteProtocolError(
+                f"it sent more REPORTs on multicast slice {slice_no} than POLLs"
+            )
+        if self._answers[key] < self._polls[key]:
             return  # answers an earlier POLL, whose round is over: a fresher one is due
         self._got.setdefault(slice_no, {})[name] = missing
         if not missing:
@@ -666,6 +723,7 @@ async def _repair(
     n = len(sealed)
     members = {p.name: p.member for p in peers.values() if not p.member.evicted}
     state = RepairState(slice_no, n, members)
+    reports.opened(slice_no, n)
     sent_this_round = n
     try:
         while not state.done:

@@ -318,3 +318,45 @@ def test_a_latecomer_finishes_by_unicast_within_the_rate(lan, tmp_path: Path) ->
     # Its unicast session kept to rate= too: 12 MiB at 2 MB/s is over 6 s.
     assert events(l_out)[-1]["seconds"] > 4.0
     assert first.wait(60) == 0 and tx.wait(60) == 0
+
+
+# A group member that answers every POLL with a one-byte bitmap, whatever the slice's
+# size (as a bug or a forged receiver could).
+SHORT_REPORTS = """
+import sys
+from p2pclone.cli import main
+from p2pclone.multicast.plane import ReceivePlane
+
+ReceivePlane.missing = lambda self, slice_no: b"\\x01"
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_member_with_a_malformed_report_leaves_alone(lan, tmp_path: Path) -> None:
+    """Catches one group member failing the whole group: a REPORT whose bitmap is
+    shorter than the slice raised IndexError in the sender (a traceback, and every
+    receiver failed).  Now that member's session ends with a sentence naming its
+    REPORT, and the others finish."""
+    net: Lan = lan(3)
+    source = tmp_path / "disk.img"
+    data = random_file(source, 8 * MiB)
+    url = "multicast://239.77.1.10:17509?iface=eth0"
+    good = receiver(net, 1, tmp_path / "t1.img", url, tmp_path)
+    env = dict(os.environ, P2PCLONE_STATE_DIR=str(tmp_path / "r2"))
+    rogue = net.run(
+        2, sys.executable, "-c", SHORT_REPORTS, "receive", str(tmp_path / "t2.img"), url,
+        "--code", CODE, "--yes", stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    tx = sender(net, source, url, 2)
+    out, err = tx.communicate(timeout=120)
+    g_out, g_err = good.communicate(timeout=60)
+    assert good.returncode == 0, g_err.decode()
+    assert (tmp_path / "t1.img").read_bytes() == data  # the honest one is unharmed
+    _, r_err = rogue.communicate(timeout=60)
+    assert rogue.returncode == 1, r_err.decode()
+    assert b"REPORT" in r_err and b"Traceback" not in r_err
+    assert b"Traceback" not in err, err.decode()
+    assert tx.returncode == 1, err.decode()  # the lab is not all cloned: the sender says so
+    last = events(out)[-1]
+    assert "1 of 2 receivers did not finish" in last["message"]
+    assert net.addr(2) in last["message"] and "REPORT" in last["message"]

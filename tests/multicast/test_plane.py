@@ -12,6 +12,7 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from p2pclone.errors import RemoteProtocolError
 from p2pclone.multicast.dataplane import Fragment, RateGovernor, bitmap, split
 from p2pclone.multicast.plane import AHEAD_BYTES, AHEAD_SLICES, ReceivePlane, seal
 from p2pclone.multicast.sender import _Reports, _Wire
@@ -245,6 +246,7 @@ async def test_slices_and_repairs_sending_at_once_take_turns_on_the_socket() -> 
 
 async def test_a_report_that_answers_an_earlier_poll_is_not_taken_for_a_fresh_one() -> None:
     reports = _Reports()
+    reports.opened(0, 8)
     reports.polled(0, "a")  # round 1: no answer in time
     reports.polled(0, "a")  # round 2
     reports.add(0, "a", b"\x01")  # the late answer to round 1: stale
@@ -252,3 +254,26 @@ async def test_a_report_that_answers_an_earlier_poll_is_not_taken_for_a_fresh_on
         assert await reports.wait(0, [], 1.0) == {}
     reports.add(0, "a", b"")  # the answer to round 2
     assert await reports.wait(0, [], 1.0) == {"a": b""}
+
+
+@pytest.mark.parametrize(
+    ("slice_no", "bits", "why"),
+    [
+        (0, b"\x01", "bitmap of 1 bytes where the slice's 2999 fragments need 375"),
+        (0, bytes(374) + b"\xff", "naming fragments past the slice's 2999"),
+        (1, b"", "slice 1, never polled"),
+    ],
+)
+def test_a_report_that_does_not_fit_its_slice_is_that_members_protocol_error(
+    slice_no: int, bits: bytes, why: str
+) -> None:
+    """A REPORT is checked against the slice it answers before it is used (a short
+    bitmap raised IndexError in the sender's repair round, which failed the group)."""
+    reports = _Reports()
+    reports.opened(0, 2999)
+    reports.polled(0, "a")
+    with pytest.raises(RemoteProtocolError, match=why):
+        reports.add(slice_no, "a", bits)
+    reports.add(0, "a", bitmap([0, 2998], 2999))  # a well-formed one is taken
+    reports.finished(0)
+    reports.add(0, "a", b"\x01")  # late, after the slice's rounds: ignored
