@@ -195,9 +195,26 @@ async def send_stream(
     """
     _check_chunk_size(chunk_size)
     channel = Channel(Connection(Role.SENDER, code=code, seal=seal), stream, url)
+    return await send_channel(
+        channel, source, chunk_size=chunk_size, threads=threads, delta=delta, report=report
+    )
+
+
+async def send_channel(
+    channel: Channel,
+    source: DiskSource,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    threads: int | None = None,
+    delta: bool = False,
+    report: Reporter = no_report,
+    paired: bool = False,
+) -> Done:
+    """``send_stream`` over a channel; ``paired``: it has paired already (the multicast
+    sender pairs every connection itself, to count the failures)."""
     try:
         return await _session(
-            channel, source, chunk_size, threads or default_threads(), delta, report
+            channel, source, chunk_size, threads or default_threads(), delta, report, paired
         )
     except BaseException as exc:
         await channel.fail(pick_error(exc))
@@ -216,9 +233,11 @@ async def _session(
     threads: int,
     delta: bool,
     report: Reporter,
+    paired: bool = False,
 ) -> Done:
     started = trio.current_time()
-    await pair(channel)
+    if not paired:
+        await pair(channel)
     plan = Plan(source_size=source.size, chunk_size=chunk_size, source=source.info, delta=delta)
     await channel.send(plan)
     accept = await channel.expect(Accept, "the receiver to accept the plan")

@@ -142,11 +142,13 @@ def pick_error(exc: BaseException) -> BaseException:
 # -- pairing ---------------------------------------------------------------------------
 
 
-async def pair(channel: Channel) -> None:
+async def pair(channel: Channel, *, before_confirm: Callable[[], None] | None = None) -> None:
     """HELLO, PAKE and CONFIRM both ways (docs/protocol.md); after it, all is sealed.
 
     The sender speaks first at each step; the receiver checks the sender's key
     confirmation before it gives its own, so a wrong code learns nothing more.
+    ``before_confirm`` (sender): called just before our CONFIRM goes out — the first
+    message with which the peer can test a guess of the code; it may raise to stop.
 
     Raises:
         AuthenticationError: wrong code, or someone in the middle.
@@ -157,6 +159,8 @@ async def pair(channel: Channel) -> None:
         await channel.expect(Hello, "the receiver's HELLO")
         await channel.send(conn.pake())
         await channel.expect(Pake, "the receiver's PAKE message")
+        if before_confirm is not None:
+            before_confirm()
         await channel.send(conn.confirmation())
         await channel.expect(Confirm, "the receiver's key confirmation")
     else:

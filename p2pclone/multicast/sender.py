@@ -71,6 +71,7 @@ from ..protocol.messages import (
 from ..sender import READ_AHEAD_BYTES, HaveMap
 from ..session import Channel, Connected, Done, Planned, Progress, Reporter, no_report, pair
 from .dataplane import Member, RateGovernor, RepairState, check_bitmap, from_bitmap
+from .guard import PairingGuard
 from .plane import pack_entry, seal_slice
 
 #: Payload bytes per slice: big enough that a repair round's round trip is cheap next
@@ -87,6 +88,11 @@ ROUND_WAIT = 2.0
 #: slice, and more than a round trip when the receivers' cores were busy).
 IN_FLIGHT = 3
 ANNOUNCE_EVERY = 0.5
+#: Pairings in progress at once (the others wait their turn), and how long one may take
+#: from its turn to the receiver's key confirmation: a connection that never speaks
+#: holds its turn no longer than that (docs/security.md#multicast).
+HANDSHAKES = 4
+HANDSHAKE_TIMEOUT = 30.0
 
 
 @dataclass
@@ -177,8 +183,8 @@ async def send_multicast(
                 sock.sendto(encode_announce(session, port), group)
             await trio.sleep(ANNOUNCE_EVERY)
 
-    async def unicast(stream: trio.SocketStream, name: str) -> None:
-        from ..sender import send_stream
+    async def unicast(channel: Channel, name: str) -> None:
+        from ..sender import send_channel
 
         show(name, "unicast")
         back = returning.setdefault(addr_of(name), trio.Event())
@@ -193,11 +199,7 @@ async def send_multicast(
             functools.partial(Source.open, source_path, allow_mounted=allow_mounted)
         )
         try:
-            # rate= caps the network load, the unicast finish included
-            link = _Paced(stream, transport.rate) if transport.rate else stream
-            await send_stream(
-                link, src, code=code, url=name, chunk_size=chunk_size, report=progress
-            )
+            await send_channel(channel, src, chunk_size=chunk_size, report=progress, paired=True)
             finished_hosts.add(addr_of(name))
             show(name, "done")
         except P2PCloneError as exc:
@@ -206,21 +208,96 @@ async def send_multicast(
             src.close()
             back.set()
 
+    async def handshake(channel: Channel, host: str, name: str) -> bool:
+        """Pair, HANDSHAKES at a time and within HANDSHAKE_TIMEOUT each; a failure
+        after our CONFIRM is a spent guess (guard.py), and too many stop the run."""
+        spent = False
+
+        def confirm() -> None:
+            nonlocal spent
+            if not guard.begin(host):
+                raise AuthenticationError("too many failed pairings: not paired")
+            spent = True
+
+        why = ""
+        with trio.CancelScope() as scope:  # cancelled when the sender stops pairing
+            pairing.add(scope)
+            try:
+                async with handshakes:
+                    with trio.fail_after(HANDSHAKE_TIMEOUT):
+                        await pair(channel, before_confirm=confirm)
+            except trio.TooSlowError:
+                why = f"no pairing within {HANDSHAKE_TIMEOUT:.0f} s"
+            except P2PCloneError as exc:
+                why = exc.message
+            finally:
+                pairing.discard(scope)
+        if scope.cancelled_caught:
+            why = "the sender stopped pairing"
+        if spent:
+            guard.end(host, paired=not why)
+        if not why:
+            return True
+        if spent:
+            # A receiver with a wrong code is one of the lab that will not be cloned,
+            # and a guess at the code all the same; a stranger's garbage, a port scan
+            # or a silent connection never got that far.
+            refused[name] = (
+                why if "pairing failed" in why else f"pairing failed ({why})",
+                ExitCode.AUTH,
+            )
+            if guard.exhausted:
+                lock_out()
+        show(name, "refused", why=why)
+        await channel.close()
+        return False
+
+    def lock_out() -> None:
+        """Too many failed pairings: no more (the control port closes), and the run
+        ends with exit 3 (at once if the group has not started; else once the members
+        in it have finished)."""
+        locked.append(
+            AuthenticationError(
+                f"{guard.failures} pairings with this sender failed (from "
+                + ", ".join(f"{host} x{n}" for host, n in guard.worst())
+                + f"), the limit for {receivers} receivers: someone on the network may be "
+                "guessing the code, so the sender stopped accepting receivers; check those "
+                "hosts, then run the receivers and the sender again with a new code (the "
+                "receivers resume)"
+            )
+        )
+        close_door()
+        joined.set()  # wakes the wait for the group to form
+
+    def close_door() -> None:
+        door.cancel()
+        for scope in pairing:  # and pairings in progress, or waiting for their turn
+            scope.cancel()
+
     async def member(stream: trio.SocketStream) -> None:
         tune(stream)  # a receiver that vanishes is noticed (keepalive, user timeout)
         addr = stream.socket.getpeername()
         name = f"{addr[0]}:{addr[1]}"
-        if phase["data"] or len(peers) >= receivers:
-            await unicast(stream, name)
+        if not guard.admits(addr[0]):  # it failed too often: no more guesses
+            if addr[0] not in blocked:
+                blocked.add(addr[0])
+                show(name, "refused", why="too many failed pairings from this address")
+            await stream.aclose()
             return
-        channel = Channel(Connection(Role.SENDER, code=code), stream, f"tcp://{name}")
+        by_unicast = phase["data"] or len(peers) >= receivers
+        # rate= caps the network load, the unicast finish included
+        link = _Paced(stream, transport.rate) if by_unicast and transport.rate else stream
+        channel = Channel(Connection(Role.SENDER, code=code), link, f"tcp://{name}")
+        if not await handshake(channel, addr[0], name):
+            return
+        if by_unicast:
+            await unicast(channel, name)
+            return
         try:
-            await pair(channel)
             await channel.send(plan)
             accept = await channel.expect(Accept, "the receiver to accept the plan")
         except P2PCloneError as exc:
-            # A receiver with a wrong code, or one that refused its target, is one of
-            # the lab that will not be cloned; a stranger's garbage or a port scan is not.
+            # One that refused its target is one of the lab that will not be cloned.
             if isinstance(exc, (AuthenticationError, PeerError)):
                 refused[name] = (exc.message, exc.exit_code)
             show(name, "refused", why=exc.message)
@@ -289,20 +366,41 @@ async def send_multicast(
     def addr_of(name: str) -> str:
         return name.rsplit(":", 1)[0]
 
-    async def accept_all(
-        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        await trio.serve_listeners(member, listeners, handler_nursery=late, task_status=task_status)
+    guard = PairingGuard(receivers)
+    handshakes = trio.CapacityLimiter(HANDSHAKES)
+    blocked: set[str] = set()  # addresses refused for their failed pairings (shown once)
+    locked: list[AuthenticationError] = []  # the run's failed pairings reached the limit
+    door = trio.CancelScope()  # announcing and accepting control connections
+    pairing: set[trio.CancelScope] = set()  # handshakes in progress
+
+    async def open_door(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with door:
+            async with trio.open_nursery() as both:
+                both.start_soon(announce)
+                await both.start(
+                    functools.partial(trio.serve_listeners, handler_nursery=late),
+                    member,
+                    listeners,
+                )
+                task_status.started()
+        for listener in listeners:  # closed: no more guesses (nor latecomers)
+            await listener.aclose()
 
     stats: dict[str, int] = {"wire": 0, "zero": 0}
     wire = _Wire(sock, BurstSender(sock, group), governor, stats)
     # ``late``: member and unicast sessions, awaited at the very end.
     try:
         async with trio.open_nursery() as late, trio.open_nursery() as nursery:
-            nursery.start_soon(announce)
-            await nursery.start(accept_all)
+            await nursery.start(open_door)
             with trio.move_on_after(wait):
                 await joined.wait()
+            if locked:  # before the group started: its members are told why, then stop
+                for p in list(peers.values()):
+                    with trio.move_on_after(5), contextlib.suppress(P2PCloneError):
+                        await p.channel.send(
+                            Error(code=locked[0].code, message=locked[0].message, exit=3)
+                        )
+                raise locked[0]
             if not [p for p in peers.values() if not p.member.evicted]:
                 raise TransportError(
                     f"no receiver joined the multicast group {transport.group}:{transport.port} "
@@ -328,14 +426,17 @@ async def send_multicast(
                     show(p.name, "done" if p.result else "failed")
             # Evicted members (and killed ones, once restarted) come back for unicast:
             # keep the door open for them as long as for joining.
-            with trio.move_on_after(wait):
+            with trio.move_on_after(0 if locked else wait):
                 for p in peers.values():
                     if p.member.evicted and p.expelled is None:
                         await returning.setdefault(addr_of(p.name), trio.Event()).wait()
-            nursery.cancel_scope.cancel()  # stop announcing and accepting
+            close_door()  # stop announcing, accepting and pairing
+            nursery.cancel_scope.cancel()
     finally:
         source.close()
         sock.close()
+    if locked:
+        raise locked[0]
     failed = [
         (
             p.name,

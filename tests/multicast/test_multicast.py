@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import MiB, random_file, write_layout
-from tests.multicast.conftest import Lan
+from tests.multicast.conftest import Lan, sh
 
 CODE = "7-multi-cast"
 
@@ -360,3 +360,110 @@ def test_a_member_with_a_malformed_report_leaves_alone(lan, tmp_path: Path) -> N
     last = events(out)[-1]
     assert "1 of 2 receivers did not finish" in last["message"]
     assert net.addr(2) in last["message"] and "REPORT" in last["message"]
+
+
+GUESS = str(Path(__file__).with_name("guess_tool.py"))
+
+
+def test_guesses_at_the_code_are_limited_per_address_and_per_run(lan, tmp_path: Path) -> None:
+    """Catches unlimited guesses at a multicast sender: every connection to its control
+    port was a pairing attempt and failures just returned, so one client could make
+    hundreds of guesses (here 250) and then pair with the right code and get the PLAN.
+    Now an address has 3 failed pairings, a run 2 x receivers + 4 (8 here): then the
+    sender stops (exit 3, one sentence) and tells the receivers that had joined."""
+    net: Lan = lan(3)
+    source = tmp_path / "disk.img"
+    random_file(source, 4 * MiB)
+    url = "multicast://239.77.1.11:17510?iface=eth0"
+    for k in range(101, 104):  # more addresses for the guesser's host
+        sh("ip", "-n", net.hosts[1], "addr", "add", f"10.77.0.{k}/24", "dev", "eth0")
+    log = (tmp_path / "sender.json").open("w+b")  # a line per attempt: not a pipe to fill
+    tx = net.run(
+        0, sys.executable, "-m", "p2pclone", "send", str(source), url, "--code", CODE,
+        "--receivers", "2", "--wait", "30", "--json", stdout=log, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    good = receiver(net, 2, tmp_path / "t2.img", url, tmp_path)  # one of the two joins
+    me, wrong = net.addr(1), "9-wrong-guess"
+    guesser = net.run(
+        1, sys.executable, GUESS, "239.77.1.11", "17510",
+        f"{me},{wrong},250", f"{me},{CODE},1",  # many guesses, then the right code
+        f"10.77.0.101,{wrong},3", f"10.77.0.102,{wrong},3", f"10.77.0.103,{CODE},1",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert guesser.stdout is not None
+    steps = [json.loads(guesser.stdout.readline())]  # one line per step, as they end
+    assert steps[0] == {"wrong": 3, "closed": 247}  # three guesses from one address
+    g_out, g_err = guesser.communicate(timeout=120)
+    assert guesser.returncode == 0, g_err.decode()
+    steps += [json.loads(line) for line in g_out.splitlines()]
+    assert steps[1] == {"closed": 1}  # ...and the right code no longer pairs from there
+    assert steps[2] == {"wrong": 3}
+    assert steps[3]["wrong"] == 2 and "plan" not in steps[3]  # the 8th failure: the end
+    assert steps[4] in ({"refused": 1}, {"closed": 1})  # nobody pairs any more
+    _, err = tx.communicate(timeout=30)
+    assert tx.returncode == 3, err.decode()
+    log.seek(0)
+    last = events(log.read())[-1]
+    assert last["event"] == "error" and last["code"] == "auth"
+    assert "8 pairings with this sender failed" in last["message"]
+    assert f"{me} x3" in last["message"] and "new code" in last["message"]
+    _, r_err = good.communicate(timeout=30)
+    assert good.returncode == 3 and b"pairings with this sender failed" in r_err, r_err.decode()
+
+
+# A sender whose pairings time out after 2 s (30 s in real life), for the test below.
+PATIENT = """
+import sys
+from p2pclone.cli import main
+from p2pclone.multicast import sender
+
+sender.HANDSHAKE_TIMEOUT = 2.0
+sys.exit(main(sys.argv[1:]))
+"""
+
+# Port scans (connect, hang up) and a stranger's garbage, at HOST PORT.
+STRANGER = """
+import socket, sys
+
+for k in range(40):
+    with socket.create_connection((sys.argv[1], int(sys.argv[2]))) as s:
+        if k % 2:
+            s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+"""
+
+
+def test_strangers_and_silent_connections_neither_count_nor_hold_the_sender(
+    lan, tmp_path: Path
+) -> None:
+    """Catches a control port without a handshake timeout: connections that never
+    speak kept their pairings waiting forever, so the sender never exited after the
+    clone.  Also: port scans, garbage and silent connections are not failed pairings
+    (the run ends 0), and the control port is bound to the iface= address."""
+    net: Lan = lan(3)
+    source = tmp_path / "disk.img"
+    data = random_file(source, 4 * MiB)
+    url = "multicast://239.77.1.12:17511?iface=eth0"
+    tx = net.run(
+        0, sys.executable, "-c", PATIENT, "send", str(source), url, "--code", CODE,
+        "--receivers", "1", "--wait", "30", "--json",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert tx.stdout is not None
+    connected = json.loads(tx.stdout.readline())
+    assert connected["event"] == "connected"
+    assert f"control: tcp://{net.addr(0)}:" in connected["url"]  # not 0.0.0.0
+    port = connected["url"].rsplit(":", 1)[1].rstrip(")")
+    silent = net.run(
+        1, sys.executable, GUESS, "239.77.1.12", "17511", f"{net.addr(1)},-,5",
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert silent.stdout is not None and json.loads(silent.stdout.readline()) == {"silent": 5}
+    assert net.run(1, sys.executable, "-c", STRANGER, net.addr(0), port).wait(30) == 0
+    rx = receiver(net, 2, tmp_path / "t2.img", url, tmp_path)
+    try:
+        out, err = tx.communicate(timeout=60)
+        assert tx.returncode == 0, err.decode()
+        assert rx.wait(30) == 0 and (tmp_path / "t2.img").read_bytes() == data
+    finally:
+        silent.kill()
+        tx.kill()
