@@ -24,7 +24,14 @@ from typing import Any, NoReturn, TextIO, assert_never
 import trio
 
 from . import __version__
-from .errors import ExitCode, P2PCloneError, SafetyError, TransportError, UsageError
+from .errors import (
+    ExitCode,
+    P2PCloneError,
+    SafetyError,
+    TransportError,
+    UsageError,
+    printable,
+)
 from .pipeline import is_image_url
 from .protocol import Plan
 from .session import (
@@ -93,8 +100,11 @@ class Output:
         print(json.dumps(fields), file=self.stream, flush=True)
 
     def say(self, text: str) -> None:
+        # Lines may quote a peer (a source's name, an error): never let them steer the
+        # terminal (control characters escaped, rich markup not interpreted).
+        text = "\n".join(printable(line) for line in text.split("\n"))
         if self._progress is not None:
-            self._progress.console.print(text)
+            self._progress.console.print(text, markup=False, highlight=False)
         else:
             print(text, file=sys.stderr if self.json_mode else self.stream, flush=True)
 
@@ -248,7 +258,7 @@ class Output:
         self._stop()
         if self.json_mode:
             self.emit(event="error", code=exc.code, message=exc.message)
-        print(f"p2pclone: error: {exc.message}", file=sys.stderr, flush=True)
+        print(f"p2pclone: error: {printable(exc.message)}", file=sys.stderr, flush=True)
 
 
 # -- confirmation -----------------------------------------------------------------
@@ -293,7 +303,8 @@ def make_confirm(assume_yes: bool, out: Output) -> Callable[[Plan, Any], None]:
         out.pause()
         print(
             f"About to OVERWRITE this target with {human_bytes(plan.source_size)} from "
-            f"{plan.source.get('name', 'the sender')}:\n{describe_target(target)}",
+            f"{printable(str(plan.source.get('name', 'the sender')))}:\n"
+            f"{describe_target(target)}",
             file=sys.stderr,
         )
         answer = input("Type yes to overwrite it: ")

@@ -12,6 +12,7 @@ The table of codes is ``docs/errors.md``.
 from __future__ import annotations
 
 import enum
+import re
 
 
 class ExitCode(enum.IntEnum):
@@ -120,14 +121,38 @@ class IntegrityError(P2PCloneError):
     code = "integrity"
 
 
-class PeerError(P2PCloneError):
-    """The peer ended the session with an ERROR frame; we exit as it did."""
+def printable(text: str, limit: int = 1000) -> str:
+    """``text`` that came from outside (a peer, an image header), safe to show on a
+    terminal: every character that is not printable (ANSI escapes, carriage returns,
+    newlines, bidirectional overrides) is shown as its escape, and it is cut at ``limit``."""
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    return text if len(text) <= limit else text[:limit] + "…"
 
-    def __init__(self, message: str, *, code: str, exit_code: int) -> None:
-        super().__init__(message, code=code)
+
+_CODE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+class PeerError(P2PCloneError):
+    """The peer ended the session with an ERROR frame.
+
+    After pairing (``authenticated``) we exit as it did.  Before, anyone who can reach
+    the port can send an ERROR: its words are shown as said by an unauthenticated peer,
+    with control characters escaped, and it cannot choose our exit code (3 if it
+    claims a wrong code, else 5: the session did not happen)."""
+
+    def __init__(
+        self, message: str, *, code: str, exit_code: int, authenticated: bool = True
+    ) -> None:
+        message = printable(message)
+        if not authenticated:
+            message += " (said by the peer before pairing: not authenticated)"
+        super().__init__(message, code=code if _CODE.fullmatch(code) else "peer")
         try:
             self.exit_code = ExitCode(exit_code)
         except ValueError:
             self.exit_code = ExitCode.OTHER
         if self.exit_code is ExitCode.OK:  # an ERROR is never a success
             self.exit_code = ExitCode.OTHER
+        if not authenticated and self.exit_code is not ExitCode.AUTH:
+            self.exit_code = ExitCode.LINK

@@ -35,7 +35,6 @@ from .disks import Target
 from .errors import (
     IntegrityError,
     P2PCloneError,
-    PeerError,
     RemoteProtocolError,
     TargetError,
     TransportError,
@@ -440,7 +439,7 @@ class _DataState:
                         "again (the receiver resumes where it stopped)"
                     )
                 if isinstance(event, Error):
-                    raise PeerError(event.message, code=event.code, exit_code=event.exit)
+                    raise self.channel.peer_error(event)
                 if isinstance(event, End):
                     if self.plane is not None:
                         # Slices completed since the last POLL (or still in the socket):

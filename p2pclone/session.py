@@ -234,10 +234,20 @@ class Channel:
                 "the session was interrupted; see the other side's message"
             )
         if isinstance(event, Error):
-            raise PeerError(event.message, code=event.code, exit_code=event.exit)
+            raise self.peer_error(event)
         if not isinstance(event, kinds):  # the state table makes this unreachable
             raise LocalProtocolError(f"expected {waiting_for}, got {type(event).__name__}")
         return event
+
+    def peer_error(self, event: Error) -> PeerError:
+        """The error the peer's ERROR frame ends the session with: labelled and not
+        obeyed (exit code) when the peer has not proved it holds the code."""
+        return PeerError(
+            event.message,
+            code=event.code,
+            exit_code=event.exit,
+            authenticated=self.conn.peer_confirmed,
+        )
 
     async def fail(self, error: BaseException) -> None:
         """Best effort: tell the peer why we stop, then close gracefully."""

@@ -335,3 +335,42 @@ def test_sender_without_code_or_terminal_is_told_to_pass_one(tmp_path: Path) -> 
         env=env,
     )
     assert r.returncode == 2 and "pass the code the receiver shows with --code" in r.stderr
+
+
+def test_a_strangers_error_frame_steers_neither_terminal_nor_exit_code(tmp_path: Path) -> None:
+    """Before pairing anyone can reach the receiver's port and send a well-formed ERROR
+    frame.  Its text must not reach the terminal raw (an ANSI escape could rewrite what
+    the operator sees), it must be labelled as unauthenticated, and it must not choose
+    the exit code (here it claims 6, "integrity", to fake a failed clone).
+
+    Negative control: with the old code the receiver printed the escape sequence as is
+    and exited 6 (this test failed).
+    """
+    from p2pclone.protocol import Connection, Error, Hello, Role
+
+    target = tmp_path / "t.img"
+    junk = random_file(target, MiB)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rx = subprocess.Popen(
+        [sys.executable, "-m", "p2pclone", "receive", str(target), f"tcp://127.0.0.1:{port}",
+         "--code", "3-one-two", "--yes"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert rx.stdout is not None
+    rx.stdout.readline()  # listening
+    stranger = Connection(Role.SENDER, code="9-not-it")
+    frames = stranger.send(Hello(role="sender", software="x"))
+    frames += stranger.send(
+        Error(code="integrity", message="\x1b[2J\x1b[HDone: all good\r\nclone verified", exit=6)
+    )
+    trio.run(connect_and_send, port, b"".join(bytes(f) for f in frames))
+    _, err = rx.communicate(timeout=30)
+    assert rx.returncode in (ExitCode.LINK, ExitCode.AUTH), (rx.returncode, err)
+    assert "\x1b" not in err and "\r" not in err
+    assert "\\x1b[2J" in err and "not authenticated" in err
+    assert target.read_bytes() == junk

@@ -108,6 +108,9 @@ class Connection:
         self._aes = cpu_has_aes() if aes is None else aes
         self._transcript = hashlib.sha256()
         self.keys: SessionKeys | None = None
+        #: the peer proved it holds the code (its CONFIRM checked): what it says from
+        #: now on is authenticated; before, it could be anyone
+        self.peer_confirmed = False
         self._error_sent = False
         self.state = State.START
         self.max_chunk_size = max_chunk_size
@@ -251,6 +254,7 @@ class Connection:
             elif isinstance(event, Confirm):
                 assert self.keys is not None
                 self.keys.check_peer_confirmation(event.mac)
+                self.peer_confirmed = True
                 if self._seal:
                     self._decoder.key = self.keys.recv  # everything after it is sealed
         except P2PCloneError:
