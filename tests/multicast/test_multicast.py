@@ -308,7 +308,10 @@ def test_a_latecomer_finishes_by_unicast_within_the_rate(lan, tmp_path: Path) ->
     first = receiver(net, 1, tmp_path / "t1.img", url, tmp_path)
     tx = sender(net, source, url, 1)
     deadline = time.monotonic() + 60
-    while not (tmp_path / "t1.img").exists():
+    # The first receiver sizes its target once the plan is accepted: the group started.
+    # (The file itself exists from the start: a receiver opens its target before
+    # listening.)
+    while not (tmp_path / "t1.img").exists() or not (tmp_path / "t1.img").stat().st_size:
         assert time.monotonic() < deadline and tx.poll() is None
         time.sleep(0.02)
     late = receiver(net, 2, tmp_path / "t2.img", url, tmp_path)  # after the group started
@@ -317,7 +320,9 @@ def test_a_latecomer_finishes_by_unicast_within_the_rate(lan, tmp_path: Path) ->
     assert (tmp_path / "t2.img").read_bytes() == data
     # Its unicast session kept to rate= too: 12 MiB at 2 MB/s is over 6 s.
     assert events(l_out)[-1]["seconds"] > 4.0
-    assert first.wait(60) == 0 and tx.wait(60) == 0
+    f_out, f_err = first.communicate(timeout=60)
+    assert first.returncode == 0, f_err.decode()
+    assert tx.wait(60) == 0
 
 
 # A group member that answers every POLL with a one-byte bitmap, whatever the slice's
