@@ -31,6 +31,7 @@ from .errors import (
     TransportError,
     UsageError,
     printable,
+    redact,
 )
 from .pipeline import is_image_url
 from .protocol import Plan
@@ -97,12 +98,12 @@ class Output:
         self._member_said: dict[str, float] = {}
 
     def emit(self, **fields: Any) -> None:
-        print(json.dumps(fields), file=self.stream, flush=True)
+        print(redact(json.dumps(fields)), file=self.stream, flush=True)
 
     def say(self, text: str) -> None:
         # Lines may quote a peer (a source's name, an error): never let them steer the
         # terminal (control characters escaped, rich markup not interpreted).
-        text = "\n".join(printable(line) for line in text.split("\n"))
+        text = "\n".join(printable(redact(line)) for line in text.split("\n"))
         if self._progress is not None:
             self._progress.console.print(text, markup=False, highlight=False)
         else:
@@ -125,7 +126,8 @@ class Output:
                         else url
                     )
                     self.say(
-                        f"On the source machine run:  p2pclone send SOURCE {there} --code {code}"
+                        f"On the source machine run:  p2pclone send SOURCE {there}  "
+                        "(and type the code when asked)"
                     )
             case Connected(url=url):
                 if self.json_mode:
@@ -354,8 +356,9 @@ def image_code(args: argparse.Namespace, *, new: bool) -> str:
         or ask_secret(
             "Passphrase to encrypt the image: " if new else "Passphrase of the image: ",
             twice=new,
-            missing="an image is encrypted with a passphrase: give it with --code "
-            "(or set P2PCLONE_CODE)",
+            missing="an image is encrypted with a passphrase and there is no terminal to "
+            "ask for it: set P2PCLONE_CODE (or pass --code, which other users of this "
+            "machine can see in the process list)",
         )
     )
 
@@ -364,7 +367,9 @@ def ask_code() -> str:
     """Prompt for the receiver's code on a terminal; without one, it is a usage error."""
     if not sys.stdin.isatty():
         raise UsageError(
-            "no pairing code: pass the code the receiver shows with --code (or set P2PCLONE_CODE)"
+            "no pairing code and no terminal to ask for it: set P2PCLONE_CODE to the code "
+            "the receiver shows (or pass --code, which other users of this machine can "
+            "see in the process list)"
         )
     code = input("Code shown by the receiver: ").strip()
     if not code:
@@ -604,7 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--code",
-        help="pairing code (default: $P2PCLONE_CODE, else generated); for an image, its passphrase",
+        help="pairing code (default: $P2PCLONE_CODE, else generated); for an image, its "
+        "passphrase (else asked); prefer the variable or the prompt: other users of this "
+        "machine can see a command line",
     )
     r.add_argument("--yes", action="store_true", help="overwrite the target without asking")
     r.add_argument(
@@ -654,8 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--code",
-        help="the code the receiver shows (default: $P2PCLONE_CODE); saving an image, "
-        "the passphrase to encrypt it with",
+        help="the code the receiver shows (default: $P2PCLONE_CODE, else asked); saving an "
+        "image, the passphrase to encrypt it with; prefer the variable or the prompt: "
+        "other users of this machine can see a command line",
     )
     s.add_argument(
         "--passphrase",

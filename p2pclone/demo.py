@@ -179,7 +179,7 @@ def run_demo(*, size_mib: int = 256, workdir: str | None = None, debug: bool = F
         )
         print(
             "\nOn two real machines:  p2pclone receive /dev/sdX tcp://   (on the target)\n"
-            "                       p2pclone send /dev/sdY tcp://TARGET-HOST --code CODE"
+            "                       p2pclone send /dev/sdY tcp://TARGET-HOST   (type its code)"
         )
         return 0
     except P2PCloneError:

@@ -25,14 +25,24 @@ class ExitCode(enum.IntEnum):
     INTEGRITY = 6
 
 
+# scheme://user:password@host: the password part, up to the netloc's last "@".
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/:@\s'\"]*):[^/\s'\"]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with any password written into a URL (``smb://user:secret@host``)
+    taken out (``smb://user@host``): a password is never printed, logged or sent."""
+    return _URL_PASSWORD.sub(r"\1@", text)
+
+
 class P2PCloneError(Exception):
-    """Base class: ``str(err)`` is a user-facing sentence."""
+    """Base class: ``str(err)`` is a user-facing sentence (never with a URL's password)."""
 
     exit_code: ExitCode = ExitCode.OTHER
     code: str = "error"
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         if code is not None:
             self.code = code
 

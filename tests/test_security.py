@@ -334,7 +334,7 @@ def test_sender_without_code_or_terminal_is_told_to_pass_one(tmp_path: Path) -> 
         stdin=subprocess.DEVNULL,
         env=env,
     )
-    assert r.returncode == 2 and "pass the code the receiver shows with --code" in r.stderr
+    assert r.returncode == 2 and "set P2PCLONE_CODE to the code the receiver shows" in r.stderr
 
 
 def test_a_strangers_error_frame_steers_neither_terminal_nor_exit_code(tmp_path: Path) -> None:
@@ -374,3 +374,26 @@ def test_a_strangers_error_frame_steers_neither_terminal_nor_exit_code(tmp_path:
     assert "\x1b" not in err and "\r" not in err
     assert "\\x1b[2J" in err and "not authenticated" in err
     assert target.read_bytes() == junk
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "smb://bob:Pw-7QzX9@127.0.0.1:1/share/img.p2pc?bogus=1",  # a usage error
+        "smb://bob:Pw-7QzX9@127.0.0.1:1/share/img.p2pc",  # listening, then a link error
+        "smb://bob:Pw-7QzX9@127.0.0.1:1/share",  # not an image URL
+    ],
+)
+def test_an_smb_password_in_a_url_is_never_printed(tmp_path: Path, url: str) -> None:
+    """A password written into an smb:// URL must not appear in any output: usage
+    errors, link errors, --json lines.  Negative control: the old code echoed it in
+    the usage error and in the JSON error line (this test failed)."""
+    for json_flag in ([], ["--json"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "p2pclone", "receive", str(tmp_path / "t.img"), url,
+             "--code", "a passphrase", "--yes", *json_flag],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert r.returncode != 0
+        assert "Pw-7QzX9" not in r.stdout + r.stderr, r.stdout + r.stderr
+        assert "smb://bob@127.0.0.1:1/share" in r.stdout + r.stderr
