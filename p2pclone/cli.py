@@ -46,18 +46,11 @@ from .session import (
     Verifying,
     pick_error,
 )
+from .units import human_bytes
 
 EPILOG_EXIT = """exit codes: 0 done, 1 other error, 2 usage or bad URL, 3 authentication failed,
 4 refused for safety, 5 link lost or transfer interrupted, 6 integrity failure
 (docs/errors.md)"""
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def generate_code() -> str:
@@ -161,7 +154,8 @@ class Output:
                         f"Done: {human_bytes(d.source_bytes)} in {d.seconds:.1f} s "
                         f"({human_bytes(rate)}/s); {human_bytes(d.wire_bytes)} on the wire "
                         f"({ratio:.0%}); {d.chunks} chunks, {d.zero_chunks} zero, "
-                        f"{d.same_chunks} already there; "
+                        f"{d.same_chunks} already there"
+                        f"{f', {d.repaired_chunks} repaired' if d.repaired_chunks else ''}; "
                         f"{'verified, ' if d.verified else ''}root {d.digest[:16]}…"
                     )
             case _:

@@ -94,6 +94,7 @@ from .session import (
     pair,
     pick_error,
 )
+from .units import human_bytes
 
 Confirm = Callable[[Plan, Target], None]
 
@@ -256,6 +257,16 @@ async def _session(channel: Channel, target: Target, opts: Options, report: Repo
     target.check_plan(plan.source_size, plan.source)
     opts.confirm(plan, target)
     await trio.to_thread.run_sync(target.prepare, plan.source_size)
+    short = target.space_shortfall(plan.source_size)
+    if short:
+        report(
+            Notice(
+                f"the filesystem holding {target.path} has {human_bytes(short)} less free "
+                f"space than the source's {human_bytes(plan.source_size)}: the clone fits "
+                "only if enough of the source is zero (kept as holes); else it stops and "
+                "resumes once space is freed"
+            )
+        )
     journal = None
     if opts.journal:
         header = Header(plan.chunk_size, plan.source_size, target.identity(), target.medium())
@@ -329,6 +340,14 @@ async def _session(channel: Channel, target: Target, opts: Options, report: Repo
         )
     if journal is not None:
         await trio.to_thread.run_sync(journal.finish)
+    why = await trio.to_thread.run_sync(target.reread_partitions)
+    if why is not None:
+        report(
+            Notice(
+                f"the kernel did not re-read the partition table of {target.path} ({why}): "
+                f"its new partitions appear after `partprobe {target.path}` or a reboot"
+            )
+        )
     # Our own root (equal to END's, checked above): the sender checks it against its own.
     await channel.send(Result(root=channel.conn.root_digest(), verified=opts.verify))
     done = Done(

@@ -162,3 +162,14 @@ def test_demo_runs_and_says_what_it_did(tmp_path: Path) -> None:
     r = run("demo", "--size", "32", "--dir", str(tmp_path / "demo"), timeout=120)
     assert r.returncode == 0, r.stderr
     assert "byte-identical" in r.stdout and "MB/s" in r.stdout
+
+
+def test_the_done_line_counts_repaired_chunks(capsys: pytest.CaptureFixture[str]) -> None:
+    """The human Done line names the chunks --verify fetched again (it did not)."""
+    from p2pclone.cli import Output
+    from p2pclone.session import Done
+
+    out = Output(json_mode=False, role="receive")
+    out(Done(source_bytes=MiB, wire_bytes=MiB, chunks=1, zero_chunks=0, digest="ab" * 32,
+             seconds=1.0, verified=True, repaired_chunks=2))  # fmt: skip
+    assert "2 repaired" in capsys.readouterr().out

@@ -7,10 +7,12 @@ or the session failed with the right error and the target was not touched.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import shutil
 import socket
+import struct
 import subprocess
 from pathlib import Path
 
@@ -42,7 +44,7 @@ from p2pclone.protocol import (
 )
 from p2pclone.receiver import receive, receive_stream
 from p2pclone.sender import send, send_stream
-from p2pclone.session import Done, pick_error
+from p2pclone.session import Done, Notice, pick_error
 from tests.conftest import MiB, random_file, read_dev, write_layout
 
 _names = iter(range(10**6))
@@ -425,3 +427,41 @@ async def test_missing_source_and_missing_target_folder(tmp_path: Path) -> None:
         await send(str(tmp_path / "nope.img"), "tcp://127.0.0.1:1", code="c")
     with pytest.raises(P2PCloneError, match="folder .* does not exist"):
         await receive(str(tmp_path / "no" / "t.img"), "tcp://127.0.0.1:0", code="c")
+
+
+@pytest.mark.root
+async def test_the_user_hears_when_the_kernel_could_not_reread_the_partitions(
+    tmp_path: Path, loop_device
+) -> None:
+    """After a clone onto a disk the receiver asks the kernel to re-read the partition
+    table (BLKRRPART), so the new partitions appear without `partprobe`; where the
+    kernel refuses (a loop device attached without --partscan: EINVAL), the user is
+    told what to run.  (This machine's kernel never scans loop devices' tables, so the
+    partitions appearing cannot be observed here; the refusal can.)  Negative control:
+    without the re-read no notice came (this test failed)."""
+    source = tmp_path / "s.img"
+    disk = bytearray(8 * MiB)
+    # An MBR with one Linux partition: sectors 2048..8191.
+    disk[446:462] = struct.pack("<B3sB3sII", 0, b"\0\0\0", 0x83, b"\0\0\0", 2048, 6144)
+    disk[510:512] = b"\x55\xaa"
+    source.write_bytes(bytes(disk))
+    dev = loop_device(8 * MiB, None)
+    notes: list[str] = []
+
+    def report(event: object) -> None:
+        if isinstance(event, Notice):
+            notes.append(event.message)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(
+                functools.partial(
+                    receive, dev, "tcp://127.0.0.1:0", code="1-test-code", report=report
+                )
+            )
+            await send(str(source), url, code="1-test-code")
+    assert read_dev(dev, 8 * MiB) == bytes(disk)
+    assert notes == [
+        f"the kernel did not re-read the partition table of {dev} (Invalid argument): "
+        f"its new partitions appear after `partprobe {dev}` or a reboot"
+    ]

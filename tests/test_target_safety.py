@@ -141,3 +141,48 @@ async def test_an_unusable_state_dir_is_refused_before_listening(tmp_path: Path)
         )
     assert not heard and not target.exists()
     assert os.listdir(tmp_path) == ["not-a-folder"]
+
+
+@pytest.mark.root
+async def test_a_full_filesystem_is_foreseen_and_the_error_says_resume(tmp_path: Path) -> None:
+    """A file target on a filesystem too small for the source: the user is warned at
+    the start, and the ENOSPC error says that the same commands resume once space is
+    freed.  Negative control: the old code said only "No space left on device"."""
+    from p2pclone.session import Notice
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        source = tmp_path / "s.img"
+        random_file(source, 4 * MiB)
+        notes: list[str] = []
+        errors: dict[str, BaseException] = {}
+
+        def report(event: object) -> None:
+            if isinstance(event, Notice):
+                notes.append(event.message)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+
+                async def rx(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED):
+                    try:
+                        await receive(
+                            str(mnt / "t.img"), "tcp://127.0.0.1:0", code=CODE,
+                            report=report, task_status=task_status,
+                        )  # fmt: skip
+                    except BaseException as exc:  # noqa: BLE001
+                        errors["rx"] = pick_error(exc)
+
+                url = await nursery.start(rx)
+                try:
+                    await send(str(source), url, code=CODE)
+                except BaseException as exc:  # noqa: BLE001
+                    errors["tx"] = pick_error(exc)
+        assert any("less free space than the source" in n for n in notes), notes
+        assert isinstance(errors.get("rx"), TargetError), errors
+        assert "No space left on device" in str(errors["rx"])
+        assert "run the same commands again (the clone resumes" in str(errors["rx"])
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

@@ -101,11 +101,27 @@ class Source:
                     )
                 data += more
         except OSError as exc:
+            bad = self._first_unreadable(offset, length)
             raise SourceError(
-                f"reading the source {self.path} failed at byte {offset}: {exc.strerror}; "
+                f"reading the source {self.path} failed at byte {bad}: {exc.strerror}; "
                 "the disk may be failing (try GNU ddrescue to rescue it first)"
             ) from None
         return data
+
+    def _first_unreadable(self, offset: int, length: int) -> int:
+        """The first byte of [offset, offset+length) that does not read (to a 512-byte
+        sector), so an error names where the disk fails, not where the chunk starts.
+        Only runs after a read failed."""
+        pos, end = offset, offset + length
+        for step in (64 * 1024, 4096, 512):
+            while pos < end:
+                try:
+                    if not os.pread(self.fd, min(step, end - pos), pos):
+                        return pos
+                except OSError:
+                    break  # the failure is in [pos, pos + step): narrow it down
+                pos += step
+        return pos if pos < end else offset  # it read this time: name the chunk
 
     def next_data(self, offset: int) -> int:
         """Offset of the first byte at or after ``offset`` that may hold data.

@@ -32,6 +32,7 @@ from .device import (
     open_elsewhere,
     punch_hole,
     pwrite_all,
+    reread_partitions,
     start_writeback,
     zero_out,
 )
@@ -275,9 +276,35 @@ class Target:
         try:
             pwrite_all(self.fd, data, offset)
         except OSError as exc:
+            hint = (
+                ": free some space there and run the same commands again (the clone "
+                "resumes where it stopped)"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else ""
+            )
             raise TargetError(
-                f"writing the target {self.path} failed at byte {offset}: {exc.strerror}"
+                f"writing the target {self.path} failed at byte {offset}: {exc.strerror}{hint}"
             ) from None
+
+    def space_shortfall(self, source_size: int) -> int:
+        """How many bytes a file target's filesystem lacks to hold a fully written
+        source (0 if enough, or if it can't tell).  Zero ranges stay holes and need
+        nothing, so a sparse source may still fit."""
+        if self.is_block:
+            return 0
+        try:
+            vfs = os.fstatvfs(self.fd)
+            held = os.fstat(self.fd).st_blocks * 512
+        except OSError:
+            return 0
+        if not vfs.f_frsize:
+            return 0
+        return max(0, source_size - held - vfs.f_bavail * vfs.f_frsize)
+
+    def reread_partitions(self) -> str | None:
+        """A block device: have the kernel read its new partition table; why it could
+        not, or None (also for a file)."""
+        return reread_partitions(self.fd) if self.is_block else None
 
     def zero(self, offset: int, length: int) -> None:
         try:

@@ -183,7 +183,7 @@ async def export(
 
 def describe(facts: dict[str, Any]) -> list[str]:
     """``image info`` for a person."""
-    from ..cli import human_bytes
+    from ..units import human_bytes
 
     src = facts["source"]
     ident = " ".join(str(src[k]) for k in ("name", "model", "serial") if src.get(k)) or "unknown"

@@ -12,7 +12,7 @@ import pytest
 from p2pclone.disks import Source, Target, device_info, list_block_devices
 from p2pclone.errors import SourceError, TargetError
 from p2pclone.pipeline import is_zero
-from tests.conftest import MiB, read_dev
+from tests.conftest import MiB, random_file, read_dev
 
 
 def test_sparse_source_reports_holes_without_reading(tmp_path: Path) -> None:
@@ -155,3 +155,27 @@ def test_device_held_by_device_mapper_is_refused(loop_device) -> None:
             Target.open(dev)
     finally:
         subprocess.run(["dmsetup", "remove", name], check=False)
+
+
+def test_a_read_error_names_the_failing_sector_not_the_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fails at one sector inside a chunk: the error names that sector's
+    byte, so the user knows where the disk is bad.  Negative control: the old message
+    named the chunk's start (byte 1048576 here; this test failed)."""
+    import errno
+
+    path = tmp_path / "failing.img"
+    random_file(path, 3 * MiB)
+    bad = MiB + 300 * 1024 + 1536  # a 512-byte sector inside chunk 1
+    real_pread = os.pread
+
+    def failing_pread(fd: int, n: int, off: int) -> bytes:
+        if off <= bad < off + n:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_pread(fd, n, off)
+
+    with Source.open(str(path)) as src:
+        monkeypatch.setattr(os, "pread", failing_pread)
+        with pytest.raises(SourceError, match=f"failed at byte {bad}: Input/output error"):
+            src.read(MiB, MiB)
