@@ -697,7 +697,7 @@ class _DataState:
                 self.report(
                     Notice(
                         f"the target {self.target.path} changed since the interrupted run "
-                        f"({chunk_span(self.plan, bad[0])} no longer holds what was cloned "
+                        f"({chunk_span(self.plan, bad[0])} no longer hold what was cloned "
                         "there): what the journal claims is checked chunk by chunk, and "
                         "whatever differs is sent again"
                     )
