@@ -250,6 +250,14 @@ async def _session(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch, channel, source, plan, have, acks, result)
             runs = await _stream_chunks(channel, source, plan, have, threads, nursery, report)
+            # A salvaged image over a real link: the receiver must not call its copy
+            # done either, so the session ends in this error, not in END.
+            if (
+                channel.conn.sealed
+                and isinstance(source, ImageSource)
+                and (note := source.salvage_note())
+            ):
+                raise IntegrityError(note, code="salvaged")
             await channel.send(End(chunk_count=plan.chunk_count, root=channel.conn.root_digest()))
     except BaseException as exc:
         raise pick_error(exc) from None

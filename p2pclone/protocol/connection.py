@@ -219,6 +219,11 @@ class Connection:
 
     # -- receiving -----------------------------------------------------------
 
+    @property
+    def sealed(self) -> bool:
+        """Frames are sealed after pairing: a real link (not an in-process pipe)."""
+        return self._seal
+
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes from the peer.  ``b""`` means the peer closed its end."""
         if not data:

@@ -17,11 +17,19 @@ from typing import Any
 import blake3
 import msgpack
 import pytest
+import trio
 
-from p2pclone.errors import AuthenticationError, ExitCode, IntegrityError, UsageError
+from p2pclone.errors import (
+    AuthenticationError,
+    ExitCode,
+    IntegrityError,
+    P2PCloneError,
+    UsageError,
+)
 from p2pclone.image import format as fmt
 from p2pclone.image import tools
 from p2pclone.sender import send
+from p2pclone.session import pick_error
 from tests.conftest import MiB, random_file
 from tests.image.test_image import CODE, records, restore, run, save
 
@@ -233,3 +241,44 @@ async def test_a_rolled_back_image_is_not_restored_unless_salvaged(tmp_path: Pat
     cli = run("receive", str(target), url + "?salvage=1", "--code", CODE, "--yes", "--json")
     assert cli.returncode == 6, cli.stderr
     assert b'"code": "salvaged"' in cli.stdout
+
+
+async def test_a_live_clone_from_a_salvaged_image_is_not_done_on_either_side(
+    tmp_path: Path,
+) -> None:
+    """``send IMAGE?salvage=1 tcp://…``: the sender ends in exit 6 "salvaged", and so
+    must the receiver on the other machine, whose operator would otherwise see Done.
+    Negative control: the receiver returned Done while only the sender exited 6 (this
+    test failed)."""
+    from p2pclone.receiver import receive
+
+    source = tmp_path / "disk.img"
+    random_file(source, 2 * MiB)
+    url = f"file://{tmp_path}/pc2.p2pc"
+    await save(source, url)
+    image = tmp_path / "pc2.p2pc"
+    *_, (pos, _last) = [(p, h) for p, h in records(image) if h.type == fmt.CHUNK]
+    with open(image, "r+b") as f:
+        f.truncate(pos)  # no index any more: only salvage reads it
+    out: dict[str, BaseException | object] = {}
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+
+            async def rx(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+                try:
+                    out["rx"] = await receive(
+                        str(tmp_path / "t.img"), "tcp://127.0.0.1:0", code="7-pair",
+                        task_status=task_status,
+                    )  # fmt: skip
+                except BaseException as exc:  # noqa: BLE001
+                    out["rx"] = pick_error(exc)
+
+            link = await nursery.start(rx)
+            try:
+                out["tx"] = await send(url + "?salvage=1", link, code="7-pair", passphrase=CODE)
+            except BaseException as exc:  # noqa: BLE001
+                out["tx"] = pick_error(exc)
+    for side in ("tx", "rx"):
+        err = out[side]
+        assert isinstance(err, P2PCloneError) and err.exit_code == ExitCode.INTEGRITY, out
+        assert "salvaged from" in str(err)
