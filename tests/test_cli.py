@@ -115,6 +115,26 @@ def test_bad_input_gets_one_sentence_and_the_documented_exit_code(tmp_path, args
         assert json_lines(r.stdout)[-1]["event"] == "error"
 
 
+@pytest.mark.parametrize(
+    ("command", "url", "fix"),
+    [
+        ("send", "tcp://::1:23010", "tcp://[::1]:23010"),
+        ("receive", "tcp://fe80::1:7411", "tcp://[fe80::1]:7411"),
+    ],
+)
+def test_ipv6_address_without_brackets_is_a_usage_error(tmp_path, command, url, fix):
+    """Issue 12: `send SRC tcp://::1:23010` said "Port could not be cast to integer value
+    as ':1:23010'".  Now exit 2 with the bracket form.  Fails on the code before the fix
+    (run once: the old sentence)."""
+    src = tmp_path / "s.img"
+    random_file(src, 8192)
+    disk = str(src) if command == "send" else str(tmp_path / "t.img")
+    r = run(command, disk, url, "--code", "1-a-b")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert f"write IPv6 addresses in brackets: {fix}" in r.stderr
+    assert "Traceback" not in r.stderr and "could not be cast" not in r.stderr
+
+
 def test_existing_target_without_yes_and_without_terminal_is_refused(tmp_path: Path) -> None:
     source = tmp_path / "s.img"
     write_layout(source, 3 * MiB)

@@ -7,6 +7,7 @@ IPv6 literals go in brackets: ``tcp://[fe80::1%eth0]:7411``.  Default port 7411.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from urllib.parse import urlsplit
 
@@ -51,6 +52,27 @@ def tune(stream: trio.SocketStream) -> trio.SocketStream:
     return stream
 
 
+def _bracket_form(netloc: str) -> str | None:
+    """``tcp://[ADDRESS]:PORT`` for a netloc that holds an IPv6 literal without brackets
+    (``::1:23010`` -> ``tcp://[::1]:23010``), else None.  Unbracketed, the text after the
+    last colon would be the port: that split is kept when what is left is an address,
+    else the whole text is taken for the address."""
+    if netloc.startswith("[") or netloc.count(":") < 2:
+        return None
+    head, _, tail = netloc.rpartition(":")
+    if tail.isdigit() and _is_ipv6(head):
+        return f"tcp://[{head}]:{tail}"
+    return f"tcp://[{netloc}]:{DEFAULT_PORT}" if _is_ipv6(netloc) else None
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text.partition("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
 def _format_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -90,6 +112,8 @@ class TcpTransport(Transport):
         super().__init__(url)
         try:
             parts = urlsplit(url)
+            if fix := _bracket_form(parts.netloc.rpartition("@")[2]):
+                raise UsageError(f"bad TCP URL {url!r}: write IPv6 addresses in brackets: {fix}")
             port = parts.port
         except ValueError as exc:
             raise UsageError(f"bad TCP URL {url!r}: {exc}; write tcp://HOST:PORT") from None

@@ -60,6 +60,27 @@ def test_bad_urls_are_usage_errors(url: str, message: str) -> None:
         open_transport(url)
 
 
+@pytest.mark.parametrize(
+    ("url", "fix"),
+    [
+        ("tcp://::1:23010", "tcp://[::1]:23010"),
+        ("tcp://fe80::1:7411", "tcp://[fe80::1]:7411"),
+        ("tcp://fe80::1%eth0:7411", "tcp://[fe80::1%eth0]:7411"),
+        ("tcp://fe80::1", f"tcp://[fe80::1]:{DEFAULT_PORT}"),
+        ("tcp://:::7411", "tcp://[::]:7411"),
+    ],
+)
+def test_ipv6_without_brackets_is_a_usage_error_that_shows_the_bracket_form(
+    url: str, fix: str
+) -> None:
+    """Issue 12: an unbracketed IPv6 literal gave "Port could not be cast to integer value
+    as ':1:23010'".  Fails on the code before the fix (run once: that sentence, for
+    every case here)."""
+    with pytest.raises(UsageError) as info:
+        open_transport(url)
+    assert str(info.value) == f"bad TCP URL {url!r}: write IPv6 addresses in brackets: {fix}"
+
+
 async def test_sender_url_needs_a_host() -> None:
     with pytest.raises(UsageError, match="names no host"):
         await open_transport("tcp://:7411").connect()
