@@ -598,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="where to listen: tcp://[BIND][:PORT] (default port 7411), "
         "serial:///dev/ttyX[?baud=N] or multicast://GROUP[:PORT][?iface=NAME]; or an image "
-        "to restore: file:///PATH or "
+        "file to restore: file:///PATH (a file, not a device) or "
         "smb://[USER@]HOST[:PORT]/SHARE/PATH",
     )
     r.add_argument(
@@ -650,7 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="the receiver: tcp://HOST[:PORT] or serial:///dev/ttyX[?baud=N], or a group of "
         "them: multicast://GROUP[:PORT][?iface=NAME&rate=RATE]; or an image "
-        "to save: file:///PATH or smb://[USER@]HOST[:PORT]/SHARE/PATH (password from "
+        "file to save: file:///PATH (a file, not a device: a disk is SOURCE or the "
+        "receiver's TARGET) or smb://[USER@]HOST[:PORT]/SHARE/PATH (password from "
         "$P2PCLONE_SMB_PASSWORD, else asked)",
     )
     s.add_argument(

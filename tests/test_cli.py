@@ -135,6 +135,43 @@ def test_ipv6_address_without_brackets_is_a_usage_error(tmp_path, command, url, 
     assert "Traceback" not in r.stderr and "could not be cast" not in r.stderr
 
 
+_BLOCK = "/dev/loop0"  # a block device on most Linux machines; only read (restore side)
+
+
+@pytest.mark.parametrize(
+    ("command", "image", "kind"),
+    [
+        ("send", "/dev/null", "is a character device"),
+        ("receive", "/dev/null", "is a character device"),
+        ("send", "{tmp}", "is a folder"),
+        ("receive", "{tmp}", "is a folder"),
+        pytest.param(
+            "receive",
+            _BLOCK,
+            "is a block device",
+            marks=pytest.mark.skipif(not Path(_BLOCK).is_block_device(), reason=f"no {_BLOCK}"),
+        ),
+    ],
+)
+def test_a_device_or_folder_as_image_url_is_a_usage_error(tmp_path, command, image, kind):
+    """Issue 12: `send SRC file:///dev/…` failed with "(Invalid argument): check the
+    share" (and would have written an image onto a block device).  Now exit 2: a device
+    is given as SOURCE or TARGET, not as a file:// URL.  Fails on the code before the fix
+    (run once: a save said "(Invalid argument)" or "(Is a directory)", exit 5; a restore
+    said "is not a p2pclone image").  The block device is only used on the restore
+    side, which only reads it."""
+    src = tmp_path / "s.img"
+    random_file(src, 8192)
+    url = "file://" + image.format(tmp=tmp_path)
+    disk = str(src) if command == "send" else str(tmp_path / "t.img")
+    r = run(command, disk, url, "--code", "1-a-b")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert f"{url} {kind}, not an image file" in r.stderr
+    assert "Traceback" not in r.stderr
+    if command == "receive":
+        assert not (tmp_path / "t.img").exists()
+
+
 def test_existing_target_without_yes_and_without_terminal_is_refused(tmp_path: Path) -> None:
     source = tmp_path / "s.img"
     write_layout(source, 3 * MiB)

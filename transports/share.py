@@ -22,6 +22,7 @@ import contextlib
 import errno
 import os
 import socket
+import stat
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -82,10 +83,43 @@ class Store(abc.ABC):
             ) from exc
 
 
+def _refuse_non_file(url: str, path: str) -> None:
+    """An image is a regular file: a device or folder named by a file:// URL is a usage
+    error, found before anything is opened (opening a FIFO would block, and a save would
+    write an image onto a block device).
+
+    Raises:
+        UsageError: ``path`` exists and is not a regular file.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing (a save creates it) or unreadable: open() says which
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise UsageError(
+            f"{url} is a folder, not an image file: name the image file in it, "
+            f"e.g. file://{path.rstrip('/')}/pc1.p2pc"
+        )
+    kind = (
+        "a block device"
+        if stat.S_ISBLK(mode)
+        else "a character device"
+        if stat.S_ISCHR(mode)
+        else "a special file (a FIFO or socket)"
+    )
+    raise UsageError(
+        f"{url} is {kind}, not an image file: to clone a disk give it as SOURCE or "
+        "TARGET, not as a file:// URL"
+    )
+
+
 class LocalStore(Store):
     def __init__(self, url: str, path: str, *, create: bool) -> None:
         self.url = url
         self.path = path
+        _refuse_non_file(url, path)
         try:
             if create:
                 os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
