@@ -283,7 +283,9 @@ def bench_scan(image: Path) -> dict[str, Any]:
 
     async def scan() -> None:
         for first in range(0, plan.chunk_count, DELTA_BATCH):
-            await state._hash_batch(first, min(first + DELTA_BATCH, plan.chunk_count))
+            await state._hash_batch(
+                range(first, min(first + DELTA_BATCH, plan.chunk_count)), subs=True
+            )
 
     t = time.perf_counter()
     trio.run(scan)
