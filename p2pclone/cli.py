@@ -682,8 +682,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=60.0,
         metavar="SECONDS",
-        help="multicast: start after this long with the receivers that joined, and wait as "
-        "long for evicted or restarted ones to come back for their unicast finish (default 60)",
+        help="tcp://: keep trying this long to reach a receiver that is not listening yet "
+        "(0: try once); multicast: start after this long with the receivers that joined, "
+        "and wait as long for evicted or restarted ones to come back for their unicast "
+        "finish (default 60)",
     )
     s.add_argument(
         "--delta",

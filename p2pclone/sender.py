@@ -62,6 +62,7 @@ from .session import (
     Channel,
     Connected,
     Done,
+    Notice,
     Planned,
     Progress,
     Reporter,
@@ -116,11 +117,21 @@ async def send(
     ``source_path`` may be an image URL (file:// or smb://, opened with ``passphrase``);
     ``url`` may be one too: the clone is saved as an image encrypted with ``code``
     (``fresh`` starts it over instead of resuming).  ``password`` is for SMB.
+    ``wait``: over tcp://, how long to keep trying to reach a receiver that is not
+    listening yet (reported once as a Notice); over multicast://, how long to wait for
+    ``receivers`` to join and for evicted ones to come back.
 
     Raises:
         P2PCloneError: any failure, with a user-facing sentence and exit code.
     """
-    transport = open_transport(url, code=code, password=password, fresh=fresh)
+    transport = open_transport(
+        url,
+        code=code,
+        password=password,
+        fresh=fresh,
+        wait=wait,  # tcp://: how long to keep trying to reach a receiver not started yet
+        waiting=lambda sentence: report(Notice(sentence)),
+    )
     # The transport's own default fits its speed (serial: small chunks, so progress and
     # resume are not a minute apart); an explicit size wins.
     chunk_size = chunk_size or transport.chunk_size or DEFAULT_CHUNK_SIZE

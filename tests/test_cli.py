@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,7 @@ def test_receiver_generates_and_prints_a_code(tmp_path: Path) -> None:
         (["send", "{src}", "tcp://:7411"], 2, "names no host"),
         (["send", "{src}", "host:7411"], 2, "not a transport URL"),
         (["send", "{tmp}/missing.img", "tcp://127.0.0.1:1"], 1, "does not exist: check the path"),
-        (["send", "{src}", "tcp://127.0.0.1:{port}"], 5, "nobody is listening"),
+        (["send", "{src}", "tcp://127.0.0.1:{port}", "--wait", "0"], 5, "nobody is listening"),
         (
             ["receive", "{tmp}/no/such/dir/t.img", "tcp://127.0.0.1:0"],
             1,
@@ -170,6 +171,64 @@ def test_a_device_or_folder_as_image_url_is_a_usage_error(tmp_path, command, ima
     assert "Traceback" not in r.stderr
     if command == "receive":
         assert not (tmp_path / "t.img").exists()
+
+
+def test_a_sender_started_before_its_receiver_waits_for_it(tmp_path: Path) -> None:
+    """Issue 12: a sender started before the receiver failed at once ("nobody is
+    listening").  Now it keeps trying (--wait, default 60 s), says so once, and the clone
+    succeeds.  Fails on the code before the fix (run once: the sender exited 5 at once)."""
+    source = tmp_path / "s.img"
+    data = write_layout(source, 3 * MiB)
+    target = tmp_path / "t.img"
+    url = f"tcp://127.0.0.1:{free_port()}"
+    tx = subprocess.Popen(
+        [*CLI, "send", str(source), url, "--code", "5-late-start", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    time.sleep(1.5)  # the sender is up and refused by now; its receiver comes late
+    rx = subprocess.Popen(
+        [*CLI, "receive", str(target), url, "--code", "5-late-start", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        tx_out, tx_err = tx.communicate(timeout=60)
+        assert tx.returncode == 0, tx_err
+        _, rx_err = rx.communicate(timeout=60)
+        assert rx.returncode == 0, rx_err
+    finally:
+        rx.kill()
+        rx.communicate()
+    notices = [e for e in json_lines(tx_out) if e["event"] == "notice"]
+    assert [n["message"] for n in notices] == [
+        f"nobody is listening at {url} yet (Connection refused); waiting up to 60 s for "
+        "the receiver to start (--wait)"
+    ]
+    assert target.read_bytes() == data
+
+
+def test_a_sender_gives_up_after_its_wait(tmp_path: Path) -> None:
+    """`--wait 1` to a port nobody listens on: exit 5 after about a second, with the
+    sentence and the wait.  Fails on the code before the fix (run once: it gave up at
+    once, without "after trying for 1 s")."""
+    src = tmp_path / "s.img"
+    random_file(src, 8192)
+    url = f"tcp://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    r = run("send", str(src), url, "--code", "1-a-b", "--wait", "1")
+    elapsed = time.monotonic() - start
+    assert r.returncode == 5, (r.stdout, r.stderr)
+    assert 1 <= elapsed < 10
+    assert (
+        f"p2pclone: error: nobody is listening at {url} (Connection refused) after trying "
+        "for 1 s: start `p2pclone receive` on the target machine first" in r.stderr
+    )
+    assert (r.stdout + r.stderr).count("p2pclone: note: nobody is listening") == 1
 
 
 def test_existing_target_without_yes_and_without_terminal_is_refused(tmp_path: Path) -> None:

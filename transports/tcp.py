@@ -7,8 +7,11 @@ IPv6 literals go in brackets: ``tcp://[fe80::1%eth0]:7411``.  Default port 7411.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import socket
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import trio
@@ -27,6 +30,41 @@ KEEPALIVE_IDLE = 10
 KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT = 4
 USER_TIMEOUT = 60
+
+
+#: Failures that mean "no receiver there yet": not started, its machine still booting,
+#: the link not up.  A sender with a wait (send --wait) tries again on these alone.
+NOT_THERE_YET = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.ENETDOWN,
+        errno.ETIMEDOUT,
+    }
+)
+#: Pause between attempts, doubling from the first to the last: a receiver started a
+#: moment late is reached within half a second, a long wait costs one SYN per 2 s.
+RETRY_PAUSE_FIRST = 0.5
+RETRY_PAUSE_MAX = 2.0
+
+
+def _failures(exc: OSError) -> list[OSError]:
+    """One OSError per address tried (trio raises one OSError whose cause groups them)."""
+    group = exc.__cause__
+    if isinstance(group, BaseExceptionGroup):
+        found = [e for e in group.exceptions if isinstance(e, OSError)]
+        if found:
+            return found
+    return [exc]
+
+
+def _reason(failures: list[OSError]) -> str:
+    """"Connection refused" (trio's own text also names the address, said already)."""
+    texts = [os.strerror(e.errno) if e.errno else str(e) for e in failures]
+    return "; ".join(dict.fromkeys(texts))
 
 
 def dead_peer_options() -> list[tuple[int, int, int]]:
@@ -123,6 +161,17 @@ class TcpTransport(Transport):
         self.port = DEFAULT_PORT if port is None else port
 
     async def connect(self) -> trio.abc.Stream:
+        """Sender side: connect to the receiver.
+
+        ``options["wait"]`` (seconds, default 0: one attempt) is how long to keep trying
+        while nobody answers (refused, unreachable: see ``NOT_THERE_YET``), pausing 0.5 s,
+        then 1 s, then 2 s between attempts; ``options["waiting"]``, a callable taking one
+        sentence, is told once, when the first attempt fails and the waiting starts.
+
+        Raises:
+            UsageError: no host, or port 0.
+            TransportError: the name does not resolve, or nobody answered in time.
+        """
         if not self.host:
             raise UsageError(
                 f"{self.url!r} names no host to connect to: write tcp://HOST[:PORT], "
@@ -131,18 +180,41 @@ class TcpTransport(Transport):
         if self.port == 0:
             raise UsageError(f"{self.url!r}: port 0 can't be connected to")
         where = f"tcp://{_format_host(self.host)}:{self.port}"
-        try:
-            stream = await trio.open_tcp_stream(self.host, self.port)
-        except socket.gaierror:
-            raise TransportError(
-                f"cannot resolve the host {self.host!r}: check the name or use an IP address"
-            ) from None
-        except OSError as exc:
-            raise TransportError(
-                f"nobody is listening at {where} ({exc.strerror or exc}): start "
-                "`p2pclone receive` on the target machine first and check the address and port"
-            ) from None
-        return tune(stream)
+        wait = float(self.options.get("wait") or 0.0)
+        waiting: Callable[[str], None] | None = self.options.get("waiting")
+        deadline = trio.current_time() + wait
+        pause = RETRY_PAUSE_FIRST
+        while True:
+            try:
+                stream = await trio.open_tcp_stream(self.host, self.port)
+            except socket.gaierror:
+                raise TransportError(
+                    f"cannot resolve the host {self.host!r}: check the name or use an IP address"
+                ) from None
+            except OSError as exc:
+                failures = _failures(exc)
+                reason = _reason(failures)
+                left = deadline - trio.current_time()
+                if left <= 0 or any(e.errno not in NOT_THERE_YET for e in failures):
+                    tried = pause > RETRY_PAUSE_FIRST and left <= 0
+                    raise TransportError(
+                        f"nobody is listening at {where} ({reason})"
+                        + (f" after trying for {wait:g} s" if tried else "")
+                        + ": start `p2pclone receive` on the target machine first and check "
+                        "the address and port"
+                        + (" (--wait sets how long to try)" if tried else "")
+                    ) from None
+            else:
+                return tune(stream)
+            if pause == RETRY_PAUSE_FIRST and waiting is not None:
+                waiting(
+                    f"nobody is listening at {where} yet ({reason}); waiting up to {wait:g} s "
+                    "for the receiver to start (--wait)"
+                )
+            # The last attempt is made at the deadline; one under way runs to its end
+            # (a slow but working route is not cut short by a short wait).
+            await trio.sleep(min(pause, left))
+            pause = min(2 * pause, RETRY_PAUSE_MAX)
 
     async def listen(self) -> TcpListener:
         try:

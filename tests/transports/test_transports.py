@@ -94,6 +94,59 @@ async def test_nobody_listening_is_a_link_error() -> None:
         await open_transport(f"tcp://127.0.0.1:{port}").connect()
 
 
+def dead_port() -> int:
+    with socket.socket() as s:  # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_sender_with_a_wait_reaches_a_receiver_that_starts_later(autojump_clock) -> None:
+    """Issue 12: connect() gave up at the first refusal.  With options["wait"] it tries
+    again (virtual time here: loopback refuses at once) and reaches a listener opened
+    10 s later, telling options["waiting"] once.  Fails on the code before the fix (run
+    once: "nobody is listening")."""
+    port = dead_port()
+    said: list[str] = []
+    transport = open_transport(f"tcp://127.0.0.1:{port}", wait=60.0, waiting=said.append)
+    async with trio.open_nursery() as nursery:
+
+        async def receiver_starts_late() -> None:
+            await trio.sleep(10)
+            listener = await transport_class("tcp")(f"tcp://127.0.0.1:{port}").listen()
+            stream = await listener.accept()
+            await listener.aclose()
+            assert await stream.receive_some() == b"hello"
+            await stream.aclose()
+
+        nursery.start_soon(receiver_starts_late)
+        stream = await transport.connect()
+        await stream.send_all(b"hello")
+        await stream.aclose()
+    assert said == [
+        f"nobody is listening at tcp://127.0.0.1:{port} yet (Connection refused); waiting up "
+        "to 60 s for the receiver to start (--wait)"
+    ]
+    assert 10 <= trio.current_time() < 13  # reached within one pause (2 s at most)
+
+
+async def test_a_sender_gives_up_after_its_wait(autojump_clock) -> None:
+    """After the wait, the same sentence as without one, saying how long it tried.  Fails
+    on the code before the fix (run once: no "after trying for 30 s")."""
+    port = dead_port()
+    said: list[str] = []
+    transport = open_transport(f"tcp://127.0.0.1:{port}", wait=30.0, waiting=said.append)
+    start = trio.current_time()
+    with pytest.raises(TransportError) as info:
+        await transport.connect()
+    assert str(info.value) == (
+        f"nobody is listening at tcp://127.0.0.1:{port} (Connection refused) after trying "
+        "for 30 s: start `p2pclone receive` on the target machine first and check the "
+        "address and port (--wait sets how long to try)"
+    )
+    assert trio.current_time() - start == pytest.approx(30, abs=0.1)
+    assert len(said) == 1
+
+
 async def tcp_pair(host: str = "127.0.0.1") -> tuple[trio.abc.Stream, trio.abc.Stream]:
     listener = await open_transport(f"tcp://{'[' + host + ']' if ':' in host else host}:0").listen()
     port = listener.url.rsplit(":", 1)[1]
