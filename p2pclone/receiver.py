@@ -426,7 +426,7 @@ class _DataState:
         self.refetch: dict[int, bytes] = {}
         self._plane_scope = trio.CancelScope()
         self.progressed = trio.Event()  # the data moved on (wakes the HAVE sender)
-        self.withdrawn = 0  # journal claims the target no longer backed (sent again)
+        self.told_changed = False  # a Notice said the target changed since the journal
 
     async def run(self, delta: bool) -> End:
         async with trio.open_nursery() as nursery:
@@ -693,7 +693,8 @@ class _DataState:
         if bad:
             async with self.commit_lock:  # the journal's file and table: one writer
                 await trio.to_thread.run_sync(self.journal.forget, bad)
-            if not self.withdrawn:
+            if not self.told_changed:
+                self.told_changed = True
                 self.report(
                     Notice(
                         f"the target {self.target.path} changed since the interrupted run "
@@ -702,7 +703,6 @@ class _DataState:
                         "whatever differs is sent again"
                     )
                 )
-            self.withdrawn += len(bad)
             for i in bad:
                 del claimed[i]
         return [claimed.get(i, UNKNOWN) for i in indices]
