@@ -24,6 +24,7 @@ from typing import Any, NoReturn, TextIO, assert_never
 import trio
 
 from . import __version__
+from .endpoints import is_image_url
 from .errors import (
     ExitCode,
     P2PCloneError,
@@ -33,7 +34,6 @@ from .errors import (
     printable,
     redact,
 )
-from .pipeline import is_image_url
 from .protocol import Plan
 from .session import (
     Connected,
@@ -327,7 +327,7 @@ def ask_secret(prompt: str, *, missing: str, twice: bool = False) -> str:
 def smb_password(*urls: str) -> str | None:
     """The SMB password for the first smb:// URL: None to take it from the URL or
     $P2PCLONE_SMB_PASSWORD, else asked at the terminal."""
-    from transports.share import PASSWORD_ENV
+    from .image.store import PASSWORD_ENV
 
     for url in urls:
         if url.lower().startswith("smb://"):

@@ -38,11 +38,6 @@ class DiskSource(Protocol):
     def close(self) -> None: ...
 
 
-def is_image_url(name: str) -> bool:
-    """A SOURCE or URL naming an image on a share rather than a disk or a live link."""
-    return name.lower().startswith(("file://", "smb://"))
-
-
 def default_threads() -> int:
     """Worker threads for hashing and compression: one per core, at most four."""
     return max(1, min(4, os.cpu_count() or 1))

@@ -29,9 +29,8 @@ from typing import IO
 import blake3
 import trio
 
-from transports import open_transport
-
 from .disks import Target
+from .endpoints import Kind, resolve
 from .errors import (
     IntegrityError,
     P2PCloneError,
@@ -39,6 +38,8 @@ from .errors import (
     TargetError,
     TransportError,
 )
+from .image.link import PlayerListener, clean_url
+from .image.reader import ImageSource
 from .journal import Header, Journal, check_state_dir, default_state_dir
 from .multicast.dataplane import DatagramError
 from .multicast.plane import ReceivePlane, unpack_entries
@@ -48,7 +49,6 @@ from .pipeline import (
     chunk_span,
     default_threads,
     hash_target_chunk,
-    is_image_url,
     sub_hashes,
     write_chunk,
     zero_chunks,
@@ -80,6 +80,7 @@ from .protocol import (
     Zero,
 )
 from .protocol.connection import zero_digest
+from .sender import send_stream
 from .session import (
     Channel,
     Connected,
@@ -155,20 +156,15 @@ async def receive(
     Raises:
         P2PCloneError: any failure, with a user-facing sentence and exit code.
     """
-    transport = open_transport(url, code=code, password=password)
+    endpoint = resolve(url)
     if journal:  # before listening: a sender should not connect only to hear of it
         await trio.to_thread.run_sync(
             check_state_dir, Path(state_dir) if state_dir else default_state_dir()
         )
-    if transport.scheme == "multicast":
-        from transports.multicast import MulticastTransport
-
-        from .multicast.receiver import receive_multicast
-
-        assert isinstance(transport, MulticastTransport)
-        return await receive_multicast(
+    if endpoint.kind is Kind.GROUP:
+        return await endpoint.group().receive(
             target_path,
-            transport,
+            url,
             code=code,
             report=report,
             task_status=task_status,
@@ -180,12 +176,21 @@ async def receive(
             fresh=fresh,
             delta=delta,
         )
+    image = endpoint.kind is Kind.IMAGE
+    # An image's player plays the sender's part in this process: the sending session.
+    transport = None if image else endpoint.transport(code=code, password=password)
+    if image:
+        clean_url(url)  # a malformed image URL is a usage error before the target is opened
     target = await trio.to_thread.run_sync(Target.open, target_path)
     try:
-        listener = await transport.listen()
+        listener = (
+            PlayerListener(url, code=code, password=password, play=_play)
+            if transport is None
+            else await transport.listen()
+        )
         try:
             # An image's passphrase is nobody's business on the screen.
-            report(Listening(listener.url, "" if is_image_url(url) else code))
+            report(Listening(listener.url, "" if image else code))
             task_status.started(listener.url)
             stream = await listener.accept()
             url = listener.url  # name the link by the real address from now on
@@ -205,13 +210,18 @@ async def receive(
             fresh=fresh,
             delta=delta,
             report=report,
-            seal=not transport.local,
+            seal=not image,
         )
         if listener.caveat:
             raise IntegrityError(listener.caveat, code="salvaged")
         return done
     finally:
         target.close()
+
+
+async def _play(stream: trio.abc.Stream, source: ImageSource, url: str, code: str) -> None:
+    """An image's player: the sending session, reading the image."""
+    await send_stream(stream, source, code=code, url=url, chunk_size=source.chunk_size, seal=False)
 
 
 async def receive_stream(

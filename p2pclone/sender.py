@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from transports import open_transport
-
 from .disks import Source
+from .endpoints import Kind, is_image_url, resolve
 from .errors import IntegrityError, P2PCloneError, TransportError, UsageError
+from .image.link import clean_url, open_recording
 from .image.reader import ImageSource
 from .pipeline import (
     DiskSource,
@@ -37,7 +37,6 @@ from .pipeline import (
     default_threads,
     encode_chunk,
     encode_repair,
-    is_image_url,
 )
 from .protocol import (
     HASH_SIZE,
@@ -124,51 +123,48 @@ async def send(
     Raises:
         P2PCloneError: any failure, with a user-facing sentence and exit code.
     """
-    transport = open_transport(
-        url,
-        code=code,
-        password=password,
-        fresh=fresh,
-        wait=wait,  # tcp://: how long to keep trying to reach a receiver not started yet
-        waiting=lambda sentence: report(Notice(sentence)),
-    )
-    # The transport's own default fits its speed (serial: small chunks, so progress and
-    # resume are not a minute apart); an explicit size wins.
-    chunk_size = chunk_size or transport.chunk_size or DEFAULT_CHUNK_SIZE
-    _check_chunk_size(chunk_size)
-    if transport.scheme == "multicast":
-        from transports.multicast import MulticastTransport
-
-        from .multicast.sender import send_multicast
-
-        assert isinstance(transport, MulticastTransport)
-        return await send_multicast(
+    endpoint = resolve(url)
+    if endpoint.kind is Kind.GROUP:
+        return await endpoint.group().send(
             source_path,
-            transport,
+            url,
             code=code,
+            report=report,
+            chunk_size=chunk_size,
+            threads=threads,
+            allow_mounted=allow_mounted,
+            passphrase=passphrase,
+            password=password,
             receivers=receivers,
             wait=wait,
-            chunk_size=chunk_size,
-            allow_mounted=allow_mounted,
-            report=report,
             group_report=group_report,
         )
-    source: DiskSource
-    if is_image_url(source_path):
-        from transports.share import split_password
-
-        image_url, in_url = split_password(source_path)
-        image = await trio.to_thread.run_sync(
-            ImageSource.open, image_url, passphrase or "", password or in_url
+    transport = None
+    if endpoint.kind is Kind.LINK:
+        transport = endpoint.transport(
+            code=code,
+            wait=wait,  # tcp://: how long to keep trying to reach a receiver not started yet
+            waiting=lambda sentence: report(Notice(sentence)),
         )
-        source, chunk_size = image, image.chunk_size
     else:
-        source = await trio.to_thread.run_sync(
-            functools.partial(Source.open, source_path, allow_mounted=allow_mounted)
-        )
+        clean_url(url)  # a malformed image URL is a usage error before the source is opened
+    # The transport's own default fits its speed (serial: small chunks, so progress and
+    # resume are not a minute apart); an explicit size wins.
+    chunk_size = chunk_size or (transport and transport.chunk_size) or DEFAULT_CHUNK_SIZE
+    check_chunk_size(chunk_size)
+    source, chunk_size = await open_source(
+        source_path,
+        chunk_size,
+        allow_mounted=allow_mounted,
+        passphrase=passphrase,
+        password=password,
+    )
     try:
-        stream = await transport.connect()
-        url = transport.url  # as the transport shows it (never with a password)
+        if transport is not None:
+            stream = await transport.connect()
+            url = transport.url  # as the transport shows it
+        else:
+            url, stream = await open_recording(url, code=code, password=password, fresh=fresh)
         report(Connected(url))
         done = await send_stream(
             stream,
@@ -179,13 +175,35 @@ async def send(
             threads=threads,
             delta=delta,
             report=report,
-            seal=not transport.local,
+            seal=transport is not None,  # an image's recorder is in this process
         )
         if isinstance(source, ImageSource) and (note := source.salvage_note()):
             raise IntegrityError(note, code="salvaged")
         return done
     finally:
         source.close()
+
+
+async def open_source(
+    source_path: str,
+    chunk_size: int,
+    *,
+    allow_mounted: bool = False,
+    passphrase: str | None = None,
+    password: str | None = None,
+) -> tuple[DiskSource, int]:
+    """The SOURCE opened for reading (a disk, a file, or an image URL, whose own chunk
+    size then wins), and the chunk size to send it with."""
+    if is_image_url(source_path):
+        image_url, in_url = clean_url(source_path)
+        image = await trio.to_thread.run_sync(
+            ImageSource.open, image_url, passphrase or "", password or in_url
+        )
+        return image, image.chunk_size
+    source = await trio.to_thread.run_sync(
+        functools.partial(Source.open, source_path, allow_mounted=allow_mounted)
+    )
+    return source, chunk_size
 
 
 async def send_stream(
@@ -204,7 +222,7 @@ async def send_stream(
 
     ``seal=False``: see :class:`~p2pclone.protocol.Connection` (in-process links only).
     """
-    _check_chunk_size(chunk_size)
+    check_chunk_size(chunk_size)
     channel = Channel(Connection(Role.SENDER, code=code, seal=seal), stream, url)
     return await send_channel(
         channel, source, chunk_size=chunk_size, threads=threads, delta=delta, report=report
@@ -232,7 +250,7 @@ async def send_channel(
         raise
 
 
-def _check_chunk_size(chunk_size: int) -> None:
+def check_chunk_size(chunk_size: int) -> None:
     if chunk_size < 4096 or chunk_size % 4096 or chunk_size > MAX_CHUNK_SIZE:
         raise UsageError("the chunk size must be a multiple of 4 KiB between 4 KiB and 64 MiB")
 

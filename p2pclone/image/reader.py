@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 from array import array
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import blake3
 
@@ -20,9 +19,7 @@ from ..pipeline import Encoded, chunk_span, decode_chunk
 from ..protocol.connection import zero_digest
 from ..protocol.messages import HASH_SIZE, Chunk, Plan
 from . import format as fmt
-
-if TYPE_CHECKING:
-    from transports.share import Store
+from .store import Store, open_store, read_options
 
 #: Fully re-check the records in this much of the tail of an interrupted save: data
 #: written after the last sync may be missing even where record headers survived.
@@ -191,7 +188,7 @@ class ImageSource:
     ) -> ImageSource:
         """Open the image at ``url`` and authenticate its header.  Blocking.
 
-        Only what the URL's query allows by name is accepted (transports/share.py,
+        Only what the URL's query allows by name is accepted (image/store.py,
         ``read_options``): an image that is not encrypted, and so not authenticated,
         with ``?plain=1``; one without an intact index and root, found by a scan of its
         records, with ``?salvage=1`` or ``need_index=False`` (``image verify``, which
@@ -203,8 +200,6 @@ class ImageSource:
             IntegrityError: no intact index, without ``?salvage=1``.
             UsageError, TransportError: the URL; the share.
         """
-        from transports.share import open_store, read_options
-
         options = read_options(url)
         store = open_store(url, create=False, password=password)
         url = store.url  # without a password that the URL may hold

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 from array import array
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -42,9 +41,7 @@ from ..protocol.messages import (
 from ..session import Channel, pair, pick_error
 from . import format as fmt
 from .reader import read_header, read_index, scan_records
-
-if TYPE_CHECKING:
-    from transports.share import Store
+from .store import ReadOptions, Store, open_store, read_options
 
 #: Write the image in pieces of about this size (over SMB: four 8 MiB requests at once).
 WRITE_BYTES = 32 << 20
@@ -68,8 +65,6 @@ class Recorder:
     @classmethod
     def open(cls, url: str, code: str, password: str | None, fresh: bool) -> Recorder:
         """Open (or create) the image; check the passphrase of an existing one.  Blocking."""
-        from transports.share import ReadOptions, open_store, read_options
-
         if not code:
             raise P2PCloneError("an image needs a passphrase to encrypt it: give one with --code")
         if read_options(url) != ReadOptions():

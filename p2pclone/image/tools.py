@@ -12,12 +12,11 @@ from ..pipeline import default_threads
 from ..session import Done, Progress, Reporter, Verifying, no_report
 from . import format as fmt
 from .reader import DATA, MISSING, ImageSource, read_header, root_of
+from .store import open_store
 
 
 def info(url: str, password: str | None = None) -> dict[str, Any]:
     """What the image says about itself; needs no passphrase.  Blocking."""
-    from transports.share import open_store
-
     store = open_store(url, create=False, password=password)
     url = store.url  # without a password that the URL may hold
     try:

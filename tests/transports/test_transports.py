@@ -12,8 +12,8 @@ import pytest
 import trio
 import trio.testing
 
+from p2pclone.endpoints import available_schemes, open_transport, transport_class
 from p2pclone.errors import TransportError, UsageError
-from transports import available_schemes, open_transport, transport_class
 from transports.memory import MemoryTransport
 from transports.tcp import DEFAULT_PORT, TcpTransport
 

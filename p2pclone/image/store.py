@@ -1,18 +1,11 @@
-"""file:// and smb:// — a disk saved as an image on a shared drive, and restored from it.
-
-"The stream is the image": sending to ``file:///mnt/nas/pc1.p2pc`` or
-``smb://user@nas/backups/pc1.p2pc`` runs the ordinary sender against an image
-*recorder* in this process, which plays the receiver's part of the protocol and keeps
-what it is sent in the image (p2pclone/image/).  Receiving from such a URL runs the
-ordinary receiver against an image *player*, which plays the sender's part from the
-image.  Pairing, resume, verification and every safety check are the same code as
-for a live clone.
-
-Storage is a :class:`Store`: a file with positioned reads and writes, reached either
-through the local file system (``file://``: any mounted share, NFS, CIFS, a local
-disk) or over SMB 2/3 with smbprotocol (``smb://[USER@]HOST[:PORT]/SHARE/PATH``: no
-mount, no root; the password comes from ``P2PCLONE_SMB_PASSWORD``).  Store methods
+"""Where images live: a :class:`Store` is one image file with positioned reads and
+writes, reached through the local file system (``file://``: any mounted share, NFS,
+CIFS, a local disk) or over SMB 2/3 with smbprotocol (``smb://[USER@]HOST[:PORT]/SHARE/PATH``:
+no mount, no root; the password comes from ``P2PCLONE_SMB_PASSWORD``).  Store methods
 block: callers run them in worker threads.
+
+The URL helpers here (:func:`check_url`, :func:`split_password`, :func:`read_options`)
+are what the drivers use to see an image URL for what it is before anything is opened.
 """
 
 from __future__ import annotations
@@ -30,12 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import trio
-
-from p2pclone.errors import AuthenticationError, StorageError, TransportError, UsageError
-
-from . import LinkListener, Transport
-from .pipe import pipe_pair
+from ..errors import AuthenticationError, StorageError, TransportError, UsageError
 
 PASSWORD_ENV = "P2PCLONE_SMB_PASSWORD"
 #: SMB requests kept on the wire at once by reads and writes
@@ -251,7 +239,7 @@ class SMBStore(Store):
         """The SMB connection's socket gets the TCP links' keepalive and user timeout: a
         NAS that loses power mid-save is noticed in about a minute (smbprotocol's own
         echo would take 20 minutes).  Private attributes: pinned smbprotocol >= 1.13."""
-        from .tcp import dead_peer_options
+        from transports.tcp import dead_peer_options
 
         for conn in self._cache.values():
             sock = getattr(getattr(conn, "transport", None), "_sock", None)
@@ -487,68 +475,3 @@ def check_url(url: str) -> None:
     else:
         raise UsageError(f"{url!r} is not an image URL: use file:///PATH or smb://HOST/SHARE/PATH")
     read_options(url)
-
-
-class _PlayerListener(LinkListener):
-    """``receive TARGET IMAGE-URL``: the 'sender' is a player reading the image."""
-
-    def __init__(self, transport: ShareTransport) -> None:
-        self.transport = transport
-        self.url = transport.url
-
-    async def accept(self) -> trio.abc.Stream:
-        from p2pclone.image.player import play
-        from p2pclone.image.reader import ImageSource
-
-        t = self.transport
-        code = t.options.get("code") or ""
-        # Opened here, in the receiver's task: a missing image or a wrong passphrase
-        # is the receiver's own error, before anything is written.
-        source = await trio.to_thread.run_sync(
-            ImageSource.open, t.url, code, t.options.get("password")
-        )
-        self.caveat = source.salvage_note()
-        ours, theirs = pipe_pair()
-        trio.lowlevel.spawn_system_task(play, theirs, source, t.url, code)
-        return ours
-
-    async def aclose(self) -> None:
-        pass
-
-
-class ShareTransport(Transport):
-    """file:// and smb:// image URLs (see the module docstring)."""
-
-    scheme = "file"
-    local = True  # the recorder or player runs in this process
-
-    def __init__(self, url: str) -> None:
-        check_url(url)
-        # A password in the URL is used, but never shown: the URL is kept without it.
-        url, self._password = split_password(url)
-        super().__init__(url)
-
-    def _opened(self) -> None:
-        if self._password is not None and self.options.get("password") is None:
-            self.options["password"] = self._password
-
-    async def connect(self) -> trio.abc.Stream:
-        from p2pclone.image.recorder import Recorder
-
-        self._opened()
-        # Opened here, in the sender's task: an unreachable share or a wrong
-        # passphrase for an image to resume is the sender's own error.
-        recorder = await trio.to_thread.run_sync(
-            Recorder.open,
-            self.url,
-            self.options.get("code") or "",
-            self.options.get("password"),
-            bool(self.options.get("fresh")),
-        )
-        ours, theirs = pipe_pair()
-        trio.lowlevel.spawn_system_task(recorder.run, theirs)
-        return ours
-
-    async def listen(self) -> LinkListener:
-        self._opened()
-        return _PlayerListener(self)
