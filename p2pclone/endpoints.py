@@ -3,7 +3,7 @@
 A URL names one of three kinds of far end, and the drivers treat each kind its own way:
 
 * ``LINK``: a two-way byte stream to one peer (``tcp``, ``serial``, ``memory``, and any
-  scheme another distribution adds): a :class:`transports.Transport` class, whose
+  scheme another distribution adds): a :class:`p2pclone.transports.Transport` class, whose
   ``connect()``/``listen()`` give the drivers a ``trio.abc.Stream``;
 * ``IMAGE``: an image file on a share (``file``, ``smb``): the drivers run a recorder
   or player from :mod:`p2pclone.image.link` over an in-process pipe;
@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import trio
 
-from transports import Transport
+from p2pclone.transports import Transport
 
 from .errors import UsageError
 from .session import Done, Reporter
@@ -45,9 +45,9 @@ class Kind(enum.Enum):
 
 
 _BUILTIN: dict[str, tuple[Kind, str]] = {
-    "tcp": (Kind.LINK, "transports.tcp:TcpTransport"),
-    "memory": (Kind.LINK, "transports.memory:MemoryTransport"),
-    "serial": (Kind.LINK, "transports.serial:SerialTransport"),
+    "tcp": (Kind.LINK, "p2pclone.transports.tcp:TcpTransport"),
+    "memory": (Kind.LINK, "p2pclone.transports.memory:MemoryTransport"),
+    "serial": (Kind.LINK, "p2pclone.transports.serial:SerialTransport"),
     "file": (Kind.IMAGE, "p2pclone.image.link:clean_url"),
     "smb": (Kind.IMAGE, "p2pclone.image.link:clean_url"),
     "multicast": (Kind.GROUP, "p2pclone.multicast.driver:DRIVER"),

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from transports import link_errors
+from p2pclone.transports import link_errors
 
 from . import __version__
 from .errors import (

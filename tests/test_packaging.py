@@ -80,11 +80,18 @@ def test_the_installed_wheel_clones_and_saves_images(installed: Path, tmp_path: 
 
     # The installed package, not the checkout, is what runs.
     where = subprocess.run(
-        [str(installed.parent / "python"), "-c", "import p2pclone, transports; "
-         "print(p2pclone.__file__); print(transports.__file__)"],
+        [str(installed.parent / "python"), "-c", "import p2pclone, p2pclone.transports; "
+         "print(p2pclone.__file__); print(p2pclone.transports.__file__)"],
         capture_output=True, text=True, cwd=outside, env=env, check=True,
     ).stdout
     assert str(ROOT) not in where, where
+    # transports/ ships inside p2pclone: no generic top-level name is claimed.
+    claimed = subprocess.run(
+        [str(installed.parent / "python"), "-c",
+         "import importlib.util; print(importlib.util.find_spec('transports'))"],
+        capture_output=True, text=True, cwd=outside, env=env, check=True,
+    ).stdout
+    assert claimed.strip() == "None", claimed
 
     # A clone over loopback TCP.
     target = outside / "copy.img"

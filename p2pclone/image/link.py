@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from transports import LinkListener
-from transports.pipe import pipe_pair
+from p2pclone.transports import LinkListener
+from p2pclone.transports.pipe import pipe_pair
 
 from .reader import ImageSource
 from .recorder import Recorder

@@ -239,7 +239,7 @@ class SMBStore(Store):
         """The SMB connection's socket gets the TCP links' keepalive and user timeout: a
         NAS that loses power mid-save is noticed in about a minute (smbprotocol's own
         echo would take 20 minutes).  Private attributes: pinned smbprotocol >= 1.13."""
-        from transports.tcp import dead_peer_options
+        from p2pclone.transports.tcp import dead_peer_options
 
         for conn in self._cache.values():
             sock = getattr(getattr(conn, "transport", None), "_sock", None)

@@ -6,7 +6,7 @@ from typing import Any
 
 import trio
 
-from transports.multicast import MulticastTransport
+from p2pclone.transports.multicast import MulticastTransport
 
 from ..session import Done, Reporter
 from .receiver import receive_multicast

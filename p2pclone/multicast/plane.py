@@ -17,7 +17,7 @@ import trio
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from transports.multicast import receive_datagrams
+from p2pclone.transports.multicast import receive_datagrams
 
 from ..errors import RemoteProtocolError
 from ..protocol.messages import Chunk

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import trio
 
-from transports.multicast import MulticastTransport, decode_announce
-from transports.tcp import tune
+from p2pclone.transports.multicast import MulticastTransport, decode_announce
+from p2pclone.transports.tcp import tune
 
 from ..disks import Target
 from ..errors import TransportError

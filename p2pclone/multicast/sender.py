@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from transports.multicast import BurstSender, MulticastTransport, encode_announce
-from transports.tcp import tune
+from p2pclone.transports.multicast import BurstSender, MulticastTransport, encode_announce
+from p2pclone.transports.tcp import tune
 
 from ..disks import Source
 from ..errors import (

@@ -24,7 +24,7 @@ from p2pclone.errors import AuthenticationError, P2PCloneError
 from p2pclone.protocol import Connection, Role
 from p2pclone.protocol.messages import Plan
 from p2pclone.session import Channel, pair
-from transports.multicast import MulticastTransport, decode_announce
+from p2pclone.transports.multicast import MulticastTransport, decode_announce
 
 
 async def control_port(group: str, port: int) -> tuple[str, int]:

@@ -16,7 +16,7 @@ from p2pclone.errors import RemoteProtocolError
 from p2pclone.multicast.dataplane import Fragment, RateGovernor, bitmap, split
 from p2pclone.multicast.plane import AHEAD_BYTES, AHEAD_SLICES, ReceivePlane, seal
 from p2pclone.multicast.sender import _Reports, _Wire
-from transports.multicast import UDP_GRO, BurstSender, receive_datagrams
+from p2pclone.transports.multicast import UDP_GRO, BurstSender, receive_datagrams
 
 
 def pair() -> tuple[socket.socket, socket.socket]:

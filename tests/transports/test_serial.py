@@ -116,12 +116,12 @@ async def test_clone_over_a_pty_cable(tmp_path: Path, noise: float, garbage: flo
 
 
 async def test_serial_stream_passes_trios_two_way_stream_checks(monkeypatch) -> None:
-    import transports.seriallink
-    from transports.serial import SerialTransport
+    import p2pclone.transports.seriallink
+    from p2pclone.transports.serial import SerialTransport
 
     # The checks close one end and wait for the other to notice: a shorter dead-peer
     # timeout keeps that wait short (the mechanism is the same).
-    monkeypatch.setattr(transports.seriallink, "DEAD_AFTER", 2.0)
+    monkeypatch.setattr(p2pclone.transports.seriallink, "DEAD_AFTER", 2.0)
 
     async with trio.open_nursery() as cables:
 

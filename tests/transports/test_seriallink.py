@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transports.seriallink import DEAD_AFTER, MAX_PAYLOAD, MIN_PAYLOAD, Link, LinkDead
+from p2pclone.transports.seriallink import DEAD_AFTER, MAX_PAYLOAD, MIN_PAYLOAD, Link, LinkDead
 
 
 def noisy(data: bytes, rng: random.Random, flip: float, drop: float, garbage: float) -> bytes:

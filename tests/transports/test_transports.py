@@ -14,8 +14,8 @@ import trio.testing
 
 from p2pclone.endpoints import available_schemes, open_transport, transport_class
 from p2pclone.errors import TransportError, UsageError
-from transports.memory import MemoryTransport
-from transports.tcp import DEFAULT_PORT, TcpTransport
+from p2pclone.transports.memory import MemoryTransport
+from p2pclone.transports.tcp import DEFAULT_PORT, TcpTransport
 
 
 def has_ipv6() -> bool:
@@ -225,7 +225,7 @@ def test_a_third_party_transport_is_found_by_entry_point(tmp_path: Path, monkeyp
     """An installed distribution declaring `p2pclone.transports` adds a URL scheme."""
     (tmp_path / "echo_transport.py").write_text(
         textwrap.dedent("""
-        from transports import Transport
+        from p2pclone.transports import Transport
         class EchoTransport(Transport):
             scheme = "echo"
             async def connect(self): raise NotImplementedError
@@ -246,7 +246,7 @@ def test_a_third_party_transport_is_found_by_entry_point(tmp_path: Path, monkeyp
 
 
 async def test_the_in_process_pipe_passes_trios_stream_checks() -> None:
-    from transports.pipe import pipe_pair
+    from p2pclone.transports.pipe import pipe_pair
 
     async def make() -> tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]:
         return pipe_pair(limit=64 * 1024)
