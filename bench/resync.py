@@ -259,7 +259,8 @@ def bench_scan(image: Path) -> dict[str, Any]:
     from p2pclone.disks import Target
     from p2pclone.pipeline import default_threads
     from p2pclone.protocol import Plan
-    from p2pclone.receiver import DELTA_BATCH, _DataState, _NullLog
+    from p2pclone.receiver.data import DELTA_BATCH, DataState
+    from p2pclone.receiver.verify import NullLog
 
     size = image.stat().st_size
     drop_caches()
@@ -271,12 +272,12 @@ def bench_scan(image: Path) -> dict[str, Any]:
     target.fd = os.open(image, os.O_RDONLY)
     plan = Plan(source_size=size, chunk_size=MIB)
     # The receiver's own scan code (`receive --delta`), without a peer to send to.
-    state = _DataState(
+    state = DataState(
         None,
         target,
         plan,
         None,
-        _NullLog(),
+        NullLog(),
         default_threads(),  # type: ignore[arg-type]
         lambda _: None,
     )

@@ -12,7 +12,7 @@ CLI decides how to show them (a live display, JSON lines, or nothing).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -30,7 +30,19 @@ from .errors import (
     SafetyError,
     TransportError,
 )
-from .protocol import CLOSED, Confirm, Connection, Error, Event, Hello, Pake, Role, Sentinel
+from .protocol import (
+    CLOSED,
+    Confirm,
+    Connection,
+    Error,
+    Event,
+    Have,
+    Hello,
+    Pake,
+    Plan,
+    Role,
+    Sentinel,
+)
 
 RECEIVE_SIZE = 256 * 1024
 SOFTWARE = f"p2pclone {__version__}"
@@ -277,3 +289,35 @@ class Channel:
                 pass
         with trio.CancelScope(shield=True):
             await self.stream.aclose()
+
+
+# -- what a receiver holds already ------------------------------------------------------
+
+#: How far (in chunks) HAVE reports may run ahead of the data received.
+HAVE_AHEAD = 4096
+#: one batch of a HAVE report: each chunk's hash (UNKNOWN: not held), and sub-hashes
+HaveBatch = Callable[[Sequence[int]], Awaitable[tuple[list[bytes], bytes]]]
+
+
+class HaveReport:
+    """A receiver's (or an image recorder's) HAVE frames: every chunk, in order, in
+    batches of ``step``, staying at most HAVE_AHEAD chunks ahead of the data received,
+    so that neither side's memory of the report grows with the disk."""
+
+    def __init__(self, channel: Channel, plan: Plan, step: int, batch: HaveBatch) -> None:
+        self.channel, self.plan, self.step, self.batch = channel, plan, step, batch
+        self._moved = trio.Event()
+
+    def moved(self) -> None:
+        """The data moved on (the receiving loop calls this after each frame)."""
+        self._moved.set()
+
+    async def run(self) -> None:
+        plan, conn = self.plan, self.channel.conn
+        for first in range(0, plan.chunk_count, self.step):
+            while first >= conn.chunks_done + HAVE_AHEAD:
+                self._moved = trio.Event()
+                await self._moved.wait()
+            indices = range(first, min(first + self.step, plan.chunk_count))
+            hashes, subs = await self.batch(indices)
+            await self.channel.send(Have(index=first, hashes=b"".join(hashes), subs=subs))

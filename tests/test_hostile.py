@@ -28,7 +28,7 @@ from p2pclone.disks import Source, Target
 from p2pclone.errors import AuthenticationError, ExitCode, PeerError
 from p2pclone.protocol import FrameDecoder, FrameType, encode_frame
 from p2pclone.protocol.frames import FLAG_SEALED, HEADER_SIZE, TRAILER_SIZE
-from p2pclone.receiver import receive_stream
+from p2pclone.receiver import Options, receive_stream
 from p2pclone.sender import send_stream
 from p2pclone.session import Done, pick_error
 
@@ -121,7 +121,7 @@ async def clone_through(
 
     async def rx() -> None:
         try:
-            out["rx"] = await receive_stream(rx_end, tgt, code=CODE, journal=False)
+            out["rx"] = await receive_stream(rx_end, tgt, code=CODE, options=Options(journal=False))
         except BaseException as exc:  # noqa: BLE001 - inspected by the tests
             out["rx"] = pick_error(exc)
 

@@ -238,7 +238,7 @@ async def test_device_wiped_between_runs_is_repaired(
 
     Negative control: the old code printed Done with the GPT gone (this test failed).
     """
-    from p2pclone import receiver
+    from p2pclone.receiver import data as receiver
 
     # Commit every 2 MiB, so the first chunk is not in the last commit record (which
     # the old code did re-check).
@@ -479,10 +479,11 @@ def test_sigkill_mid_transfer_then_restart_resumes(tmp_path: Path, victim: str) 
 async def test_verify_fetches_damaged_chunks_again(tmp_path: Path, monkeypatch, flaky: bool):
     """A disk that loses a write: --verify finds it, asks for it again, and only then
     reports; a disk that keeps losing it ends with exit 6 naming the range."""
-    import p2pclone.receiver as receiver_mod
+    import p2pclone.receiver.data as receiver_data
+    import p2pclone.receiver.verify as receiver_verify
     from p2pclone.errors import IntegrityError, PeerError
 
-    real = receiver_mod.write_chunk
+    real = receiver_data.write_chunk
     calls: list[int] = []
 
     def lossy(target, chunk, plan):
@@ -492,7 +493,8 @@ async def test_verify_fetches_damaged_chunks_again(tmp_path: Path, monkeypatch, 
             return
         real(target, chunk, plan)
 
-    monkeypatch.setattr(receiver_mod, "write_chunk", lossy)
+    monkeypatch.setattr(receiver_data, "write_chunk", lossy)  # the data phase's writes
+    monkeypatch.setattr(receiver_verify, "write_chunk", lossy)  # and the repairs
     source = tmp_path / "s.img"
     data = random_file(source, 8 * MiB, seed=14)
     target = tmp_path / "t.img"

@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-import p2pclone.receiver as receiver_mod
+import p2pclone.receiver.data as receiver_mod
 from p2pclone.disks import Source, Target
-from p2pclone.receiver import receive_stream
+from p2pclone.receiver import Options, receive_stream
 from p2pclone.sender import send_stream
 from p2pclone.session import Done
 
@@ -166,7 +166,7 @@ class CloneMachine(RuleBasedStateMachine):
                     async def rx() -> None:
                         try:
                             result["rx"] = await receive_stream(
-                                b, target, code="4-a-b", state_dir=self.state
+                                b, target, code="4-a-b", options=Options(state_dir=self.state)
                             )
                         except Exception as exc:  # noqa: BLE001 - any failure is a failed run
                             result["rx"] = exc

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from array import array
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import trio
 
@@ -31,14 +31,13 @@ from ..protocol.messages import (
     Accept,
     Chunk,
     End,
-    Have,
     Lost,
     Plan,
     Result,
     Same,
     Zero,
 )
-from ..session import Channel, pair, pick_error
+from ..session import Channel, HaveReport, pair, pick_error
 from . import format as fmt
 from .reader import read_header, read_index, scan_records
 from .store import ReadOptions, Store, open_store, read_options
@@ -47,8 +46,6 @@ from .store import ReadOptions, Store, open_store, read_options
 WRITE_BYTES = 32 << 20
 #: Make the image durable at least this often, so a resumed save loses little.
 SYNC_BYTES = 256 << 20
-#: HAVE frames run at most this many chunks ahead of the data (as the receiver's do).
-HAVE_AHEAD = 4096
 UNKNOWN = bytes(HASH_SIZE)
 
 
@@ -225,8 +222,7 @@ class _Writing:
         self.buf: list[Job] = []
         self.buffered = 0
         self.unsynced = 0
-        self.progressed = trio.Event()
-        self.chunks_seen = 0
+        self.have: HaveReport | None = None
         self.lost: list[int] = []  # chunks the sender could not provide (LOST)
 
     async def run(self, channel: Channel) -> End:
@@ -234,7 +230,8 @@ class _Writing:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer, recv)
             if self.known:
-                nursery.start_soon(self._send_have, channel)
+                self.have = self._have_report(channel)
+                nursery.start_soon(self.have.run)
             async with send:
                 end = await self._receive(channel, send)
                 if self.buf:
@@ -280,8 +277,8 @@ class _Writing:
                             f"the sender called chunk {i} unchanged although the image holds "
                             "another one: refusing to trust it"
                         )
-            self.chunks_seen = channel.conn.chunks_done
-            self.progressed.set()
+            if self.have is not None:
+                self.have.moved()
             if self.buffered >= WRITE_BYTES:
                 buf, self.buf, self.buffered = self.buf, [], 0
                 await out.send(buf)
@@ -315,18 +312,13 @@ class _Writing:
                     self.unsynced = 0
                     await trio.to_thread.run_sync(store.sync)
 
-    async def _send_have(self, channel: Channel) -> None:
+    def _have_report(self, channel: Channel) -> HaveReport:
         """Tell the sender what the image already holds, in order, as a receiver would."""
-        plan = self.plan
-        for first in range(0, plan.chunk_count, MAX_HASHES):
-            while first >= self.chunks_seen + HAVE_AHEAD:
-                self.progressed = trio.Event()
-                await self.progressed.wait()
-            stop = min(first + MAX_HASHES, plan.chunk_count)
-            hashes = b"".join(
-                self.known[i][1] if i in self.known else UNKNOWN for i in range(first, stop)
-            )
-            await channel.send(Have(index=first, hashes=hashes))
+
+        async def batch(indices: Sequence[int]) -> tuple[list[bytes], bytes]:
+            return [self.known[i][1] if i in self.known else UNKNOWN for i in indices], b""
+
+        return HaveReport(channel, self.plan, MAX_HASHES, batch)
 
     def finish(self, root: bytes) -> None:
         """The index and the footer, then make it all durable.  Blocking."""

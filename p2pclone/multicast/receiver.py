@@ -12,6 +12,8 @@ journal like any interrupted clone.
 
 from __future__ import annotations
 
+import socket
+
 import trio
 
 from p2pclone.transports.multicast import MulticastTransport, decode_announce
@@ -19,7 +21,9 @@ from p2pclone.transports.tcp import tune
 
 from ..disks import Target
 from ..errors import TransportError
+from ..receiver import Options, Reconnect, receive_stream
 from ..session import Connected, Done, Listening, Reporter, no_report
+from .feed import GroupFeed
 from .plane import ReceivePlane
 
 
@@ -28,27 +32,16 @@ async def receive_multicast(
     transport: MulticastTransport,
     *,
     code: str,
+    options: Options,
     report: Reporter = no_report,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-    **options: object,
 ) -> Done:
-    from ..receiver import Evicted, receive_stream
-
     target = await trio.to_thread.run_sync(Target.open, target_path)
     sock = transport.receiver_socket()
     try:
         report(Listening(transport.url, code))
         task_status.started(transport.url)
-        while True:  # the sender's ANNOUNCE tells where its control port is
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                data, (host, _) = sock.recvfrom(65536)
-            except BlockingIOError:
-                continue
-            found = decode_announce(data)
-            if found is not None:
-                break
-        _, port = found
+        host, port = await _find_sender(sock)
         url = f"tcp://{host}:{port}"
         stream = await _connect(host, port, url)
         report(Connected(url))
@@ -58,24 +51,32 @@ async def receive_multicast(
                 target,
                 code=code,
                 url=url,
-                plane=ReceivePlane(sock),
+                options=options,
                 report=report,
-                **options,  # type: ignore[arg-type]
+                feed=GroupFeed(ReceivePlane(sock)),
             )
-        except Evicted as exc:
+        except Reconnect as exc:
             report(Connected(f"{url} (unicast: the sender evicted this receiver: {exc})"))
             stream = await _connect(host, port, url)
             return await receive_stream(
-                stream,
-                target,
-                code=code,
-                url=url,
-                report=report,
-                **options,  # type: ignore[arg-type]
+                stream, target, code=code, url=url, options=options, report=report
             )
     finally:
         sock.close()
         target.close()
+
+
+async def _find_sender(sock: socket.socket) -> tuple[str, int]:
+    """The sender's ANNOUNCE tells where its control port is."""
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            data, (host, _) = sock.recvfrom(65536)
+        except BlockingIOError:
+            continue
+        found = decode_announce(data)
+        if found is not None:
+            return host, found[1]
 
 
 async def _connect(host: str, port: int, url: str) -> trio.SocketStream:

@@ -1,0 +1,328 @@
+"""The receiving driver: transport -> frames -> checked chunks -> target.
+
+Order of a session, and why:
+
+1. The target is checked (and a block device opened exclusively) *before* listening,
+   so a wrong path fails at once, not after the sender has connected.
+2. HELLO both ways, then the sender's PLAN.  The target refuses a plan it can't hold
+   (ERROR, exit 4) before a single byte is written; ``confirm`` (the CLI's question
+   to the operator) runs here too.  Only then does the target get created or sized
+   and the receiver answer STATE (accept).
+3. Data: each CHUNK is decompressed (bounded by its declared length), hashed and
+   written by a worker thread; ZERO runs are zeroed (holes in a file, BLKZEROOUT on
+   a device).  A semaphore bounds the chunks in flight, so memory does not grow with
+   the disk.  The connection checks that chunks cover the plan once, in order.
+4. END: wait for every write, fsync, compare root hashes; with ``verify``, drop the
+   cache and re-read the whole target against the chunk hashes.  Only then RESULT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import trio
+
+from ..disks import Target
+from ..endpoints import Kind, resolve
+from ..errors import IntegrityError, P2PCloneError, TargetError
+from ..image.link import PlayerListener, clean_url
+from ..image.reader import ImageSource
+from ..journal import Header, Journal, check_state_dir, default_state_dir
+from ..pipeline import SUB_BLOCK, default_threads
+from ..protocol import Accept, Connection, End, Plan, Result, Role
+from ..sender import send_stream
+from ..session import (
+    Channel,
+    Connected,
+    Done,
+    Listening,
+    Notice,
+    Planned,
+    Reporter,
+    no_report,
+    pair,
+    pick_error,
+)
+from ..units import human_bytes
+from .data import DataState
+from .feed import Feed, Reconnect
+from .verify import NullLog, repair, spans, verify_target
+
+Confirm = Callable[[Plan, Target], None]
+
+
+def _no_confirm(plan: Plan, target: Target) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a receiver runs (see :func:`receive`)."""
+
+    verify: bool = False
+    confirm: Confirm = _no_confirm
+    threads: int | None = None  # None: one per core, at most four
+    journal: bool = True
+    state_dir: Path | None = None
+    fresh: bool = False
+    delta: bool = False
+
+
+async def receive(
+    target_path: str,
+    url: str,
+    *,
+    code: str,
+    verify: bool = False,
+    confirm: Confirm = _no_confirm,
+    threads: int | None = None,
+    journal: bool = True,
+    state_dir: str | Path | None = None,
+    fresh: bool = False,
+    delta: bool = False,
+    password: str | None = None,
+    report: Reporter = no_report,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> Done:
+    """Listen at ``url``, receive one clone into ``target_path``; return the statistics.
+
+    ``task_status.started()`` gets the URL actually listened on (with the real port).
+    ``confirm(plan, target)`` may raise to refuse the plan (before anything is written).
+    With ``journal`` (the default) progress is journaled in ``state_dir`` and an
+    interrupted clone resumes where it stopped (``fresh`` ignores an old journal);
+    ``delta`` hashes the current target so only chunks that differ are sent.
+    ``url`` may be an image (file:// or smb://; ``code`` is its passphrase, ``password``
+    the SMB password): the image is restored onto the target.
+
+    Raises:
+        P2PCloneError: any failure, with a user-facing sentence and exit code.
+    """
+    opts = Options(
+        verify=verify,
+        confirm=confirm,
+        threads=threads,
+        journal=journal,
+        state_dir=Path(state_dir) if state_dir else None,
+        fresh=fresh,
+        delta=delta,
+    )
+    endpoint = resolve(url)
+    if journal:  # before listening: a sender should not connect only to hear of it
+        await trio.to_thread.run_sync(check_state_dir, opts.state_dir or default_state_dir())
+    if endpoint.kind is Kind.GROUP:
+        return await endpoint.group().receive(
+            target_path, url, code=code, report=report, task_status=task_status, options=opts
+        )
+    image = endpoint.kind is Kind.IMAGE
+    # An image's player plays the sender's part in this process: the sending session.
+    transport = None if image else endpoint.transport(code=code, password=password)
+    if image:
+        clean_url(url)  # a malformed image URL is a usage error before the target is opened
+    target = await trio.to_thread.run_sync(Target.open, target_path)
+    try:
+        listener = (
+            PlayerListener(url, code=code, password=password, play=_play)
+            if transport is None
+            else await transport.listen()
+        )
+        try:
+            # An image's passphrase is nobody's business on the screen.
+            report(Listening(listener.url, "" if image else code))
+            task_status.started(listener.url)
+            stream = await listener.accept()
+            url = listener.url  # name the link by the real address from now on
+        finally:
+            await listener.aclose()
+        report(Connected(url))
+        done = await receive_stream(
+            stream, target, code=code, url=url, options=opts, report=report, seal=not image
+        )
+        if listener.caveat:
+            raise IntegrityError(listener.caveat, code="salvaged")
+        return done
+    finally:
+        target.close()
+
+
+async def _play(stream: trio.abc.Stream, source: ImageSource, url: str, code: str) -> None:
+    """An image's player: the sending session, reading the image."""
+    await send_stream(stream, source, code=code, url=url, chunk_size=source.chunk_size, seal=False)
+
+
+async def receive_stream(
+    stream: trio.abc.Stream,
+    target: Target,
+    *,
+    code: str,
+    url: str = "stream",
+    options: Options = Options(),  # noqa: B008 - frozen
+    report: Reporter = no_report,
+    seal: bool = True,
+    feed: Feed | None = None,
+) -> Done:
+    """Run a receiving session over an already open ``stream`` (closed on return).
+
+    ``feed``: a second way chunks arrive (a multicast group's data plane); it may end
+    the session with :class:`~p2pclone.receiver.feed.Reconnect`.
+    """
+    opts = replace(options, threads=options.threads or default_threads())
+    channel = Channel(Connection(Role.RECEIVER, code=code, seal=seal), stream, url)
+    try:
+        return await _session(channel, target, opts, report, feed)
+    except BaseException as exc:
+        await channel.fail(pick_error(exc))
+        raise
+
+
+async def _session(
+    channel: Channel, target: Target, opts: Options, report: Reporter, feed: Feed | None
+) -> Done:
+    started = trio.current_time()
+    await pair(channel)
+    plan = await channel.expect(Plan, "the sender's PLAN")
+    journal = await _prepare(target, plan, opts, report)
+    delta = opts.delta or plan.delta
+    try:
+        await channel.send(
+            Accept(
+                target=target.describe(),
+                have=delta or bool(journal and journal.have),
+                sub=SUB_BLOCK if delta else 0,
+            )
+        )
+    except BaseException:
+        if journal is not None:
+            journal.close()
+        raise
+    report(
+        Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, target.describe())
+    )
+    state, end, repaired = await _data_phase(channel, target, plan, journal, opts, report, feed)
+    if state.lost:
+        # Everything else is written, durable and journaled: a run from a repaired
+        # source resumes after it.  This is still not a clone.
+        raise IntegrityError(
+            f"the sender could not provide {len(state.lost)} chunks ({spans(plan, state.lost)}): "
+            "its image is damaged or incomplete there; those ranges of the target were not "
+            "written, everything else was written and checked"
+        )
+    why = await trio.to_thread.run_sync(target.reread_partitions)
+    if why is not None:
+        report(
+            Notice(
+                f"the kernel did not re-read the partition table of {target.path} ({why}): "
+                f"its new partitions appear after `partprobe {target.path}` or a reboot"
+            )
+        )
+    # Our own root (equal to END's, checked above): the sender checks it against its own.
+    await channel.send(Result(root=channel.conn.root_digest(), verified=opts.verify))
+    done = Done(
+        source_bytes=plan.source_size,
+        # the connection, both ways, and what came through the feed (a group's datagrams)
+        wire_bytes=channel.conn.bytes_in + channel.conn.bytes_out + (feed.bytes_in if feed else 0),
+        chunks=plan.chunk_count,
+        zero_chunks=state.zero_total,
+        same_chunks=state.same_total,
+        digest=end.root.hex(),
+        seconds=trio.current_time() - started,
+        verified=opts.verify,
+        repaired_chunks=repaired,
+    )
+    await channel.close()
+    return done
+
+
+async def _prepare(target: Target, plan: Plan, opts: Options, report: Reporter) -> Journal | None:
+    """Check the plan against the target (and the operator: ``confirm``) before a byte is
+    written, then size the target and open the journal."""
+    target.check_plan(plan.source_size, plan.source)
+    opts.confirm(plan, target)
+    await trio.to_thread.run_sync(target.prepare, plan.source_size)
+    short = target.space_shortfall(plan.source_size)
+    if short:
+        report(
+            Notice(
+                f"the filesystem holding {target.path} has {human_bytes(short)} less free "
+                f"space than the source's {human_bytes(plan.source_size)}: the clone fits "
+                "only if enough of the source is zero (kept as holes); else it stops and "
+                "resumes once space is freed"
+            )
+        )
+    if not opts.journal:
+        return None
+    header = Header(plan.chunk_size, plan.source_size, target.identity(), target.medium())
+    journal = await trio.to_thread.run_sync(
+        functools.partial(
+            Journal.open, opts.state_dir or default_state_dir(), header, fresh=opts.fresh
+        )
+    )
+    if journal.replaced:
+        report(
+            Notice(
+                f"the target {target.path} was replaced since the interrupted run "
+                "(another file at the same path): that run's journal was discarded and "
+                "the clone starts over"
+            )
+        )
+    return journal
+
+
+async def _data_phase(
+    channel: Channel,
+    target: Target,
+    plan: Plan,
+    journal: Journal | None,
+    opts: Options,
+    report: Reporter,
+    feed: Feed | None,
+) -> tuple[DataState, End, int]:
+    """The data, then fsync, the root check and ``--verify`` (with repairs); the journal
+    is finished (deleted) after a complete clone and closed otherwise.  Returns the
+    data phase's state, END, and the chunks fetched again."""
+    assert opts.threads is not None
+    try:
+        hash_log = tempfile.TemporaryFile(prefix="p2pclone-") if opts.verify else NullLog()  # noqa: SIM115 - closed by the with below
+        with hash_log as log:
+            state = DataState(channel, target, plan, journal, log, opts.threads, report, feed)
+            try:
+                end = await state.run(opts.delta or plan.delta)
+            except BaseException as exc:
+                # Keep what was written: a re-run resumes after it.
+                with trio.CancelScope(shield=True), contextlib.suppress(P2PCloneError):
+                    await state.commit(ack=False)
+                raise pick_error(exc) from None
+            repaired = len(state.refetch)
+            try:
+                await trio.to_thread.run_sync(target.sync)
+                if end.root != channel.conn.root_digest():
+                    raise IntegrityError(
+                        "the root hash over all chunks differs from the sender's: the copy is "
+                        "not identical; run the clone again"
+                    )
+                if opts.verify and not state.lost:
+                    bad = await verify_target(target, plan, log, opts.threads, report)
+                    if bad:
+                        await repair(channel, target, plan, bad, journal)
+                        repaired += len(bad)
+            except (IntegrityError, TargetError):
+                # The journal vouches for data the target may not hold: a re-run must
+                # not trust it.
+                if journal is not None:
+                    await trio.to_thread.run_sync(journal.finish)
+                    journal = None
+                raise
+        if journal is not None and not state.lost:
+            await trio.to_thread.run_sync(journal.finish)
+            journal = None
+        return state, end, repaired
+    finally:
+        if journal is not None:
+            journal.close()
+
+
+__all__ = ["Options", "P2PCloneError", "Reconnect", "receive", "receive_stream"]
