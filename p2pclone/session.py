@@ -105,6 +105,25 @@ class Notice:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class GroupProgress:
+    """One multicast member's state, for the display: joined, receiving or unicast
+    (with how far it is, its rate and the fragments repaired for it), evicted, done,
+    failed, refused.
+
+    ``done_bytes``: what the member holds whole so far (slices it reported complete;
+    over unicast, what that session has sent); ``rate``: bytes/s since the last report
+    about it."""
+
+    name: str
+    state: str
+    done_bytes: int = 0
+    total_bytes: int = 0
+    rate: float = 0.0
+    repairs: int = 0
+    why: str = ""
+
+
 Report = Listening | Connected | Planned | Progress | Verifying | Done | Notice
 Reporter = Callable[[Report], None]
 

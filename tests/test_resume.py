@@ -356,7 +356,7 @@ async def test_a_sender_claiming_unchanged_chunks_is_refused(tmp_path: Path) -> 
         return pipeline.Encoded(index, same=bytes(range(32)))
 
     pipeline.encode_chunk = liar
-    import p2pclone.sender as sender_mod
+    import p2pclone.sender.ahead as sender_mod
 
     sender_mod.encode_chunk = liar
     try:

@@ -23,6 +23,8 @@ class _Group:
         report: Reporter,
         chunk_size: int | None = None,
         allow_mounted: bool = False,
+        passphrase: str | None = None,
+        password: str | None = None,
         receivers: int = 1,
         wait: float = 60.0,
         group_report: Any = None,
@@ -41,6 +43,8 @@ class _Group:
             wait=wait,
             chunk_size=chunk_size,
             allow_mounted=allow_mounted,
+            passphrase=passphrase,
+            password=password,
             report=report,
             group_report=group_report,
         )

@@ -114,10 +114,10 @@ FORGER = """
 import dataclasses
 import sys
 from p2pclone.cli import main
-from p2pclone.multicast import sender
+from p2pclone.multicast import slices
 from p2pclone.protocol.messages import Encoding
 
-real = sender.pack_entry
+real = slices.pack_entry
 
 def forged(chunk):
     if chunk.index == 2:
@@ -127,7 +127,7 @@ def forged(chunk):
         return b""
     return real(chunk)
 
-sender.pack_entry = forged
+slices.pack_entry = forged
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -472,3 +472,35 @@ def test_strangers_and_silent_connections_neither_count_nor_hold_the_sender(
     finally:
         silent.kill()
         tx.kill()
+
+
+def test_an_image_is_sent_to_a_multicast_group(lan, tmp_path: Path) -> None:
+    """Issue 13: an image as the SOURCE of a multicast send.  Before, the multicast
+    branch returned before the image check and opened the URL as a disk path ("no such
+    file"); now the group sender reads the image through the same source as a unicast
+    send, and both receivers end byte-identical with the disk the image was saved from."""
+    net: Lan = lan(3)
+    source = tmp_path / "disk.img"
+    data = write_layout(source, 10 * MiB + 4096)
+    image = f"file://{tmp_path}/pc1.p2pc"
+    saved = subprocess.run(
+        [sys.executable, "-m", "p2pclone", "send", str(source), image, "--code", "image-words"],
+        capture_output=True, env=dict(os.environ, P2PCLONE_STATE_DIR=str(tmp_path / "s0")),
+    )  # fmt: skip
+    assert saved.returncode == 0, saved.stderr.decode()
+    url = "multicast://239.77.1.9:17509?iface=eth0"
+    targets = [tmp_path / f"t{k}.img" for k in (1, 2)]
+    rx = [receiver(net, k, t, url, tmp_path) for k, t in zip((1, 2), targets, strict=True)]
+    tx = net.run(
+        0, sys.executable, "-m", "p2pclone", "send", image, url, "--code", CODE,
+        "--passphrase", "image-words", "--receivers", "2", "--wait", "30", "--json",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    out, err = tx.communicate(timeout=120)
+    assert tx.returncode == 0, err.decode()
+    assert events(out)[-1]["event"] == "done"
+    for r in rx:
+        r_out, r_err = r.communicate(timeout=60)
+        assert r.returncode == 0, r_err.decode()
+    for t in targets:
+        assert t.read_bytes() == data

@@ -2,65 +2,49 @@
 
 One nursery per session.  In the data phase three kinds of task run:
 
-* the *producer* walks the chunk indices in order, skipping holes of a sparse
-  source, and starts one worker per chunk (read, zero check, hash, compress in a
-  thread; at most ``threads`` at once);
-* the *writer* (this task) takes the workers' results strictly in index order
-  through a bounded channel, merges zero chunks into ZERO runs, and sends frames;
+* the *encode-ahead* (ahead.py) walks the chunk indices in order, skipping holes of a
+  sparse source, and starts one worker per chunk (read, zero check, hash, compress in
+  a thread; at most ``threads`` at once), running up to READ_AHEAD_BYTES ahead;
+* the *writer* (this task) takes the workers' results strictly in index order,
+  merges zero, held and lost chunks into runs (runs.py), and sends frames;
 * the *watcher* reads the back-channel, so a receiver's ERROR ends the session at
   once with the receiver's own sentence.
 
-The channel's bound (``READ_AHEAD_BYTES`` of chunks) caps memory: at most that
-plus ``threads`` chunks exist at a time, whatever the disk size.  It is deep
-on purpose: when the link is the bottleneck, the reader runs up to that many chunks
-ahead, so reading a long zero region (which sends nothing) overlaps with sending the
-data queued before it instead of leaving the link idle.
+Where a URL leads is the registry's business (p2pclone/endpoints.py): a link gives a
+stream, an image a recorder over an in-process pipe, a group its own driver.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import trio
 
-from .disks import Source
-from .endpoints import Kind, is_image_url, resolve
-from .errors import IntegrityError, P2PCloneError, TransportError, UsageError
-from .image.link import clean_url, open_recording
-from .image.reader import ImageSource
-from .pipeline import (
-    DiskSource,
-    Encoded,
-    default_threads,
-    encode_chunk,
-    encode_repair,
-)
-from .protocol import (
-    HASH_SIZE,
+from ..disks import Source
+from ..endpoints import Kind, is_image_url, resolve
+from ..errors import IntegrityError, P2PCloneError, TransportError, UsageError
+from ..image.link import clean_url, open_recording
+from ..image.reader import ImageSource
+from ..pipeline import DiskSource, default_threads
+from ..protocol import (
     MAX_CHUNK_SIZE,
-    MAX_HASHES,
-    SUB_HASH_SIZE,
     Accept,
     Ack,
     Connection,
     End,
     Have,
-    Lost,
     Nak,
     Plan,
     Result,
     Role,
-    Same,
-    Zero,
     zero_digest,
 )
-from .session import (
+from ..session import (
     Channel,
     Connected,
     Done,
+    GroupProgress,
     Notice,
     Planned,
     Progress,
@@ -69,27 +53,10 @@ from .session import (
     pair,
     pick_error,
 )
-
-if TYPE_CHECKING:
-    from .multicast.sender import GroupProgress
+from .ahead import READ_AHEAD_BYTES, EncodeAhead, Slot
+from .runs import ChunkKind, HaveMap, Runs, answer_nak, run_frame
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
-#: Bytes of chunks the reader may run ahead of the link (32 chunks of 1 MiB; at
-#: least 4 chunks whatever their size).  Measured on a 1 Gbit link: 16 -> 32 MiB
-#: saves ~0.3 s per GiB of a disk with long zero regions.
-READ_AHEAD_BYTES = 32 * 1024 * 1024
-
-
-@dataclass
-class _Slot:
-    index: int
-    zero_run: int = 0  # >0: a run of this many hole chunks, known without reading
-    result: Encoded | None = None
-
-    def __post_init__(self) -> None:
-        self.ready = trio.Event()
-        if self.zero_run:
-            self.ready.set()
 
 
 async def send(
@@ -299,62 +266,14 @@ async def _session(
         source_bytes=plan.source_size,
         wire_bytes=channel.conn.bytes_out + channel.conn.bytes_in,
         chunks=plan.chunk_count,
-        zero_chunks=runs.zero_total,
-        same_chunks=runs.same_total,
+        zero_chunks=runs.totals[ChunkKind.ZERO],
+        same_chunks=runs.totals[ChunkKind.SAME],
         digest=channel.conn.root_digest().hex(),
         seconds=trio.current_time() - started,
         verified=result[0].verified,
     )
     await channel.close()
     return done
-
-
-class HaveMap:
-    """What the receiver reports it holds (HAVE frames), consumed in index order.
-
-    Entries are dropped as they are used, so memory follows how far the receiver's
-    report runs ahead of the sender (32 bytes a chunk at most).
-    """
-
-    def __init__(self, expected: bool, plan: Plan, sub: int = 0) -> None:
-        self.expected = expected
-        self.plan = plan
-        self.sub = sub
-        self.covered = 0
-        self._hashes: dict[int, bytes] = {}
-        self._subs: dict[int, bytes] = {}
-        self._changed = trio.Event()
-
-    def add(self, event: Have) -> None:
-        unknown = bytes(HASH_SIZE)
-        pos = 0
-        for k in range(event.count):
-            index = event.index + k
-            digest = event.hashes[HASH_SIZE * k : HASH_SIZE * (k + 1)]
-            if digest != unknown:
-                self._hashes[index] = digest
-            if self.sub:
-                n = -(-self.plan.chunk_length(index) // self.sub) * SUB_HASH_SIZE
-                self._subs[index] = event.subs[pos : pos + n]
-                pos += n
-        self.covered = event.index + event.count
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def subs(self, index: int) -> bytes:
-        """The receiver's sub-block hashes for ``index`` (delta), once; b"" if none."""
-        return self._subs.pop(index, b"")
-
-    async def get(self, index: int) -> bytes | None:
-        """The receiver's hash for chunk ``index`` (waiting for its report), or None."""
-        while self.expected and self.covered <= index:
-            await self._changed.wait()
-        return self._hashes.pop(index, None)
-
-    def close(self) -> None:
-        """No more reports will come (the receiver is gone): nobody waits for them."""
-        self.expected = False
-        self._changed.set()
 
 
 async def _watch(
@@ -375,57 +294,16 @@ async def _watch(
                 "the transfer was interrupted and the target is incomplete; run both sides "
                 "again (the receiver resumes where it stopped)"
             ) from None
-        if isinstance(event, Have):
-            have.add(event)
-        elif isinstance(event, Ack):
-            acks[:] = [event.durable]  # chunks the receiver holds durably so far
-        elif isinstance(event, Nak):
-            # The receiver's verify read these back wrong: send them again, whole.
-            for index in event.indices:
-                chunk = await trio.to_thread.run_sync(encode_repair, source, plan, index)
-                await channel.send(chunk)
-        elif isinstance(event, Result):
-            result.append(event)
-            return
-
-
-class _Runs:
-    """Merges consecutive zero chunks into ZERO frames and held chunks into SAME frames."""
-
-    def __init__(self, channel: Channel) -> None:
-        self.channel = channel
-        self.kind = ""
-        self.start = 0
-        self.count = 0
-        self.hashes = bytearray()
-        self.zero_total = 0
-        self.same_total = 0
-        self.lost_total = 0
-
-    async def add(self, kind: str, index: int, digest: bytes = b"", count: int = 1) -> None:
-        """Add ``count`` chunks from ``index`` (a SAME adds one chunk and its hash)."""
-        full = kind == "same" and self.count >= MAX_HASHES
-        if kind != self.kind or index != self.start + self.count or full:
-            await self.flush()
-            self.kind, self.start = kind, index
-        self.count += count
-        if kind == "same":
-            self.hashes += digest
-            self.same_total += 1
-        elif kind == "lost":
-            self.lost_total += count
-        else:
-            self.zero_total += count
-
-    async def flush(self) -> None:
-        if self.count:
-            if self.kind == "zero":
-                await self.channel.send(Zero(index=self.start, count=self.count))
-            elif self.kind == "lost":
-                await self.channel.send(Lost(index=self.start, count=self.count))
-            else:
-                await self.channel.send(Same(index=self.start, hashes=bytes(self.hashes)))
-        self.kind, self.count, self.hashes = "", 0, bytearray()
+        match event:
+            case Have():
+                have.add(event)
+            case Ack():
+                acks[:] = [event.durable]  # chunks the receiver holds durably so far
+            case Nak():  # the receiver's verify read these back wrong: send them again
+                await answer_nak(channel, source, plan, event)
+            case Result():
+                result.append(event)
+                return
 
 
 async def _stream_chunks(
@@ -436,86 +314,31 @@ async def _stream_chunks(
     threads: int,
     nursery: trio.Nursery,
     report: Reporter,
-) -> _Runs:
-    read_ahead = max(4, READ_AHEAD_BYTES // plan.chunk_size)
-    slots_send, slots_recv = trio.open_memory_channel[_Slot](read_ahead)
-    limiter = trio.CapacityLimiter(threads)
+) -> Runs:
+    async def emit(kind: ChunkKind, first: int, count: int, hashes: bytes) -> None:
+        await channel.send(run_frame(kind, first, count, hashes))
 
-    async def work(slot: _Slot, held: bytes | None, subs: bytes) -> None:
-        if isinstance(source, ImageSource):  # its payloads go out as they are stored
-            slot.result = await trio.to_thread.run_sync(
-                source.encode, plan, slot.index, held, limiter=limiter
-            )
-        else:
-            slot.result = await trio.to_thread.run_sync(
-                encode_chunk, source, plan, slot.index, held, subs, have.sub, limiter=limiter
-            )
-        slot.ready.set()
-
-    async def produce() -> None:
-        async with slots_send:
-            index = 0
-            while index < plan.chunk_count:
-                offset = index * plan.chunk_size
-                data_at = source.next_data(offset)
-                first_data = min(data_at // plan.chunk_size, plan.chunk_count)
-                if first_data > index:  # whole chunks inside a hole: zero, unread
-                    await slots_send.send(_Slot(index, zero_run=first_data - index))
-                    index = first_data
-                    continue
-                slot = _Slot(index)
-                held = await have.get(index)
-                await slots_send.send(slot)
-                nursery.start_soon(work, slot, held, have.subs(index))
-                index += 1
-
-    nursery.start_soon(produce)
-    runs = _Runs(channel)
+    slots = EncodeAhead(source, plan, threads, have).start(nursery)
+    runs = Runs(emit)
     last_report = -1.0
-    async with slots_recv:
+    async with slots:
         while True:
             # Never sit on an open ZERO/SAME run while waiting: the receiver paces
             # its HAVE reports by the chunks it has seen, so a run held back while we
             # wait for a report would leave both sides waiting for each other.
             try:
-                slot = slots_recv.receive_nowait()
+                slot = slots.receive_nowait()
             except trio.WouldBlock:
                 await runs.flush()
                 try:
-                    slot = await slots_recv.receive()
+                    slot = await slots.receive()
                 except trio.EndOfChannel:
                     break
             except trio.EndOfChannel:
                 break
             if not slot.ready.is_set():
                 await runs.flush()
-                await slot.ready.wait()
-            if slot.zero_run and not have.expected:
-                await runs.add("zero", slot.index, count=slot.zero_run)
-            elif slot.zero_run:
-                for i in range(slot.index, slot.index + slot.zero_run):
-                    if have.covered <= i:
-                        await runs.flush()
-                    held = await have.get(i)
-                    have.subs(i)  # not needed: a hole is sent whole (as ZERO)
-                    if held is not None and held == zero_digest(plan.chunk_length(i)):
-                        await runs.add("same", i, held)
-                    else:
-                        await runs.add("zero", i)
-            else:
-                encoded = slot.result
-                assert encoded is not None
-                if encoded.same is not None:
-                    await runs.add("same", slot.index, encoded.same)
-                elif encoded.zero:
-                    await runs.add("zero", slot.index)
-                elif encoded.lost:
-                    await runs.add("lost", slot.index)
-                else:
-                    await runs.flush()
-                    event = encoded.patch or encoded.chunk
-                    assert event is not None
-                    await channel.send(event)
+            await _send_slot(channel, plan, have, runs, slot)
             now = trio.current_time()
             if now - last_report >= 0.1:
                 last_report = now
@@ -526,4 +349,42 @@ async def _stream_chunks(
     return runs
 
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "P2PCloneError", "send", "send_stream"]
+async def _send_slot(channel: Channel, plan: Plan, have: HaveMap, runs: Runs, slot: Slot) -> None:
+    """One chunk (or a hole's run of zero chunks) to the receiver."""
+    if slot.zero_run and not have.expected:
+        await runs.add(ChunkKind.ZERO, slot.index, count=slot.zero_run)
+    elif slot.zero_run:
+        for i in range(slot.index, slot.index + slot.zero_run):
+            if have.covered <= i:
+                await runs.flush()
+            held = await have.get(i)
+            have.subs(i)  # not needed: a hole is sent whole (as ZERO)
+            if held is not None and held == zero_digest(plan.chunk_length(i)):
+                await runs.add(ChunkKind.SAME, i, held)
+            else:
+                await runs.add(ChunkKind.ZERO, i)
+    else:
+        encoded = await slot.encoded()
+        if encoded.same is not None:
+            await runs.add(ChunkKind.SAME, slot.index, encoded.same)
+        elif encoded.zero:
+            await runs.add(ChunkKind.ZERO, slot.index)
+        elif encoded.lost:
+            await runs.add(ChunkKind.LOST, slot.index)
+        else:
+            await runs.flush()
+            event = encoded.patch or encoded.chunk
+            assert event is not None
+            await channel.send(event)
+
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "READ_AHEAD_BYTES",
+    "P2PCloneError",
+    "check_chunk_size",
+    "open_source",
+    "send",
+    "send_channel",
+    "send_stream",
+]
