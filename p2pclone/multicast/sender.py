@@ -26,7 +26,6 @@ connections are members.py.  SOURCE may be an image URL, as for a unicast send.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import secrets
 from collections.abc import Callable
@@ -71,21 +70,13 @@ from ..session import (
     Progress,
     Reporter,
     no_report,
-    pair,
 )
-from ..transports.multicast import BurstSender, MulticastTransport, encode_announce
+from ..transports.multicast import BurstSender, MulticastTransport
 from ..transports.tcp import tune
 from .dataplane import Member, RateGovernor
-from .guard import PairingGuard
+from .door import Door
 from .members import Clock, Paced, Peer, expel, tell_all
 from .slices import Reports, SliceStream, Wire
-
-ANNOUNCE_EVERY = 0.5
-#: Pairings in progress at once (the others wait their turn), and how long one may take
-#: from its turn to the receiver's key confirmation: a connection that never speaks
-#: holds its turn no longer than that (docs/security.md#multicast).
-HANDSHAKES = 4
-HANDSHAKE_TIMEOUT = 30.0
 
 __all__ = ["GroupProgress", "GroupSender"]
 
@@ -130,13 +121,9 @@ class GroupSender:
         self.reports = Reports()
         self.returning: dict[str, trio.Event] = {}  # host -> its unicast session has ended
         self.finished_hosts: set[str] = set()  # hosts whose receiver confirmed its clone
-        self.refused: dict[str, tuple[str, ExitCode]] = {}  # name -> why, its exit code
-        self.guard = PairingGuard(receivers)
-        self.handshakes = trio.CapacityLimiter(HANDSHAKES)
-        self.blocked: set[str] = set()  # addresses refused for failed pairings (shown once)
-        self.locked: list[AuthenticationError] = []  # the failed pairings reached the limit
-        self.door = trio.CancelScope()  # announcing and accepting control connections
-        self.pairing: set[trio.CancelScope] = set()  # handshakes in progress
+        self.door = Door(transport, self.session, receivers, self._show, self.joined.set)
+        self.refused = self.door.refused  # name -> (why, its exit code)
+        self.locked = self.door.locked  # the run's failed pairings reached the limit
         self.meters: dict[str, tuple[float, int]] = {}  # name -> (time, done_bytes) shown
         self.stats: dict[str, int] = {"wire": 0, "zero": 0}
         self.plan = Plan(source_size=0, chunk_size=chunk_size)
@@ -158,9 +145,9 @@ class GroupSender:
         try:
             # ``late``: member and unicast sessions, awaited at the very end.
             async with trio.open_nursery() as late, trio.open_nursery() as nursery:
-                await nursery.start(self._open_door, sock, port, listeners, late)
+                await nursery.start(self.door.open, sock, port, listeners, late, self._member)
                 await self._group(source, wire)
-                self._close_door()  # stop announcing, accepting and pairing
+                self.door.close()  # stop announcing, accepting and pairing
                 nursery.cancel_scope.cancel()
         finally:
             source.close()
@@ -290,67 +277,14 @@ class GroupSender:
         self.meters[name] = (now, done)
         self.group_report(GroupProgress(name, state, done, total, rate, repairs, why))
 
-    # -- the door: announcing, accepting, pairing ---------------------------------------
-
-    async def _open_door(
-        self,
-        sock: object,
-        port: int,
-        listeners: list[trio.SocketListener],
-        late: trio.Nursery,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        with self.door:
-            async with trio.open_nursery() as both:
-                both.start_soon(self._announce, sock, port)
-                await both.start(
-                    functools.partial(trio.serve_listeners, handler_nursery=late),
-                    self._member,
-                    listeners,
-                )
-                task_status.started()
-        for listener in listeners:  # closed: no more guesses (nor latecomers)
-            await listener.aclose()
-
-    async def _announce(self, sock: object, port: int) -> None:
-        group = (self.transport.group, self.transport.port)
-        while True:
-            with contextlib.suppress(OSError):
-                sock.sendto(encode_announce(self.session, port), group)  # type: ignore[attr-defined]
-            await trio.sleep(ANNOUNCE_EVERY)
-
-    def _close_door(self) -> None:
-        self.door.cancel()
-        for scope in self.pairing:  # and pairings in progress, or waiting for their turn
-            scope.cancel()
-
-    def _lock_out(self) -> None:
-        """Too many failed pairings: no more (the control port closes), and the run
-        ends with exit 3 (at once if the group has not started; else once the members
-        in it have finished)."""
-        guard = self.guard
-        self.locked.append(
-            AuthenticationError(
-                f"{guard.failures} pairings with this sender failed (from "
-                + ", ".join(f"{host} x{n}" for host, n in guard.worst())
-                + f"), the limit for {self.receivers} receivers: someone on the network may "
-                "be guessing the code, so the sender stopped accepting receivers; check those "
-                "hosts, then run the receivers and the sender again with a new code (the "
-                "receivers resume)"
-            )
-        )
-        self._close_door()
-        self.joined.set()  # wakes the wait for the group to form
+    # -- control connections ----------------------------------------------------------
 
     async def _member(self, stream: trio.SocketStream) -> None:
         """One control connection: pair, then join the group, or a unicast session."""
         tune(stream)  # a receiver that vanishes is noticed (keepalive, user timeout)
         addr = stream.socket.getpeername()
         name = f"{addr[0]}:{addr[1]}"
-        if not self.guard.admits(addr[0]):  # it failed too often: no more guesses
-            if addr[0] not in self.blocked:
-                self.blocked.add(addr[0])
-                self._show(name, "refused", why="too many failed pairings from this address")
+        if not self.door.admits(addr[0], name):  # it failed too often: no more guesses
             await stream.aclose()
             return
         by_unicast = self.data_started or len(self.peers) >= self.receivers
@@ -358,7 +292,7 @@ class GroupSender:
         # rate= caps the network load, the unicast finish included
         link = Paced(stream, rate, self.clock) if by_unicast and rate else stream
         channel = Channel(Connection(Role.SENDER, code=self.code), link, f"tcp://{name}")
-        if not await self._handshake(channel, addr[0], name):
+        if not await self.door.handshake(channel, addr[0], name):
             return
         if by_unicast:
             await self._unicast(channel, name)
@@ -367,50 +301,6 @@ class GroupSender:
         if peer is not None:
             await self._listen(peer)
             await channel.close()
-
-    async def _handshake(self, channel: Channel, host: str, name: str) -> bool:
-        """Pair, HANDSHAKES at a time and within HANDSHAKE_TIMEOUT each; a failure
-        after our CONFIRM is a spent guess (guard.py), and too many stop the run."""
-        spent = False
-
-        def confirm() -> None:
-            nonlocal spent
-            if not self.guard.begin(host):
-                raise AuthenticationError("too many failed pairings: not paired")
-            spent = True
-
-        why = ""
-        with trio.CancelScope() as scope:  # cancelled when the sender stops pairing
-            self.pairing.add(scope)
-            try:
-                async with self.handshakes:
-                    with trio.fail_after(HANDSHAKE_TIMEOUT):
-                        await pair(channel, before_confirm=confirm)
-            except trio.TooSlowError:
-                why = f"no pairing within {HANDSHAKE_TIMEOUT:.0f} s"
-            except P2PCloneError as exc:
-                why = exc.message
-            finally:
-                self.pairing.discard(scope)
-        if scope.cancelled_caught:
-            why = "the sender stopped pairing"
-        if spent:
-            self.guard.end(host, paired=not why)
-        if not why:
-            return True
-        if spent:
-            # A receiver with a wrong code is one of the lab that will not be cloned,
-            # and a guess at the code all the same; a stranger's garbage, a port scan
-            # or a silent connection never got that far.
-            self.refused[name] = (
-                why if "pairing failed" in why else f"pairing failed ({why})",
-                ExitCode.AUTH,
-            )
-            if self.guard.exhausted:
-                self._lock_out()
-        self._show(name, "refused", why=why)
-        await channel.close()
-        return False
 
     async def _join(self, channel: Channel, name: str) -> Peer | None:
         """The PLAN and its acceptance: the receiver becomes a member of the group."""

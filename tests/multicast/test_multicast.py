@@ -420,9 +420,9 @@ def test_guesses_at_the_code_are_limited_per_address_and_per_run(lan, tmp_path: 
 PATIENT = """
 import sys
 from p2pclone.cli import main
-from p2pclone.multicast import sender
+from p2pclone.multicast import door
 
-sender.HANDSHAKE_TIMEOUT = 2.0
+door.HANDSHAKE_TIMEOUT = 2.0
 sys.exit(main(sys.argv[1:]))
 """
 
