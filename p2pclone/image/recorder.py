@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 from array import array
 from collections.abc import Callable, Mapping, Sequence
+from typing import assert_never
 
 import trio
 
@@ -242,46 +243,55 @@ class _Writing:
     async def _receive(
         self, channel: Channel, out: trio.MemorySendChannel[list[Job] | None]
     ) -> End:
-        codec = self.codec
         while True:
             event = await channel.expect_one_of(
                 (Chunk, Zero, Same, Lost, End), "the sender's chunks"
             )
-            if isinstance(event, End):
-                return event
-            if isinstance(event, Chunk):
-                self._place(event.index, 1, event.digest)
-                # Sealed in the writer's thread, not here: the event loop is busy enough.
-                self._add(
-                    codec.chunk_record_size(len(event.body)),
-                    functools.partial(
-                        codec.chunk,
-                        event.index,
-                        event.length,
-                        event.digest,
-                        event.encoding,
-                        event.body,
-                    ),
-                )
-            elif isinstance(event, Zero):
-                self._place(event.index, event.count, None)
-                zero: list[bytes | memoryview] = [codec.zero(event.index, event.count)]
-                self._add(len(zero[0]), functools.partial(list, zero))
-            elif isinstance(event, Lost):  # its source is a damaged image: not a copy
-                self.lost += range(event.index, event.index + event.count)
-            elif isinstance(event, Same):
-                for k in range(event.count):
-                    i = event.index + k
-                    if event.hashes[HASH_SIZE * k : HASH_SIZE * (k + 1)] != self._hash(i):
-                        raise RemoteProtocolError(
-                            f"the sender called chunk {i} unchanged although the image holds "
-                            "another one: refusing to trust it"
-                        )
+            assert isinstance(event, (Chunk, Zero, Same, Lost, End))  # what was asked for
+            match event:
+                case End():
+                    return event
+                case Chunk():
+                    self._chunk(event)
+                case Zero():
+                    self._place(event.index, event.count, None)
+                    zero: list[bytes | memoryview] = [self.codec.zero(event.index, event.count)]
+                    self._add(len(zero[0]), functools.partial(list, zero))
+                case Lost():  # its source is a damaged image: not a copy
+                    self.lost += range(event.index, event.index + event.count)
+                case Same():
+                    self._same(event)
+                case _:
+                    assert_never(event)
             if self.have is not None:
                 self.have.moved()
             if self.buffered >= WRITE_BYTES:
                 buf, self.buf, self.buffered = self.buf, [], 0
                 await out.send(buf)
+
+    def _chunk(self, event: Chunk) -> None:
+        self._place(event.index, 1, event.digest)
+        # Sealed in the writer's thread, not here: the event loop is busy enough.
+        self._add(
+            self.codec.chunk_record_size(len(event.body)),
+            functools.partial(
+                self.codec.chunk,
+                event.index,
+                event.length,
+                event.digest,
+                event.encoding,
+                event.body,
+            ),
+        )
+
+    def _same(self, event: Same) -> None:
+        for k in range(event.count):
+            i = event.index + k
+            if event.hashes[HASH_SIZE * k : HASH_SIZE * (k + 1)] != self._hash(i):
+                raise RemoteProtocolError(
+                    f"the sender called chunk {i} unchanged although the image holds "
+                    "another one: refusing to trust it"
+                )
 
     def _hash(self, i: int) -> bytes:
         return bytes(self.hashes[HASH_SIZE * i : HASH_SIZE * (i + 1)])

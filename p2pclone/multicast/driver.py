@@ -1,14 +1,19 @@
-"""The multicast scheme's plug-in for the drivers (see p2pclone/endpoints.py, GROUP)."""
+"""The multicast scheme's plug-in for the drivers (p2pclone/endpoints.py names it as the
+GROUP driver): the sender's side is the group sender, the receiver's side an ordinary
+receiving session with the group's data plane as its feed."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from p2pclone.transports.multicast import MulticastTransport
 
-from ..session import Done, Reporter
+from ..receiver import Options
+from ..sender import DEFAULT_CHUNK_SIZE, check_chunk_size
+from ..session import Done, GroupProgress, Reporter
 from .receiver import receive_multicast
 from .sender import send_multicast
 
@@ -27,11 +32,9 @@ class _Group:
         password: str | None = None,
         receivers: int = 1,
         wait: float = 60.0,
-        group_report: Any = None,
+        group_report: Callable[[GroupProgress], None] | None = None,
         **_: Any,
     ) -> Done:
-        from ..sender import DEFAULT_CHUNK_SIZE, check_chunk_size
-
         transport = MulticastTransport(url)
         chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
         check_chunk_size(chunk_size)
@@ -57,15 +60,16 @@ class _Group:
         code: str,
         report: Reporter,
         task_status: trio.TaskStatus[str],
-        **options: Any,
+        options: Options,
+        **_: Any,
     ) -> Done:
         return await receive_multicast(
             target_path,
             MulticastTransport(url),
             code=code,
+            options=options,
             report=report,
             task_status=task_status,
-            **options,
         )
 
 

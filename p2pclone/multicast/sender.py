@@ -29,6 +29,7 @@ import contextlib
 import os
 import secrets
 from collections.abc import Callable
+from typing import assert_never
 
 import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -335,6 +336,7 @@ class GroupSender:
                 event = await peer.channel.expect_one_of(
                     (Have, Ack, Report, Nak, Result), "the receiver's RESULT"
                 )
+                assert isinstance(event, (Have, Ack, Report, Nak, Result))  # as asked
                 match event:
                     case Nak():
                         # Chunks the group's copy did not give this member (a rogue sealed
@@ -349,6 +351,10 @@ class GroupSender:
                     case Result():
                         peer.result = event
                         return
+                    case Ack():
+                        pass  # what it holds durably: its own business in a group
+                    case _:
+                        assert_never(event)
         except RemoteProtocolError as exc:
             # A member that breaks the protocol (a REPORT that does not fit its slice, a
             # frame that is not p2pclone) is ended alone: the group goes on without it.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import assert_never
 
 import trio
 
@@ -294,6 +295,7 @@ async def _watch(
                 "the transfer was interrupted and the target is incomplete; run both sides "
                 "again (the receiver resumes where it stopped)"
             ) from None
+        assert isinstance(event, (Have, Ack, Nak, Result))  # what was asked for
         match event:
             case Have():
                 have.add(event)
@@ -304,6 +306,8 @@ async def _watch(
             case Result():
                 result.append(event)
                 return
+            case _:
+                assert_never(event)
 
 
 async def _stream_chunks(
