@@ -260,31 +260,6 @@ class Output:
 # -- confirmation -----------------------------------------------------------------
 
 
-def describe_target(target: Any) -> str:
-    """Path, model, serial, size and current partitions: what a person recognises."""
-    lines = [f"  {target.path}  {human_bytes(target.size)}"]
-    dev = target.device
-    if dev is not None:
-        lines[0] += f"  model: {dev.model or 'unknown'}  serial: {dev.serial or 'unknown'}"
-        if dev.partitions:
-            import shutil
-            import subprocess
-
-            listing = ""
-            if shutil.which("lsblk"):
-                listing = subprocess.run(
-                    ["lsblk", "-no", "NAME,SIZE,FSTYPE,LABEL", target.path],
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                ).stdout.rstrip()
-            lines.append("  current partitions:")
-            lines += [f"    {ln}" for ln in (listing.splitlines()[1:] or dev.partitions)]
-        else:
-            lines.append("  no partitions")
-    return "\n".join(lines)
-
-
 def make_confirm(assume_yes: bool, out: Output) -> Callable[[Plan, Any], None]:
     def confirm(plan: Plan, target: Any) -> None:
         # A new or empty file holds nothing to lose; anything else is overwritten
@@ -296,11 +271,13 @@ def make_confirm(assume_yes: bool, out: Output) -> Callable[[Plan, Any], None]:
                 f"the target {target.path} ({human_bytes(target.size)}) would be overwritten "
                 "and there is no terminal to ask: pass --yes to confirm; nothing was written"
             )
+        from .disks.describe import describe
+
         out.pause()
         print(
             f"About to OVERWRITE this target with {human_bytes(plan.source_size)} from "
             f"{printable(str(plan.source.get('name', 'the sender')))}:\n"
-            f"{describe_target(target)}",
+            f"{describe(target.path, target.size, target.device)}",
             file=sys.stderr,
         )
         answer = input("Type yes to overwrite it: ")
