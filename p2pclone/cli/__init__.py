@@ -8,7 +8,7 @@ JSON line with ``--json``) plus the documented exit code.  Tracebacks only with
 
 Rooms: ``commands`` (``main`` and one ``cmd_*`` per subcommand), ``parser``
 (arguments and help), ``output`` (reports to the screen or JSON lines), ``prompts``
-(code, passphrases, the overwrite question).
+(code, passphrases, the overwrite question), ``tuning`` (malloc, once per process).
 """
 
 from .commands import main

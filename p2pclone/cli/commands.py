@@ -6,7 +6,6 @@ each builds its :class:`~.output.Output`, asks what it must ask, runs a driver w
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ from ..units import human_bytes
 from .output import Output
 from .parser import build_parser
 from .prompts import ask_code, ask_secret, generate_code, image_code, make_confirm, smb_password
+from .tuning import tune_malloc
 
 
 def _run(args: argparse.Namespace, out: Output, fn: Callable[[], Any]) -> int:
@@ -217,21 +217,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "disks": cmd_disks,
     "demo": cmd_demo,
 }
-
-
-def tune_malloc() -> None:
-    """Keep freed chunk buffers in the heap instead of returning them to the kernel.
-
-    Each 1 MiB chunk allocates several MiB-sized buffers (read, compress, seal);
-    with glibc's defaults they are mmap'd and unmapped every time, and the page
-    faults cost more system time than the hashing (measured: -1.4 s per GiB sent).
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 128 << 20)  # M_MMAP_THRESHOLD: above the largest chunk (64 MiB)
-        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to this much freed memory
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
