@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 
-def human_bytes(n: float) -> str:
-    """``1536`` -> ``"1.5 KiB"``; bytes below 1 KiB are shown whole (``"512 B"``)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+def human_bytes(n: float, *, small: str = "B") -> str:
+    """``1536`` -> ``"1.5 KiB"``; below 1 KiB the count is shown whole, ``"512 B"``
+    (``small="bytes"``: ``"512 bytes"``, for a sentence)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {small}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")

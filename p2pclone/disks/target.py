@@ -22,6 +22,7 @@ import os
 import stat
 
 from ..errors import SafetyError, TargetError
+from ..units import human_bytes
 from .device import (
     DeviceInfo,
     block_size_bytes,
@@ -36,15 +37,6 @@ from .device import (
     start_writeback,
     zero_out,
 )
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if size < 1024 or unit == "PiB":
-            return f"{n} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def _cannot_write(path: str, exc: OSError) -> TargetError:
@@ -233,9 +225,10 @@ class Target:
                 sector size differs from a block-device source's.
         """
         if self.is_block and self.size < source_size:
+            held, needed = (human_bytes(n, small="bytes") for n in (self.size, source_size))
             raise SafetyError(
-                f"the target {self.path} holds {_human(self.size)} but the source is "
-                f"{_human(source_size)}: choose a target at least as large; nothing was written"
+                f"the target {self.path} holds {held} but the source is {needed}: "
+                "choose a target at least as large; nothing was written"
             )
         src_sector = source.get("sector")
         if self.is_block and isinstance(src_sector, int) and src_sector != self.sector_size:

@@ -1,0 +1,231 @@
+"""The commands: ``main`` parses the arguments and runs one ``cmd_*`` per subcommand;
+each builds its :class:`~.output.Output`, asks what it must ask, runs a driver with
+``trio.run`` and turns a :class:`~p2pclone.errors.P2PCloneError` into its exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+from ..endpoints import is_image_url
+from ..errors import ExitCode, P2PCloneError, TransportError, UsageError
+from ..session import pick_error
+from ..units import human_bytes
+from .output import Output
+from .parser import build_parser
+from .prompts import ask_code, ask_secret, generate_code, image_code, make_confirm, smb_password
+from .tuning import tune_malloc
+
+
+def _run(args: argparse.Namespace, out: Output, fn: Callable[[], Any]) -> int:
+    interrupted = TransportError(
+        "interrupted: the transfer was stopped and the target is incomplete; run both sides again",
+        code="interrupted",
+    )
+    try:
+        done = trio.run(fn)
+    except BaseException as exc:
+        # Ctrl-C, alone or raised inside a nursery among other errors: it wins.
+        if isinstance(exc, KeyboardInterrupt) or (
+            isinstance(exc, BaseExceptionGroup) and exc.split(KeyboardInterrupt)[0]
+        ):
+            out.error(interrupted)
+            return int(ExitCode.LINK)
+        err = pick_error(exc)
+        if isinstance(err, P2PCloneError):
+            if args.debug:
+                traceback.print_exception(exc)
+            out.error(err)
+            return int(err.exit_code)
+        raise
+    out(done)
+    return 0
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    from ..receiver import receive
+
+    out = Output(json_mode=args.json, role="receive")
+    password = None
+    try:
+        if is_image_url(args.url):
+            code = image_code(args, new=False)
+            password = smb_password(args.url)
+        else:
+            code = args.code or os.environ.get("P2PCLONE_CODE") or generate_code()
+    except UsageError as exc:
+        out.error(exc)
+        return int(exc.exit_code)
+    return _run(
+        args,
+        out,
+        lambda: receive(
+            args.target,
+            args.url,
+            code=code,
+            verify=args.verify,
+            confirm=make_confirm(args.yes, out),
+            state_dir=args.state_dir,
+            fresh=args.fresh,
+            delta=args.delta,
+            password=password,
+            report=out,
+        ),
+    )
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from ..sender import send
+
+    out = Output(json_mode=args.json, role="send")
+    passphrase = None
+    try:
+        if is_image_url(args.url):
+            code = image_code(args, new=True)
+        else:
+            code = args.code or os.environ.get("P2PCLONE_CODE") or ask_code()
+        if is_image_url(args.source):
+            passphrase = (
+                args.passphrase
+                or os.environ.get("P2PCLONE_PASSPHRASE")
+                or ask_secret(
+                    f"Passphrase of the image {args.source}: ",
+                    missing="the source image is encrypted: give its passphrase with "
+                    "--passphrase (or set P2PCLONE_PASSPHRASE)",
+                )
+            )
+        password = smb_password(args.source, args.url)
+    except UsageError as exc:
+        out.error(exc)
+        return int(exc.exit_code)
+    return _run(
+        args,
+        out,
+        lambda: send(
+            args.source,
+            args.url,
+            code=code,
+            chunk_size=args.chunk_size,
+            allow_mounted=args.allow_mounted,
+            delta=args.delta,
+            passphrase=passphrase,
+            password=password,
+            fresh=args.fresh,
+            receivers=args.receivers,
+            wait=args.wait,
+            group_report=out.member,
+            report=out,
+        ),
+    )
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from ..image import tools
+
+    out = Output(
+        json_mode=args.json,
+        role="image",
+        stream=sys.stderr if args.action == "export" else sys.stdout,
+    )
+    try:
+        password = smb_password(args.url)
+        if args.action == "info":
+            facts = tools.info(args.url, password)
+            if args.json:
+                out.emit(event="image", **facts)
+            else:
+                for line in tools.describe(facts):
+                    print(line)
+            return 0
+        code = image_code(args, new=False)
+        if args.action == "export" and sys.stdout.isatty():
+            raise UsageError(
+                "export writes the raw disk to stdout: redirect it, e.g. "
+                "p2pclone image export URL > disk.raw"
+            )
+    except P2PCloneError as exc:
+        out.error(exc)
+        return int(exc.exit_code)
+    if args.action == "verify":
+        return _run(args, out, lambda: tools.verify(args.url, code, password, report=out))
+    return _run(
+        args, out, lambda: tools.export(args.url, code, sys.stdout.buffer, password, report=out)
+    )
+
+
+def cmd_disks(args: argparse.Namespace) -> int:
+    from ..disks import list_block_devices
+
+    disks = list_block_devices()
+    if args.json:
+        for d in disks:
+            print(
+                json.dumps(
+                    {
+                        "path": d.path,
+                        "size": d.size,
+                        "model": d.model,
+                        "serial": d.serial,
+                        "kind": d.kind,
+                        "sector_size": d.sector_size,
+                        "removable": d.removable,
+                        "read_only": d.read_only,
+                        "mounted": bool(d.mountpoints),
+                        "mountpoints": d.mountpoints,
+                        "swap": d.swap,
+                        "holders": d.holders,
+                        "partitions": d.partitions,
+                        "in_use": d.in_use,
+                    }
+                )
+            )
+        return 0
+    if not disks:
+        print("No block devices found.")
+        return 0
+    print(f"{'DEVICE':<14} {'SIZE':>10}  {'MODEL':<24} {'SERIAL':<20} IN USE")
+    for d in disks:
+        print(
+            f"{d.path:<14} {human_bytes(d.size):>10}  {d.model[:24]:<24} {d.serial[:20]:<20} "
+            f"{d.describe_use() or 'no'}"
+        )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    try:
+        return run_demo(size_mib=args.size, workdir=args.dir, debug=args.debug)
+    except P2PCloneError as exc:
+        print(f"p2pclone: error: {exc.message}", file=sys.stderr)
+        return int(exc.exit_code)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "receive": cmd_receive,
+    "send": cmd_send,
+    "image": cmd_image,
+    "disks": cmd_disks,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    tune_malloc()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"p2pclone: error: {exc.message}", file=sys.stderr)
+        return int(ExitCode.USAGE)
+    return code

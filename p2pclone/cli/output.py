@@ -1,0 +1,210 @@
+"""Rendering driver reports: JSON lines, a live ``rich`` progress display, or plain lines.
+
+Drivers report through a callback (:class:`Output` is that callback); errors leave as
+one sentence on stderr (and a JSON line with ``--json``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from typing import Any, TextIO, assert_never
+
+from ..errors import P2PCloneError, printable, redact
+from ..session import (
+    Connected,
+    Done,
+    Listening,
+    Notice,
+    Planned,
+    Progress,
+    Report,
+    Verifying,
+)
+from ..units import human_bytes
+
+
+class Output:
+    """Renders driver reports: JSON lines, a live rich display, or quiet text."""
+
+    def __init__(self, *, json_mode: bool, role: str, stream: TextIO = sys.stdout) -> None:
+        self.json_mode = json_mode
+        self.role = role
+        self.stream = stream
+        self.live = not json_mode and sys.stderr.isatty()
+        self._progress: Any = None
+        self._task: Any = None
+        self._last_json = 0.0
+        self._phase = "copying"
+        # multicast members: last state, live-display task, when a line was last printed
+        self._member_state: dict[str, str] = {}
+        self._member_task: dict[str, Any] = {}
+        self._member_said: dict[str, float] = {}
+
+    def emit(self, **fields: Any) -> None:
+        print(redact(json.dumps(fields)), file=self.stream, flush=True)
+
+    def say(self, text: str) -> None:
+        # Lines may quote a peer (a source's name, an error): never let them steer the
+        # terminal (control characters escaped, rich markup not interpreted).
+        text = "\n".join(printable(redact(line)) for line in text.split("\n"))
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=sys.stderr if self.json_mode else self.stream, flush=True)
+
+    def __call__(self, event: Report) -> None:
+        match event:
+            case Listening(url=url, code=code):
+                if self.json_mode:
+                    self.emit(event="listening", url=url, code=code)
+                elif not code:  # an image: nobody to tell a code to
+                    self.say(f"Reading the image {url}")
+                else:
+                    self.say(f"Listening on {url}  —  code: {code}")
+                    there = (
+                        f"tcp://THIS-HOST:{url.rsplit(':', 1)[-1]}"
+                        if url.startswith("tcp://")
+                        else "serial:///dev/ttyX (its end of the cable)"
+                        if url.startswith("serial://")
+                        else url
+                    )
+                    self.say(
+                        f"On the source machine run:  p2pclone send SOURCE {there}  "
+                        "(and type the code when asked)"
+                    )
+            case Connected(url=url):
+                if self.json_mode:
+                    self.emit(event="connected", url=url)
+            case Planned() as plan:
+                self._planned(plan)
+            case Progress() as p:
+                self._show_progress(p)
+            case Verifying(total_bytes=total):
+                self._phase = "verifying"
+                if self.json_mode:
+                    self.emit(event="verifying", total_bytes=total)
+                elif self._progress is not None:
+                    self._progress.reset(self._task, total=total, description="verifying")
+                else:
+                    self.say("Verifying: re-reading the target…")
+            case Notice(message=message):
+                if self.json_mode:
+                    self.emit(event="notice", message=message)
+                else:
+                    self.say(f"p2pclone: note: {message}")
+            case Done() as d:
+                self._stop()
+                if self.json_mode:
+                    # Every field of Done, so the line can't drift from the stats.
+                    self.emit(event="done", **{**asdict(d), "seconds": round(d.seconds, 3)})
+                else:
+                    rate = d.source_bytes / d.seconds if d.seconds > 0 else 0.0
+                    ratio = d.wire_bytes / d.source_bytes if d.source_bytes else 0.0
+                    self.say(
+                        f"Done: {human_bytes(d.source_bytes)} in {d.seconds:.1f} s "
+                        f"({human_bytes(rate)}/s); {human_bytes(d.wire_bytes)} on the wire "
+                        f"({ratio:.0%}); {d.chunks} chunks, {d.zero_chunks} zero, "
+                        f"{d.same_chunks} already there"
+                        f"{f', {d.repaired_chunks} repaired' if d.repaired_chunks else ''}; "
+                        f"{'verified, ' if d.verified else ''}root {d.digest[:16]}…"
+                    )
+            case _:
+                assert_never(event)
+
+    def _planned(self, p: Planned) -> None:
+        if self.json_mode:
+            self.emit(
+                event="plan",
+                source_bytes=p.source_bytes,
+                chunk_size=p.chunk_size,
+                chunks=p.chunks,
+                source=p.source,
+                target=p.target,
+            )
+            return
+        self.say(
+            f"{'Sending' if self.role == 'send' else 'Receiving'} "
+            f"{human_bytes(p.source_bytes)} from {p.source.get('name', '?')} "
+            f"to {p.target.get('name', '?')}"
+        )
+        if self.live:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+            from rich.progress import (
+                Progress as RichProgress,
+            )
+
+            self._progress = RichProgress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("copying", total=p.source_bytes)
+
+    def _show_progress(self, p: Progress) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=p.done_bytes)
+        elif self.json_mode:
+            now = time.monotonic()
+            if now - self._last_json >= 1.0 or p.done_bytes == p.total_bytes:
+                self._last_json = now
+                self.emit(
+                    event="progress",
+                    phase=self._phase,
+                    done_bytes=p.done_bytes,
+                    total_bytes=p.total_bytes,
+                    wire_bytes=p.wire_bytes,
+                )
+
+    def member(self, gp: Any) -> None:
+        """Multicast: one receiver's state or progress (joined, receiving, evicted,
+        unicast, done...): a line per change, and its own bar on a terminal."""
+        if self.json_mode:  # every field, as for Done
+            self.emit(event="receiver", **{**asdict(gp), "rate": round(gp.rate)})
+            return
+        changed = self._member_state.get(gp.name) != gp.state
+        self._member_state[gp.name] = gp.state
+        if self._progress is not None:
+            label = f"{gp.name} {gp.state}" + (f", {gp.repairs} repaired" if gp.repairs else "")
+            task = self._member_task.get(gp.name)
+            if task is None:
+                task = self._member_task[gp.name] = self._progress.add_task(
+                    label, total=gp.total_bytes or None
+                )
+            self._progress.update(task, description=label, completed=gp.done_bytes)
+        now = time.monotonic()
+        if changed or (self._progress is None and now - self._member_said.get(gp.name, 0) >= 5):
+            self._member_said[gp.name] = now
+            line = f"receiver {gp.name}: {gp.state}" + (f" — {gp.why}" if gp.why else "")
+            if not changed and gp.total_bytes:  # a progress line (no live display)
+                line += (
+                    f", {gp.done_bytes / gp.total_bytes:.0%} of {human_bytes(gp.total_bytes)}"
+                    f", {human_bytes(gp.rate)}/s, {gp.repairs} fragments repaired"
+                )
+            self.say(line)
+
+    def pause(self) -> None:
+        """Stop any live display before asking a question."""
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def error(self, exc: P2PCloneError) -> None:
+        self._stop()
+        if self.json_mode:
+            self.emit(event="error", code=exc.code, message=exc.message)
+        print(f"p2pclone: error: {printable(exc.message)}", file=sys.stderr, flush=True)

@@ -1,0 +1,241 @@
+"""The argument parser: one function per subcommand, the help texts, ``--chunk-size``
+sizes, and usage errors as exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn, TypeAlias
+
+from .. import __version__
+from ..errors import ExitCode
+
+EPILOG_EXIT = """exit codes: 0 done, 1 other error, 2 usage or bad URL, 3 authentication failed,
+4 refused for safety, 5 link lost or transfer interrupted, 6 integrity failure
+(docs/errors.md)"""
+
+
+def parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1M, 4M, 65536)") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(int(ExitCode.USAGE), f"p2pclone: error: {message}\n")
+
+
+# what add_subparsers() returns: each _add_* function adds one subcommand to it
+_Subcommands: TypeAlias = "argparse._SubParsersAction[_Parser]"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; ``args.command`` names the subcommand."""
+    parser = _Parser(
+        prog="p2pclone",
+        description="Clone one machine's disk straight onto another's: only what must be sent, "
+        "hashed end to end.",
+        epilog=EPILOG_EXIT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"p2pclone {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_receive(sub)
+    _add_send(sub)
+    _add_image(sub)
+    _add_disks(sub)
+    _add_demo(sub)
+    return parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line on stdout (last: done or error)",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def _add_receive(sub: _Subcommands) -> None:
+    r = sub.add_parser(
+        "receive",
+        help="listen and write an incoming clone to TARGET",
+        epilog=EPILOG_EXIT,
+        description="Listen at URL, receive one clone and write it to TARGET (a block "
+        "device or a file), then fsync; nothing is written before the sender's "
+        "plan has been accepted.",
+    )
+    r.add_argument("target", metavar="TARGET", help="block device or file to overwrite")
+    r.add_argument(
+        "url",
+        metavar="URL",
+        help="where to listen: tcp://[BIND][:PORT] (default port 7411), "
+        "serial:///dev/ttyX[?baud=N] or multicast://GROUP[:PORT][?iface=NAME]; or an image "
+        "file to restore: file:///PATH (a file, not a device) or "
+        "smb://[USER@]HOST[:PORT]/SHARE/PATH",
+    )
+    r.add_argument(
+        "--code",
+        help="pairing code (default: $P2PCLONE_CODE, else generated); for an image, its "
+        "passphrase (else asked); prefer the variable or the prompt: other users of this "
+        "machine can see a command line",
+    )
+    r.add_argument("--yes", action="store_true", help="overwrite the target without asking")
+    r.add_argument(
+        "--verify",
+        action="store_true",
+        help="after fsync, re-read the whole target and check every chunk; chunks that "
+        "read back wrong are fetched again and re-checked",
+    )
+    r.add_argument(
+        "--delta",
+        action="store_true",
+        help="hash the target first and receive only the chunks that differ",
+    )
+    r.add_argument(
+        "--fresh",
+        action="store_true",
+        help="ignore an interrupted earlier run's journal and start over",
+    )
+    r.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the resume journal lives (default: $P2PCLONE_STATE_DIR, else "
+        "/var/lib/p2pclone for root, ~/.local/state/p2pclone for others)",
+    )
+    _common(r)
+
+
+def _add_send(sub: _Subcommands) -> None:
+    s = sub.add_parser(
+        "send",
+        help="send SOURCE to a listening receiver",
+        epilog=EPILOG_EXIT,
+        description="Read SOURCE (a block device or a file) and send it to the receiver at "
+        "URL: zero chunks as ranges, the rest BLAKE3-hashed and zstd-compressed.",
+    )
+    s.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="block device or file to clone, or an image (file:///PATH, smb://HOST/SHARE/PATH)",
+    )
+    s.add_argument(
+        "url",
+        metavar="URL",
+        help="the receiver: tcp://HOST[:PORT] or serial:///dev/ttyX[?baud=N], or a group of "
+        "them: multicast://GROUP[:PORT][?iface=NAME&rate=RATE]; or an image "
+        "file to save: file:///PATH (a file, not a device: a disk is SOURCE or the "
+        "receiver's TARGET) or smb://[USER@]HOST[:PORT]/SHARE/PATH (password from "
+        "$P2PCLONE_SMB_PASSWORD, else asked)",
+    )
+    s.add_argument(
+        "--code",
+        help="the code the receiver shows (default: $P2PCLONE_CODE, else asked); saving an "
+        "image, the passphrase to encrypt it with; prefer the variable or the prompt: "
+        "other users of this machine can see a command line",
+    )
+    s.add_argument(
+        "--passphrase",
+        help="the passphrase of an image given as SOURCE (default: $P2PCLONE_PASSPHRASE, "
+        "else asked)",
+    )
+    _send_options(s)
+    _common(s)
+
+
+def _send_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--fresh",
+        action="store_true",
+        help="saving an image: start it over instead of resuming an interrupted save",
+    )
+    s.add_argument(
+        "--receivers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="multicast: start once N receivers have joined (default 1)",
+    )
+    s.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="tcp://: keep trying this long to reach a receiver that is not listening yet "
+        "(0: try once); multicast: start after this long with the receivers that joined, "
+        "and wait as long for evicted or restarted ones to come back for their unicast "
+        "finish (default 60)",
+    )
+    s.add_argument(
+        "--delta",
+        action="store_true",
+        help="ask the receiver to hash its target and send only the chunks that differ",
+    )
+    s.add_argument(
+        "--allow-mounted",
+        action="store_true",
+        help="send a source that is mounted read-write (the copy may be inconsistent: "
+        "files can change while it is read)",
+    )
+    s.add_argument(
+        "--chunk-size",
+        type=parse_size,
+        default=None,
+        metavar="SIZE",
+        help="chunk size, a multiple of 4K (default 1M; 256K over serial://)",
+    )
+
+
+def _add_image(sub: _Subcommands) -> None:
+    im = sub.add_parser(
+        "image",
+        help="look into a saved image: info, verify, export",
+        epilog=EPILOG_EXIT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="info: what the image holds (no passphrase needed); verify: decrypt, "
+        "decompress and hash every chunk and check the root hash (exit 6 naming the "
+        "damaged ranges); export: write the raw disk to stdout.",
+    )
+    im.add_argument("action", choices=("info", "verify", "export"))
+    im.add_argument(
+        "url", metavar="URL", help="file:///PATH or smb://[USER@]HOST[:PORT]/SHARE/PATH"
+    )
+    im.add_argument("--code", help="the image's passphrase (default: $P2PCLONE_CODE, else asked)")
+    _common(im)
+
+
+def _add_disks(sub: _Subcommands) -> None:
+    d = sub.add_parser(
+        "disks",
+        help="list local block devices",
+        description="List block devices: size, model, serial, and what uses them.",
+    )
+    d.add_argument("--json", action="store_true", help="one JSON object per disk")
+    d.set_defaults(debug=False)
+
+
+def _add_demo(sub: _Subcommands) -> None:
+    m = sub.add_parser(
+        "demo",
+        help="build a small disk image, clone it over loopback TCP, verify it",
+        description="Build a small ext4 disk image with files and free space, clone it to a "
+        "second file over a real loopback TCP connection, verify it and report "
+        "the speed. Needs no spare disk and no second machine.",
+    )
+    m.add_argument(
+        "--size",
+        type=int,
+        default=256,
+        metavar="MIB",
+        help="size of the demo disk in MiB (default 256)",
+    )
+    m.add_argument("--dir", help="keep the demo files in this folder (default: a temporary one)")
+    m.add_argument("--debug", action="store_true", help="show tracebacks on errors")

@@ -1,0 +1,113 @@
+"""Questions for the person at the terminal: the pairing code, passphrases, the SMB
+password, and the typed "yes" before a target is overwritten.  Without a terminal each
+one is a usage or safety error that says what to pass instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+from ..errors import SafetyError, UsageError, printable
+from ..protocol import Plan
+from ..units import human_bytes
+from .output import Output
+
+
+def generate_code() -> str:
+    """A short speakable code: a number and two words (about 28 bits)."""
+    words = resources.files("p2pclone").joinpath("wordlist.txt").read_text().split()
+    return f"{secrets.randbelow(99) + 1}-{secrets.choice(words)}-{secrets.choice(words)}"
+
+
+def make_confirm(assume_yes: bool, out: Output) -> Callable[[Plan, Any], None]:
+    def confirm(plan: Plan, target: Any) -> None:
+        # A new or empty file holds nothing to lose; anything else is overwritten
+        # only with --yes or an explicit "yes" typed at a terminal.
+        if assume_yes or (not target.is_block and target.size == 0):
+            return
+        if not sys.stdin.isatty():
+            raise SafetyError(
+                f"the target {target.path} ({human_bytes(target.size)}) would be overwritten "
+                "and there is no terminal to ask: pass --yes to confirm; nothing was written"
+            )
+        from ..disks.describe import describe
+
+        out.pause()
+        print(
+            f"About to OVERWRITE this target with {human_bytes(plan.source_size)} from "
+            f"{printable(str(plan.source.get('name', 'the sender')))}:\n"
+            f"{describe(target.path, target.size, target.device)}",
+            file=sys.stderr,
+        )
+        answer = input("Type yes to overwrite it: ")
+        if answer.strip().lower() != "yes":
+            raise SafetyError("not confirmed: the target was left untouched")
+
+    return confirm
+
+
+def ask_secret(prompt: str, *, missing: str, twice: bool = False) -> str:
+    """A passphrase typed at the terminal (not echoed); without a terminal, ``missing``."""
+    if not sys.stdin.isatty():
+        raise UsageError(missing)
+    import getpass
+
+    value = getpass.getpass(prompt)
+    if not value:
+        raise UsageError("no passphrase given")
+    if twice and getpass.getpass("Type it again: ") != value:
+        raise UsageError("the two passphrases differ; nothing was done")
+    return value
+
+
+def smb_password(*urls: str) -> str | None:
+    """The SMB password for the first smb:// URL: None to take it from the URL or
+    $P2PCLONE_SMB_PASSWORD, else asked at the terminal."""
+    from ..image.store import PASSWORD_ENV
+
+    for url in urls:
+        if url.lower().startswith("smb://"):
+            if os.environ.get(PASSWORD_ENV) is not None or not sys.stdin.isatty():
+                return None
+            import getpass
+            import urllib.parse
+
+            if urllib.parse.urlsplit(url).password:
+                return None
+            return getpass.getpass(f"SMB password for {url}: ")
+    return None
+
+
+def image_code(args: argparse.Namespace, *, new: bool) -> str:
+    """The passphrase of an image: --code, $P2PCLONE_CODE, or asked."""
+    return (
+        args.code
+        or os.environ.get("P2PCLONE_CODE")
+        or ask_secret(
+            "Passphrase to encrypt the image: " if new else "Passphrase of the image: ",
+            twice=new,
+            missing="an image is encrypted with a passphrase and there is no terminal to "
+            "ask for it: set P2PCLONE_CODE (or pass --code, which other users of this "
+            "machine can see in the process list)",
+        )
+    )
+
+
+def ask_code() -> str:
+    """Prompt for the receiver's code on a terminal; without one, it is a usage error."""
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "no pairing code and no terminal to ask for it: set P2PCLONE_CODE to the code "
+            "the receiver shows (or pass --code, which other users of this machine can "
+            "see in the process list)"
+        )
+    code = input("Code shown by the receiver: ").strip()
+    if not code:
+        raise UsageError("no pairing code given")
+    return code
