@@ -22,7 +22,8 @@ from p2pclone.transports.pipe import pipe_pair
 
 from .reader import ImageSource
 from .recorder import Recorder
-from .store import check_url, split_password
+from .store import split_password
+from .urls import check_url
 
 #: sends ``source`` over a stream: the sending driver's session (``send_stream``)
 Play = Callable[[trio.abc.Stream, ImageSource, str, str], Awaitable[object]]

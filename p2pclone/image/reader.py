@@ -19,7 +19,8 @@ from ..pipeline import Encoded, chunk_span, decode_chunk
 from ..protocol.connection import zero_digest
 from ..protocol.messages import HASH_SIZE, Chunk, Plan
 from . import format as fmt
-from .store import Store, open_store, read_options
+from .store import Store
+from .urls import open_store, read_options
 
 #: Fully re-check the records in this much of the tail of an interrupted save: data
 #: written after the last sync may be missing even where record headers survived.

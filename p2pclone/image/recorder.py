@@ -41,7 +41,8 @@ from ..protocol.messages import (
 from ..session import Channel, HaveReport, pair, pick_error
 from . import format as fmt
 from .reader import read_header, read_index, scan_records
-from .store import ReadOptions, Store, open_store, read_options
+from .store import Store
+from .urls import ReadOptions, open_store, read_options
 
 #: Write the image in pieces of about this size (over SMB: four 8 MiB requests at once).
 WRITE_BYTES = 32 << 20

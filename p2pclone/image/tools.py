@@ -12,7 +12,7 @@ from ..pipeline import default_threads
 from ..session import Done, Progress, Reporter, Verifying, no_report
 from . import format as fmt
 from .reader import DATA, MISSING, ImageSource, read_header, root_of
-from .store import open_store
+from .urls import open_store
 
 
 def info(url: str, password: str | None = None) -> dict[str, Any]:

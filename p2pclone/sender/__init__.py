@@ -54,6 +54,7 @@ from ..session import (
     pair,
     pick_error,
 )
+from ..transports import Transport
 from .ahead import READ_AHEAD_BYTES, EncodeAhead, Slot
 from .runs import ChunkKind, HaveMap, Runs, answer_nak, run_frame
 
@@ -128,28 +129,47 @@ async def send(
         password=password,
     )
     try:
-        if transport is not None:
-            stream = await transport.connect()
-            url = transport.url  # as the transport shows it
-        else:
-            url, stream = await open_recording(url, code=code, password=password, fresh=fresh)
-        report(Connected(url))
-        done = await send_stream(
-            stream,
-            source,
-            url=url,
-            code=code,
-            chunk_size=chunk_size,
-            threads=threads,
-            delta=delta,
-            report=report,
-            seal=transport is not None,  # an image's recorder is in this process
+        return await _deliver(
+            source, transport, url, code, chunk_size, threads, delta, fresh, password, report
         )
-        if isinstance(source, ImageSource) and (note := source.salvage_note()):
-            raise IntegrityError(note, code="salvaged")
-        return done
     finally:
         source.close()
+
+
+async def _deliver(
+    source: DiskSource,
+    transport: Transport | None,
+    url: str,
+    code: str,
+    chunk_size: int,
+    threads: int | None,
+    delta: bool,
+    fresh: bool,
+    password: str | None,
+    report: Reporter,
+) -> Done:
+    """Open the far end (a link, or an image's recorder: ``transport`` None) and run
+    the session to it."""
+    if transport is not None:
+        stream = await transport.connect()
+        url = transport.url  # as the transport shows it
+    else:
+        url, stream = await open_recording(url, code=code, password=password, fresh=fresh)
+    report(Connected(url))
+    done = await send_stream(
+        stream,
+        source,
+        url=url,
+        code=code,
+        chunk_size=chunk_size,
+        threads=threads,
+        delta=delta,
+        report=report,
+        seal=transport is not None,  # an image's recorder is in this process
+    )
+    if isinstance(source, ImageSource) and (note := source.salvage_note()):
+        raise IntegrityError(note, code="salvaged")
+    return done
 
 
 async def open_source(

@@ -386,7 +386,7 @@ def test_the_smb_connection_notices_a_silent_server(tmp_path: Path, smb_env: Sam
     (exit 5, as above) instead of waiting on smbprotocol's 20-minute echo."""
     import socket
 
-    from p2pclone.image.store import open_store
+    from p2pclone.image.urls import open_store
 
     store = open_store(smb_env.url("silent/pc1.p2pc"), create=True)
     try:
