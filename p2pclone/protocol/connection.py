@@ -286,110 +286,137 @@ class Connection:
         self, event: Event, exc: type[LocalProtocolError] | type[RemoteProtocolError]
     ) -> None:
         """Apply the per-message rules that the transition table cannot express."""
-        if isinstance(event, Hello):
-            if exc is RemoteProtocolError:
-                if event.role != self.role.peer.value:
-                    raise RemoteProtocolError(
-                        f"the peer is also a {event.role}: run `p2pclone "
-                        f"{'receive' if self.role is Role.SENDER else 'send'}` on the other machine"
+        match event:
+            case Hello():
+                if exc is RemoteProtocolError:
+                    if event.role != self.role.peer.value:
+                        raise RemoteProtocolError(
+                            f"the peer is also a {event.role}: run `p2pclone "
+                            f"{'receive' if self.role is Role.SENDER else 'send'}` on the "
+                            "other machine"
+                        )
+                    self.peer_hello = event
+            case Plan():
+                self._take_plan(event, exc)
+            case Nak():
+                if any(i >= self._require_plan().chunk_count for i in event.indices):
+                    raise exc("NAK names a chunk beyond the plan")
+                self._repairs.update(event.indices)
+            case Chunk() if self.state in (State.FINISH, State.AWAIT_RESULT):
+                self._check_repair(event, exc)
+            case Chunk() | Patch():
+                self._check_chunk(event, exc)
+            case Zero():
+                self._check_zero(event, exc)
+            case Ref() | Same():  # BLAKE3 streams: the hashes at once, as one at a time
+                self._cover(event.index, event.count, event.hashes, exc)
+            case Lost():
+                self._cover(event.index, event.count, bytes(HASH_SIZE) * event.count, exc)
+            case Accept():
+                self.have_expected = event.have
+                self.sub_size = event.sub
+            case Have():
+                self._check_have(event, exc)
+            case Ack():
+                if event.durable > self._require_plan().chunk_count:
+                    raise exc(f"ACK of {event.durable} chunks exceeds the plan")
+            case End():
+                plan = self._require_plan()
+                if event.chunk_count != plan.chunk_count or self._next_index != plan.chunk_count:
+                    raise exc(
+                        f"END after {self._next_index} of {plan.chunk_count} chunks: "
+                        "the stream is incomplete"
                     )
-                self.peer_hello = event
-        elif isinstance(event, Plan):
-            if event.chunk_size > self.max_chunk_size:
-                raise exc(
-                    f"the plan's chunk size of {event.chunk_size} bytes exceeds "
-                    f"this end's limit of {self.max_chunk_size}"
-                )
-            self.plan = event
-            if self.role is Role.RECEIVER:
-                # From now on the only bodies are chunks, never longer than a chunk:
-                # a compressed body that isn't smaller than the plain bytes goes raw.
-                self._decoder.max_body = event.chunk_size
-        elif isinstance(event, Nak):
-            plan = self._require_plan()
-            if any(i >= plan.chunk_count for i in event.indices):
-                raise exc("NAK names a chunk beyond the plan")
-            self._repairs.update(event.indices)
-        elif isinstance(event, Chunk) and self.state in (State.FINISH, State.AWAIT_RESULT):
-            if event.index not in self._repairs:  # a repair must answer a NAK
-                raise exc(f"chunk {event.index} was sent again although no NAK asked for it")
-            self._repairs.discard(event.index)
-            plan = self._require_plan()
-            if event.length != plan.chunk_length(event.index):
-                raise exc(f"repair of chunk {event.index} has the wrong length")
-        elif isinstance(event, (Chunk, Patch)):
-            if isinstance(event, Patch):
-                self._check_patch(event, exc)
-            plan = self._require_plan()
-            self._expect_index(event.index, 1, plan, exc)
-            if event.length != plan.chunk_length(event.index):
-                raise exc(
-                    f"chunk {event.index} claims {event.length} bytes; the plan says "
-                    f"{plan.chunk_length(event.index)}"
-                )
-            self._root.update(event.digest)
-            self._next_index += 1
-        elif isinstance(event, Zero):
-            plan = self._require_plan()
-            self._expect_index(event.index, event.count, plan, exc)
-            end = event.index + event.count
-            full = min(end, plan.source_size // plan.chunk_size) - event.index
-            digest = zero_digest(plan.chunk_size)
-            for _ in range(max(full, 0)):
-                self._root.update(digest)
-            if full < event.count:  # the run includes the short last chunk
-                self._root.update(zero_digest(plan.chunk_length(end - 1)))
-            self._next_index = end
-        elif isinstance(event, Ref):
-            plan = self._require_plan()
-            self._expect_index(event.index, event.count, plan, exc)
-            self._root.update(event.hashes)
-            self._next_index += event.count
-        elif isinstance(event, Lost):
-            plan = self._require_plan()
-            self._expect_index(event.index, event.count, plan, exc)
-            self._root.update(bytes(HASH_SIZE) * event.count)
-            self._next_index += event.count
-        elif isinstance(event, Same):
-            plan = self._require_plan()
-            self._expect_index(event.index, event.count, plan, exc)
-            self._root.update(event.hashes)  # BLAKE3 streams: same as one hash at a time
-            self._next_index += event.count
-        elif isinstance(event, Accept):
-            self.have_expected = event.have
-            self.sub_size = event.sub
-        elif isinstance(event, Have):
-            plan = self._require_plan()
-            if not self.have_expected:
-                raise exc("HAVE was sent although the STATE frame announced none")
-            if event.index != self.have_covered or event.index + event.count > plan.chunk_count:
-                raise exc(
-                    f"HAVE for chunks {event.index}..{event.index + event.count - 1} arrived "
-                    f"where chunk {self.have_covered} was due"
-                )
-            subs = (
-                sum(
-                    -(-plan.chunk_length(i) // self.sub_size)
-                    for i in range(event.index, event.index + event.count)
-                )
-                if self.sub_size
-                else 0
+            case _:
+                pass  # the rest: the transition table says all there is to check
+
+    def _take_plan(
+        self, event: Plan, exc: type[LocalProtocolError] | type[RemoteProtocolError]
+    ) -> None:
+        if event.chunk_size > self.max_chunk_size:
+            raise exc(
+                f"the plan's chunk size of {event.chunk_size} bytes exceeds "
+                f"this end's limit of {self.max_chunk_size}"
             )
-            if len(event.subs) != subs * SUB_HASH_SIZE:
-                raise exc(f"HAVE for chunk {event.index} carries the wrong number of sub-hashes")
-            self.have_covered += event.count
-        elif isinstance(event, Ack):
-            if event.durable > self._require_plan().chunk_count:
-                raise exc(f"ACK of {event.durable} chunks exceeds the plan")
-        elif isinstance(event, End):
-            plan = self._require_plan()
-            if event.chunk_count != plan.chunk_count or self._next_index != plan.chunk_count:
-                raise exc(
-                    f"END after {self._next_index} of {plan.chunk_count} chunks: "
-                    "the stream is incomplete"
-                )
-        elif isinstance(event, Error):
-            pass
+        self.plan = event
+        if self.role is Role.RECEIVER:
+            # From now on the only bodies are chunks, never longer than a chunk:
+            # a compressed body that isn't smaller than the plain bytes goes raw.
+            self._decoder.max_body = event.chunk_size
+
+    def _check_repair(
+        self, event: Chunk, exc: type[LocalProtocolError] | type[RemoteProtocolError]
+    ) -> None:
+        if event.index not in self._repairs:  # a repair must answer a NAK
+            raise exc(f"chunk {event.index} was sent again although no NAK asked for it")
+        self._repairs.discard(event.index)
+        plan = self._require_plan()
+        if event.length != plan.chunk_length(event.index):
+            raise exc(f"repair of chunk {event.index} has the wrong length")
+
+    def _check_chunk(
+        self, event: Chunk | Patch, exc: type[LocalProtocolError] | type[RemoteProtocolError]
+    ) -> None:
+        if isinstance(event, Patch):
+            self._check_patch(event, exc)
+        plan = self._require_plan()
+        self._expect_index(event.index, 1, plan, exc)
+        if event.length != plan.chunk_length(event.index):
+            raise exc(
+                f"chunk {event.index} claims {event.length} bytes; the plan says "
+                f"{plan.chunk_length(event.index)}"
+            )
+        self._root.update(event.digest)
+        self._next_index += 1
+
+    def _check_zero(
+        self, event: Zero, exc: type[LocalProtocolError] | type[RemoteProtocolError]
+    ) -> None:
+        plan = self._require_plan()
+        self._expect_index(event.index, event.count, plan, exc)
+        end = event.index + event.count
+        full = min(end, plan.source_size // plan.chunk_size) - event.index
+        digest = zero_digest(plan.chunk_size)
+        for _ in range(max(full, 0)):
+            self._root.update(digest)
+        if full < event.count:  # the run includes the short last chunk
+            self._root.update(zero_digest(plan.chunk_length(end - 1)))
+        self._next_index = end
+
+    def _cover(
+        self,
+        index: int,
+        count: int,
+        hashes: bytes,
+        exc: type[LocalProtocolError] | type[RemoteProtocolError],
+    ) -> None:
+        """A run of ``count`` chunks from ``index`` whose hashes are ``hashes``."""
+        self._expect_index(index, count, self._require_plan(), exc)
+        self._root.update(hashes)
+        self._next_index += count
+
+    def _check_have(
+        self, event: Have, exc: type[LocalProtocolError] | type[RemoteProtocolError]
+    ) -> None:
+        plan = self._require_plan()
+        if not self.have_expected:
+            raise exc("HAVE was sent although the STATE frame announced none")
+        if event.index != self.have_covered or event.index + event.count > plan.chunk_count:
+            raise exc(
+                f"HAVE for chunks {event.index}..{event.index + event.count - 1} arrived "
+                f"where chunk {self.have_covered} was due"
+            )
+        subs = (
+            sum(
+                -(-plan.chunk_length(i) // self.sub_size)
+                for i in range(event.index, event.index + event.count)
+            )
+            if self.sub_size
+            else 0
+        )
+        if len(event.subs) != subs * SUB_HASH_SIZE:
+            raise exc(f"HAVE for chunk {event.index} carries the wrong number of sub-hashes")
+        self.have_covered += event.count
 
     def _check_patch(
         self, event: Patch, exc: type[LocalProtocolError] | type[RemoteProtocolError]
