@@ -2,13 +2,16 @@
 
 An editable install (what ``./dev`` uses) finds every module through the source tree, so
 a package missing from the wheel goes unnoticed there.  This test builds the wheel,
-installs it (not editable) into a new virtual environment and runs a clone over TCP and
-an image save and restore with the installed ``p2pclone`` command, from a folder where
-the checkout is not importable.
+installs it (not editable) into a new virtual environment and runs a clone over TCP, an
+image save and restore, and (as root, in network namespaces) a multicast clone to two
+receivers with the installed ``p2pclone`` command, from a folder where the checkout is
+not importable.
 
 Negative control: with the hand-kept ``packages`` list pyproject.toml had (no
 ``p2pclone.image``, no ``p2pclone.multicast``), ``send`` fails with
-ModuleNotFoundError and this test fails.
+ModuleNotFoundError and this test fails.  With ``p2pclone.multicast*`` excluded from the
+wheel, the TCP and image test still passes (the drivers import no multicast module) and
+the multicast one fails: the installed receiver stops with ModuleNotFoundError.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ import shutil
 import subprocess
 import sys
 import venv
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import MiB, write_layout
+from tests.multicast.conftest import Lan
+from tests.multicast.conftest import lan as lan  # the fixture: a LAN of network namespaces
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,3 +137,62 @@ def test_the_installed_wheel_clones_and_saves_images(installed: Path, tmp_path: 
     )
     assert restore.returncode == 0, restore.stderr
     assert restored.read_bytes() == data
+
+
+@pytest.mark.root
+def test_the_installed_wheel_joins_a_multicast_group(
+    installed: Path, lan: Callable[[int], Lan], tmp_path: Path
+) -> None:
+    """One installed sender, two installed receivers in their own network namespaces
+    (tests/multicast/conftest.py), the code in P2PCLONE_CODE as a script would set it.
+    Both targets end byte-identical, and the sender saw both finish as group members
+    (neither was evicted to a unicast session)."""
+    net = lan(3)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    source = outside / "disk.img"
+    data = write_layout(source, 4 * MiB + 777)
+    url = "multicast://239.77.2.1:17600?iface=eth0"
+    env = {**_env(), "P2PCLONE_CODE": "5-wheel-group"}
+    targets = [outside / f"t{k}.img" for k in (1, 2)]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for k, target in zip((1, 2), targets, strict=True):
+            rx = net.run(
+                k, str(installed), "receive", str(target), url, "--yes", "--json",
+                "--state-dir", str(outside / f"state{k}"),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                cwd=outside, env=env,
+            )  # fmt: skip
+            procs.append(rx)
+            assert rx.stdout is not None and rx.stderr is not None
+            first = rx.stdout.readline()
+            if not first:
+                pytest.fail(f"receiver {k} did not start: {rx.stderr.read().decode()}")
+            assert json.loads(first)["event"] == "listening", first
+        tx = net.run(
+            0, str(installed), "send", str(source), url, "--receivers", "2", "--wait", "30",
+            "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            cwd=outside, env=env,
+        )  # fmt: skip
+        procs.append(tx)
+        out, err = tx.communicate(timeout=120)
+        assert tx.returncode == 0, err.decode()
+        for rx in procs[:2]:
+            _, rx_err = rx.communicate(timeout=60)
+            assert rx.returncode == 0, rx_err.decode()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for target in targets:
+        assert target.read_bytes() == data
+    states: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        event = json.loads(line)
+        if event.get("event") == "receiver":
+            states.setdefault(event["name"], []).append(event["state"])
+    assert len(states) == 2, states
+    for seen in states.values():
+        assert seen[-1] == "done" and "unicast" not in seen and "evicted" not in seen, states

@@ -25,6 +25,11 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+# A REPORT's fragment numbers travel as the protocol's bitmap (one implementation, in
+# the protocol layer); re-exported here for the data plane's users.
+from ..protocol.messages import bitmap as bitmap
+from ..protocol.messages import from_bitmap as from_bitmap
+
 #: Datagram header: magic, version, flags, session id, slice, fragment, fragments in
 #: the slice, slice length.
 _DGRAM = struct.Struct("<2sBBQIHHI")
@@ -39,18 +44,6 @@ MAX_FRAGMENTS = 0xFFFF
 
 class DatagramError(ValueError):
     """Not one of our datagrams, or not of this session: ignored by receivers."""
-
-
-def bitmap(missing: list[int], n: int) -> bytes:
-    """Fragment numbers as a bitmap of ``n`` bits (bit k of byte k//8, LSB first)."""
-    out = bytearray(-(-n // 8))
-    for k in missing:
-        out[k // 8] |= 1 << (k % 8)
-    return bytes(out)
-
-
-def from_bitmap(bits: bytes, n: int) -> list[int]:
-    return [k for k in range(n) if bits[k // 8] >> (k % 8) & 1]
 
 
 def check_bitmap(bits: bytes, n: int) -> str:

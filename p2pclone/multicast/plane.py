@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from p2pclone.transports.multicast import receive_datagrams
 
 from ..errors import RemoteProtocolError
-from ..protocol.messages import Chunk
+from ..protocol.messages import Chunk, bitmap
 from .dataplane import (
     DGRAM_HEADER,
     FRAGMENT,
@@ -28,7 +28,6 @@ from .dataplane import (
     Assembler,
     DatagramError,
     Fragment,
-    bitmap,
     encode_header,
     fragment_count,
     fragment_size,

@@ -44,6 +44,7 @@ from .messages import (
     Zero,
     bitmap,
     decode_event,
+    from_bitmap,
 )
 from .state import TRANSITIONS, Direction, Role, State, next_state
 
@@ -52,6 +53,7 @@ __all__ = [
     "HASH_SIZE",
     "SUB_HASH_SIZE",
     "bitmap",
+    "from_bitmap",
     "HEADER_SIZE",
     "MAX_CHUNK_SIZE",
     "MAX_META",

@@ -12,7 +12,7 @@ Field names on the wire are short strings; ``docs/protocol.md`` lists them all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -367,7 +367,7 @@ class Patch:
     body: bytes | memoryview = field(repr=False)
 
     def changed_blocks(self) -> list[int]:
-        return [k for k in range(8 * len(self.changed)) if self.changed[k // 8] >> (k % 8) & 1]
+        return from_bitmap(self.changed)
 
     def to_meta(self) -> dict[str, Any]:
         return {
@@ -396,11 +396,21 @@ class Patch:
         )
 
 
-def bitmap(indices: list[int], nbits: int) -> bytes:
+def bitmap(indices: Iterable[int], nbits: int) -> bytes:
+    """``indices`` as a bitmap of ``nbits`` bits: bit k is bit k % 8 of byte k // 8
+    (least significant first), the form of PATCH's ``m`` and REPORT's ``m``."""
     out = bytearray(-(-nbits // 8))
     for k in indices:
         out[k // 8] |= 1 << (k % 8)
     return bytes(out)
+
+
+def from_bitmap(bits: bytes, nbits: int | None = None) -> list[int]:
+    """The numbers of the bits set in ``bits`` (the inverse of :func:`bitmap`), in
+    order, among its first ``nbits`` (default: all of them; bits past the end of
+    ``bits`` count as clear)."""
+    n = 8 * len(bits) if nbits is None else min(nbits, 8 * len(bits))
+    return [k for k in range(n) if bits[k // 8] >> (k % 8) & 1]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -3,7 +3,7 @@
 A session has two roles.  The *sender* connects and speaks first; the *receiver*
 listens.  Each side runs its own copy of the machine for its own role, and every
 frame it sends or receives must be an edge of this table: anything else moves the
-connection to ERROR and raises.  ``docs/protocol.md`` draws the same table.
+connection to ERROR and raises.  ``docs/protocol.md`` §9 draws the same table.
 
 Sender::
 
@@ -11,6 +11,8 @@ Sender::
     AWAIT_PAKE --recv PAKE--> CONFIRM --send CONFIRM--> AWAIT_CONFIRM
     AWAIT_CONFIRM --recv CONFIRM--> PLAN --send PLAN--> AWAIT_STATE
     AWAIT_STATE --recv STATE--> DATA --send CHUNK|PATCH|ZERO|SAME|LOST--> DATA
+    DATA --send GROUP|REF|POLL--> DATA;  DATA --recv REPORT--> DATA        (multicast)
+    DATA --send EVICT--> DONE                                              (multicast)
     DATA --send END--> AWAIT_RESULT
     DATA and AWAIT_RESULT --recv HAVE|ACK--> (same state);  AWAIT_RESULT --recv RESULT--> DONE
     AWAIT_RESULT --recv NAK--> AWAIT_RESULT --send CHUNK (repairs)--> AWAIT_RESULT
@@ -21,8 +23,18 @@ Receiver::
     PAKE --send PAKE--> AWAIT_CONFIRM --recv CONFIRM--> CONFIRM
     CONFIRM --send CONFIRM--> AWAIT_PLAN --recv PLAN--> DECIDE
     DECIDE --send STATE--> DATA --recv CHUNK|PATCH|ZERO|SAME|LOST--> DATA --recv END--> FINISH
+    DATA --recv GROUP|REF|POLL--> DATA;  DATA --send REPORT--> DATA        (multicast)
+    DATA --recv EVICT--> DONE                                              (multicast)
     DATA --send HAVE|ACK--> DATA;  FINISH --send ACK--> FINISH --send RESULT--> DONE
     FINISH --send NAK--> FINISH --recv CHUNK (repairs)--> FINISH      (--verify found damage)
+
+The multicast frames travel only on a group member's own control connection, and only
+in DATA (docs/protocol.md, "Multicast"): GROUP gives the data plane's key and session
+number; REF says which chunks, with which hashes, come in which multicast slice, and
+counts for coverage and the root exactly like SAME; POLL asks what the member misses of
+a slice and REPORT answers with a bitmap of the missing fragments; EVICT sends the
+member out of the group, which ends the session (DONE on both sides, no END or
+RESULT): it connects again for a unicast session that resumes from its journal.
 
 Both, from any state but DONE and ERROR: send or receive ERROR --> ERROR.  A side
 that has just detected an error (and so is in ERROR) may still send one ERROR frame

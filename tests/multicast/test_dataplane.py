@@ -134,6 +134,24 @@ def test_bitmaps_round_trip(missing: set[int], n: int) -> None:
     assert from_bitmap(bitmap(sorted(missing), n), n) == sorted(missing)
 
 
+@given(st.sets(st.integers(0, 999)), st.integers(1000, 1100))
+def test_one_bitmap_for_reports_and_patches(missing: set[int], n: int) -> None:
+    """The data plane's bitmap is the protocol's (a PATCH's sub-block map), not a copy."""
+    from p2pclone import protocol
+    from p2pclone.protocol import Encoding, Patch
+
+    assert (bitmap, from_bitmap) == (protocol.bitmap, protocol.from_bitmap)
+    patch = Patch(
+        index=0,
+        length=1,
+        digest=bytes(32),
+        encoding=Encoding.RAW,
+        changed=bitmap(missing, n),
+        body=b"",
+    )
+    assert patch.changed_blocks() == from_bitmap(patch.changed) == sorted(missing)
+
+
 @given(st.binary(max_size=5 * FRAGMENT + 3))
 def test_split_and_reassemble_any_slice(data: bytes) -> None:
     frags = split(3, 9, data)
