@@ -49,8 +49,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from ..errors import AuthenticationError, IntegrityError, UsageError
+from ..protocol.fields import MAX_DISK_SIZE
 from ..protocol.frames import MAX_CHUNK_SIZE
-from ..protocol.messages import MAX_DISK_SIZE
 
 FORMAT_VERSION = 1
 MAGIC = b"P2PCIMG\n"

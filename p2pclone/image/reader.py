@@ -16,8 +16,8 @@ import blake3
 
 from ..errors import AuthenticationError, IntegrityError
 from ..pipeline import Encoded, chunk_span, decode_chunk
+from ..protocol import HASH_SIZE, Chunk, Plan
 from ..protocol.connection import zero_digest
-from ..protocol.messages import HASH_SIZE, Chunk, Plan
 from . import format as fmt
 from .store import Store
 from .urls import open_store, read_options

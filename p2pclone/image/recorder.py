@@ -24,20 +24,21 @@ import trio
 from .. import __version__
 from ..errors import IntegrityError, P2PCloneError, RemoteProtocolError, SafetyError, UsageError
 from ..pipeline import chunk_span
-from ..protocol import Connection, Role
-from ..protocol.connection import zero_digest
-from ..protocol.messages import (
+from ..protocol import (
     HASH_SIZE,
     MAX_HASHES,
     Accept,
     Chunk,
+    Connection,
     End,
     Lost,
     Plan,
     Result,
+    Role,
     Same,
     Zero,
 )
+from ..protocol.connection import zero_digest
 from ..session import Channel, HaveReport, pair, pick_error
 from . import format as fmt
 from .reader import read_header, read_index, scan_records

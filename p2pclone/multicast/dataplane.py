@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 # A REPORT's fragment numbers travel as the protocol's bitmap (one implementation, in
 # the protocol layer); re-exported here for the data plane's users.
-from ..protocol.messages import bitmap as bitmap
-from ..protocol.messages import from_bitmap as from_bitmap
+from ..protocol.group import bitmap as bitmap
+from ..protocol.group import from_bitmap as from_bitmap
 
 #: Datagram header: magic, version, flags, session id, slice, fragment, fragments in
 #: the slice, slice length.

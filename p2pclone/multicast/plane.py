@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from p2pclone.transports.multicast import receive_datagrams
 
 from ..errors import RemoteProtocolError
-from ..protocol.messages import Chunk, bitmap
+from ..protocol import Chunk, bitmap
 from .dataplane import (
     DGRAM_HEADER,
     FRAGMENT,

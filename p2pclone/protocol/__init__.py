@@ -4,6 +4,7 @@ Pure: importing it pulls in neither trio nor sockets (a test checks this).
 """
 
 from .connection import CLOSED, NEED_DATA, Connection, Sentinel, zero_digest
+from .fields import HASH_SIZE, MAX_HASHES, SUB_HASH_SIZE, Encoding
 from .frames import (
     HEADER_SIZE,
     MAX_CHUNK_SIZE,
@@ -15,37 +16,25 @@ from .frames import (
     RawFrame,
     encode_frame,
 )
+from .group import Evict, Group, Poll, Ref, Report, bitmap, from_bitmap
 from .messages import (
-    HASH_SIZE,
-    MAX_HASHES,
-    SUB_HASH_SIZE,
     Accept,
     Ack,
     Chunk,
-    Confirm,
-    Encoding,
     End,
     Error,
     Event,
-    Evict,
-    Group,
     Have,
-    Hello,
     Lost,
     Nak,
-    Pake,
     Patch,
     Plan,
-    Poll,
-    Ref,
-    Report,
     Result,
     Same,
     Zero,
-    bitmap,
     decode_event,
-    from_bitmap,
 )
+from .pairing import Confirm, Hello, Pake
 from .state import TRANSITIONS, Direction, Role, State, next_state
 
 __all__ = [

@@ -34,31 +34,27 @@ import blake3
 
 from ..crypto import Pairing, SessionKeys, choose_cipher, cpu_has_aes, transcript_update
 from ..errors import LocalProtocolError, P2PCloneError, RemoteProtocolError
+from .fields import HASH_SIZE, SUB_HASH_SIZE, Encoding
 from .frames import MAX_CHUNK_SIZE, FrameDecoder, encode_frame
+from .group import Ref
 from .messages import (
-    HASH_SIZE,
-    SUB_HASH_SIZE,
     Accept,
     Ack,
     Chunk,
-    Confirm,
-    Encoding,
     End,
     Error,
     Event,
     Have,
-    Hello,
     Lost,
     Nak,
-    Pake,
     Patch,
     Plan,
-    Ref,
     Same,
     Zero,
     decode_event,
     pack_meta,
 )
+from .pairing import Confirm, Hello, Pake
 from .state import Direction, Role, State, next_state
 
 

@@ -1,148 +1,37 @@
-"""Typed protocol events and their msgpack meta.
+"""Typed protocol events and their msgpack meta: the session's and the data's frames
+here, pairing's in pairing.py, a multicast group's in group.py (fields.py checks them).
 
-Every frame type has one event class here.  ``to_meta()`` gives the msgpack map a
-sender puts on the wire; ``from_frame()`` rebuilds the event from a received frame
-and checks every field's type and range, so the state machines and drivers above
-only ever see well-formed events.  A malformed meta is a
-:class:`~p2pclone.errors.RemoteProtocolError`, never a ``KeyError`` or a msgpack
-exception.
-
-Field names on the wire are short strings; ``docs/protocol.md`` lists them all.
-"""
+``to_meta()`` gives the msgpack map a sender puts on the wire; ``from_frame()``
+rebuilds the event from a received frame and checks every field's type and range, so
+the state machines and drivers above only ever see well-formed events (a malformed
+meta is a RemoteProtocolError).  docs/protocol.md lists the short field names."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import msgpack
 
 from ..errors import RemoteProtocolError
+from .fields import (
+    HASH_SIZE,
+    MAX_DISK_SIZE,
+    MAX_HASHES,
+    SUB_HASH_SIZE,
+    Encoding,
+    _clip_info,
+    _count,
+    _digest,
+    _hashes,
+    _info,
+    _need,
+    _text,
+)
 from .frames import MAX_CHUNK_SIZE, FrameType, RawFrame
-
-HASH_SIZE = 32  # BLAKE3-256
-SUB_HASH_SIZE = 8  # xxh3-64 of a sub-block: the whole chunk's BLAKE3 is checked after
-MAX_DISK_SIZE = 1 << 60  # 1 EiB: an upper bound that rejects nonsense, not a real limit
-
-
-class Encoding:
-    """How a CHUNK body encodes its plain bytes."""
-
-    RAW = 0
-    ZSTD = 1
-    ALL = (RAW, ZSTD)
-
-
-def _need(meta: Mapping[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
-    try:
-        value = meta[key]
-    except KeyError:
-        raise RemoteProtocolError(f"the peer's {what} frame lacks the field {key!r}") from None
-    # bool is an int subclass; no field here is a bool unless it says so.
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
-        raise RemoteProtocolError(f"the peer's {what} frame has a malformed {key!r} field")
-    return value
-
-
-def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
-
-
-def _count(meta: Mapping[str, Any], key: str, what: str, *, limit: int = MAX_DISK_SIZE) -> int:
-    value: int = _need(meta, key, int, what)
-    if not 0 <= value <= limit:
-        raise RemoteProtocolError(f"the peer's {what} frame has {key!r}={value}, out of range")
-    return value
-
-
-def _text(meta: Mapping[str, Any], key: str, what: str, *, limit: int = 4096) -> str:
-    value: str = _need(meta, key, str, what)
-    if len(value) > limit:
-        raise RemoteProtocolError(f"the peer's {what} frame has an overlong {key!r} field")
-    return value
-
-
-def _digest(meta: Mapping[str, Any], key: str, what: str) -> bytes:
-    value: bytes = _need(meta, key, bytes, what)
-    if len(value) != HASH_SIZE:
-        raise RemoteProtocolError(f"the peer's {what} frame has a {len(value)}-byte hash")
-    return value
-
-
-def _info(meta: Mapping[str, Any], key: str, what: str) -> dict[str, str | int]:
-    """A small map of descriptive fields (device name, model, serial...)."""
-    value = _need(meta, key, dict, what)
-    out: dict[str, str | int] = {}
-    for k, v in value.items():
-        ok_value = (isinstance(v, int) and not isinstance(v, bool)) or (
-            isinstance(v, str) and len(v) <= 1024
-        )
-        if not isinstance(k, str) or len(k) > 64 or not ok_value:
-            raise RemoteProtocolError(f"the peer's {what} frame has a malformed {key!r} map")
-        out[k] = v
-    return out
-
-
-def _clip_info(info: Mapping[str, str | int]) -> dict[str, str | int]:
-    """Descriptive maps are for people: cut values to what ``_info`` accepts."""
-    return {k[:64]: (v[:1024] if isinstance(v, str) else v) for k, v in info.items()}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Hello:
-    """First frame each way: who is speaking and what it can do."""
-
-    TYPE: ClassVar[FrameType] = FrameType.HELLO
-    role: str  # "sender" | "receiver"
-    software: str
-    features: tuple[str, ...] = ()
-
-    def to_meta(self) -> dict[str, Any]:
-        return {"role": self.role, "sw": self.software, "feat": list(self.features)}
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> Hello:
-        role = _text(meta, "role", "HELLO", limit=16)
-        if role not in ("sender", "receiver"):
-            raise RemoteProtocolError(f"the peer's HELLO names an unknown role {role!r}")
-        feats = _need(meta, "feat", list, "HELLO")
-        if len(feats) > 64 or not all(isinstance(f, str) and len(f) < 64 for f in feats):
-            raise RemoteProtocolError("the peer's HELLO has a malformed feature list")
-        return cls(role=role, software=_text(meta, "sw", "HELLO", limit=128), features=tuple(feats))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Pake:
-    """Each way, after HELLO: one SPAKE2 message (sender = side A, receiver = side B)."""
-
-    TYPE: ClassVar[FrameType] = FrameType.PAKE
-    message: bytes
-
-    def to_meta(self) -> dict[str, Any]:
-        return {"msg": self.message}
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> Pake:
-        msg: bytes = _need(meta, "msg", bytes, "PAKE")
-        if not 1 <= len(msg) <= 256:
-            raise RemoteProtocolError("the peer's PAKE message has an impossible length")
-        return cls(message=msg)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Confirm:
-    """Each way, after PAKE: HMAC proving the sender of it derived the same keys."""
-
-    TYPE: ClassVar[FrameType] = FrameType.CONFIRM
-    mac: bytes
-
-    def to_meta(self) -> dict[str, Any]:
-        return {"mac": self.mac}
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> Confirm:
-        return cls(mac=_digest(meta, "mac", "CONFIRM"))
+from .group import Evict, Group, Poll, Ref, Report, from_bitmap
+from .pairing import Confirm, Hello, Pake
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -223,16 +112,6 @@ class Accept:
 
 
 #: At most this many chunk hashes in one HAVE or SAME frame (32 B each: 32 KiB of meta).
-MAX_HASHES = 1024
-
-
-def _hashes(meta: Mapping[str, Any], what: str) -> bytes:
-    value: bytes = _need(meta, "h", bytes, what)
-    if not value or len(value) % HASH_SIZE or len(value) > MAX_HASHES * HASH_SIZE:
-        raise RemoteProtocolError(f"the peer's {what} frame has a malformed hash list")
-    return value
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Have:
     """Receiver -> sender: what the target holds for chunks index.., as 32-byte hashes.
@@ -394,130 +273,6 @@ class Patch:
             changed=changed,
             body=body,
         )
-
-
-def bitmap(indices: Iterable[int], nbits: int) -> bytes:
-    """``indices`` as a bitmap of ``nbits`` bits: bit k is bit k % 8 of byte k // 8
-    (least significant first), the form of PATCH's ``m`` and REPORT's ``m``."""
-    out = bytearray(-(-nbits // 8))
-    for k in indices:
-        out[k // 8] |= 1 << (k % 8)
-    return bytes(out)
-
-
-def from_bitmap(bits: bytes, nbits: int | None = None) -> list[int]:
-    """The numbers of the bits set in ``bits`` (the inverse of :func:`bitmap`), in
-    order, among its first ``nbits`` (default: all of them; bits past the end of
-    ``bits`` count as clear)."""
-    n = 8 * len(bits) if nbits is None else min(nbits, 8 * len(bits))
-    return [k for k in range(n) if bits[k // 8] >> (k % 8) & 1]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Group:
-    """Sender -> receiver, multicast: the data plane's key and session number."""
-
-    TYPE: ClassVar[FrameType] = FrameType.GROUP
-    key: bytes
-    session: int
-
-    def to_meta(self) -> dict[str, Any]:
-        return {"k": self.key, "s": self.session}
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> Group:
-        key: bytes = _need(meta, "k", bytes, "GROUP")
-        if len(key) != 32:
-            raise RemoteProtocolError("the peer's GROUP frame has a malformed key")
-        return cls(key=key, session=_count(meta, "s", "GROUP", limit=2**64 - 1))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Ref:
-    """Sender -> receiver, multicast: chunks ``index``.. come in multicast slice
-    ``slice`` (``fragments`` datagrams, ``length`` bytes), with these hashes; counts
-    like SAME."""
-
-    TYPE: ClassVar[FrameType] = FrameType.REF
-    index: int
-    hashes: bytes
-    slice: int
-    fragments: int
-    length: int
-
-    @property
-    def count(self) -> int:
-        return len(self.hashes) // HASH_SIZE
-
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "i": self.index,
-            "h": self.hashes,
-            "sl": self.slice,
-            "n": self.fragments,
-            "l": self.length,
-        }
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> Ref:
-        return cls(
-            index=_count(meta, "i", "REF"),
-            hashes=_hashes(meta, "REF"),
-            slice=_count(meta, "sl", "REF", limit=2**32 - 1),
-            fragments=_count(meta, "n", "REF", limit=0xFFFF),
-            length=_count(meta, "l", "REF", limit=2**32 - 1),
-        )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Poll:
-    """Sender -> receiver, multicast: which fragments of ``slice`` are you missing?"""
-
-    TYPE: ClassVar[FrameType] = FrameType.POLL
-    slice: int
-
-    def to_meta(self) -> dict[str, Any]:
-        return {"sl": self.slice}
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> Poll:
-        return cls(slice=_count(meta, "sl", "POLL", limit=2**32 - 1))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Report:
-    """Receiver -> sender, multicast: the fragments of ``slice`` it misses (a bitmap;
-    empty: it holds the whole slice)."""
-
-    TYPE: ClassVar[FrameType] = FrameType.REPORT
-    slice: int
-    missing: bytes
-
-    def to_meta(self) -> dict[str, Any]:
-        return {"sl": self.slice, "m": self.missing}
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> Report:
-        missing: bytes = _need(meta, "m", bytes, "REPORT")
-        if len(missing) > 8192:
-            raise RemoteProtocolError("the peer's REPORT frame has an overlong bitmap")
-        return cls(slice=_count(meta, "sl", "REPORT", limit=2**32 - 1), missing=missing)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Evict:
-    """Sender -> receiver, multicast: leave the group (``reason``) and finish by unicast:
-    connect again, and resume from the journal like any interrupted clone."""
-
-    TYPE: ClassVar[FrameType] = FrameType.EVICT
-    reason: str
-
-    def to_meta(self) -> dict[str, Any]:
-        return {"why": self.reason}
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> Evict:
-        return cls(reason=_text(meta, "why", "EVICT", limit=1024))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

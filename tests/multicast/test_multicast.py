@@ -115,7 +115,7 @@ import dataclasses
 import sys
 from p2pclone.cli import main
 from p2pclone.multicast import slices
-from p2pclone.protocol.messages import Encoding
+from p2pclone.protocol import Encoding
 
 real = slices.pack_entry
 
