@@ -15,7 +15,7 @@ from ..receiver import Options
 from ..sender import DEFAULT_CHUNK_SIZE, check_chunk_size
 from ..session import Done, GroupProgress, Reporter
 from .receiver import receive_multicast
-from .sender import send_multicast
+from .sender import GroupSender
 
 
 class _Group:
@@ -38,9 +38,9 @@ class _Group:
         transport = MulticastTransport(url)
         chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
         check_chunk_size(chunk_size)
-        return await send_multicast(
-            source_path,
+        sender = GroupSender(
             transport,
+            source_path,
             code=code,
             receivers=receivers,
             wait=wait,
@@ -51,6 +51,7 @@ class _Group:
             report=report,
             group_report=group_report,
         )
+        return await sender.run()
 
     async def receive(
         self,

@@ -409,33 +409,3 @@ class GroupSender:
             src.close()
             back.set()
 
-
-async def send_multicast(
-    source_path: str,
-    transport: MulticastTransport,
-    *,
-    code: str,
-    receivers: int,
-    wait: float = 60.0,
-    chunk_size: int = 1 << 20,
-    allow_mounted: bool = False,
-    passphrase: str | None = None,
-    password: str | None = None,
-    report: Reporter = no_report,
-    group_report: Callable[[GroupProgress], None] | None = None,
-) -> Done:
-    """Send ``source_path`` to the group at ``transport`` (see :class:`GroupSender`)."""
-    sender = GroupSender(
-        transport,
-        source_path,
-        code=code,
-        receivers=receivers,
-        wait=wait,
-        chunk_size=chunk_size,
-        allow_mounted=allow_mounted,
-        passphrase=passphrase,
-        password=password,
-        report=report,
-        group_report=group_report,
-    )
-    return await sender.run()
