@@ -108,8 +108,9 @@ def test_loss_a_killed_receiver_and_a_slow_one_all_end_byte_identical(lan, tmp_p
 
 
 # A sender whose group data is forged, as a rogue group member could forge it: the
-# fragments are sealed with the real group key, but chunk 2 holds other bytes and
-# chunk 5 is left out.  The control connections still carry the true plan and hashes.
+# fragments are sealed with the real group key, but chunk 2 holds other bytes, chunk 5
+# is left out and chunk 7 claims a length other than the plan's (4 KiB short).  The
+# control connections still carry the true plan and hashes.
 FORGER = """
 import dataclasses
 import sys
@@ -125,6 +126,9 @@ def forged(chunk):
         chunk = dataclasses.replace(chunk, body=other, encoding=Encoding.RAW)
     if chunk.index == 5:
         return b""
+    if chunk.index == 7:
+        short = chunk.length - 4096
+        chunk = dataclasses.replace(chunk, length=short, body=b"\\x55" * short, encoding=Encoding.RAW)
     return real(chunk)
 
 slices.pack_entry = forged
@@ -133,6 +137,10 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_group_data_forged_with_the_group_key_is_refetched_not_written(lan, tmp_path: Path) -> None:
+    """Every forged chunk is fetched again over the receiver's own link and the targets
+    end byte-identical.  Catches: a chunk failing its hash being written or fatal, and
+    (negative control, tried) a group entry whose length is not the plan's being dropped
+    without a re-fetch -- then ``repaired_chunks`` is 2 and chunk 7 is never written."""
     net: Lan = lan(3)
     source = tmp_path / "disk.img"
     data = random_file(source, 12 * MiB)
@@ -151,7 +159,7 @@ def test_group_data_forged_with_the_group_key_is_refetched_not_written(lan, tmp_
         assert r.returncode == 0, r_err.decode()
         done = events(r_out)[-1]
         assert done["event"] == "done"
-        assert done["repaired_chunks"] == 2  # the two forged chunks, fetched over its own link
+        assert done["repaired_chunks"] == 3  # the three forged chunks, fetched over its own link
     for t in targets:
         assert t.read_bytes() == data
 
