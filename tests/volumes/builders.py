@@ -1,0 +1,256 @@
+"""Filesystems and disks built the way real machines have them, and independent oracles.
+
+Free space is dirty: every volume is first filled with pseudo-random bytes ("deleted
+data"), then made with discards off, then filled through the real filesystem (ext
+mounted through a loop device; FAT written with mtools, since this kernel has no vfat
+driver) with files of every size, some deleted again.
+
+Oracles never ask p2pclone: ``partclone.<fs> -D`` (a ddrescue domain map of the used
+blocks), ``dumpe2fs`` (bigalloc, which partclone cannot map) and ``mshowfat`` (the
+clusters of every file, for FAT12, where partclone 0.3.23's map is wrong).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from p2pclone.volumes.extents import Extents
+
+MiB = 1 << 20
+
+
+def need(*tools: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("building filesystems needs root (loop mounts)")
+    for tool in tools:
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (.ci/run installs it)")
+
+
+def run(*cmd: str | Path) -> str:
+    return subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True).stdout
+
+
+def dirty(path: Path, size: int, seed: int) -> None:
+    """A file of ``size`` bytes of old, deleted data (what free space holds on real disks)."""
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        for _ in range(size // MiB):
+            f.write(rng.randbytes(MiB))
+        f.truncate(size)
+
+
+@contextlib.contextmanager
+def mounted(image: Path) -> Iterator[Path]:
+    where = Path(tempfile.mkdtemp(prefix="p2pclone-mnt-"))
+    run("mount", "-o", "loop", image, where)
+    try:
+        yield where
+    finally:
+        run("umount", where)
+        where.rmdir()
+
+
+def fill_tree(root: Path, seed: int, *, small: int = 300, full: bool = False) -> None:
+    """Files of every size, some deleted again, some grown in turns (fragmented)."""
+    rng = random.Random(seed)
+    st = os.statvfs(root)
+    biggest = st.f_bavail * st.f_frsize // 60  # the random files fill about 40 %
+    for i in range(24):
+        (root / f"f{i}").write_bytes(rng.randbytes(rng.randint(1, biggest)))
+    (root / "many").mkdir()
+    for i in range(small):
+        (root / "many" / f"s{i}").write_bytes(b"%d\n" % i * rng.randint(1, 50))
+    with open(root / "frag1", "wb") as a, open(root / "frag2", "wb") as b:
+        for _ in range(64):  # interleaved appends: fragmented files
+            a.write(rng.randbytes(16384))
+            a.flush()
+            os.fsync(a.fileno())
+            b.write(rng.randbytes(16384))
+            b.flush()
+            os.fsync(b.fileno())
+    for i in range(0, 24, 3):
+        (root / f"f{i}").unlink()
+    if full:
+        with open(root / "filler", "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(rng.randbytes(MiB))
+        (root / "f1").unlink()
+
+
+def make_ext(path: Path, size: int, *mkfs: str, seed: int = 1, full: bool = False) -> None:
+    need("mkfs.ext4", "mount")
+    dirty(path, size, seed)
+    run("mkfs.ext4", "-q", "-F", "-E", "nodiscard", *mkfs, path)
+    with mounted(path) as root:
+        fill_tree(root, seed, full=full)
+
+
+def make_fat(path: Path, size: int, bits: int, seed: int = 1) -> None:
+    need("mkfs.fat", "mcopy")
+    dirty(path, size, seed)
+    run("mkfs.fat", "-F", str(bits), path)
+    rng = random.Random(seed)
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        names = []
+        budget = size // 3
+        for i in range(30):
+            n = min(budget, rng.randint(1, size // 20))
+            budget -= n
+            src = Path(tmp) / f"F{i}.BIN"
+            src.write_bytes(rng.randbytes(n))
+            names.append(src.name)
+            subprocess.run(
+                ["mcopy", "-i", str(path), str(src), f"::/{src.name}"], env=env, check=True
+            )
+        for name in names[::4]:
+            subprocess.run(["mdel", "-i", str(path), f"::/{name}"], env=env, check=True)
+
+
+def partclone_used(kind: str, path: Path) -> Extents:
+    """partclone's used map of the filesystem in ``path`` (``kind``: ext4, fat, ...)."""
+    need(f"partclone.{kind}")
+    out = path.with_suffix(".domain")
+    out.unlink(missing_ok=True)  # partclone resumes an existing domain file: never reuse one
+    subprocess.run(
+        [f"partclone.{kind}", "-D", "-s", str(path), "-o", str(out), "-L", os.devnull],
+        check=True,
+        capture_output=True,
+    )
+    used = []
+    for line in out.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and not line.startswith("#") and parts[2] == "+":
+            start = int(parts[0], 16)
+            used.append((start, start + int(parts[1], 16)))
+    return Extents.of(used)
+
+
+def dumpe2fs_used(path: Path) -> Extents:
+    """e2fsprogs' own used map (cluster-exact, which partclone lacks for bigalloc)."""
+    text = run("dumpe2fs", path)
+    block = int(re.search(r"Block size:\s+(\d+)", text).group(1))  # type: ignore[union-attr]
+    cluster = int(m.group(1)) if (m := re.search(r"Cluster size:\s+(\d+)", text)) else block
+    total = int(re.search(r"Block count:\s+(\d+)", text).group(1)) * block  # type: ignore[union-attr]
+    free = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("Free blocks:"):
+            for part in filter(None, (p.strip() for p in line[12:].split(","))):
+                first, _, last = part.partition("-")
+                free.append((int(first) * block, int(last or first) * block + cluster))
+    return Extents.of(free).invert(0, total)
+
+
+def mtools_used(path: Path) -> Extents:
+    """The clusters of every file and directory, from mtools (FAT: no partclone)."""
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    listing = subprocess.run(
+        ["mdir", "-i", str(path), "-/", "-b", "::/"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    head = path.read_bytes()[:64]
+    bps, spc, reserved, nfats, root_entries = (
+        int.from_bytes(head[11:13], "little"), head[13], int.from_bytes(head[14:16], "little"),
+        head[16], int.from_bytes(head[17:19], "little"),
+    )  # fmt: skip
+    fat_sectors = int.from_bytes(head[22:24], "little") or int.from_bytes(head[36:40], "little")
+    first_data = (reserved + nfats * fat_sectors + -(-root_entries * 32 // bps)) * bps
+    used = [(0, first_data)]
+    for name in listing:
+        shown = subprocess.run(
+            ["mshowfat", "-i", str(path), name], env=env, check=True, capture_output=True, text=True
+        ).stdout
+        if "<" not in shown:
+            continue  # an empty file: no cluster
+        for m in re.finditer(r"(\d+)(?:-(\d+))?", shown.split("<", 1)[1]):
+            a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+            used.append((first_data + (a - 2) * spc * bps, first_data + (b - 1) * spc * bps))
+    return Extents.of(used)
+
+
+def wrongly_free(free: Extents, oracle_used: Extents) -> Extents:
+    """What the oracle says is used but our map calls free (must be empty)."""
+    return Extents.of(r for a, b in free for r in oracle_used.clip(a, b))
+
+
+# -- whole disks ------------------------------------------------------------------------
+
+#: sgdisk type codes / sfdisk MBR types of the volume kinds below
+_GPT_CODES = {"fat32": "ef00", "ext4": "8300", "swap": "8200", "raw": "8300", "fat16": "0700"}
+_MBR_CODES = {"fat32": "c", "ext4": "83", "swap": "82", "raw": "83", "fat16": "e"}
+
+
+def make_volume(path: Path, kind: str, size: int, seed: int) -> Extents:
+    """Build one volume; return the oracle's used map of it (relative)."""
+    if kind == "ext4":
+        make_ext(path, size, seed=seed)
+        return partclone_used("ext4", path)
+    if kind in ("fat16", "fat32"):
+        make_fat(path, size, int(kind[3:]), seed=seed)
+        return partclone_used("fat", path)
+    if kind == "swap":
+        dirty(path, size, seed)
+        run("mkswap", path)
+        return Extents(((0, 4096),))
+    dirty(path, size, seed)  # "raw": a volume nobody can read, copied whole
+    return Extents(((0, size),))
+
+
+def make_disk(
+    path: Path, size: int, volumes: list[tuple[str, int]], *, scheme: str = "gpt", seed: int = 7
+) -> list[tuple[int, int, Extents]]:
+    """A disk with a partition table and these volumes, free space dirty everywhere.
+
+    Returns ``(start, size, oracle used map, absolute)`` of each partition, in order.
+    MBR disks put every volume after the first into an extended partition (logicals).
+    """
+    need("sgdisk", "sfdisk")
+    dirty(path, size, seed)
+    if scheme == "gpt":
+        args = []
+        for k, (kind, vsize) in enumerate(volumes, 1):
+            args += ["-n", f"{k}:0:+{vsize // 1024}K", "-t", f"{k}:{_GPT_CODES[kind]}"]
+        run("sgdisk", *args, path)
+    else:
+        lines = [f"size={volumes[0][1] // 512}, type={_MBR_CODES[volumes[0][0]]}"]
+        if len(volumes) > 1:
+            lines.append("type=5")
+            lines += [f"size={v // 512}, type={_MBR_CODES[k]}" for k, v in volumes[1:]]
+        subprocess.run(
+            ["sfdisk", "--quiet", "--label", "dos", str(path)],
+            input="\n".join(lines) + "\n",
+            text=True,
+            check=True,
+            capture_output=True,
+        )
+    starts = [
+        (int(m.group(1)) * 512, int(m.group(2)) * 512)
+        for m in re.finditer(r"start=\s*(\d+), size=\s*(\d+), type=(\w+)", run("sfdisk", "-d", path))
+        if m.group(3) not in ("5", "f", "85")  # the extended partition itself
+    ]
+    out = []
+    with open(path, "r+b") as disk:
+        for k, ((kind, vsize), (start, length)) in enumerate(zip(volumes, starts, strict=True)):
+            vol = path.with_name(f"{path.stem}.p{k + 1}")
+            used = make_volume(vol, kind, length, seed + k + 1)
+            assert length >= vsize - MiB
+            disk.seek(start)
+            disk.write(vol.read_bytes())
+            vol.unlink()
+            out.append((start, length, used.shift(start)))
+    return out
