@@ -124,7 +124,8 @@ def read_table(read: Read, size: int, sector: int = 0) -> Table:
             "gpt",
             sector or 512,
             notes=(
-                "both GPT headers are damaged (the disk has a protective MBR): the whole disk is copied",
+                "both GPT headers are damaged (the disk has a protective MBR): "
+                "the whole disk is copied",
             ),
             trusted=False,
         )

@@ -238,9 +238,10 @@ def make_disk(
             check=True,
             capture_output=True,
         )
+    dump = run("sfdisk", "-d", path)
     starts = [
         (int(m.group(1)) * 512, int(m.group(2)) * 512)
-        for m in re.finditer(r"start=\s*(\d+), size=\s*(\d+), type=(\w+)", run("sfdisk", "-d", path))
+        for m in re.finditer(r"start=\s*(\d+), size=\s*(\d+), type=(\w+)", dump)
         if m.group(3) not in ("5", "f", "85")  # the extended partition itself
     ]
     out = []
