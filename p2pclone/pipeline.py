@@ -19,6 +19,7 @@ import zstandard
 from .disks import Target
 from .errors import IntegrityError
 from .protocol import SUB_HASH_SIZE, Chunk, Encoding, Patch, Plan, bitmap, zero_digest
+from .volumes.extents import Extents
 
 ZSTD_LEVEL = 1
 _ZERO = bytes(1 << 20)
@@ -30,6 +31,8 @@ class DiskSource(Protocol):
 
     size: int
     info: dict[str, str | int]
+    #: ranges no filesystem uses: read as zeros, never sent (empty: send every byte)
+    free: Extents
 
     def read(self, offset: int, length: int) -> bytes | memoryview: ...
 

@@ -96,6 +96,21 @@ class Done:
     same_chunks: int = 0  # already on the target (resume or delta): not sent
     # fetched again and fixed: read back wrong by --verify, or wrong in a multicast group
     repaired_chunks: int = 0
+    # bytes no filesystem uses: neither sent nor written (the plan's used map)
+    free_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Mapped:
+    """The source's layout, read before the plan: partition table and each volume
+    (number, type, fs, start, size, used, and why it is copied whole, if it is)."""
+
+    scheme: str  # "gpt", "mbr", "none", or "exact" (--exact: not read)
+    volumes: list[dict[str, str | int]]
+    notes: list[str]
+    free_bytes: int
+    source_bytes: int
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +139,7 @@ class GroupProgress:
     why: str = ""
 
 
-Report = Listening | Connected | Planned | Progress | Verifying | Done | Notice
+Report = Listening | Connected | Mapped | Planned | Progress | Verifying | Done | Notice
 Reporter = Callable[[Report], None]
 
 

@@ -269,7 +269,7 @@ def test_disks_lists_block_devices_as_json() -> None:
 def test_help_names_every_command_and_exit_code() -> None:
     r = run("--help")
     assert r.returncode == 0
-    for word in ("receive", "send", "disks", "demo", "5 link lost"):
+    for word in ("receive", "send", "clone", "disks", "demo", "5 link lost"):
         assert word in r.stdout
 
 
@@ -277,7 +277,8 @@ def test_help_names_every_command_and_exit_code() -> None:
 def test_demo_runs_and_says_what_it_did(tmp_path: Path) -> None:
     r = run("demo", "--size", "32", "--dir", str(tmp_path / "demo"), timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "byte-identical" in r.stdout and "MB/s" in r.stdout
+    assert "uses, byte for byte" in r.stdout and "MB/s" in r.stdout
+    assert "were neither sent nor written" in r.stdout and " 0 MiB it does not use" not in r.stdout
 
 
 def test_the_done_line_counts_repaired_chunks(capsys: pytest.CaptureFixture[str]) -> None:

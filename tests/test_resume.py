@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -453,7 +454,14 @@ def test_sigkill_mid_transfer_then_restart_resumes(tmp_path: Path, victim: str) 
         return rx, tx
 
     rx, tx = start(throttle=True)
-    time.sleep(2.5)  # ~20 MiB sent at 8 MiB/s; several journal commits made
+    # Kill once the receiver reports ~16 MiB received (8 MiB/s: about 2 s, with several
+    # journal commits made), not after a fixed sleep: a busy machine starts slower.
+    deadline = time.monotonic() + 30
+    assert rx.stdout is not None
+    while time.monotonic() < deadline:
+        event = json.loads(rx.stdout.readline() or "{}")
+        if event.get("event") == "progress" and event["done_bytes"] >= 16 * MiB:
+            break
     (rx if victim == "receiver" else tx).send_signal(signal.SIGKILL)
     for p in (rx, tx):
         try:
@@ -468,7 +476,6 @@ def test_sigkill_mid_transfer_then_restart_resumes(tmp_path: Path, victim: str) 
     tx_out, _ = tx.communicate(timeout=60)
     rx.communicate(timeout=60)
     assert (tx.returncode, rx.returncode) == (0, 0)
-    import json
 
     done = json.loads(tx_out.strip().splitlines()[-1])
     assert done["event"] == "done" and done["same_chunks"] >= 8, done

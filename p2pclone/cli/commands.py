@@ -11,6 +11,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -122,6 +123,44 @@ def cmd_send(args: argparse.Namespace) -> int:
             receivers=args.receivers,
             wait=args.wait,
             group_report=out.member,
+            exact=args.exact,
+            report=out,
+        ),
+    )
+
+
+def cmd_clone(args: argparse.Namespace) -> int:
+    from ..clone import clone
+    from ..receiver import Options
+
+    out = Output(json_mode=args.json, role="clone")
+    code = ""
+    try:
+        if is_image_url(args.target) or is_image_url(args.source):
+            code = image_code(args, new=is_image_url(args.target))
+        password = smb_password(args.source, args.target)
+    except UsageError as exc:
+        out.error(exc)
+        return int(exc.exit_code)
+    options = Options(
+        verify=args.verify,
+        confirm=make_confirm(args.yes, out),
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        fresh=args.fresh,
+        delta=args.delta,
+    )
+    return _run(
+        args,
+        out,
+        lambda: clone(
+            args.source,
+            args.target,
+            options=options,
+            exact=args.exact,
+            allow_mounted=args.allow_mounted,
+            chunk_size=args.chunk_size,
+            code=code,
+            password=password,
             report=out,
         ),
     )
@@ -213,6 +252,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "receive": cmd_receive,
     "send": cmd_send,
+    "clone": cmd_clone,
     "image": cmd_image,
     "disks": cmd_disks,
     "demo": cmd_demo,

@@ -17,6 +17,7 @@ from ..session import (
     Connected,
     Done,
     Listening,
+    Mapped,
     Notice,
     Planned,
     Progress,
@@ -78,6 +79,8 @@ class Output:
             case Connected(url=url):
                 if self.json_mode:
                     self.emit(event="connected", url=url)
+            case Mapped() as m:
+                self._mapped(m)
             case Planned() as plan:
                 self._planned(plan)
             case Progress() as p:
@@ -102,17 +105,53 @@ class Output:
                     self.emit(event="done", **{**asdict(d), "seconds": round(d.seconds, 3)})
                 else:
                     rate = d.source_bytes / d.seconds if d.seconds > 0 else 0.0
+                    free = f"; {human_bytes(d.free_bytes)} free, not copied" if d.free_bytes else ""
                     ratio = d.wire_bytes / d.source_bytes if d.source_bytes else 0.0
                     self.say(
                         f"Done: {human_bytes(d.source_bytes)} in {d.seconds:.1f} s "
                         f"({human_bytes(rate)}/s); {human_bytes(d.wire_bytes)} on the wire "
                         f"({ratio:.0%}); {d.chunks} chunks, {d.zero_chunks} zero, "
                         f"{d.same_chunks} already there"
-                        f"{f', {d.repaired_chunks} repaired' if d.repaired_chunks else ''}; "
+                        f"{f', {d.repaired_chunks} repaired' if d.repaired_chunks else ''}"
+                        f"{free}; "
                         f"{'verified, ' if d.verified else ''}root {d.digest[:16]}…"
                     )
             case _:
                 assert_never(event)
+
+    def _mapped(self, m: Mapped) -> None:
+        if self.json_mode:
+            self.emit(
+                event="map",
+                scheme=m.scheme,
+                volumes=m.volumes,
+                notes=m.notes,
+                free_bytes=m.free_bytes,
+                seconds=round(m.seconds, 3),
+            )
+            return
+        for note in m.notes:
+            self.say(f"p2pclone: note: {note}")
+        if m.scheme == "exact":
+            self.say("Copying every byte (--exact): free space is sent too")
+            return
+        table = {"gpt": "GPT", "mbr": "MBR", "none": "no partition table"}.get(m.scheme, m.scheme)
+        self.say(
+            f"Source layout: {table}; {human_bytes(m.source_bytes - m.free_bytes)} in use, "
+            f"{human_bytes(m.free_bytes)} free (not sent)  [read in {m.seconds:.1f} s]"
+        )
+        for v in m.volumes:
+            name = (
+                f"  {v['number']:>2} {v['type'] or 'whole disk':<22}"
+                if v["number"]
+                else "  whole disk"
+            )
+            fs = v["fs"] or "?"
+            how = f"copied whole: {v['whole']}" if v["whole"] else "only used blocks"
+            self.say(
+                f"{name} {fs:<7} {human_bytes(int(v['used']))} used of "
+                f"{human_bytes(int(v['size']))}  ({how})"
+            )
 
     def _planned(self, p: Planned) -> None:
         if self.json_mode:
@@ -126,7 +165,7 @@ class Output:
             )
             return
         self.say(
-            f"{'Sending' if self.role == 'send' else 'Receiving'} "
+            f"{ {'send': 'Sending', 'clone': 'Copying'}.get(self.role, 'Receiving') } "
             f"{human_bytes(p.source_bytes)} from {p.source.get('name', '?')} "
             f"to {p.target.get('name', '?')}"
         )

@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_receive(sub)
     _add_send(sub)
+    _add_clone(sub)
     _add_image(sub)
     _add_disks(sub)
     _add_demo(sub)
@@ -120,7 +121,10 @@ def _add_send(sub: _Subcommands) -> None:
         help="send SOURCE to a listening receiver",
         epilog=EPILOG_EXIT,
         description="Read SOURCE (a block device or a file) and send it to the receiver at "
-        "URL: zero chunks as ranges, the rest BLAKE3-hashed and zstd-compressed.",
+        "URL: only the blocks its filesystems use (its partition table and each "
+        "filesystem's allocation are read first; what p2pclone does not understand is "
+        "copied whole), zero chunks as ranges, the rest BLAKE3-hashed and "
+        "zstd-compressed.",
     )
     s.add_argument(
         "source",
@@ -180,6 +184,12 @@ def _send_options(s: argparse.ArgumentParser) -> None:
         help="ask the receiver to hash its target and send only the chunks that differ",
     )
     s.add_argument(
+        "--exact",
+        action="store_true",
+        help="copy every byte, free space included (forensics); by default the blocks no "
+        "filesystem uses are neither sent nor written",
+    )
+    s.add_argument(
         "--allow-mounted",
         action="store_true",
         help="send a source that is mounted read-write (the copy may be inconsistent: "
@@ -192,6 +202,61 @@ def _send_options(s: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="chunk size, a multiple of 4K (default 1M; 256K over serial://)",
     )
+
+
+def _add_clone(sub: _Subcommands) -> None:
+    c = sub.add_parser(
+        "clone",
+        help="copy SOURCE onto TARGET on this machine (a new disk in the same PC)",
+        epilog=EPILOG_EXIT,
+        description="Copy SOURCE onto TARGET, both on this machine: no network, no "
+        "encryption, the same checks as a clone between two machines (only the blocks the "
+        "filesystems use, the question before overwriting, resume, --verify). Either side "
+        "may be an image URL (file:///PATH or smb://HOST/SHARE/PATH): then it saves or "
+        "restores that image.",
+    )
+    c.add_argument("source", metavar="SOURCE", help="block device or file to copy, or an image")
+    c.add_argument(
+        "target", metavar="TARGET", help="block device or file to overwrite, or an image to save"
+    )
+    c.add_argument(
+        "--code",
+        help="only with an image: its passphrase (default: $P2PCLONE_CODE, else asked)",
+    )
+    c.add_argument("--yes", action="store_true", help="overwrite the target without asking")
+    c.add_argument(
+        "--verify",
+        action="store_true",
+        help="after fsync, re-read the target and check every chunk (wrong ones are copied again)",
+    )
+    c.add_argument(
+        "--delta",
+        action="store_true",
+        help="hash the target first and copy only the chunks that differ",
+    )
+    c.add_argument(
+        "--fresh", action="store_true", help="ignore an interrupted earlier run and start over"
+    )
+    c.add_argument("--state-dir", metavar="DIR", help="where the resume journal lives")
+    c.add_argument(
+        "--exact",
+        action="store_true",
+        help="copy every byte, free space included (by default the blocks no filesystem "
+        "uses are neither read nor written)",
+    )
+    c.add_argument(
+        "--allow-mounted",
+        action="store_true",
+        help="copy a source that is mounted read-write (the copy may be inconsistent)",
+    )
+    c.add_argument(
+        "--chunk-size",
+        type=parse_size,
+        default=None,
+        metavar="SIZE",
+        help="chunk size, a multiple of 4K (default 1M)",
+    )
+    _common(c)
 
 
 def _add_image(sub: _Subcommands) -> None:

@@ -39,9 +39,14 @@ def make_confirm(assume_yes: bool, out: Output) -> Callable[[Plan, Any], None]:
         from ..disks.describe import describe
 
         out.pause()
+        layout = "".join(
+            f"\n    partition {k[4:]}: {printable(str(v))}"
+            for k, v in plan.source.items()
+            if k.startswith("part") and k[4:].isdigit()
+        )
         print(
             f"About to OVERWRITE this target with {human_bytes(plan.source_size)} from "
-            f"{printable(str(plan.source.get('name', 'the sender')))}:\n"
+            f"{printable(str(plan.source.get('name', 'the sender')))}{layout}\n"
             f"{describe(target.path, target.size, target.device)}",
             file=sys.stderr,
         )

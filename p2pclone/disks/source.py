@@ -12,7 +12,9 @@ import os
 import stat
 
 from ..errors import SafetyError, SourceError
+from ..volumes.extents import Extents
 from .device import block_size_bytes, device_info, logical_sector_size
+from .masked import masked_read, next_used
 
 
 class Source:
@@ -25,6 +27,9 @@ class Source:
         self.is_block = is_block
         self.info = info
         self._seek_data = True
+        #: ranges no filesystem uses (set by the sender from the used map): read as
+        #: zeros without touching the disk
+        self.free = Extents()
 
     @classmethod
     def open(cls, path: str, *, allow_mounted: bool = False) -> Source:
@@ -85,6 +90,14 @@ class Source:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
     def read(self, offset: int, length: int) -> bytes:
+        """Read exactly ``length`` bytes at ``offset`` (free ranges as zeros, unread).
+
+        Raises:
+            SourceError: a read error, or the source ended early (it shrank).
+        """
+        return masked_read(self._read, self.free, offset, length)
+
+    def _read(self, offset: int, length: int) -> bytes:
         """Read exactly ``length`` bytes at ``offset``.
 
         Raises:
@@ -127,12 +140,14 @@ class Source:
         """Offset of the first byte at or after ``offset`` that may hold data.
 
         Returns ``self.size`` when only a hole remains.  Where the filesystem or
-        device can't tell, everything counts as data.
+        device can't tell, everything counts as data.  Free ranges are holes too.
         """
-        if not self._seek_data or self.is_block:
+        offset = next_used(self.free, offset)
+        if not self._seek_data or self.is_block or offset >= self.size:
             return offset
         try:
-            return os.lseek(self.fd, offset, os.SEEK_DATA)
+            found = os.lseek(self.fd, offset, os.SEEK_DATA)
+            return found if found == offset else self.next_data(found)
         except OSError as exc:
             if exc.errno == errno.ENXIO:  # no data after offset
                 return self.size

@@ -23,6 +23,9 @@ import stat
 
 from ..errors import SafetyError, TargetError
 from ..units import human_bytes
+from ..volumes.extents import Extents
+from ..volumes.geometry import GeometryError, relocate_gpt
+from ..volumes.table import read_table
 from .device import (
     DeviceInfo,
     block_size_bytes,
@@ -37,6 +40,7 @@ from .device import (
     start_writeback,
     zero_out,
 )
+from .masked import masked_read, used_parts
 
 
 def _cannot_write(path: str, exc: OSError) -> TargetError:
@@ -64,6 +68,8 @@ class Target:
         #: this run created the (empty) file: removed again if nothing was written
         self.created = False
         self.prepared = False
+        #: ranges the plan says no filesystem uses: never written, read back as zeros
+        self.free = Extents()
 
     @classmethod
     def open(cls, path: str) -> Target:
@@ -96,8 +102,7 @@ class Target:
                 is_block = False
             if not is_block:
                 raise TargetError(
-                    f"the target {path} is a symbolic link (to {real}): give the file's "
-                    "real path"
+                    f"the target {path} is a symbolic link (to {real}): give the file's real path"
                 )
             return cls._open_device(real)
         if stat.S_ISDIR(lst.st_mode):
@@ -217,19 +222,20 @@ class Target:
             out.update(model=self.device.model, serial=self.device.serial, sector=self.sector_size)
         return out
 
-    def check_plan(self, source_size: int, source: dict[str, str | int]) -> None:
-        """Refuse a plan this target can't hold, before anything is written.
+    def check_plan(self, source_size: int, source: dict[str, str | int]) -> int:
+        """Refuse a plan this target can't hold, before anything is written; return
+        where a smaller target cuts the source off (0: it holds all of it).
+
+        A block device smaller than the source is accepted when the source's partition
+        table (its ``layout`` and ``end<n>`` in the plan) has every partition end
+        inside it, leaving room for a GPT's backup: beyond that the source has nothing
+        any partition holds, and the backup is rebuilt at the new end.
 
         Raises:
-            SafetyError: the block device is smaller than the source, or its logical
-                sector size differs from a block-device source's.
+            SafetyError: the block device is smaller than the source and a partition
+                does not fit (or the source has no table), or its logical sector size
+                differs from a block-device source's.
         """
-        if self.is_block and self.size < source_size:
-            held, needed = (human_bytes(n, small="bytes") for n in (self.size, source_size))
-            raise SafetyError(
-                f"the target {self.path} holds {held} but the source is {needed}: "
-                "choose a target at least as large; nothing was written"
-            )
         src_sector = source.get("sector")
         if self.is_block and isinstance(src_sector, int) and src_sector != self.sector_size:
             raise SafetyError(
@@ -238,6 +244,51 @@ class Target:
                 "wrong on the target; choose a target with the same sector size; "
                 "nothing was written"
             )
+        if not self.is_block or self.size >= source_size:
+            return 0
+        return self._cut(source_size, source)
+
+    def _cut(self, source_size: int, source: dict[str, str | int]) -> int:
+        held, needed = (human_bytes(n, small="bytes") for n in (self.size, source_size))
+        layout = source.get("layout")
+        ends = {k[3:]: v for k, v in source.items() if k.startswith("end") and isinstance(v, int)}
+        if layout not in ("gpt", "mbr") or not ends:
+            raise SafetyError(
+                f"the target {self.path} holds {held} but the source is {needed} and has "
+                "no partition table to fit onto it: choose a target at least as large; "
+                "nothing was written"
+            )
+        # a GPT needs its backup array and header after the last partition
+        reserve = (1 + -(-16384 // self.sector_size)) * self.sector_size if layout == "gpt" else 0
+        room = self.size - reserve
+        for number, end in sorted(ends.items(), key=lambda e: e[1], reverse=True):
+            if end > room:
+                raise SafetyError(
+                    f"the target {self.path} holds {held}, but partition {number} of the "
+                    f"source ends at byte {end}: the target needs at least "
+                    f"{human_bytes(end + reserve, small='bytes')}; nothing was written"
+                )
+        return self.size
+
+    def fit_gpt(self, source_size: int) -> None:
+        """After a clone of a GPT disk of ``source_size`` bytes onto this device of
+        another size: move the backup to our end, rewrite both headers, and check that
+        the table reads back whole (volumes/geometry.py).
+
+        Raises:
+            TargetError: the table could not be fitted or does not read back.
+        """
+        try:
+            writes = relocate_gpt(self._read, source_size, self.size, self.sector_size)
+        except GeometryError as exc:
+            raise TargetError(f"the GPT cloned onto {self.path} cannot be fitted: {exc}") from None
+        for offset, data in writes:
+            self._write(offset, data)
+        self.sync()
+        table = read_table(self._read, self.size, self.sector_size)
+        if not table.trusted or table.notes:
+            why = "; ".join(table.notes) or "it does not read back"
+            raise TargetError(f"the GPT rewritten on {self.path} is not valid ({why})")
 
     def _still_at_path(self) -> bool:
         """The path still names the file opened at the start (not a link put there since)."""
@@ -266,6 +317,15 @@ class Target:
             raise TargetError(f"cannot size the target {self.path}: {exc.strerror}") from None
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Write ``data`` at ``offset``, except over the free ranges (left untouched)."""
+        if self.free:
+            view = memoryview(data)
+            for start, end in used_parts(self.free, offset, len(view)):
+                self._write(start, view[start - offset : end - offset])
+            return
+        self._write(offset, data)
+
+    def _write(self, offset: int, data: bytes | memoryview) -> None:
         try:
             pwrite_all(self.fd, data, offset)
         except OSError as exc:
@@ -300,6 +360,11 @@ class Target:
         return reread_partitions(self.fd) if self.is_block else None
 
     def zero(self, offset: int, length: int) -> None:
+        """Make ``[offset, offset + length)`` read as zeros, except the free ranges."""
+        for start, end in used_parts(self.free, offset, length):
+            self._zero(start, end - start)
+
+    def _zero(self, offset: int, length: int) -> None:
         try:
             if self.is_block:
                 zero_out(self.fd, offset, length)
@@ -331,6 +396,10 @@ class Target:
             os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
     def read(self, offset: int, length: int) -> bytes:
+        """Read back, with the free ranges as zeros (not read): what was cloned."""
+        return masked_read(self._read, self.free, offset, length)
+
+    def _read(self, offset: int, length: int) -> bytes:
         try:
             data = os.pread(self.fd, length, offset)
         except OSError as exc:

@@ -165,6 +165,9 @@ class Header:
     )
     encryption: dict[str, Any] | None = None
     generator: str = ""
+    #: the used map's free ranges, as a PLAN body encodes them (protocol/freemap.py)
+    free: bytes = b""
+    free_count: int = 0
 
     @property
     def chunk_count(self) -> int:
@@ -186,6 +189,8 @@ class Header:
             "hash": "blake3",
             "compression": "zstd",
             "encryption": self.encryption,
+            "free": self.free,
+            "free_count": self.free_count,
         }
 
 
@@ -232,6 +237,8 @@ def decode_header(data: bytes, where: str) -> Header:
             created=str(m["created"]),
             encryption=m["encryption"],
             generator=str(m.get("generator", "")),
+            free=bytes(m.get("free", b"")),
+            free_count=int(m.get("free_count", 0)),
         )
     except (ValueError, KeyError, TypeError, msgpack.UnpackException):
         header = None

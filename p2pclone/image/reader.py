@@ -14,10 +14,13 @@ from dataclasses import dataclass
 
 import blake3
 
-from ..errors import AuthenticationError, IntegrityError
-from ..pipeline import Encoded, chunk_span, decode_chunk
+from ..disks.masked import next_used
+from ..errors import AuthenticationError, IntegrityError, RemoteProtocolError
+from ..pipeline import Encoded, chunk_span, decode_chunk, encode_chunk
 from ..protocol import HASH_SIZE, Chunk, Plan
 from ..protocol.connection import zero_digest
+from ..protocol.freemap import decode_free
+from ..volumes.extents import Extents
 from . import format as fmt
 from .store import Store
 from .urls import open_store, read_options
@@ -162,11 +165,16 @@ class ImageSource:
         self.header = header
         self.codec = fmt.Codec(header, keys)
         self.size = header.source_size
+        # What the source's filesystems did not use: zeros in the image, and never
+        # written by a restore (the plan sent from here carries it).
+        self.free = self.stored_free = _header_free(header, url)
         self.chunk_size = header.chunk_size
         self.info: dict[str, str | int] = {
             k: v for k, v in header.source.items() if isinstance(v, (str, int))
         }
-        self.plan = Plan(source_size=header.source_size, chunk_size=header.chunk_size)
+        self.plan = Plan(
+            source_size=header.source_size, chunk_size=header.chunk_size, free=self.free
+        )
         self.index = self._load_index(scan)
         # Records are read through a window of WINDOW bytes: a restore reads them in
         # order, and one large read costs far less than one per record (over SMB, one
@@ -341,9 +349,17 @@ class ImageSource:
         index, rem = divmod(offset, self.chunk_size)
         if rem or length != self.header.chunk_length(index):
             raise ValueError("an image is read in whole chunks")
-        return self.read_chunk(index)
+        data = self.read_chunk(index)
+        holes = self.free.clip(offset, offset + length)
+        if not holes or self.free is self.stored_free:  # stored free bytes are zeros
+            return data
+        masked = bytearray(data)
+        for a, b in holes:
+            masked[a - offset : b - offset] = bytes(b - a)
+        return bytes(masked)
 
     def next_data(self, offset: int) -> int:
+        offset = next_used(self.free, offset)
         i = offset // self.chunk_size
         kinds = self.index.kinds
         while i < len(kinds) and kinds[i] == ZEROS:
@@ -351,7 +367,13 @@ class ImageSource:
         return min(self.size, max(offset, i * self.chunk_size))
 
     def encode(self, plan: Plan, index: int, have: bytes | None) -> Encoded:
-        """What to send for chunk ``index``: its stored payload as it is, when it can be."""
+        """What to send for chunk ``index``: its stored payload as it is, when it can be
+        (not when a smaller target cut the source off inside it: then it is masked)."""
+        if self.free is not self.stored_free:
+            start = index * self.chunk_size
+            end = start + self.header.chunk_length(index)
+            if self.free.clip(start, end) != self.stored_free.clip(start, end):
+                return encode_chunk(self, plan, index, have)
         digest = self.digest(index)
         if self.index.kinds[index] == ZEROS:
             return Encoded(index, same=have) if have == digest else Encoded(index, zero=True)
@@ -375,6 +397,15 @@ class ImageSource:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _header_free(header: fmt.Header, url: str) -> Extents:
+    try:
+        return decode_free(header.free, header.source_size, header.free_count)
+    except RemoteProtocolError:
+        raise IntegrityError(
+            f"the header of {url} is damaged: its map of the source's free space does not read"
+        ) from None
 
 
 def root_of(hashes: bytes) -> bytes:

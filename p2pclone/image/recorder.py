@@ -39,6 +39,7 @@ from ..protocol import (
     Zero,
 )
 from ..protocol.connection import zero_digest
+from ..protocol.freemap import encode_free, fit_free
 from ..session import Channel, HaveReport, pair, pick_error
 from . import format as fmt
 from .reader import read_header, read_index, scan_records
@@ -140,6 +141,13 @@ class Recorder:
                 and h.chunk_size == plan.chunk_size
                 and _identity(h.source) == _identity(plan.source)
             )
+            if same and h.free != _free_map(plan):
+                # A restore writes only what the header's map calls used: data the first
+                # part of this save skipped as free may be in use now.
+                raise SafetyError(
+                    f"the filesystems of the source changed since the interrupted save to "
+                    f"{self.url} (their used blocks differ): use --fresh to save it again"
+                )
             if not same:
                 raise SafetyError(
                     f"{self.url} holds an image of another source ({_describe(h.source)}, "
@@ -171,6 +179,8 @@ class Recorder:
             source=dict(plan.source),
             encryption=enc,
             generator=f"p2pclone {__version__}",
+            free=_free_map(plan),
+            free_count=len(fit_free(plan.free, FREE_MAP_LIMIT)),
         )
         self.keys = fmt.Keys.derive(self.code, enc, self.url)
         self.codec = fmt.Codec(h, self.keys)
@@ -179,6 +189,14 @@ class Recorder:
         self.store.write(0, head)
         self.end = len(head)
         return {}
+
+
+#: The used map an image's header keeps (at most this encoded; MAX_HEADER is 1 MiB).
+FREE_MAP_LIMIT = 512 * 1024
+
+
+def _free_map(plan: Plan) -> bytes:
+    return encode_free(fit_free(plan.free, FREE_MAP_LIMIT))
 
 
 def _reportable(exc: BaseException, who: str) -> BaseException:

@@ -201,4 +201,16 @@ def describe(facts: dict[str, Any]) -> list[str]:
         ),
         "Complete:   "
         + ("yes" if facts["complete"] else "no (an interrupted save: run the same send again)"),
+        *_layout(src),
+    ]
+
+
+def _layout(src: dict[str, Any]) -> list[str]:
+    """The partitions, as the sender's scan described them (none for an --exact save)."""
+    if "layout" not in src:
+        return []
+    table = {"gpt": "GPT", "mbr": "MBR", "none": "no partition table"}.get(src["layout"], "?")
+    parts = sorted((int(k[4:]), v) for k, v in src.items() if k[4:].isdigit() and k[:4] == "part")
+    return [f"Layout:     {table}"] + [
+        f"  {n if n else 'whole disk':>2}  {text}" for n, text in parts
     ]

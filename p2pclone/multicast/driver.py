@@ -33,6 +33,7 @@ class _Group:
         receivers: int = 1,
         wait: float = 60.0,
         group_report: Callable[[GroupProgress], None] | None = None,
+        exact: bool = False,
         **_: Any,
     ) -> Done:
         transport = MulticastTransport(url)
@@ -48,6 +49,7 @@ class _Group:
             allow_mounted=allow_mounted,
             passphrase=passphrase,
             password=password,
+            exact=exact,
             report=report,
             group_report=group_report,
         )

@@ -102,6 +102,7 @@ class GroupSender:
         allow_mounted: bool = False,
         passphrase: str | None = None,
         password: str | None = None,
+        exact: bool = False,
         report: Reporter = no_report,
         group_report: Callable[[GroupProgress], None] | None = None,
         clock: Clock = trio.current_time,
@@ -112,6 +113,7 @@ class GroupSender:
             "allow_mounted": allow_mounted,
             "passphrase": passphrase,
             "password": password,
+            "exact": exact,
         }
         self.report, self.group_report, self.clock = report, group_report, clock
         self.session = secrets.randbits(63)
@@ -136,7 +138,12 @@ class GroupSender:
         started_at = self.clock()
         source = self._source = await self._open_source()
         t = self.transport
-        self.plan = Plan(source_size=source.size, chunk_size=self.chunk_size, source=source.info)
+        self.plan = Plan(
+            source_size=source.size,
+            chunk_size=self.chunk_size,
+            source=source.info,
+            free=source.free,
+        )
         sock = t.sender_socket()
         listeners = await trio.open_tcp_listeners(0, host=t.address)
         port = listeners[0].socket.getsockname()[1]
@@ -156,9 +163,14 @@ class GroupSender:
         return self._outcome(started_at)
 
     async def _open_source(self) -> DiskSource:
+        """The source, opened again for each member's unicast finish: mapped once, on
+        the first open (reported then), and given that map after."""
+        first = self._source
         source, chunk_size = await open_source(
             self.source_path,
             self.chunk_size,
+            report=self.report,
+            free=first.free if first is not None else None,
             **self.source_options,  # type: ignore[arg-type]
         )
         self.chunk_size = chunk_size  # an image's own
@@ -408,4 +420,3 @@ class GroupSender:
         finally:
             src.close()
             back.set()
-

@@ -18,7 +18,6 @@ from .frames import (
 )
 from .group import Evict, Group, Poll, Ref, Report, bitmap, from_bitmap
 from .messages import (
-    Accept,
     Ack,
     Chunk,
     End,
@@ -28,13 +27,13 @@ from .messages import (
     Lost,
     Nak,
     Patch,
-    Plan,
     Result,
     Same,
     Zero,
     decode_event,
 )
 from .pairing import Confirm, Hello, Pake
+from .plan import Accept, Plan
 from .state import TRANSITIONS, Direction, Role, State, next_state
 
 __all__ = [

@@ -36,9 +36,9 @@ from ..crypto import Pairing, SessionKeys, choose_cipher, cpu_has_aes, transcrip
 from ..errors import LocalProtocolError, P2PCloneError, RemoteProtocolError
 from .fields import HASH_SIZE, SUB_HASH_SIZE, Encoding
 from .frames import MAX_CHUNK_SIZE, FrameDecoder, encode_frame
+from .freemap import MAX_PLAN_BODY
 from .group import Ref
 from .messages import (
-    Accept,
     Ack,
     Chunk,
     End,
@@ -48,13 +48,13 @@ from .messages import (
     Lost,
     Nak,
     Patch,
-    Plan,
     Same,
     Zero,
     decode_event,
     pack_meta,
 )
 from .pairing import Confirm, Hello, Pake
+from .plan import Accept, Plan
 from .state import Direction, Role, State, next_state
 
 
@@ -186,7 +186,7 @@ class Connection:
         except LocalProtocolError:
             self.state = State.ERROR
             raise
-        body = event.body if isinstance(event, (Chunk, Patch)) else b""
+        body = event.body if isinstance(event, (Chunk, Patch, Plan)) else b""
         key = self.keys.send if self._sealing and self.keys is not None else None
         buffers = encode_frame(event.TYPE, self._send_seq, pack_meta(event), body, key)
         self._send_seq += 1
@@ -258,6 +258,8 @@ class Connection:
                 self.peer_confirmed = True
                 if self._seal:
                     self._decoder.key = self.keys.recv  # everything after it is sealed
+                if self.role is Role.RECEIVER:  # next: the PLAN, its body the used map
+                    self._decoder.max_body = MAX_PLAN_BODY
         except P2PCloneError:
             self.state = State.ERROR
             raise
@@ -311,6 +313,8 @@ class Connection:
             case Accept():
                 self.have_expected = event.have
                 self.sub_size = event.sub
+                if event.cut and not 0 < event.cut < self._require_plan().source_size:
+                    raise exc(f"STATE cuts the source at byte {event.cut}, outside it")
             case Have():
                 self._check_have(event, exc)
             case Ack():

@@ -21,94 +21,16 @@ from .fields import (
     MAX_HASHES,
     SUB_HASH_SIZE,
     Encoding,
-    _clip_info,
     _count,
     _digest,
     _hashes,
-    _info,
     _need,
     _text,
 )
 from .frames import MAX_CHUNK_SIZE, FrameType, RawFrame
 from .group import Evict, Group, Poll, Ref, Report, from_bitmap
 from .pairing import Confirm, Hello, Pake
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Plan:
-    """Sender -> receiver: what is about to be sent."""
-
-    TYPE: ClassVar[FrameType] = FrameType.PLAN
-    source_size: int
-    chunk_size: int
-    source: dict[str, str | int] = field(default_factory=dict)
-    hash: str = "blake3"
-    #: the sender asks the receiver to hash its target and report it (delta re-sync)
-    delta: bool = False
-
-    @property
-    def chunk_count(self) -> int:
-        return -(-self.source_size // self.chunk_size)
-
-    def chunk_length(self, index: int) -> int:
-        """Plain length of chunk ``index`` (the last one may be short)."""
-        return min(self.chunk_size, self.source_size - index * self.chunk_size)
-
-    def to_meta(self) -> dict[str, Any]:
-        return {
-            "size": self.source_size,
-            "chunk": self.chunk_size,
-            "count": self.chunk_count,
-            "hash": self.hash,
-            "src": _clip_info(self.source),
-            "delta": self.delta,
-        }
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> Plan:
-        size = _count(meta, "size", "PLAN")
-        chunk = _count(meta, "chunk", "PLAN", limit=MAX_CHUNK_SIZE)
-        if chunk < 4096 or chunk % 4096:
-            raise RemoteProtocolError(
-                f"the peer's PLAN has a chunk size of {chunk} bytes; "
-                "it must be a multiple of 4096 up to 64 MiB"
-            )
-        algo = _text(meta, "hash", "PLAN", limit=32)
-        if algo != "blake3":
-            raise RemoteProtocolError(f"the peer's PLAN uses hash {algo!r}; only blake3 is known")
-        plan = cls(
-            source_size=size,
-            chunk_size=chunk,
-            source=_info(meta, "src", "PLAN"),
-            delta=_need(meta, "delta", bool, "PLAN"),
-        )
-        if _count(meta, "count", "PLAN") != plan.chunk_count:
-            raise RemoteProtocolError("the peer's PLAN chunk count disagrees with its sizes")
-        return plan
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Accept:
-    """Receiver -> sender (STATE frame): the plan is accepted, describing the target."""
-
-    TYPE: ClassVar[FrameType] = FrameType.STATE
-    target: dict[str, str | int] = field(default_factory=dict)
-    #: HAVE frames follow, covering every chunk index in order (resume or delta)
-    have: bool = False
-    #: sub-block size of the HAVE frames' sub-hashes (delta), 0 if they carry none
-    sub: int = 0
-
-    def to_meta(self) -> dict[str, Any]:
-        return {"tgt": _clip_info(self.target), "have": self.have, "sub": self.sub}
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> Accept:
-        sub = _count(meta, "sub", "STATE", limit=MAX_CHUNK_SIZE)
-        if sub and (sub < 4096 or sub % 4096):
-            raise RemoteProtocolError(f"the peer's STATE has a sub-block size of {sub} bytes")
-        return cls(
-            target=_info(meta, "tgt", "STATE"), have=_need(meta, "have", bool, "STATE"), sub=sub
-        )
+from .plan import Accept, Plan
 
 
 #: At most this many chunk hashes in one HAVE or SAME frame (32 B each: 32 KiB of meta).
@@ -400,7 +322,6 @@ _META_PARSERS: dict[FrameType, Callable[[Mapping[str, Any]], Event]] = {
     FrameType.HELLO: Hello.from_meta,
     FrameType.PAKE: Pake.from_meta,
     FrameType.CONFIRM: Confirm.from_meta,
-    FrameType.PLAN: Plan.from_meta,
     FrameType.STATE: Accept.from_meta,
     FrameType.HAVE: Have.from_meta,
     FrameType.SAME: Same.from_meta,
@@ -443,6 +364,8 @@ def decode_event(frame: RawFrame) -> Event:
         return Chunk.from_frame(meta, frame.body)
     if frame.type is FrameType.PATCH:
         return Patch.from_frame(meta, frame.body)
+    if frame.type is FrameType.PLAN:
+        return Plan.from_frame(meta, frame.body)
     if frame.body:
         raise RemoteProtocolError(f"the peer's {frame.type.name} frame has an unexpected body")
     return _META_PARSERS[frame.type](meta)

@@ -29,7 +29,7 @@ import trio
 
 from ..disks import Target
 from ..endpoints import Kind, resolve
-from ..errors import IntegrityError, P2PCloneError, TargetError
+from ..errors import IntegrityError, P2PCloneError, SafetyError, TargetError
 from ..image.link import PlayerListener, clean_url
 from ..image.reader import ImageSource
 from ..journal import Header, Journal, check_state_dir, default_state_dir
@@ -49,6 +49,7 @@ from ..session import (
     pick_error,
 )
 from ..units import human_bytes
+from ..volumes.extents import Extents
 from .data import DataState
 from .feed import Feed, Reconnect
 from .verify import NullLog, repair, spans, verify_target
@@ -185,7 +186,7 @@ async def _session(
     started = trio.current_time()
     await pair(channel)
     plan = await channel.expect(Plan, "the sender's PLAN")
-    journal = await _prepare(target, plan, opts, report)
+    cut, journal = await _prepare(target, plan, opts, report, group=feed is not None)
     delta = opts.delta or plan.delta
     try:
         await channel.send(
@@ -193,6 +194,7 @@ async def _session(
                 target=target.describe(),
                 have=delta or bool(journal and journal.have),
                 sub=SUB_BLOCK if delta else 0,
+                cut=cut,
             )
         )
     except BaseException:
@@ -210,6 +212,15 @@ async def _session(
             f"the sender could not provide {len(state.lost)} chunks ({spans(plan, state.lost)}): "
             "its image is damaged or incomplete there; those ranges of the target were not "
             "written, everything else was written and checked"
+        )
+    if target.is_block and target.size != plan.source_size and plan.source.get("layout") == "gpt":
+        await trio.to_thread.run_sync(target.fit_gpt, plan.source_size)
+        report(
+            Notice(
+                f"the target is {human_bytes(abs(target.size - plan.source_size))} "
+                f"{'larger' if target.size > plan.source_size else 'smaller'} than the source: "
+                "the GPT's backup was moved to its end and both headers rewritten"
+            )
         )
     why = await trio.to_thread.run_sync(target.reread_partitions)
     if why is not None:
@@ -232,18 +243,32 @@ async def _session(
         seconds=trio.current_time() - started,
         verified=opts.verify,
         repaired_chunks=repaired,
+        free_bytes=plan.free.total,
     )
     await channel.close()
     return done
 
 
-async def _prepare(target: Target, plan: Plan, opts: Options, report: Reporter) -> Journal | None:
+async def _prepare(
+    target: Target, plan: Plan, opts: Options, report: Reporter, *, group: bool
+) -> tuple[int, Journal | None]:
     """Check the plan against the target (and the operator: ``confirm``) before a byte is
-    written, then size the target and open the journal."""
-    target.check_plan(plan.source_size, plan.source)
+    written, then size the target and open the journal; return where a smaller target
+    cuts the source off (0: nowhere) and the journal."""
+    cut = target.check_plan(plan.source_size, plan.source)
+    if cut and group:
+        raise SafetyError(
+            f"the target {target.path} is smaller than the source: a multicast group sends "
+            "every member the same bytes, so this one needs a unicast clone (tcp://) or a "
+            "target at least as large; nothing was written"
+        )
     opts.confirm(plan, target)
     await trio.to_thread.run_sync(target.prepare, plan.source_size)
-    short = target.space_shortfall(plan.source_size)
+    # What no filesystem uses is neither written nor read back: everything below
+    # (writes, zeroing, HAVE hashes, --verify) sees it as zeros.  Past a smaller
+    # target's end nothing is kept: the sender treats it as free too.
+    target.free = plan.free.union(Extents(((cut, plan.source_size),))) if cut else plan.free
+    short = target.space_shortfall(plan.source_size - plan.free.total)
     if short:
         report(
             Notice(
@@ -254,7 +279,7 @@ async def _prepare(target: Target, plan: Plan, opts: Options, report: Reporter) 
             )
         )
     if not opts.journal:
-        return None
+        return cut, None
     header = Header(plan.chunk_size, plan.source_size, target.identity(), target.medium())
     journal = await trio.to_thread.run_sync(
         functools.partial(
@@ -269,7 +294,7 @@ async def _prepare(target: Target, plan: Plan, opts: Options, report: Reporter) 
                 "the clone starts over"
             )
         )
-    return journal
+    return cut, journal
 
 
 async def _data_phase(

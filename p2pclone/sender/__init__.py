@@ -16,15 +16,18 @@ stream, an image a recorder over an in-process pipe, a group its own driver.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import assert_never
 
 import trio
 
-from ..disks import Source
-from ..endpoints import Kind, is_image_url, resolve
-from ..errors import IntegrityError, P2PCloneError, TransportError, UsageError
+from ..endpoints import Kind, resolve
+from ..errors import (
+    IntegrityError,
+    P2PCloneError,
+    TransportError,
+    UsageError,
+)
 from ..image.link import clean_url, open_recording
 from ..image.reader import ImageSource
 from ..pipeline import DiskSource, default_threads
@@ -57,6 +60,7 @@ from ..session import (
 from ..transports import Transport
 from .ahead import READ_AHEAD_BYTES, EncodeAhead, Slot
 from .runs import ChunkKind, HaveMap, Runs, answer_nak, run_frame
+from .source import cut_off, open_source
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 
@@ -76,11 +80,13 @@ async def send(
     receivers: int = 1,
     wait: float = 60.0,
     group_report: Callable[[GroupProgress], None] | None = None,
+    exact: bool = False,
     report: Reporter = no_report,
 ) -> Done:
     """Clone ``source_path`` to the receiver at ``url``; return the final statistics.
 
-    ``allow_mounted`` accepts a source mounted read-write (the copy may be inconsistent);
+    Only what the source's filesystems use is sent (p2pclone/volumes reads its table
+    and allocation first); ``exact`` sends every byte.  ``allow_mounted`` accepts a source mounted read-write (the copy may be inconsistent);
     ``delta`` asks the receiver to hash its target so only differing chunks are sent.
     ``source_path`` may be an image URL (file:// or smb://, opened with ``passphrase``);
     ``url`` may be one too: the clone is saved as an image encrypted with ``code``
@@ -107,6 +113,7 @@ async def send(
             receivers=receivers,
             wait=wait,
             group_report=group_report,
+            exact=exact,
         )
     transport = None
     if endpoint.kind is Kind.LINK:
@@ -127,6 +134,8 @@ async def send(
         allow_mounted=allow_mounted,
         passphrase=passphrase,
         password=password,
+        exact=exact,
+        report=report,
     )
     try:
         return await _deliver(
@@ -170,28 +179,6 @@ async def _deliver(
     if isinstance(source, ImageSource) and (note := source.salvage_note()):
         raise IntegrityError(note, code="salvaged")
     return done
-
-
-async def open_source(
-    source_path: str,
-    chunk_size: int,
-    *,
-    allow_mounted: bool = False,
-    passphrase: str | None = None,
-    password: str | None = None,
-) -> tuple[DiskSource, int]:
-    """The SOURCE opened for reading (a disk, a file, or an image URL, whose own chunk
-    size then wins), and the chunk size to send it with."""
-    if is_image_url(source_path):
-        image_url, in_url = clean_url(source_path)
-        image = await trio.to_thread.run_sync(
-            ImageSource.open, image_url, passphrase or "", password or in_url
-        )
-        return image, image.chunk_size
-    source = await trio.to_thread.run_sync(
-        functools.partial(Source.open, source_path, allow_mounted=allow_mounted)
-    )
-    return source, chunk_size
 
 
 async def send_stream(
@@ -255,9 +242,17 @@ async def _session(
     started = trio.current_time()
     if not paired:
         await pair(channel)
-    plan = Plan(source_size=source.size, chunk_size=chunk_size, source=source.info, delta=delta)
+    plan = Plan(
+        source_size=source.size,
+        chunk_size=chunk_size,
+        source=source.info,
+        delta=delta,
+        free=source.free,
+    )
     await channel.send(plan)
     accept = await channel.expect(Accept, "the receiver to accept the plan")
+    if accept.cut:
+        cut_off(source, accept.cut)
     report(Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, accept.target))
 
     result: list[Result] = []
@@ -292,6 +287,7 @@ async def _session(
         digest=channel.conn.root_digest().hex(),
         seconds=trio.current_time() - started,
         verified=result[0].verified,
+        free_bytes=plan.free.total,
     )
     await channel.close()
     return done

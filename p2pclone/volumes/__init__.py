@@ -18,7 +18,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import ext, fat, swap
+from ..units import human_bytes
+from . import ext, fat, ntfs, swap
 from .extents import Extents
 from .fs import FsMap, Read, probe
 from .table import Partition, Table, read_table
@@ -33,13 +34,13 @@ MAX_FREE_EXTENTS = 1 << 20
 _READERS: dict[str, Callable[[Read, int], FsMap]] = {
     "ext": ext.read_map,
     "fat": fat.read_map,
+    "ntfs": ntfs.read_map,
     "swap": swap.read_map,
 }
 _NAMES = {
     "luks": "LUKS (encrypted)",
     "bitlocker": "BitLocker (encrypted)",
     "lvm": "LVM",
-    "ntfs": "ntfs",
     "exfat": "exfat",
     "xfs": "xfs",
     "btrfs": "btrfs",
@@ -56,6 +57,14 @@ class Volume:
     fs: str  # "" when nothing was recognised
     free: int  # bytes not sent
     whole: str  # why it is copied whole; "" when mapped
+
+    def describe(self) -> str:
+        """One line for people: "EFI system, fat32, 10.1 MiB used of 40.0 MiB"."""
+        p = self.partition
+        kind = p.type_name if p else "whole disk"
+        used = f"{human_bytes(self.size - self.free)} used of {human_bytes(self.size)}"
+        how = f", copied whole: {self.whole}" if self.whole else ""
+        return f"{kind}, {self.fs or 'unknown'}, {used}{how}"
 
     def to_info(self) -> dict[str, str | int]:
         p = self.partition

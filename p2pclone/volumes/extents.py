@@ -81,6 +81,13 @@ class Extents:
         so nothing used is ever rounded into them)."""
         return Extents.of((-(-s // unit) * unit, e // unit * unit) for s, e in self.ranges)
 
+    def find(self, offset: int) -> tuple[int, int] | None:
+        """The range holding byte ``offset``, if any."""
+        i = bisect_right(self.ranges, offset, key=lambda r: r[0]) - 1
+        if i >= 0 and self.ranges[i][1] > offset:
+            return self.ranges[i]
+        return None
+
     def _first(self, offset: int) -> int:
         """Index of the first range that may end after ``offset``."""
         i = bisect_right(self.ranges, (offset, offset)) - 1

@@ -21,8 +21,7 @@ from collections import Counter
 import trio
 
 from p2pclone.errors import AuthenticationError, P2PCloneError
-from p2pclone.protocol import Connection, Role
-from p2pclone.protocol.messages import Plan
+from p2pclone.protocol import Connection, Plan, Role
 from p2pclone.session import Channel, pair
 from p2pclone.transports.multicast import MulticastTransport, decode_announce
 

@@ -51,9 +51,13 @@ def dirty(path: Path, size: int, seed: int) -> None:
 
 
 @contextlib.contextmanager
-def mounted(image: Path) -> Iterator[Path]:
+def mounted(image: Path, how: str = "loop") -> Iterator[Path]:
+    """``image`` mounted (ext through a loop device; ``how="ntfs-3g"``: NTFS by FUSE)."""
     where = Path(tempfile.mkdtemp(prefix="p2pclone-mnt-"))
-    run("mount", "-o", "loop", image, where)
+    if how == "ntfs-3g":
+        run("ntfs-3g", "-o", "ro", image, where)
+    else:
+        run("mount", "-o", "loop", image, where)
     try:
         yield where
     finally:
@@ -116,6 +120,26 @@ def make_fat(path: Path, size: int, bits: int, seed: int = 1) -> None:
             )
         for name in names[::4]:
             subprocess.run(["mdel", "-i", str(path), f"::/{name}"], env=env, check=True)
+
+
+def make_ntfs(path: Path, size: int, seed: int = 1) -> None:
+    """NTFS made by mkntfs and filled through ntfs-3g (FUSE)."""
+    need("mkntfs", "ntfs-3g")
+    dirty(path, size, seed)
+    run("mkntfs", "-Q", "-F", "-q", path)
+    with mounted_rw_ntfs(path) as where:
+        fill_tree(where, seed, small=200)
+
+
+@contextlib.contextmanager
+def mounted_rw_ntfs(path: Path) -> Iterator[Path]:
+    where = Path(tempfile.mkdtemp(prefix="p2pclone-ntfs-"))
+    run("ntfs-3g", path, where)
+    try:
+        yield where
+    finally:
+        run("umount", where)
+        where.rmdir()
 
 
 def partclone_used(kind: str, path: Path) -> Extents:
@@ -192,7 +216,8 @@ def wrongly_free(free: Extents, oracle_used: Extents) -> Extents:
 
 #: sgdisk type codes / sfdisk MBR types of the volume kinds below
 _GPT_CODES = {"fat32": "ef00", "ext4": "8300", "swap": "8200", "raw": "8300", "fat16": "0700"}
-_MBR_CODES = {"fat32": "c", "ext4": "83", "swap": "82", "raw": "83", "fat16": "e"}
+_GPT_CODES["ntfs"] = "0700"
+_MBR_CODES = {"fat32": "c", "ext4": "83", "swap": "82", "raw": "83", "fat16": "e", "ntfs": "7"}
 
 
 def make_volume(path: Path, kind: str, size: int, seed: int) -> Extents:
@@ -203,6 +228,9 @@ def make_volume(path: Path, kind: str, size: int, seed: int) -> Extents:
     if kind in ("fat16", "fat32"):
         make_fat(path, size, int(kind[3:]), seed=seed)
         return partclone_used("fat", path)
+    if kind == "ntfs":
+        make_ntfs(path, size, seed=seed)
+        return partclone_used("ntfs", path)
     if kind == "swap":
         dirty(path, size, seed)
         run("mkswap", path)

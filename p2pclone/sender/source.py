@@ -1,0 +1,102 @@
+"""The sender's source: a disk, a file or an image, opened and mapped.
+
+``open_source`` opens it; ``map_source`` reads its partition table and filesystems
+(p2pclone/volumes) so that the free ranges are neither read nor sent; ``cut_off``
+narrows what is sent when the receiver's disk is smaller and keeps nothing past its
+end.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import trio
+
+from ..disks import Source
+from ..endpoints import is_image_url
+from ..errors import RemoteProtocolError
+from ..image.link import clean_url
+from ..image.reader import ImageSource
+from ..pipeline import DiskSource
+from ..session import Mapped, Reporter, no_report
+from ..volumes import Extents, scan
+
+
+async def open_source(
+    source_path: str,
+    chunk_size: int,
+    *,
+    allow_mounted: bool = False,
+    passphrase: str | None = None,
+    password: str | None = None,
+    exact: bool = False,
+    report: Reporter = no_report,
+    free: Extents | None = None,
+) -> tuple[DiskSource, int]:
+    """The SOURCE opened for reading (a disk, a file, or an image URL, whose own chunk
+    size then wins), and the chunk size to send it with.
+
+    A disk or file is mapped (reported as :class:`Mapped`) unless ``exact``: its free
+    ranges are then read as zeros and sent as nothing.  ``free``: a map made before
+    (the same source opened again), used as it is."""
+    if is_image_url(source_path):
+        image_url, in_url = clean_url(source_path)
+        image = await trio.to_thread.run_sync(
+            ImageSource.open, image_url, passphrase or "", password or in_url
+        )
+        return image, image.chunk_size
+    source = await trio.to_thread.run_sync(
+        functools.partial(Source.open, source_path, allow_mounted=allow_mounted)
+    )
+    if free is not None:
+        source.free = free
+    elif exact:
+        report(Mapped("exact", [], [], 0, source.size, 0.0))
+    else:
+        try:
+            mapped, source.free = await trio.to_thread.run_sync(map_source, source)
+        except BaseException:
+            source.close()
+            raise
+        report(mapped)
+    return source, chunk_size
+
+
+def map_source(source: Source) -> tuple[Mapped, Extents]:
+    """Read the source's partition table and filesystems (in a worker thread): what
+    to report, and the free ranges."""
+    started = time.monotonic()
+    sector = source.info.get("sector", 0)
+    disk = scan(source.read, source.size, sector if isinstance(sector, int) else 0)
+    mapped = Mapped(
+        disk.table.scheme,
+        [v.to_info() for v in disk.volumes],
+        list(disk.table.notes),
+        disk.free_bytes,
+        source.size,
+        time.monotonic() - started,
+    )
+    # The layout travels in the plan's source map: the receiver's question, its plan
+    # line and an image's `image info` show it.
+    # ``end<n>`` (where each partition ends) lets a smaller target accept the clone when
+    # every partition fits on it.
+    source.info["layout"] = disk.table.scheme
+    for v in disk.volumes:
+        n = v.partition.number if v.partition else 0
+        source.info[f"part{n}"] = v.describe()
+        if v.partition:
+            source.info[f"end{n}"] = v.partition.end
+    return mapped, disk.free
+
+
+def cut_off(source: DiskSource, cut: int) -> None:
+    """The receiver's target is smaller and keeps nothing from ``cut`` on: send nothing
+    from there either (it is free on both sides, so the hashes agree).  Only past the
+    last partition, which the receiver checked against our plan; we check it too."""
+    ends = [v for k, v in source.info.items() if k.startswith("end") and isinstance(v, int)]
+    if not ends or cut < max(ends):
+        raise RemoteProtocolError(
+            f"the receiver asked to cut the source at byte {cut}, inside a partition"
+        )
+    source.free = source.free.union(Extents(((cut, source.size),)))
