@@ -267,6 +267,7 @@ class GroupSender:
             zero_chunks=self.stats["zero"],
             digest=ok[0].result.root.hex() if ok and ok[0].result else "",
             seconds=self.clock() - started_at,
+            free_bytes=self.plan.free.total,
         )
 
     def _show(

@@ -518,3 +518,41 @@ def test_an_image_is_sent_to_a_multicast_group(lan, tmp_path: Path) -> None:
         assert r.returncode == 0, r_err.decode()
     for t in targets:
         assert t.read_bytes() == data
+
+
+def test_a_real_disk_is_multicast_by_its_used_blocks(lan, tmp_path: Path) -> None:
+    """Issue 14 over multicast: a GPT disk (FAT32 + ext4, free space full of old data)
+    sent to two members whose targets hold other old data.  Each ends with every used
+    byte identical and every free byte untouched, both report the same free_bytes,
+    and the group carried less than the used bytes raw."""
+    from p2pclone.volumes import scan
+    from tests.volumes.builders import make_disk
+
+    net: Lan = lan(3)
+    source = tmp_path / "disk.img"
+    size = 96 * MiB
+    make_disk(source, size, [("fat32", 40 * MiB), ("ext4", 48 * MiB)])
+    old = b"\x5a" * size
+    targets = [tmp_path / f"t{k}.img" for k in (1, 2)]
+    for t in targets:
+        t.write_bytes(old)
+    url = "multicast://239.77.1.14:17514?iface=eth0"
+    rx = [receiver(net, k, t, url, tmp_path) for k, t in zip((1, 2), targets, strict=True)]
+    tx = sender(net, source, url, 2)
+    out, err = tx.communicate(timeout=120)
+    assert tx.returncode == 0, err.decode()
+    with open(source, "rb") as f:
+        free = scan(lambda o, n: os.pread(f.fileno(), n, o), size).free
+    assert free.total > 40 * MiB
+    for r in rx:
+        r_out, r_err = r.communicate(timeout=60)
+        assert r.returncode == 0, r_err.decode()
+        assert events(r_out)[-1]["free_bytes"] == free.total
+    src = source.read_bytes()
+    for t in targets:
+        dst = t.read_bytes()
+        assert all(dst[a:b] == src[a:b] for a, b in free.invert(0, size))
+        assert all(dst[a:b] == old[a:b] for a, b in free)
+    done = events(out)[-1]
+    assert done["event"] == "done" and done["free_bytes"] == free.total
+    assert done["wire_bytes"] < (size - free.total) * 1.2  # the random free space stayed home
