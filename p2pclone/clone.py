@@ -71,6 +71,7 @@ async def clone(
             state_dir=options.state_dir,
             fresh=options.fresh,
             delta=options.delta,
+            discard=options.discard,
             password=password,
             report=report,
         )

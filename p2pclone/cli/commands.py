@@ -77,6 +77,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
             state_dir=args.state_dir,
             fresh=args.fresh,
             delta=args.delta,
+            discard=args.discard,
             password=password,
             report=out,
         ),
@@ -148,6 +149,7 @@ def cmd_clone(args: argparse.Namespace) -> int:
         state_dir=Path(args.state_dir) if args.state_dir else None,
         fresh=args.fresh,
         delta=args.delta,
+        discard=args.discard,
     )
     return _run(
         args,

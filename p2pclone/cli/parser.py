@@ -102,6 +102,12 @@ def _add_receive(sub: _Subcommands) -> None:
         help="hash the target first and receive only the chunks that differ",
     )
     r.add_argument(
+        "--discard",
+        action="store_true",
+        help="after the clone, discard (TRIM) the ranges no filesystem of the source uses: "
+        "an SSD then knows they are free",
+    )
+    r.add_argument(
         "--fresh",
         action="store_true",
         help="ignore an interrupted earlier run's journal and start over",
@@ -233,6 +239,11 @@ def _add_clone(sub: _Subcommands) -> None:
         "--delta",
         action="store_true",
         help="hash the target first and copy only the chunks that differ",
+    )
+    c.add_argument(
+        "--discard",
+        action="store_true",
+        help="after the copy, discard (TRIM) the ranges no filesystem uses",
     )
     c.add_argument(
         "--fresh", action="store_true", help="ignore an interrupted earlier run and start over"

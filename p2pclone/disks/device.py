@@ -130,6 +130,29 @@ def zero_out(fd: int, offset: int, length: int) -> None:
     write_zeros(fd, offset, length)
 
 
+BLKDISCARD = 0x1277  # _IO(0x12, 119): tell the device a byte range holds nothing
+
+
+def discard(fd: int, offset: int, length: int, *, is_block: bool) -> bool:
+    """Tell the medium that [offset, offset+length) holds nothing (a device: BLKDISCARD;
+    a file: a punched hole); False when it cannot.  Unlike ``zero_out``, what the range
+    reads afterwards is not promised."""
+    if is_block:
+        try:
+            fcntl.ioctl(fd, BLKDISCARD, struct.pack("<QQ", offset, length))
+            return True
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTTY):
+                return False
+            raise
+    if _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(err, os.strerror(err))
+
+
 def punch_hole(fd: int, offset: int, length: int) -> None:
     """Deallocate a file range so it reads as zeros (a hole); write zeros if unsupported."""
     if _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0:

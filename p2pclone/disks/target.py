@@ -30,6 +30,7 @@ from .device import (
     DeviceInfo,
     block_size_bytes,
     device_info,
+    discard,
     is_read_only,
     logical_sector_size,
     loop_backing,
@@ -269,6 +270,26 @@ class Target:
                     f"{human_bytes(end + reserve, small='bytes')}; nothing was written"
                 )
         return self.size
+
+    def discard_free(self) -> int | None:
+        """Discard the free ranges (``send``'s map; ``--discard``): bytes discarded, or
+        None when this target cannot discard.
+
+        Raises:
+            TargetError: the device failed the request.
+        """
+        sector = self.sector_size
+        done = 0
+        for start, end in self.free.clip(0, self.size).shrink_to(sector):
+            try:
+                if not discard(self.fd, start, end - start, is_block=self.is_block):
+                    return None
+            except OSError as exc:
+                raise TargetError(
+                    f"discarding free space on {self.path} failed at byte {start}: {exc.strerror}"
+                ) from None
+            done += end - start
+        return done
 
     def fit_gpt(self, source_size: int) -> None:
         """After a clone of a GPT disk of ``source_size`` bytes onto this device of

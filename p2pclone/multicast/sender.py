@@ -173,6 +173,8 @@ class GroupSender:
             free=first.free if first is not None else None,
             **self.source_options,  # type: ignore[arg-type]
         )
+        if first is not None:  # the layout the first open read (layout, part<n>, end<n>)
+            source.info.update(first.info)
         self.chunk_size = chunk_size  # an image's own
         return source
 

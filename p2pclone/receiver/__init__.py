@@ -72,6 +72,7 @@ class Options:
     state_dir: Path | None = None
     fresh: bool = False
     delta: bool = False
+    discard: bool = False  # tell the target its free ranges hold nothing (--discard)
 
 
 async def receive(
@@ -86,6 +87,7 @@ async def receive(
     state_dir: str | Path | None = None,
     fresh: bool = False,
     delta: bool = False,
+    discard: bool = False,
     password: str | None = None,
     report: Reporter = no_report,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
@@ -96,9 +98,10 @@ async def receive(
     ``confirm(plan, target)`` may raise to refuse the plan (before anything is written).
     With ``journal`` (the default) progress is journaled in ``state_dir`` and an
     interrupted clone resumes where it stopped (``fresh`` ignores an old journal);
-    ``delta`` hashes the current target so only chunks that differ are sent.
-    ``url`` may be an image (file:// or smb://; ``code`` is its passphrase, ``password``
-    the SMB password): the image is restored onto the target.
+    ``delta`` hashes the current target so only chunks that differ are sent;
+    ``discard`` discards what the sender's map calls free.  ``url`` may be an image
+    (file:// or smb://; ``code`` is its passphrase, ``password`` the SMB password):
+    the image is restored onto the target.
 
     Raises:
         P2PCloneError: any failure, with a user-facing sentence and exit code.
@@ -111,6 +114,7 @@ async def receive(
         state_dir=Path(state_dir) if state_dir else None,
         fresh=fresh,
         delta=delta,
+        discard=discard,
     )
     endpoint = resolve(url)
     if journal:  # before listening: a sender should not connect only to hear of it
@@ -222,6 +226,8 @@ async def _session(
                 "the GPT's backup was moved to its end and both headers rewritten"
             )
         )
+    if opts.discard and target.free:
+        await _discard(target, report)
     why = await trio.to_thread.run_sync(target.reread_partitions)
     if why is not None:
         report(
@@ -247,6 +253,18 @@ async def _session(
     )
     await channel.close()
     return done
+
+
+async def _discard(target: Target, report: Reporter) -> None:
+    done = await trio.to_thread.run_sync(target.discard_free)
+    report(
+        Notice(
+            f"discarded the {human_bytes(done)} no filesystem uses on {target.path}"
+            if done is not None
+            else f"{target.path} cannot discard (no TRIM/UNMAP, or a filesystem without "
+            "hole punching): its free space was left as it was"
+        )
+    )
 
 
 async def _prepare(

@@ -86,8 +86,9 @@ async def send(
     """Clone ``source_path`` to the receiver at ``url``; return the final statistics.
 
     Only what the source's filesystems use is sent (p2pclone/volumes reads its table
-    and allocation first); ``exact`` sends every byte.  ``allow_mounted`` accepts a source mounted read-write (the copy may be inconsistent);
-    ``delta`` asks the receiver to hash its target so only differing chunks are sent.
+    and allocation first); ``exact`` sends every byte.  ``allow_mounted`` accepts a
+    source mounted read-write (the copy may be inconsistent); ``delta`` asks the
+    receiver to hash its target so only differing chunks are sent.
     ``source_path`` may be an image URL (file:// or smb://, opened with ``passphrase``);
     ``url`` may be one too: the clone is saved as an image encrypted with ``code``
     (``fresh`` starts it over instead of resuming).  ``password`` is for SMB.

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..units import human_bytes
-from . import ext, fat, ntfs, swap
+from . import exfat, ext, fat, ntfs, swap
 from .extents import Extents
 from .fs import FsMap, Read, probe
 from .table import Partition, Table, read_table
@@ -33,6 +33,7 @@ MAX_FREE_EXTENTS = 1 << 20
 
 _READERS: dict[str, Callable[[Read, int], FsMap]] = {
     "ext": ext.read_map,
+    "exfat": exfat.read_map,
     "fat": fat.read_map,
     "ntfs": ntfs.read_map,
     "swap": swap.read_map,
@@ -41,7 +42,6 @@ _NAMES = {
     "luks": "LUKS (encrypted)",
     "bitlocker": "BitLocker (encrypted)",
     "lvm": "LVM",
-    "exfat": "exfat",
     "xfs": "xfs",
     "btrfs": "btrfs",
 }

@@ -142,6 +142,25 @@ def mounted_rw_ntfs(path: Path) -> Iterator[Path]:
         where.rmdir()
 
 
+def make_exfat(path: Path, size: int, seed: int = 1) -> None:
+    """exFAT made by mkfs.exfat and filled through exfat-fuse (on a loop device: it
+    mounts block devices only)."""
+    need("mkfs.exfat", "mount.exfat-fuse", "losetup")
+    dirty(path, size, seed)
+    run("mkfs.exfat", path)
+    dev = run("losetup", "--find", "--show", path).strip()
+    where = Path(tempfile.mkdtemp(prefix="p2pclone-exfat-"))
+    try:
+        run("mount.exfat-fuse", dev, where)
+        try:
+            fill_tree(where, seed, small=200)
+        finally:
+            run("umount", where)
+    finally:
+        run("losetup", "-d", dev)
+        where.rmdir()
+
+
 def partclone_used(kind: str, path: Path) -> Extents:
     """partclone's used map of the filesystem in ``path`` (``kind``: ext4, fat, ...)."""
     need(f"partclone.{kind}")

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from p2pclone.volumes import ext, fat, map_volume, ntfs, swap
+from p2pclone.volumes import exfat, ext, fat, map_volume, ntfs, swap
 from p2pclone.volumes.extents import Extents
 
 from .builders import (
     MiB,
     dumpe2fs_used,
+    make_exfat,
     make_ext,
     make_fat,
     make_ntfs,
@@ -255,3 +256,28 @@ def test_ntfs_with_an_unclean_log_is_copied_whole(
         assert got.whole == "" and got.free
     else:
         assert "$LogFile" in got.whole and not got.free
+
+
+def test_exfat_free_clusters_are_free_for_partclone_too(tmp_path: Path) -> None:
+    image = tmp_path / "exfat.img"
+    make_exfat(image, 96 * MiB)
+    read, length = reader(image)
+    got = exfat.read_map(read, length)
+    assert got.whole == "" and got.fs == "exfat"
+    assert map_volume(read, length).fs == "exfat"  # found by its signature too
+    oracle = partclone_used("exfat", image)
+    assert not wrongly_free(got.free, oracle)
+    assert length - got.free.total <= oracle.total + 64 * 1024
+    assert got.free.total > 20 * MiB
+
+
+def test_exfat_marked_dirty_is_copied_whole(tmp_path: Path) -> None:
+    image = tmp_path / "exfat.img"
+    make_exfat(image, 32 * MiB)
+    with open(image, "r+b") as f:  # VolumeFlags (not covered by the boot checksum)
+        f.seek(106)
+        flags = int.from_bytes(f.read(2), "little")
+        f.seek(106)
+        f.write((flags | 0x0002).to_bytes(2, "little"))
+    got = exfat.read_map(*reader(image))
+    assert "not cleanly unmounted" in got.whole and not got.free

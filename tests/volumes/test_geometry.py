@@ -160,3 +160,30 @@ def test_an_image_restored_onto_a_smaller_disk(tmp_path: Path, loop_device) -> N
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     table_and_ext4_check(dev, parts[1], tmp_path)
+
+
+def test_discard_tells_the_target_its_free_space_holds_nothing(
+    tmp_path: Path, loop_device
+) -> None:
+    """--discard on a loop device: the kernel punches the free ranges out of its backing
+    file, which then reads zeros there (the old bytes are gone), while every used byte
+    is the source's and the run says how much it discarded."""
+    from p2pclone.volumes import scan
+
+    source = tmp_path / "source.img"
+    make_disk(source, 160 * MiB, LAYOUT)
+    dev = loop_device(160 * MiB, b"\xa5" * (160 * MiB))
+    done = subprocess.run(
+        [sys.executable, "-m", "p2pclone", "clone", str(source), dev, "--yes", "--discard",
+         "--json"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    notes = [json.loads(line).get("message", "") for line in done.stdout.splitlines()]
+    assert any(n.startswith("discarded the") for n in notes), notes
+    free = scan(*_reader(source)).free
+    with open(dev, "rb") as f:
+        got = f.read()
+    src = source.read_bytes()
+    assert all(got[a:b] == src[a:b] for a, b in free.invert(0, len(src)))
+    assert all(got[a:b] == bytes(b - a) for a, b in free)  # discarded: no old bytes left
