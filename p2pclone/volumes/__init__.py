@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..units import human_bytes
-from . import exfat, ext, fat, ntfs, swap
+from . import exfat, ext, fat, ntfs, swap, xfs
 from .extents import Extents
 from .fs import FsMap, Read, probe
 from .table import Partition, Table, read_table
@@ -37,12 +37,12 @@ _READERS: dict[str, Callable[[Read, int], FsMap]] = {
     "fat": fat.read_map,
     "ntfs": ntfs.read_map,
     "swap": swap.read_map,
+    "xfs": xfs.read_map,
 }
 _NAMES = {
     "luks": "LUKS (encrypted)",
     "bitlocker": "BitLocker (encrypted)",
     "lvm": "LVM",
-    "xfs": "xfs",
     "btrfs": "btrfs",
 }
 

@@ -52,12 +52,13 @@ def dirty(path: Path, size: int, seed: int) -> None:
 
 @contextlib.contextmanager
 def mounted(image: Path, how: str = "loop") -> Iterator[Path]:
-    """``image`` mounted (ext through a loop device; ``how="ntfs-3g"``: NTFS by FUSE)."""
+    """``image`` mounted (through a loop device, ``how`` its mount options: "loop",
+    or "loop,nouuid" for a second XFS of the same UUID; ``how="ntfs-3g"``: by FUSE)."""
     where = Path(tempfile.mkdtemp(prefix="p2pclone-mnt-"))
     if how == "ntfs-3g":
         run("ntfs-3g", "-o", "ro", image, where)
     else:
-        run("mount", "-o", "loop", image, where)
+        run("mount", "-o", how, image, where)
     try:
         yield where
     finally:
@@ -120,6 +121,31 @@ def make_fat(path: Path, size: int, bits: int, seed: int = 1) -> None:
             )
         for name in names[::4]:
             subprocess.run(["mdel", "-i", str(path), f"::/{name}"], env=env, check=True)
+
+
+def make_xfs(path: Path, size: int, *mkfs: str, seed: int = 1, fill: bool = True) -> None:
+    need("mkfs.xfs", "mount")
+    dirty(path, size, seed)
+    run("mkfs.xfs", "-q", "-f", "-K", *mkfs, path)
+    if fill:
+        with mounted(path) as root:
+            fill_tree(root, seed)
+
+
+@contextlib.contextmanager
+def mounted_xfs_shut_down(path: Path) -> Iterator[Path]:
+    """Mounted; on leaving, writes are synced to the log but the filesystem is shut
+    down before the log is written back (``xfs_io -x -c shutdown``), then unmounted:
+    the log stays dirty, as after a crash."""
+    where = Path(tempfile.mkdtemp(prefix="p2pclone-xfs-"))
+    run("mount", "-o", "loop", path, where)
+    try:
+        yield where
+        subprocess.run(["sync"], check=True)
+        run("xfs_io", "-x", "-c", "shutdown", where)
+    finally:
+        run("umount", where)
+        where.rmdir()
 
 
 def make_ntfs(path: Path, size: int, seed: int = 1) -> None:

@@ -162,9 +162,7 @@ def test_an_image_restored_onto_a_smaller_disk(tmp_path: Path, loop_device) -> N
     table_and_ext4_check(dev, parts[1], tmp_path)
 
 
-def test_discard_tells_the_target_its_free_space_holds_nothing(
-    tmp_path: Path, loop_device
-) -> None:
+def test_discard_tells_the_target_its_free_space_holds_nothing(tmp_path: Path, loop_device) -> None:
     """--discard on a loop device: the kernel punches the free ranges out of its backing
     file, which then reads zeros there (the old bytes are gone), while every used byte
     is the source's and the run says how much it discarded."""
