@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..units import human_bytes
-from . import exfat, ext, fat, ntfs, swap, xfs
+from . import btrfs, exfat, ext, fat, ntfs, swap, xfs
 from .extents import Extents
 from .fs import FsMap, Read, probe
 from .table import Partition, Table, read_table
@@ -33,6 +33,7 @@ MAX_FREE_EXTENTS = 1 << 20
 
 _READERS: dict[str, Callable[[Read, int], FsMap]] = {
     "ext": ext.read_map,
+    "btrfs": btrfs.read_map,
     "exfat": exfat.read_map,
     "fat": fat.read_map,
     "ntfs": ntfs.read_map,
@@ -43,7 +44,6 @@ _NAMES = {
     "luks": "LUKS (encrypted)",
     "bitlocker": "BitLocker (encrypted)",
     "lvm": "LVM",
-    "btrfs": "btrfs",
 }
 
 

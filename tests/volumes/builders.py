@@ -148,6 +148,14 @@ def mounted_xfs_shut_down(path: Path) -> Iterator[Path]:
         where.rmdir()
 
 
+def make_btrfs(path: Path, size: int, seed: int = 1) -> None:
+    need("mkfs.btrfs", "mount")
+    dirty(path, size, seed)
+    run("mkfs.btrfs", "-q", "-f", "-K", path)
+    with mounted(path) as root:
+        fill_tree(root, seed)
+
+
 def make_ntfs(path: Path, size: int, seed: int = 1) -> None:
     """NTFS made by mkntfs and filled through ntfs-3g (FUSE)."""
     need("mkntfs", "ntfs-3g")

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from p2pclone.volumes import exfat, ext, fat, map_volume, ntfs, swap, xfs
+from p2pclone.volumes import btrfs, exfat, ext, fat, map_volume, ntfs, swap, xfs
 from p2pclone.volumes.extents import Extents
 
 from .builders import (
     MiB,
     dumpe2fs_used,
+    make_btrfs,
     make_exfat,
     make_ext,
     make_fat,
@@ -319,3 +320,28 @@ def test_xfs_with_a_dirty_log_is_copied_whole(tmp_path: Path) -> None:
     assert "log" in (check.stdout + check.stderr).lower() and check.returncode != 0
     got = xfs.read_map(*reader(image))
     assert "log with changes" in got.whole and not got.free
+
+
+def test_btrfs_space_outside_its_chunks_is_free_for_partclone_too(tmp_path: Path) -> None:
+    """A chunk-level map: free is only what no chunk holds (partclone, reading the
+    extent tree, calls more free; it must never call anything of ours used free)."""
+    image = tmp_path / "btrfs.img"
+    make_btrfs(image, 400 * MiB)
+    read, length = reader(image)
+    got = btrfs.read_map(read, length)
+    assert got.whole == "" and got.fs == "btrfs"
+    assert map_volume(read, length).fs == "btrfs"
+    assert not wrongly_free(got.free, partclone_used("btrfs", image))
+    assert got.free.total > 100 * MiB
+
+
+def test_btrfs_with_a_log_tree_to_replay_is_copied_whole(tmp_path: Path) -> None:
+    """The superblock's log_root set (an fsync'd write not yet replayed after a crash):
+    the extent and chunk trees may not be the whole truth."""
+    image = tmp_path / "btrfs.img"
+    make_btrfs(image, 400 * MiB)
+    with open(image, "r+b") as f:
+        f.seek(0x10000 + 0x60)
+        f.write((0x1D00000).to_bytes(8, "little"))
+    got = btrfs.read_map(*reader(image))
+    assert "log tree" in got.whole and not got.free
