@@ -72,6 +72,7 @@ async def clone(
             fresh=options.fresh,
             delta=options.delta,
             discard=options.discard,
+            grow=options.grow,
             password=password,
             report=report,
         )

@@ -78,6 +78,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
             fresh=args.fresh,
             delta=args.delta,
             discard=args.discard,
+            grow=args.grow,
             password=password,
             report=out,
         ),
@@ -150,6 +151,7 @@ def cmd_clone(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         delta=args.delta,
         discard=args.discard,
+        grow=args.grow,
     )
     return _run(
         args,

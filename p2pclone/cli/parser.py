@@ -102,6 +102,12 @@ def _add_receive(sub: _Subcommands) -> None:
         help="hash the target first and receive only the chunks that differ",
     )
     r.add_argument(
+        "--grow",
+        action="store_true",
+        help="onto a bigger disk: extend the last partition to the end and grow its "
+        "filesystem (ext2/3/4, NTFS; XFS and btrfs: told how)",
+    )
+    r.add_argument(
         "--discard",
         action="store_true",
         help="after the clone, discard (TRIM) the ranges no filesystem of the source uses: "
@@ -239,6 +245,11 @@ def _add_clone(sub: _Subcommands) -> None:
         "--delta",
         action="store_true",
         help="hash the target first and copy only the chunks that differ",
+    )
+    c.add_argument(
+        "--grow",
+        action="store_true",
+        help="onto a bigger disk: extend the last partition and grow its filesystem",
     )
     c.add_argument(
         "--discard",

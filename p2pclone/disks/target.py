@@ -24,7 +24,7 @@ import stat
 from ..errors import SafetyError, TargetError
 from ..units import human_bytes
 from ..volumes.extents import Extents
-from ..volumes.geometry import GeometryError, relocate_gpt
+from ..volumes.geometry import GeometryError, Grown, relocate_gpt
 from ..volumes.table import read_table
 from .device import (
     DeviceInfo,
@@ -291,16 +291,19 @@ class Target:
             done += end - start
         return done
 
-    def fit_gpt(self, source_size: int) -> None:
+    def fit_gpt(self, source_size: int, *, grow: bool = False) -> Grown | None:
         """After a clone of a GPT disk of ``source_size`` bytes onto this device of
         another size: move the backup to our end, rewrite both headers, and check that
-        the table reads back whole (volumes/geometry.py).
+        the table reads back whole (volumes/geometry.py).  ``grow``: also extend the
+        partition that ends last to the end (returned).
 
         Raises:
             TargetError: the table could not be fitted or does not read back.
         """
         try:
-            writes = relocate_gpt(self._read, source_size, self.size, self.sector_size)
+            writes, grown = relocate_gpt(
+                self._read, source_size, self.size, self.sector_size, grow=grow
+            )
         except GeometryError as exc:
             raise TargetError(f"the GPT cloned onto {self.path} cannot be fitted: {exc}") from None
         for offset, data in writes:
@@ -310,6 +313,7 @@ class Target:
         if not table.trusted or table.notes:
             why = "; ".join(table.notes) or "it does not read back"
             raise TargetError(f"the GPT rewritten on {self.path} is not valid ({why})")
+        return grown
 
     def _still_at_path(self) -> bool:
         """The path still names the file opened at the start (not a link put there since)."""

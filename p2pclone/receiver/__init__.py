@@ -28,6 +28,7 @@ from pathlib import Path
 import trio
 
 from ..disks import Target
+from ..disks.grow import grow_filesystem
 from ..endpoints import Kind, resolve
 from ..errors import IntegrityError, P2PCloneError, SafetyError, TargetError
 from ..image.link import PlayerListener, clean_url
@@ -73,6 +74,7 @@ class Options:
     fresh: bool = False
     delta: bool = False
     discard: bool = False  # tell the target its free ranges hold nothing (--discard)
+    grow: bool = False  # a bigger GPT disk: extend the last partition and its filesystem
 
 
 async def receive(
@@ -88,6 +90,7 @@ async def receive(
     fresh: bool = False,
     delta: bool = False,
     discard: bool = False,
+    grow: bool = False,
     password: str | None = None,
     report: Reporter = no_report,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
@@ -99,7 +102,8 @@ async def receive(
     With ``journal`` (the default) progress is journaled in ``state_dir`` and an
     interrupted clone resumes where it stopped (``fresh`` ignores an old journal);
     ``delta`` hashes the current target so only chunks that differ are sent;
-    ``discard`` discards what the sender's map calls free.  ``url`` may be an image
+    ``discard`` discards what the sender's map calls free; ``grow`` extends a bigger
+    disk's last GPT partition and its filesystem.  ``url`` may be an image
     (file:// or smb://; ``code`` is its passphrase, ``password`` the SMB password):
     the image is restored onto the target.
 
@@ -115,6 +119,7 @@ async def receive(
         fresh=fresh,
         delta=delta,
         discard=discard,
+        grow=grow,
     )
     endpoint = resolve(url)
     if journal:  # before listening: a sender should not connect only to hear of it
@@ -218,14 +223,7 @@ async def _session(
             "written, everything else was written and checked"
         )
     if target.is_block and target.size != plan.source_size and plan.source.get("layout") == "gpt":
-        await trio.to_thread.run_sync(target.fit_gpt, plan.source_size)
-        report(
-            Notice(
-                f"the target is {human_bytes(abs(target.size - plan.source_size))} "
-                f"{'larger' if target.size > plan.source_size else 'smaller'} than the source: "
-                "the GPT's backup was moved to its end and both headers rewritten"
-            )
-        )
+        await _fit_table(target, plan, opts, report)
     if opts.discard and target.free:
         await _discard(target, report)
     why = await trio.to_thread.run_sync(target.reread_partitions)
@@ -253,6 +251,28 @@ async def _session(
     )
     await channel.close()
     return done
+
+
+async def _fit_table(target: Target, plan: Plan, opts: Options, report: Reporter) -> None:
+    """A GPT disk cloned onto a device of another size: the table fitted to it (and
+    with ``--grow`` on a bigger one, the last partition and its filesystem grown)."""
+    grow = opts.grow and target.size > plan.source_size
+    grown = await trio.to_thread.run_sync(
+        functools.partial(target.fit_gpt, plan.source_size, grow=grow)
+    )
+    report(
+        Notice(
+            f"the target is {human_bytes(abs(target.size - plan.source_size))} "
+            f"{'larger' if target.size > plan.source_size else 'smaller'} than the source: "
+            "the GPT's backup was moved to its end and both headers rewritten"
+        )
+    )
+    if grown is not None:
+        fs = str(plan.source.get(f"fs{grown.number}", ""))
+        said = await trio.to_thread.run_sync(
+            grow_filesystem, target.path, grown.number, grown.start, grown.size, fs
+        )
+        report(Notice(said))
 
 
 async def _discard(target: Target, report: Reporter) -> None:

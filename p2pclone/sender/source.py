@@ -87,6 +87,7 @@ def map_source(source: Source) -> tuple[Mapped, Extents]:
         source.info[f"part{n}"] = v.describe()
         if v.partition:
             source.info[f"end{n}"] = v.partition.end
+            source.info[f"fs{n}"] = v.fs
     return mapped, disk.free
 
 

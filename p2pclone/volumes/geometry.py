@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import dataclass
 
 from .fs import Read
 from .table import _GPT_ENTRY, _GPT_HEADER, GPT_SIGNATURE
@@ -25,16 +26,28 @@ class GeometryError(Exception):
     """The table cannot be fitted (the message says why, as a sentence fragment)."""
 
 
-def relocate_gpt(read: Read, old_size: int, new_size: int, sector: int) -> list[tuple[int, bytes]]:
+@dataclass(frozen=True, slots=True)
+class Grown:
+    """The partition ``grow`` extended: its number, where it starts, its new size."""
+
+    number: int
+    start: int
+    size: int
+
+
+def relocate_gpt(
+    read: Read, old_size: int, new_size: int, sector: int, *, grow: bool = False
+) -> tuple[list[tuple[int, bytes]], Grown | None]:
     """The writes that fit the GPT read through ``read`` (a disk that was ``old_size``
-    bytes) to a disk of ``new_size`` bytes."""
+    bytes) to a disk of ``new_size`` bytes; with ``grow``, the partition that ends last
+    is also extended to the new last usable sector (and returned)."""
     raw = bytearray(read(sector, sector))
     if raw[:8] != GPT_SIGNATURE:
         raise GeometryError("the primary GPT header is missing")
     hdr = list(_GPT_HEADER.unpack_from(raw))
     hsize, entries_lba, count, entry_size = hdr[2], hdr[10], hdr[11], hdr[12]
     array_bytes = count * entry_size
-    array = read(entries_lba * sector, array_bytes)
+    array = bytearray(read(entries_lba * sector, array_bytes))
     if zlib.crc32(array) != hdr[13]:
         raise GeometryError("the primary GPT partition array fails its CRC")
     sectors = new_size // sector
@@ -49,13 +62,16 @@ def relocate_gpt(read: Read, old_size: int, new_size: int, sector: int) -> list[
                 f"partition {k + 1} ends at byte {(last + 1) * sector}, beyond the last "
                 f"usable byte {(last_usable + 1) * sector} of a {new_size}-byte disk"
             )
-    hdr[6], hdr[8] = backup_lba, last_usable  # primary: alternate LBA, last usable
+    grown = _grow_last(array, count, entry_size, last_usable, sector) if grow else None
+    hdr[6], hdr[8], hdr[13] = backup_lba, last_usable, zlib.crc32(array)  # alternate, last usable
     primary = _sealed(hdr, raw, hsize)
     hdr[5], hdr[6], hdr[10] = backup_lba, 1, backup_array_lba  # backup: mine, other, array
     backup = _sealed(hdr, bytearray(sector), hsize)
+    padded = bytes(array) + bytes(array_sectors * sector - array_bytes)
     writes = [
         (sector, primary),
-        (backup_array_lba * sector, bytes(array) + bytes(array_sectors * sector - array_bytes)),
+        (entries_lba * sector, padded),
+        (backup_array_lba * sector, padded),
         (backup_lba * sector, backup),
     ]
     old_backup = old_size // sector - 1
@@ -64,7 +80,25 @@ def relocate_gpt(read: Read, old_size: int, new_size: int, sector: int) -> list[
     mbr = _protective_mbr(read(0, 512), sectors)
     if mbr is not None:
         writes.append((0, mbr))
-    return writes
+    return writes, grown
+
+
+def _grow_last(
+    array: bytearray, count: int, entry_size: int, last_usable: int, sector: int
+) -> Grown | None:
+    """Extend, in ``array``, the partition that ends last to ``last_usable``."""
+    ends = []
+    for k in range(count):
+        type_guid, _u, first, last, _a, _n = _GPT_ENTRY.unpack_from(array, k * entry_size)
+        if type_guid != bytes(16):
+            ends.append((last, k, first))
+    if not ends:
+        return None
+    last, k, first = max(ends)
+    if last >= last_usable:
+        return None
+    struct.pack_into("<Q", array, k * entry_size + 40, last_usable)
+    return Grown(k + 1, first * sector, (last_usable - first + 1) * sector)
 
 
 def _sealed(hdr: list[int | bytes], base: bytearray, hsize: int) -> bytes:

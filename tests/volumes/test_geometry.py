@@ -43,7 +43,7 @@ def fitted(src: Path, dst: Path, new_size: int) -> None:
         f.truncate(new_size)
     fd = os.open(dst, os.O_RDWR)
     try:
-        writes = relocate_gpt(lambda o, n: os.pread(fd, n, o), src.stat().st_size, new_size, 512)
+        writes, _ = relocate_gpt(lambda o, n: os.pread(fd, n, o), src.stat().st_size, new_size, 512)
         for offset, chunk in writes:
             os.pwrite(fd, chunk, offset)
     finally:
@@ -185,3 +185,46 @@ def test_discard_tells_the_target_its_free_space_holds_nothing(tmp_path: Path, l
     src = source.read_bytes()
     assert all(got[a:b] == src[a:b] for a, b in free.invert(0, len(src)))
     assert all(got[a:b] == bytes(b - a) for a, b in free)  # discarded: no old bytes left
+
+
+@pytest.mark.parametrize("last", ["ext4", "ntfs"])
+def test_grow_fills_a_bigger_disk(tmp_path: Path, loop_device, last: str) -> None:
+    """--grow onto a disk twice the size: the last partition reaches the end (sgdisk -v
+    clean), its filesystem fills it (dumpe2fs / ntfsinfo-free check: the filesystem's
+    own size), and it passes its fsck."""
+    need("sgdisk", "e2fsck", "resize2fs", "ntfsresize", "ntfsfix")
+    source = tmp_path / "source.img"
+    parts = make_disk(source, 160 * MiB, [("fat32", 40 * MiB), (last, 64 * MiB)])
+    dev = loop_device(320 * MiB, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "p2pclone", "clone", str(source), dev, "--yes", "--grow",
+         "--json"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    notes = [json.loads(line).get("message", "") for line in done.stdout.splitlines()]
+    assert any("was grown to fill it" in n for n in notes), notes
+    assert sgdisk_ok(dev)
+    table = read_table(*_reader_dev(dev))
+    start, _size, _ = parts[1]
+    grown = table.partitions[1]
+    assert grown.start == start and grown.end > 300 * MiB
+    part = tmp_path / "part.img"
+    with open(dev, "rb") as f:
+        f.seek(grown.start)
+        part.write_bytes(f.read(grown.size))
+    if last == "ext4":
+        run("e2fsck", "-fn", part)
+        out = run("dumpe2fs", "-h", part)
+        blocks = int(out.split("Block count:")[1].split()[0])
+        bsize = int(out.split("Block size:")[1].split()[0])
+        assert blocks * bsize > grown.size - 8 * MiB
+    else:
+        run("ntfsfix", "-n", part)
+        sectors = int.from_bytes(part.read_bytes()[40:48], "little")
+        assert sectors * 512 > grown.size - 8 * MiB
+
+
+def _reader_dev(dev: str):
+    fd = os.open(dev, os.O_RDONLY)
+    return (lambda o, n: os.pread(fd, n, o)), os.lseek(fd, 0, os.SEEK_END)
