@@ -228,3 +228,24 @@ def test_grow_fills_a_bigger_disk(tmp_path: Path, loop_device, last: str) -> Non
 def _reader_dev(dev: str):
     fd = os.open(dev, os.O_RDONLY)
     return (lambda o, n: os.pread(fd, n, o)), os.lseek(fd, 0, os.SEEK_END)
+
+
+def test_an_mbr_disk_onto_a_smaller_disk(tmp_path: Path, loop_device) -> None:
+    """MBR, the same rule: every partition (here a logical one, in an extended
+    partition) ends inside the smaller disk, so the clone is accepted; sfdisk --verify
+    finds nothing wrong and the ext4 partition passes e2fsck."""
+    need("sfdisk", "e2fsck")
+    source = tmp_path / "source.img"
+    parts = make_disk(source, 160 * MiB, LAYOUT, scheme="mbr")
+    dev = loop_device(128 * MiB + 512 * 1024, None)
+    done = clone_cli(source, dev)
+    assert done.returncode == 0, done.stderr
+    assert "GPT" not in done.stdout  # nothing to move on an MBR disk
+    check = subprocess.run(["sfdisk", "--verify", dev], capture_output=True, text=True)
+    assert check.returncode == 0 and "Remaining" in check.stdout, check.stdout + check.stderr
+    start, size, _ = parts[1]
+    ext = tmp_path / "ext.img"
+    with open(dev, "rb") as f:
+        f.seek(start)
+        ext.write_bytes(f.read(size))
+    run("e2fsck", "-fn", ext)
