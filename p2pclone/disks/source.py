@@ -128,11 +128,14 @@ class Source:
         pos, end = offset, offset + length
         for step in (64 * 1024, 4096, 512):
             while pos < end:
+                want = min(step, end - pos)
                 try:
-                    if not os.pread(self.fd, min(step, end - pos), pos):
-                        return pos
+                    got = len(os.pread(self.fd, want, pos))
                 except OSError:
                     break  # the failure is in [pos, pos + step): narrow it down
+                if got < want:  # a block device's buffered read stops short of the error
+                    pos += got - got % 512
+                    break
                 pos += step
         return pos if pos < end else offset  # it read this time: name the chunk
 
