@@ -23,6 +23,7 @@ class ExitCode(enum.IntEnum):
     SAFETY = 4
     LINK = 5
     INTEGRITY = 6
+    UNREADABLE = 7  # completed, except for source ranges that could not be read
 
 
 # scheme://user:password@host: the password part, up to the netloc's last "@".
@@ -111,6 +112,15 @@ class GroupError(P2PCloneError):
 
 class SourceError(P2PCloneError):
     code = "source"
+
+
+class UnreadableError(SourceError):
+    """A media error reading the source (EIO and the like): ``offset`` and ``length``
+    are the read that failed; the sender narrows it down (disks/rescue.py)."""
+
+    def __init__(self, message: str, offset: int = 0, length: int = 0) -> None:
+        super().__init__(message)
+        self.offset, self.length = offset, length
 
 
 class TargetError(P2PCloneError):

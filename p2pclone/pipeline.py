@@ -17,7 +17,7 @@ import xxhash
 import zstandard
 
 from .disks import Target
-from .errors import IntegrityError
+from .errors import IntegrityError, UnreadableError
 from .protocol import SUB_HASH_SIZE, Chunk, Encoding, Patch, Plan, bitmap, zero_digest
 from .volumes.extents import Extents
 
@@ -129,7 +129,12 @@ def encode_chunk(
     sub-blocks differ, just those are sent, as a PATCH.
     """
     length = plan.chunk_length(index)
-    data = source.read(index * plan.chunk_size, length)
+    data, bad = read_chunk(source, plan, index)
+    if bad:  # sent whole, so the receiver learns which ranges it could not get
+        body, encoding = _encode(data, length)
+        digest = blake3.blake3(data).digest()
+        return Encoded(index, Chunk(index=index, length=length, digest=digest,
+                                    encoding=encoding, body=body, unreadable=bad))  # fmt: skip
     if is_zero(data):
         if have is not None and have == zero_digest(length):
             return Encoded(index, same=have)
@@ -169,7 +174,7 @@ def encode_chunk(
 def encode_repair(source: DiskSource, plan: Plan, index: int) -> Chunk:
     """Chunk ``index`` as a full CHUNK, whatever it holds (answering a NAK)."""
     length = plan.chunk_length(index)
-    data = source.read(index * plan.chunk_size, length)
+    data, bad = read_chunk(source, plan, index)
     body, encoding = _encode(data, length)
     return Chunk(
         index=index,
@@ -177,7 +182,25 @@ def encode_repair(source: DiskSource, plan: Plan, index: int) -> Chunk:
         digest=blake3.blake3(data).digest(),
         encoding=encoding,
         body=body,
+        unreadable=bad,
     )
+
+
+def read_chunk(
+    source: DiskSource, plan: Plan, index: int
+) -> tuple[bytes | memoryview, tuple[tuple[int, int], ...]]:
+    """Chunk ``index``'s bytes, and the ranges of it the source could not read (zeros
+    in the bytes): a media error is narrowed down (``Source.rescue``), not fatal,
+    where the source can do that."""
+    offset, length = index * plan.chunk_size, plan.chunk_length(index)
+    try:
+        return source.read(offset, length), ()
+    except UnreadableError:
+        rescue = getattr(source, "rescue", None)
+        if rescue is None:
+            raise
+        data, bad = rescue(offset, length)
+        return data, bad
 
 
 def decode_body(

@@ -98,6 +98,9 @@ class Done:
     repaired_chunks: int = 0
     # bytes no filesystem uses: neither sent nor written (the plan's used map)
     free_bytes: int = 0
+    # [offset, length] of each source range that could not be read (zeros on the
+    # target), sorted and merged; not empty: the run ends with exit 7
+    unreadable: list[list[int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,3 +11,15 @@ def human_bytes(n: float, *, small: str = "B") -> str:
             return f"{n:.0f} {small}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def merged(ranges: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> list[list[int]]:
+    """``(start, end)`` byte ranges as sorted, merged ``[offset, length]`` pairs (the
+    form ``--json`` reports unreadable source ranges in)."""
+    out: list[list[int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], end - out[-1][0])
+        else:
+            out.append([start, end - start])
+    return out

@@ -18,7 +18,7 @@ import trio
 
 from ..endpoints import is_image_url
 from ..errors import ExitCode, P2PCloneError, TransportError, UsageError
-from ..session import pick_error
+from ..session import Done, pick_error
 from ..units import human_bytes
 from .output import Output
 from .parser import build_parser
@@ -47,6 +47,9 @@ def _run(args: argparse.Namespace, out: Output, fn: Callable[[], Any]) -> int:
             out.error(err)
             return int(err.exit_code)
         raise
+    if isinstance(done, Done) and done.unreadable:
+        out.unreadable(done)
+        return int(ExitCode.UNREADABLE)
     out(done)
     return 0
 

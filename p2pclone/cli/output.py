@@ -119,6 +119,25 @@ class Output:
             case _:
                 assert_never(event)
 
+    def unreadable(self, done: Done) -> None:
+        """The done line of a clone that is complete except for unreadable source
+        ranges, and the sentence saying so (exit 7)."""
+        ranges = done.unreadable
+        total = sum(n for _o, n in ranges)
+        sentence = (
+            f"the clone is complete except for {human_bytes(total, small='bytes')} the source "
+            f"could not read, in {len(ranges)} range{'s' if len(ranges) > 1 else ''} "
+            f"(the first at byte {ranges[0][0]}), written as zeros: run the same commands "
+            "again to retry only those (after letting the disk cool, reseating it, or on "
+            "another adapter)"
+        )
+        if self.json_mode:
+            self.emit(event="notice", message=sentence)
+            self(done)
+        else:
+            self(done)
+            print(f"p2pclone: {sentence}", file=sys.stderr, flush=True)
+
     def _mapped(self, m: Mapped) -> None:
         if self.json_mode:
             self.emit(

@@ -11,8 +11,8 @@ from .. import __version__
 from ..errors import ExitCode
 
 EPILOG_EXIT = """exit codes: 0 done, 1 other error, 2 usage or bad URL, 3 authentication failed,
-4 refused for safety, 5 link lost or transfer interrupted, 6 integrity failure
-(docs/errors.md)"""
+4 refused for safety, 5 link lost or transfer interrupted, 6 integrity failure,
+7 complete except for unreadable source ranges (docs/errors.md)"""
 
 
 def parse_size(text: str) -> int:

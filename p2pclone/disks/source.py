@@ -11,10 +11,11 @@ import errno
 import os
 import stat
 
-from ..errors import SafetyError, SourceError
+from ..errors import SafetyError, SourceError, UnreadableError
 from ..volumes.extents import Extents
 from .device import block_size_bytes, device_info, logical_sector_size
 from .masked import masked_read, next_used
+from .rescue import MEDIA_ERRORS, DirectReader, rescue_area
 
 
 class Source:
@@ -115,11 +116,33 @@ class Source:
                 data += more
         except OSError as exc:
             bad = self._first_unreadable(offset, length)
-            raise SourceError(
+            why = (
                 f"reading the source {self.path} failed at byte {bad}: {exc.strerror}; "
-                "the disk may be failing (try GNU ddrescue to rescue it first)"
-            ) from None
+                "the disk may be failing"
+            )
+            if exc.errno in MEDIA_ERRORS:
+                raise UnreadableError(why, offset, length) from None
+            raise SourceError(why) from None
         return data
+
+    def rescue(self, offset: int, length: int) -> tuple[bytes, tuple[tuple[int, int], ...]]:
+        """``[offset, offset+length)``, which failed to read, narrowed down to its
+        unreadable sectors (disks/rescue.py): its bytes, zeros where unreadable, and
+        those ranges.  Free ranges stay zeros and are not read."""
+        sector = self.info.get("sector", 512)
+        sector = sector if isinstance(sector, int) and sector > 0 else 512
+        start, end = offset - offset % sector, -(-(offset + length) // sector) * sector
+        with DirectReader(self.path, sector) as reader:
+            got = rescue_area(reader.read, start, min(end, self.size), sector)
+        read = bytes(got.data[offset - start : offset - start + length])
+        data = masked_read(
+            lambda o, n: read[o - offset : o - offset + n], self.free, offset, length
+        )
+        # what no filesystem uses is never "unreadable": it was never needed
+        bad = Extents.of(
+            r for a, b in got.bad.clip(offset, offset + length) for r in self.free.invert(a, b)
+        )
+        return data, bad.ranges
 
     def _first_unreadable(self, offset: int, length: int) -> int:
         """The first byte of [offset, offset+length) that does not read (to a 512-byte

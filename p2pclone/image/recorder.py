@@ -22,7 +22,14 @@ from typing import assert_never
 import trio
 
 from .. import __version__
-from ..errors import IntegrityError, P2PCloneError, RemoteProtocolError, SafetyError, UsageError
+from ..errors import (
+    IntegrityError,
+    P2PCloneError,
+    RemoteProtocolError,
+    SafetyError,
+    SourceError,
+    UsageError,
+)
 from ..pipeline import chunk_span
 from ..protocol import (
     HASH_SIZE,
@@ -290,6 +297,12 @@ class _Writing:
                 await out.send(buf)
 
     def _chunk(self, event: Chunk) -> None:
+        if event.unreadable:  # the image format has no place for them yet
+            raise SourceError(
+                f"the source could not be read at byte {event.unreadable[0][0]} (the disk "
+                "is failing): an image cannot record unreadable ranges yet; clone the disk "
+                "first (`p2pclone clone`, or over tcp://) and save the copy"
+            )
         self._place(event.index, 1, event.digest)
         # Sealed in the writer's thread, not here: the event loop is busy enough.
         self._add(

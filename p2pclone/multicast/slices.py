@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..errors import P2PCloneError, RemoteProtocolError
+from ..errors import P2PCloneError, RemoteProtocolError, SourceError
 from ..pipeline import DiskSource, default_threads
 from ..protocol import Evict, Lost, Plan, Poll, Ref, Same, Zero
 from ..protocol.connection import zero_digest
@@ -313,6 +313,12 @@ class SliceStream:
             return b""
         enc = await slot.encoded()
         chunk, needed = enc.chunk, False
+        if chunk is not None and chunk.unreadable:
+            raise SourceError(
+                f"the source could not be read at byte {chunk.unreadable[0][0]} (the disk "
+                "is failing): a multicast group cannot carry unreadable ranges yet; clone "
+                "it first, over tcp:// or with `p2pclone clone`, and send the copy"
+            )
         digest = chunk.digest if chunk else zero_digest(plan.chunk_length(slot.index))
         for p in members:
             held = await p.have.get(slot.index)

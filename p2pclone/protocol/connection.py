@@ -18,10 +18,9 @@ to is every HELLO and PAKE frame, header and meta, as it crossed the wire.
 Beyond the transition table (:mod:`.state`), the connection enforces what makes a
 clone complete and in order: chunks and zero ranges cover the plan exactly once, in
 index order, each with the length the plan implies; and it keeps the running root
-hash (BLAKE3 over the ordered chunk hashes) that both ends compare at END.  The
-drivers do the expensive work (hashing data, compressing, writing) outside, in
-worker threads; a receiving driver must check every chunk's data against
-``Chunk.digest`` before it writes, which is what makes the root meaningful.
+hash (BLAKE3 over the ordered chunk hashes) that both ends compare at END.  Drivers
+hash, compress and write in worker threads; a receiving driver must check every
+chunk's data against ``Chunk.digest`` before it writes: that makes the root mean it.
 """
 
 from __future__ import annotations
@@ -361,11 +360,12 @@ class Connection:
             self._check_patch(event, exc)
         plan = self._require_plan()
         self._expect_index(event.index, 1, plan, exc)
-        if event.length != plan.chunk_length(event.index):
-            raise exc(
-                f"chunk {event.index} claims {event.length} bytes; the plan says "
-                f"{plan.chunk_length(event.index)}"
-            )
+        first, n = event.index * plan.chunk_size, plan.chunk_length(event.index)
+        if event.length != n:
+            raise exc(f"chunk {event.index} claims {event.length} bytes; the plan says {n}")
+        bad = event.unreadable if isinstance(event, Chunk) else ()
+        if any(a < first or b > first + n for a, b in bad):
+            raise exc(f"chunk {event.index} names unreadable bytes outside itself")
         self._root.update(event.digest)
         self._next_index += 1
 

@@ -128,9 +128,15 @@ class Chunk:
     digest: bytes  # BLAKE3 of the plain bytes
     encoding: int
     body: bytes | memoryview = field(repr=False)
+    #: byte ranges (absolute, whole sectors) of this chunk the source could not read:
+    #: zeros in the body; the receiver reports them (exit 7)
+    unreadable: tuple[tuple[int, int], ...] = ()
 
     def to_meta(self) -> dict[str, Any]:
-        return {"i": self.index, "n": self.length, "h": self.digest, "e": self.encoding}
+        meta = {"i": self.index, "n": self.length, "h": self.digest, "e": self.encoding}
+        if self.unreadable:
+            meta["u"] = [list(r) for r in self.unreadable]
+        return meta
 
     @classmethod
     def from_frame(cls, meta: Mapping[str, Any], body: bytes | memoryview) -> Chunk:
@@ -140,13 +146,39 @@ class Chunk:
         length = _count(meta, "n", "CHUNK", limit=MAX_CHUNK_SIZE)
         if enc == Encoding.RAW and len(body) != length:
             raise RemoteProtocolError("the peer's raw CHUNK body length disagrees with its meta")
+        index = _count(meta, "i", "CHUNK")
         return cls(
-            index=_count(meta, "i", "CHUNK"),
+            index=index,
             length=length,
             digest=_digest(meta, "h", "CHUNK"),
             encoding=enc,
             body=body,
+            unreadable=_unreadable(meta, index, length),
         )
+
+
+def _unreadable(meta: Mapping[str, Any], index: int, length: int) -> tuple[tuple[int, int], ...]:
+    """CHUNK ``u``: sorted, disjoint [start, end) ranges inside a chunk of ``length`` at
+    ``index`` (checked against the PLAN's chunk size by the connection)."""
+    if "u" not in meta:
+        return ()
+    value = _need(meta, "u", list, "CHUNK")
+    if len(value) > MAX_UNREADABLE or not all(
+        isinstance(r, list) and len(r) == 2 and all(type(x) is int and x >= 0 for x in r)
+        for r in value
+    ):
+        raise RemoteProtocolError("the peer's CHUNK has a malformed unreadable list")
+    ranges = tuple((a, b) for a, b in value)
+    if any(a >= b for a, b in ranges) or any(
+        ranges[k][1] >= ranges[k + 1][0] for k in range(len(ranges) - 1)
+    ):
+        raise RemoteProtocolError("the peer's CHUNK unreadable ranges are not sorted and apart")
+    return ranges
+
+
+#: At most this many unreadable ranges in one CHUNK (a 64 MiB chunk of 512-byte
+#: sectors, every other one bad, would need 65536: beyond this the meta gets big).
+MAX_UNREADABLE = 2048
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -49,7 +49,7 @@ from ..session import (
     pair,
     pick_error,
 )
-from ..units import human_bytes
+from ..units import human_bytes, merged
 from ..volumes.extents import Extents
 from .data import DataState
 from .feed import Feed, Reconnect
@@ -248,6 +248,7 @@ async def _session(
         verified=opts.verify,
         repaired_chunks=repaired,
         free_bytes=plan.free.total,
+        unreadable=merged(state.unreadable),
     )
     await channel.close()
     return done
@@ -379,7 +380,9 @@ async def _data_phase(
                     await trio.to_thread.run_sync(journal.finish)
                     journal = None
                 raise
-        if journal is not None and not state.lost:
+        # With unreadable ranges the journal stays: the same commands again resume, and
+        # only what reads differently now (the healed ranges) is sent.
+        if journal is not None and not state.lost and not state.unreadable:
             await trio.to_thread.run_sync(journal.finish)
             journal = None
         return state, end, repaired

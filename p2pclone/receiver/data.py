@@ -90,6 +90,8 @@ class DataState:
         self.zero_total = 0
         self.same_total = 0
         self.lost: list[int] = []  # chunks the sender could not provide (LOST)
+        #: source byte ranges the sender could not read (zeros here): exit 7
+        self.unreadable: list[tuple[int, int]] = []
         # Chunks the feed held wrong (or not at all): fetched again over our own
         # connection after END.  A feed's data is never trusted by itself.
         self.refetch: dict[int, bytes] = {}
@@ -156,6 +158,7 @@ class DataState:
     async def _data(self, event: DataFrame) -> None:
         match event:
             case Chunk():
+                self.unreadable += event.unreadable
                 await self.room.acquire()
                 self.promised({event.index: event.digest})
                 self.start_soon(lambda: self._write(event))

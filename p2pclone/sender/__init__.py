@@ -58,6 +58,7 @@ from ..session import (
     pick_error,
 )
 from ..transports import Transport
+from ..units import merged
 from .ahead import READ_AHEAD_BYTES, EncodeAhead, Slot
 from .runs import ChunkKind, HaveMap, Runs, answer_nak, run_frame
 from .source import cut_off, open_source
@@ -289,6 +290,7 @@ async def _session(
         seconds=trio.current_time() - started,
         verified=result[0].verified,
         free_bytes=plan.free.total,
+        unreadable=merged(runs.unreadable),
     )
     await channel.close()
     return done
@@ -396,6 +398,8 @@ async def _send_slot(channel: Channel, plan: Plan, have: HaveMap, runs: Runs, sl
             await runs.flush()
             event = encoded.patch or encoded.chunk
             assert event is not None
+            if encoded.chunk is not None:
+                runs.unreadable += encoded.chunk.unreadable
             await channel.send(event)
 
 

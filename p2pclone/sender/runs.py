@@ -40,6 +40,8 @@ class Runs:
         self.count = 0
         self.hashes = bytearray()
         self.totals: Counter[ChunkKind] = Counter()
+        #: source ranges sent as unreadable (zeros), for the done line
+        self.unreadable: list[tuple[int, int]] = []
 
     async def add(self, kind: ChunkKind, index: int, digest: bytes = b"", count: int = 1) -> None:
         """Add ``count`` chunks from ``index`` (SAME and REF: one chunk and its hash)."""

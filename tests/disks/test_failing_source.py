@@ -1,16 +1,16 @@
 """A real failing source: a FUSE file (tests/failing_disk.py) whose reads in chosen
 ranges fail with EIO, read directly and through a loop device (a failing block
-device).  What p2pclone does today: it stops with exit 1 and names the first failing
-byte (issue 15 turns this into "read errors are data"); the target is left with what
-was written before, and no false "done".
+device).  Read errors are data (issue 15, first part): the chunk is narrowed down to
+its unreadable sectors (disks/rescue.py), sent with zeros there and the ranges named;
+both sides end with exit 7 and the done line lists them; the receiver's journal stays,
+so the same command again sends only what reads differently now.
 
-Negative control (the loop-device case, tried): before the fix in
-``Source._first_unreadable``, a buffered block-device read stopping short of the error
-(it returns fewer bytes instead of failing) was taken for success, and the message
-named the chunk's first byte (5242880) instead of the failing sector's."""
+Negative control (tried): without ``read_chunk``'s rescue the run stops at the first
+bad chunk with exit 1, as before this change."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from p2pclone.volumes.extents import Extents
 from tests.conftest import MiB, random_file
 from tests.failing_disk import failing_disk
 
@@ -35,8 +36,63 @@ def clone_cli(source: str, target: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def clone_json(source: str, target: Path) -> tuple[int, dict, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "p2pclone", "clone", source, str(target), "--yes", "--exact",
+         "--verify", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    last = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {}
+    return done.returncode, last, done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("via_loop", [False, True], ids=["file", "loop device"])
-def test_an_unreadable_sector_is_named_and_nothing_claims_success(
+def test_unreadable_sectors_are_data_then_a_rerun_fetches_only_them(
+    tmp_path: Path, via_loop: bool
+) -> None:
+    """Three bad areas (inside a chunk, straddling a chunk boundary, a long stretch):
+    exit 7, the done line names exactly the bad sectors, every readable byte arrived and
+    the bad ones are zeros; the failed reads stay few; then, the disk "healed", the same
+    command again ends byte-identical with exit 0 and sends little more than the
+    chunks that held the bad areas."""
+    need_fuse()
+    image = tmp_path / "disk.img"
+    data = random_file(image, 8 * MiB)
+    target = tmp_path / "target.img"
+    bad = [(MiB + 3 * 4096, 4096), (4 * MiB - 1024, 2048), (6 * MiB, 40 * 512)]
+    with failing_disk(image, [(s, n, -1) for s, n in bad]) as (disk, log):
+        source, loop = str(disk), ""
+        if via_loop:
+            loop = subprocess.run(
+                ["losetup", "-r", "--find", "--show", "--direct-io=on", str(disk)],
+                capture_output=True, text=True, check=True,
+            ).stdout.strip()  # fmt: skip
+            source = loop
+        try:
+            code, done, said = clone_json(source, target)
+        finally:
+            if loop:
+                subprocess.run(["losetup", "-d", loop], capture_output=True)
+        failed = sum(1 for line in log.read_text().splitlines() if line.endswith("EIO"))
+    assert code == 7, said
+    assert done["event"] == "done" and done["verified"]
+    assert done["unreadable"] == [[s, n] for s, n in bad]
+    assert "could not read" in said
+    got = target.read_bytes()
+    for s, n in bad:
+        assert got[s : s + n] == bytes(n)
+    holes = Extents.of((s, s + n) for s, n in bad)
+    assert all(got[a:b] == data[a:b] for a, b in holes.invert(0, len(data)))
+    assert failed <= 3 * (4 + 4 + 40)  # a few reads per bad sector, not a storm
+
+    code, done, said = clone_json(str(image), target)  # the disk, healed
+    assert code == 0, said
+    assert target.read_bytes() == data
+    assert done["same_chunks"] >= done["chunks"] - 4 and not done["unreadable"]
+
+
+@pytest.mark.parametrize("via_loop", [False, True], ids=["file", "loop device"])
+def test_the_sentence_names_the_first_unreadable_sector(
     tmp_path: Path, via_loop: bool
 ) -> None:
     need_fuse()
@@ -57,7 +113,6 @@ def test_an_unreadable_sector_is_named_and_nothing_claims_success(
         finally:
             if loop:
                 subprocess.run(["losetup", "-d", loop], capture_output=True)
-        assert done.returncode == 1, done.stderr
-        assert "Input/output error" in done.stderr and "failing" in done.stderr
-        assert f"at byte {bad}" in done.stderr  # narrowed to the failing sector
+        assert done.returncode == 7, done.stderr
+        assert f"the first at byte {bad}" in done.stderr  # narrowed to the failing sector
         assert " EIO" in log.read_text()  # the reads really failed on the device
