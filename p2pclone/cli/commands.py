@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from .. import mapfile
 from ..endpoints import is_image_url
 from ..errors import ExitCode, P2PCloneError, TransportError, UsageError
 from ..session import Done, pick_error
@@ -47,6 +48,12 @@ def _run(args: argparse.Namespace, out: Output, fn: Callable[[], Any]) -> int:
             out.error(err)
             return int(err.exit_code)
         raise
+    if isinstance(done, Done) and getattr(args, "mapfile", None):
+        try:
+            mapfile.write(args.mapfile, done.source_bytes, done.unreadable, " ".join(sys.argv))
+        except OSError as exc:
+            out.error(UsageError(f"cannot write the mapfile {args.mapfile}: {exc.strerror}"))
+            return int(ExitCode.OTHER)
     if isinstance(done, Done) and done.unreadable:
         out.unreadable(done)
         return int(ExitCode.UNREADABLE)

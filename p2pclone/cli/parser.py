@@ -102,6 +102,12 @@ def _add_receive(sub: _Subcommands) -> None:
         help="hash the target first and receive only the chunks that differ",
     )
     r.add_argument(
+        "--mapfile",
+        metavar="FILE",
+        help="also write the outcome in GNU ddrescue's mapfile format (unreadable source "
+        "ranges as bad sectors), for ddrescuelog and ddrescueview",
+    )
+    r.add_argument(
         "--grow",
         action="store_true",
         help="onto a bigger disk: extend the last partition to the end and grow its "
@@ -196,6 +202,12 @@ def _send_options(s: argparse.ArgumentParser) -> None:
         help="ask the receiver to hash its target and send only the chunks that differ",
     )
     s.add_argument(
+        "--mapfile",
+        metavar="FILE",
+        help="also write the outcome in GNU ddrescue's mapfile format (unreadable source "
+        "ranges as bad sectors), for ddrescuelog and ddrescueview",
+    )
+    s.add_argument(
         "--exact",
         action="store_true",
         help="copy every byte, free space included (forensics); by default the blocks no "
@@ -245,6 +257,12 @@ def _add_clone(sub: _Subcommands) -> None:
         "--delta",
         action="store_true",
         help="hash the target first and copy only the chunks that differ",
+    )
+    c.add_argument(
+        "--mapfile",
+        metavar="FILE",
+        help="also write the outcome in GNU ddrescue's mapfile format (unreadable source "
+        "ranges as bad sectors), for ddrescuelog and ddrescueview",
     )
     c.add_argument(
         "--grow",

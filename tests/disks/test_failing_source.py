@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,28 @@ def test_the_sentence_names_the_first_unreadable_sector(
         assert done.returncode == 7, done.stderr
         assert f"the first at byte {bad}" in done.stderr  # narrowed to the failing sector
         assert " EIO" in log.read_text()  # the reads really failed on the device
+
+
+def test_the_mapfile_is_read_by_ddrescuelog(tmp_path: Path) -> None:
+    """--mapfile writes GNU ddrescue's format: ddrescuelog lists exactly the bad
+    sectors (an independent reader of the format)."""
+    need_fuse()
+    if shutil.which("ddrescuelog") is None:
+        pytest.skip("ddrescuelog (gddrescue) is not installed")
+    image = tmp_path / "disk.img"
+    random_file(image, 4 * MiB)
+    bad = [(MiB + 4096, 1024), (3 * MiB, 4096)]
+    mapfile = tmp_path / "disk.map"
+    with failing_disk(image, [(s, n, -1) for s, n in bad]) as (disk, _log):
+        done = subprocess.run(
+            [sys.executable, "-m", "p2pclone", "clone", str(disk), str(tmp_path / "t.img"),
+             "--yes", "--exact", "--mapfile", str(mapfile)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 7, done.stderr
+    listed = subprocess.run(
+        ["ddrescuelog", "-b", "512", "-l-", str(mapfile)], capture_output=True, text=True
+    ).stdout.split()
+    assert [int(x) for x in listed] == [
+        k for s, n in bad for k in range(s // 512, (s + n) // 512)
+    ]
