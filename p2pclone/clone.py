@@ -34,6 +34,7 @@ async def clone(
     *,
     options: Options = Options(),  # noqa: B008 - frozen
     exact: bool = False,
+    retries: int = 1,
     allow_mounted: bool = False,
     chunk_size: int | None = None,
     code: str = "",
@@ -59,6 +60,7 @@ async def clone(
             password=password,
             fresh=options.fresh,
             exact=exact,
+            retries=retries,
             report=report,
         )
     if is_image_url(source_path):
@@ -82,7 +84,12 @@ async def clone(
     target = await trio.to_thread.run_sync(Target.open, target_path)
     try:
         source, chunk_size = await open_source(
-            source_path, chunk_size, allow_mounted=allow_mounted, exact=exact, report=report
+            source_path,
+            chunk_size,
+            allow_mounted=allow_mounted,
+            exact=exact,
+            retries=retries,
+            report=report,
         )
         try:
             return await _run(source, target, chunk_size, options, report)

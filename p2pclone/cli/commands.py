@@ -136,6 +136,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             wait=args.wait,
             group_report=out.member,
             exact=args.exact,
+            retries=args.retries,
             report=out,
         ),
     )
@@ -171,6 +172,7 @@ def cmd_clone(args: argparse.Namespace) -> int:
             args.target,
             options=options,
             exact=args.exact,
+            retries=args.retries,
             allow_mounted=args.allow_mounted,
             chunk_size=args.chunk_size,
             code=code,

@@ -202,6 +202,14 @@ def _send_options(s: argparse.ArgumentParser) -> None:
         help="ask the receiver to hash its target and send only the chunks that differ",
     )
     s.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        metavar="N",
+        help="a failing source: read each sector that failed N more times (default 1; "
+        "0: never read a failed sector again in this run)",
+    )
+    s.add_argument(
         "--mapfile",
         metavar="FILE",
         help="also write the outcome in GNU ddrescue's mapfile format (unreadable source "
@@ -257,6 +265,14 @@ def _add_clone(sub: _Subcommands) -> None:
         "--delta",
         action="store_true",
         help="hash the target first and copy only the chunks that differ",
+    )
+    c.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        metavar="N",
+        help="a failing source: read each sector that failed N more times (default 1; "
+        "0: never read a failed sector again in this run)",
     )
     c.add_argument(
         "--mapfile",

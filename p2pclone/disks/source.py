@@ -31,6 +31,8 @@ class Source:
         #: ranges no filesystem uses (set by the sender from the used map): read as
         #: zeros without touching the disk
         self.free = Extents()
+        #: extra passes over a failing chunk's bad sectors (``--retries``)
+        self.retries = 1
 
     @classmethod
     def open(cls, path: str, *, allow_mounted: bool = False) -> Source:
@@ -115,14 +117,19 @@ class Source:
                     )
                 data += more
         except OSError as exc:
-            bad = self._first_unreadable(offset, length)
-            why = (
-                f"reading the source {self.path} failed at byte {bad}: {exc.strerror}; "
-                "the disk may be failing"
-            )
             if exc.errno in MEDIA_ERRORS:
-                raise UnreadableError(why, offset, length) from None
-            raise SourceError(why) from None
+                # Not narrowed here: every read into a failing area costs (rescue() does
+                # it, once per sector, where the driver can use what still reads).
+                raise UnreadableError(
+                    f"reading the source {self.path} failed between bytes {offset} and "
+                    f"{offset + length - 1}: {exc.strerror}; the disk is failing",
+                    offset,
+                    length,
+                ) from None
+            bad = self._first_unreadable(offset, length)
+            raise SourceError(
+                f"reading the source {self.path} failed at byte {bad}: {exc.strerror}"
+            ) from None
         return data
 
     def rescue(self, offset: int, length: int) -> tuple[bytes, tuple[tuple[int, int], ...]]:
@@ -133,7 +140,7 @@ class Source:
         sector = sector if isinstance(sector, int) and sector > 0 else 512
         start, end = offset - offset % sector, -(-(offset + length) // sector) * sector
         with DirectReader(self.path, sector) as reader:
-            got = rescue_area(reader.read, start, min(end, self.size), sector)
+            got = rescue_area(reader.read, start, min(end, self.size), sector, retries=self.retries)
         read = bytes(got.data[offset - start : offset - start + length])
         data = masked_read(
             lambda o, n: read[o - offset : o - offset + n], self.free, offset, length

@@ -82,14 +82,14 @@ async def send(
     wait: float = 60.0,
     group_report: Callable[[GroupProgress], None] | None = None,
     exact: bool = False,
+    retries: int = 1,
     report: Reporter = no_report,
 ) -> Done:
     """Clone ``source_path`` to the receiver at ``url``; return the final statistics.
 
-    Only what the source's filesystems use is sent (p2pclone/volumes reads its table
-    and allocation first); ``exact`` sends every byte.  ``allow_mounted`` accepts a
-    source mounted read-write (the copy may be inconsistent); ``delta`` asks the
-    receiver to hash its target so only differing chunks are sent.
+    Only used blocks are sent (``exact``: every byte); ``retries``: extra reads of each
+    sector a failing disk could not read.  ``allow_mounted`` accepts a source mounted
+    read-write; ``delta`` has the receiver hash its target first (only changes sent).
     ``source_path`` may be an image URL (file:// or smb://, opened with ``passphrase``);
     ``url`` may be one too: the clone is saved as an image encrypted with ``code``
     (``fresh`` starts it over instead of resuming).  ``password`` is for SMB.
@@ -137,6 +137,7 @@ async def send(
         passphrase=passphrase,
         password=password,
         exact=exact,
+        retries=retries,
         report=report,
     )
     try:

@@ -33,6 +33,7 @@ async def open_source(
     exact: bool = False,
     report: Reporter = no_report,
     free: Extents | None = None,
+    retries: int = 1,
 ) -> tuple[DiskSource, int]:
     """The SOURCE opened for reading (a disk, a file, or an image URL, whose own chunk
     size then wins), and the chunk size to send it with.
@@ -49,6 +50,7 @@ async def open_source(
     source = await trio.to_thread.run_sync(
         functools.partial(Source.open, source_path, allow_mounted=allow_mounted)
     )
+    source.retries = retries
     if free is not None:
         source.free = free
     elif exact:

@@ -157,25 +157,34 @@ def test_device_held_by_device_mapper_is_refused(loop_device) -> None:
         subprocess.run(["dmsetup", "remove", name], check=False)
 
 
-def test_a_read_error_names_the_failing_sector_not_the_chunk(
+def test_a_media_error_is_not_read_again_by_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A disk that fails at one sector inside a chunk: the error names that sector's
-    byte, so the user knows where the disk is bad.  Negative control: the old message
-    named the chunk's start (byte 1048576 here; this test failed)."""
+    """A disk that fails at one sector inside a chunk: ``Source.read`` raises
+    UnreadableError for the read's range at once, without reading into the failing
+    area again (each read there can take seconds and make a dying disk worse); the
+    narrowing is ``rescue()``'s, once per sector (tests/disks/test_rescue.py,
+    test_failing_source.py).  Negative control: the old narrowing re-read the chunk
+    in 64 KiB, 4 KiB and 512-byte pieces: 3 failed reads here instead of 1."""
     import errno
+
+    from p2pclone.errors import UnreadableError
 
     path = tmp_path / "failing.img"
     random_file(path, 3 * MiB)
     bad = MiB + 300 * 1024 + 1536  # a 512-byte sector inside chunk 1
     real_pread = os.pread
+    failed = []
 
     def failing_pread(fd: int, n: int, off: int) -> bytes:
         if off <= bad < off + n:
+            failed.append(off)
             raise OSError(errno.EIO, "Input/output error")
         return real_pread(fd, n, off)
 
     with Source.open(str(path)) as src:
         monkeypatch.setattr(os, "pread", failing_pread)
-        with pytest.raises(SourceError, match=f"failed at byte {bad}: Input/output error"):
+        with pytest.raises(UnreadableError, match="failed between bytes 1048576 and") as err:
             src.read(MiB, MiB)
+    assert (err.value.offset, err.value.length) == (MiB, MiB)
+    assert failed == [MiB]
