@@ -77,6 +77,9 @@ class Progress:
     done_bytes: int
     total_bytes: int
     wire_bytes: int
+    #: a failing source: bytes found unreadable so far, and in how many ranges
+    unreadable_bytes: int = 0
+    unreadable_ranges: int = 0
 
 
 @dataclass(frozen=True, slots=True)

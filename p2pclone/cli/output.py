@@ -212,7 +212,14 @@ class Output:
 
     def _show_progress(self, p: Progress) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, completed=p.done_bytes)
+            bad = (
+                f" ({human_bytes(p.unreadable_bytes)} unreadable in {p.unreadable_ranges})"
+                if p.unreadable_ranges
+                else ""
+            )
+            self._progress.update(
+                self._task, completed=p.done_bytes, description=f"{self._phase}{bad}"
+            )
         elif self.json_mode:
             now = time.monotonic()
             if now - self._last_json >= 1.0 or p.done_bytes == p.total_bytes:
@@ -223,6 +230,8 @@ class Output:
                     done_bytes=p.done_bytes,
                     total_bytes=p.total_bytes,
                     wire_bytes=p.wire_bytes,
+                    unreadable_bytes=p.unreadable_bytes,
+                    unreadable_ranges=p.unreadable_ranges,
                 )
 
     def member(self, gp: Any) -> None:

@@ -43,6 +43,7 @@ from ..protocol import (
 )
 from ..protocol.connection import zero_digest
 from ..session import Channel, HaveReport, Notice, Progress, Reporter
+from ..units import merged
 from .feed import Feed
 from .verify import NullLog, fetch_again
 
@@ -112,10 +113,18 @@ class DataState:
         if self.refetch:
             await self._fetch(self.refetch)
         await self.commit(ack=True)
-        self.report(
-            Progress(self.plan.source_size, self.plan.source_size, self.channel.conn.bytes_in)
-        )
+        self.report(self._progress(self.plan.source_size))
         return end
+
+    def _progress(self, done: int) -> Progress:
+        bad = merged(self.unreadable)  # a range across chunks counts once
+        return Progress(
+            done,
+            self.plan.source_size,
+            self.channel.conn.bytes_in,
+            sum(n for _o, n in bad),
+            len(bad),
+        )
 
     async def _receive(self) -> End:
         plan, conn = self.plan, self.channel.conn
@@ -144,7 +153,7 @@ class DataState:
                 if now - last_report >= 0.1:
                     last_report = now
                     done = min(plan.source_size, conn.chunks_done * plan.chunk_size)
-                    self.report(Progress(done, plan.source_size, conn.bytes_in))
+                    self.report(self._progress(done))
         return event
 
     async def _other(self, event: Event) -> None:

@@ -367,7 +367,9 @@ async def _stream_chunks(
             if now - last_report >= 0.1:
                 last_report = now
                 done = min(plan.source_size, (slot.index + max(slot.zero_run, 1)) * plan.chunk_size)
-                report(Progress(done, plan.source_size, channel.conn.bytes_out))
+                bad = merged(runs.unreadable)  # a range across chunks counts once
+                out = channel.conn.bytes_out
+                report(Progress(done, plan.source_size, out, sum(n for _o, n in bad), len(bad)))
         await runs.flush()
     report(Progress(plan.source_size, plan.source_size, channel.conn.bytes_out))
     return runs

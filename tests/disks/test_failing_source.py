@@ -79,6 +79,13 @@ def test_unreadable_sectors_are_data_then_a_rerun_fetches_only_them(
     assert done["event"] == "done" and done["verified"]
     assert done["unreadable"] == [[s, n] for s, n in bad]
     assert "could not read" in said
+    progress = [
+        e
+        for e in (json.loads(x) for x in said.splitlines() if '"event": "progress"' in x)
+        if e["phase"] == "copying"  # not the --verify pass that follows
+    ]
+    assert progress[-1]["unreadable_ranges"] == 3  # the progress shows them as they come
+    assert progress[-1]["unreadable_bytes"] == sum(n for _s, n in bad)
     got = target.read_bytes()
     for s, n in bad:
         assert got[s : s + n] == bytes(n)
