@@ -18,6 +18,7 @@ import stat
 import trio
 
 from .disks import Target
+from .disks.rescue import RescueOptions
 from .endpoints import is_image_url
 from .errors import SafetyError, SourceError
 from .journal import check_state_dir, default_state_dir
@@ -34,7 +35,7 @@ async def clone(
     *,
     options: Options = Options(),  # noqa: B008 - frozen
     exact: bool = False,
-    retries: int = 1,
+    rescue: RescueOptions = RescueOptions(),  # noqa: B008 - frozen
     allow_mounted: bool = False,
     chunk_size: int | None = None,
     code: str = "",
@@ -60,7 +61,7 @@ async def clone(
             password=password,
             fresh=options.fresh,
             exact=exact,
-            retries=retries,
+            rescue=rescue,
             report=report,
         )
     if is_image_url(source_path):
@@ -88,7 +89,7 @@ async def clone(
             chunk_size,
             allow_mounted=allow_mounted,
             exact=exact,
-            retries=retries,
+            rescue=rescue,
             report=report,
         )
         try:

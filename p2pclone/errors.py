@@ -118,9 +118,11 @@ class UnreadableError(SourceError):
     """A media error reading the source (EIO and the like): ``offset`` and ``length``
     are the read that failed; the sender narrows it down (disks/rescue.py)."""
 
-    def __init__(self, message: str, offset: int = 0, length: int = 0) -> None:
+    def __init__(self, message: str, offset: int = 0, length: int = 0, *, hung: bool = False):
         super().__init__(message)
         self.offset, self.length = offset, length
+        #: the read did not answer in time (``--read-timeout``): not narrowed down
+        self.hung = hung
 
 
 class TargetError(P2PCloneError):

@@ -195,10 +195,13 @@ def read_chunk(
     offset, length = index * plan.chunk_size, plan.chunk_length(index)
     try:
         return source.read(offset, length), ()
-    except UnreadableError:
+    except UnreadableError as exc:
         rescue = getattr(source, "rescue", None)
         if rescue is None:
             raise
+        if exc.hung:  # a device that does not answer: no sector-by-sector narrowing
+            free = getattr(source, "free", None) or Extents()
+            return bytes(length), free.invert(offset, offset + length).ranges
         data, bad = rescue(offset, length)
         return data, bad
 

@@ -2,7 +2,8 @@
 fail with EIO (optionally after a delay, optionally only the first N times).
 
     python tests/failing_disk.py IMAGE MOUNTPOINT [--bad START:LENGTH[:TIMES]]...
-                                 [--delay SECONDS] [--log FILE]
+                                 [--hang START:LENGTH:SECONDS]... [--delay SECONDS]
+                                 [--log FILE]
 
 serves IMAGE as MOUNTPOINT/disk (read-only, direct I/O so that every read reaches us,
 not the page cache); ``--log`` appends one line per read, "offset length ok|EIO", so a
@@ -28,7 +29,16 @@ from pathlib import Path
 NAME = "disk"
 
 
-def serve(image: str, mountpoint: str, bad: list[list[int]], delay: float, log: str) -> None:
+def serve(
+    image: str,
+    mountpoint: str,
+    bad: list[list[int]],
+    delay: float,
+    log: str,
+    hang: list[list[int]] | None = None,
+) -> None:
+    """``hang``: reads touching [start, start+length) answer only after ``seconds``
+    (a USB bridge stuck on a bad area)."""
     import mfusepy as fuse
 
     size = os.path.getsize(image)
@@ -52,6 +62,11 @@ def serve(image: str, mountpoint: str, bad: list[list[int]], delay: float, log: 
 
         def read(self, path: str, length: int, offset: int, fh: int) -> bytes:
             end = min(offset + length, size)
+            for start, n, seconds in hang or []:
+                if offset < start + n and start < end:
+                    if out:
+                        out.write(f"{offset} {length} hang\n")
+                    time.sleep(seconds)
             with lock:
                 for entry in bad:
                     start, n, times = entry
@@ -71,7 +86,11 @@ def serve(image: str, mountpoint: str, bad: list[list[int]], delay: float, log: 
 
 @contextlib.contextmanager
 def failing_disk(
-    image: Path, bad: list[tuple[int, int, int]], *, delay: float = 0.0
+    image: Path,
+    bad: list[tuple[int, int, int]],
+    *,
+    delay: float = 0.0,
+    hang: list[tuple[int, int, int]] = (),  # type: ignore[assignment]
 ) -> Iterator[tuple[Path, Path]]:
     """Serve ``image`` with ``bad`` = [(start, length, times; -1: always)] failing;
     yield (the failing file, its read log)."""
@@ -79,6 +98,7 @@ def failing_disk(
     log = where.with_suffix(".log")
     argv = [sys.executable, __file__, str(image), str(where), "--log", str(log)]
     argv += [arg for s, n, t in bad for arg in ("--bad", f"{s}:{n}:{t}")]
+    argv += [arg for s, n, t in hang for arg in ("--hang", f"{s}:{n}:{t}")]
     argv += ["--delay", str(delay)]
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
     try:
@@ -89,8 +109,13 @@ def failing_disk(
             time.sleep(0.05)
         yield where / NAME, log
     finally:
-        subprocess.run(["umount", str(where)], capture_output=True)
-        proc.wait(10)
+        # lazily: a read still hanging in the server must not keep the mount busy
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
         where.rmdir()
 
 
@@ -99,6 +124,7 @@ def main() -> None:
     ap.add_argument("image")
     ap.add_argument("mountpoint")
     ap.add_argument("--bad", action="append", default=[])
+    ap.add_argument("--hang", action="append", default=[])
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--log", default="")
     args = ap.parse_args()
@@ -106,7 +132,8 @@ def main() -> None:
     for spec in args.bad:
         start, length, *times = (int(x) for x in spec.split(":"))
         bad.append([start, length, times[0] if times else -1])
-    serve(args.image, args.mountpoint, bad, args.delay, args.log)
+    hang = [[int(x) for x in spec.split(":")] for spec in args.hang]
+    serve(args.image, args.mountpoint, bad, args.delay, args.log, hang)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from .. import mapfile
+from ..disks.rescue import RescueOptions
 from ..endpoints import is_image_url
 from ..errors import ExitCode, P2PCloneError, TransportError, UsageError
 from ..session import Done, pick_error
@@ -136,7 +137,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             wait=args.wait,
             group_report=out.member,
             exact=args.exact,
-            retries=args.retries,
+            rescue=RescueOptions(args.retries, args.read_timeout),
             report=out,
         ),
     )
@@ -172,7 +173,7 @@ def cmd_clone(args: argparse.Namespace) -> int:
             args.target,
             options=options,
             exact=args.exact,
-            retries=args.retries,
+            rescue=RescueOptions(args.retries, args.read_timeout),
             allow_mounted=args.allow_mounted,
             chunk_size=args.chunk_size,
             code=code,

@@ -89,47 +89,7 @@ def _add_receive(sub: _Subcommands) -> None:
         "passphrase (else asked); prefer the variable or the prompt: other users of this "
         "machine can see a command line",
     )
-    r.add_argument("--yes", action="store_true", help="overwrite the target without asking")
-    r.add_argument(
-        "--verify",
-        action="store_true",
-        help="after fsync, re-read the whole target and check every chunk; chunks that "
-        "read back wrong are fetched again and re-checked",
-    )
-    r.add_argument(
-        "--delta",
-        action="store_true",
-        help="hash the target first and receive only the chunks that differ",
-    )
-    r.add_argument(
-        "--mapfile",
-        metavar="FILE",
-        help="also write the outcome in GNU ddrescue's mapfile format (unreadable source "
-        "ranges as bad sectors), for ddrescuelog and ddrescueview",
-    )
-    r.add_argument(
-        "--grow",
-        action="store_true",
-        help="onto a bigger disk: extend the last partition to the end and grow its "
-        "filesystem (ext2/3/4, NTFS; XFS and btrfs: told how)",
-    )
-    r.add_argument(
-        "--discard",
-        action="store_true",
-        help="after the clone, discard (TRIM) the ranges no filesystem of the source uses: "
-        "an SSD then knows they are free",
-    )
-    r.add_argument(
-        "--fresh",
-        action="store_true",
-        help="ignore an interrupted earlier run's journal and start over",
-    )
-    r.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        help="where the resume journal lives (default: $P2PCLONE_STATE_DIR, else "
-        "/var/lib/p2pclone for root, ~/.local/state/p2pclone for others)",
-    )
+    _target_options(r)
     _common(r)
 
 
@@ -174,6 +134,8 @@ def _add_send(sub: _Subcommands) -> None:
 
 
 def _send_options(s: argparse.ArgumentParser) -> None:
+    _source_options(s)
+    _mapfile(s)
     s.add_argument(
         "--fresh",
         action="store_true",
@@ -200,26 +162,6 @@ def _send_options(s: argparse.ArgumentParser) -> None:
         "--delta",
         action="store_true",
         help="ask the receiver to hash its target and send only the chunks that differ",
-    )
-    s.add_argument(
-        "--retries",
-        type=int,
-        default=1,
-        metavar="N",
-        help="a failing source: read each sector that failed N more times (default 1; "
-        "0: never read a failed sector again in this run)",
-    )
-    s.add_argument(
-        "--mapfile",
-        metavar="FILE",
-        help="also write the outcome in GNU ddrescue's mapfile format (unreadable source "
-        "ranges as bad sectors), for ddrescuelog and ddrescueview",
-    )
-    s.add_argument(
-        "--exact",
-        action="store_true",
-        help="copy every byte, free space included (forensics); by default the blocks no "
-        "filesystem uses are neither sent nor written",
     )
     s.add_argument(
         "--allow-mounted",
@@ -255,51 +197,8 @@ def _add_clone(sub: _Subcommands) -> None:
         "--code",
         help="only with an image: its passphrase (default: $P2PCLONE_CODE, else asked)",
     )
-    c.add_argument("--yes", action="store_true", help="overwrite the target without asking")
-    c.add_argument(
-        "--verify",
-        action="store_true",
-        help="after fsync, re-read the target and check every chunk (wrong ones are copied again)",
-    )
-    c.add_argument(
-        "--delta",
-        action="store_true",
-        help="hash the target first and copy only the chunks that differ",
-    )
-    c.add_argument(
-        "--retries",
-        type=int,
-        default=1,
-        metavar="N",
-        help="a failing source: read each sector that failed N more times (default 1; "
-        "0: never read a failed sector again in this run)",
-    )
-    c.add_argument(
-        "--mapfile",
-        metavar="FILE",
-        help="also write the outcome in GNU ddrescue's mapfile format (unreadable source "
-        "ranges as bad sectors), for ddrescuelog and ddrescueview",
-    )
-    c.add_argument(
-        "--grow",
-        action="store_true",
-        help="onto a bigger disk: extend the last partition and grow its filesystem",
-    )
-    c.add_argument(
-        "--discard",
-        action="store_true",
-        help="after the copy, discard (TRIM) the ranges no filesystem uses",
-    )
-    c.add_argument(
-        "--fresh", action="store_true", help="ignore an interrupted earlier run and start over"
-    )
-    c.add_argument("--state-dir", metavar="DIR", help="where the resume journal lives")
-    c.add_argument(
-        "--exact",
-        action="store_true",
-        help="copy every byte, free space included (by default the blocks no filesystem "
-        "uses are neither read nor written)",
-    )
+    _target_options(c)
+    _source_options(c)
     c.add_argument(
         "--allow-mounted",
         action="store_true",
@@ -313,6 +212,81 @@ def _add_clone(sub: _Subcommands) -> None:
         help="chunk size, a multiple of 4K (default 1M)",
     )
     _common(c)
+
+
+def _target_options(r: argparse.ArgumentParser) -> None:
+    """What a receiving end takes (receive, clone)."""
+    r.add_argument("--yes", action="store_true", help="overwrite the target without asking")
+    r.add_argument(
+        "--verify",
+        action="store_true",
+        help="after fsync, re-read the whole target and check every chunk; chunks that "
+        "read back wrong are fetched again and re-checked",
+    )
+    r.add_argument(
+        "--delta",
+        action="store_true",
+        help="hash the target first and receive only the chunks that differ",
+    )
+    r.add_argument(
+        "--grow",
+        action="store_true",
+        help="onto a bigger disk: extend the last partition to the end and grow its "
+        "filesystem (ext2/3/4, NTFS; XFS and btrfs: told how)",
+    )
+    r.add_argument(
+        "--discard",
+        action="store_true",
+        help="after the clone, discard (TRIM) the ranges no filesystem of the source uses: "
+        "an SSD then knows they are free",
+    )
+    r.add_argument(
+        "--fresh",
+        action="store_true",
+        help="ignore an interrupted earlier run's journal and start over",
+    )
+    r.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the resume journal lives (default: $P2PCLONE_STATE_DIR, else "
+        "/var/lib/p2pclone for root, ~/.local/state/p2pclone for others)",
+    )
+    _mapfile(r)
+
+
+def _source_options(s: argparse.ArgumentParser) -> None:
+    """What a reading end takes (send, clone)."""
+    s.add_argument(
+        "--exact",
+        action="store_true",
+        help="copy every byte, free space included (forensics); by default the blocks no "
+        "filesystem uses are neither sent nor written",
+    )
+    s.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        metavar="N",
+        help="a failing source: read each sector that failed N more times (default 1; "
+        "0: never read a failed sector again in this run)",
+    )
+    s.add_argument(
+        "--read-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a failing source: give up a read that has not answered after this long and "
+        "count its range as unreadable (default 10; 0: wait forever)",
+    )
+
+
+def _mapfile(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mapfile",
+        metavar="FILE",
+        help="also write the outcome in GNU ddrescue's mapfile format (unreadable source "
+        "ranges as bad sectors), for ddrescuelog and ddrescueview",
+    )
 
 
 def _add_image(sub: _Subcommands) -> None:

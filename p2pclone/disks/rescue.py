@@ -29,6 +29,14 @@ from ..volumes.extents import Extents
 MEDIA_ERRORS = {errno.EIO, errno.ENODATA, errno.EILSEQ, errno.EREMOTEIO, errno.ETIMEDOUT}
 
 
+@dataclass(frozen=True)
+class RescueOptions:
+    """How a failing source is read (``--retries``, ``--read-timeout``)."""
+
+    retries: int = 1  # extra reads of each sector that failed
+    read_timeout: float = 10.0  # seconds before a read that does not answer is given up
+
+
 @dataclass
 class Rescued:
     """What an area gave: its readable bytes (``data``, unreadable sectors as zeros),

@@ -10,12 +10,49 @@ import contextlib
 import errno
 import os
 import stat
+import threading
+from collections.abc import Callable
 
 from ..errors import SafetyError, SourceError, UnreadableError
 from ..volumes.extents import Extents
 from .device import block_size_bytes, device_info, logical_sector_size
 from .masked import masked_read, next_used
 from .rescue import MEDIA_ERRORS, DirectReader, rescue_area
+
+
+def within(
+    timeout: float, read: Callable[[int, int], bytes], offset: int, length: int, path: str
+) -> bytes:
+    """``read(offset, length)`` in a thread of its own, given up after ``timeout``
+    seconds (some USB bridges never answer a read of a bad area).  The abandoned thread
+    stays blocked until the device answers; it is a daemon and holds nothing else.
+
+    Raises:
+        UnreadableError: the read did not answer in time (``hung``).
+    """
+    box: dict[str, object] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["data"] = read(offset, length)
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="p2pclone-read", daemon=True).start()
+    if not done.wait(timeout):
+        raise UnreadableError(
+            f"reading the source {path} between bytes {offset} and {offset + length - 1} "
+            f"did not answer within {timeout:g} s; the disk is failing",
+            offset,
+            length,
+            hung=True,
+        )
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["data"]  # type: ignore[return-value]
 
 
 class Source:
@@ -33,6 +70,8 @@ class Source:
         self.free = Extents()
         #: extra passes over a failing chunk's bad sectors (``--retries``)
         self.retries = 1
+        #: seconds a read may take before its range counts as unreadable (0: forever)
+        self.read_timeout = 0.0
 
     @classmethod
     def open(cls, path: str, *, allow_mounted: bool = False) -> Source:
@@ -101,6 +140,11 @@ class Source:
         return masked_read(self._read, self.free, offset, length)
 
     def _read(self, offset: int, length: int) -> bytes:
+        if not self.read_timeout:
+            return self._read_now(offset, length)
+        return within(self.read_timeout, self._read_now, offset, length, self.path)
+
+    def _read_now(self, offset: int, length: int) -> bytes:
         """Read exactly ``length`` bytes at ``offset``.
 
         Raises:

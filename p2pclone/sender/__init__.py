@@ -21,6 +21,7 @@ from typing import assert_never
 
 import trio
 
+from ..disks.rescue import RescueOptions
 from ..endpoints import Kind, resolve
 from ..errors import (
     IntegrityError,
@@ -82,13 +83,13 @@ async def send(
     wait: float = 60.0,
     group_report: Callable[[GroupProgress], None] | None = None,
     exact: bool = False,
-    retries: int = 1,
+    rescue: RescueOptions = RescueOptions(),  # noqa: B008 - frozen
     report: Reporter = no_report,
 ) -> Done:
     """Clone ``source_path`` to the receiver at ``url``; return the final statistics.
 
-    Only used blocks are sent (``exact``: every byte); ``retries``: extra reads of each
-    sector a failing disk could not read.  ``allow_mounted`` accepts a source mounted
+    Only used blocks are sent (``exact``: every byte); ``rescue``: how a failing disk
+    is read (retries, read timeout).  ``allow_mounted`` accepts a source mounted
     read-write; ``delta`` has the receiver hash its target first (only changes sent).
     ``source_path`` may be an image URL (file:// or smb://, opened with ``passphrase``);
     ``url`` may be one too: the clone is saved as an image encrypted with ``code``
@@ -137,7 +138,7 @@ async def send(
         passphrase=passphrase,
         password=password,
         exact=exact,
-        retries=retries,
+        rescue=rescue,
         report=report,
     )
     try:

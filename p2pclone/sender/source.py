@@ -14,6 +14,7 @@ import time
 import trio
 
 from ..disks import Source
+from ..disks.rescue import RescueOptions
 from ..endpoints import is_image_url
 from ..errors import RemoteProtocolError
 from ..image.link import clean_url
@@ -33,7 +34,7 @@ async def open_source(
     exact: bool = False,
     report: Reporter = no_report,
     free: Extents | None = None,
-    retries: int = 1,
+    rescue: RescueOptions = RescueOptions(),  # noqa: B008 - frozen
 ) -> tuple[DiskSource, int]:
     """The SOURCE opened for reading (a disk, a file, or an image URL, whose own chunk
     size then wins), and the chunk size to send it with.
@@ -50,7 +51,7 @@ async def open_source(
     source = await trio.to_thread.run_sync(
         functools.partial(Source.open, source_path, allow_mounted=allow_mounted)
     )
-    source.retries = retries
+    source.retries, source.read_timeout = rescue.retries, rescue.read_timeout
     if free is not None:
         source.free = free
     elif exact:

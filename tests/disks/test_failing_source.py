@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,35 @@ def test_a_sector_that_fails_a_few_times_then_reads(
     assert done.returncode == code, done.stderr
     if code == 0:
         assert target.read_bytes() == data
+
+
+def test_a_read_that_hangs_is_given_up_and_the_run_goes_on(tmp_path: Path) -> None:
+    """A range whose reads answer only after 10 s (a USB bridge stuck on a bad area):
+    with --read-timeout 1 its chunk counts as unreadable after a second and the clone
+    is done (its done line printed) well before the read answers; exit 7.  (The process
+    itself can only end once the stuck read returns: no process can leave a thread in
+    a device read, which is why the done line is what is timed.)  Negative control
+    (tried): with --read-timeout 0 the done line comes after the 10 s."""
+    need_fuse()
+    image = tmp_path / "disk.img"
+    data = random_file(image, 4 * MiB)
+    target = tmp_path / "t.img"
+    with failing_disk(image, [], hang=[(2 * MiB + 4096, 512, 10)]) as (disk, _log):
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "p2pclone", "clone", str(disk), str(target), "--yes",
+             "--exact", "--read-timeout", "1", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        last: dict = {}
+        for line in iter(proc.stdout.readline, b""):
+            last = json.loads(line)
+            if last.get("event") == "done":
+                break
+        took = time.monotonic() - started
+        assert proc.wait(30) == 7
+    assert last["unreadable"] == [[2 * MiB, MiB]]  # the whole chunk: not narrowed
+    assert took < 7, took
+    got = target.read_bytes()
+    assert got[: 2 * MiB] == data[: 2 * MiB] and got[3 * MiB :] == data[3 * MiB :]
