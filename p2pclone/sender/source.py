@@ -51,7 +51,7 @@ async def open_source(
     source = await trio.to_thread.run_sync(
         functools.partial(Source.open, source_path, allow_mounted=allow_mounted)
     )
-    source.retries, source.read_timeout = rescue.retries, rescue.read_timeout
+    source.retries = rescue.retries
     if free is not None:
         source.free = free
     elif exact:
@@ -63,6 +63,8 @@ async def open_source(
             source.close()
             raise
         report(mapped)
+    # Timed from here: the map's many small metadata reads go without a thread each.
+    source.read_timeout = rescue.read_timeout
     return source, chunk_size
 
 
