@@ -204,3 +204,21 @@ def test_a_read_that_hangs_is_given_up_and_the_run_goes_on(tmp_path: Path) -> No
     assert took < 7, took
     got = target.read_bytes()
     assert got[: 2 * MiB] == data[: 2 * MiB] and got[3 * MiB :] == data[3 * MiB :]
+
+
+def test_saving_an_image_of_a_failing_disk_stops_rather_than_lie(tmp_path: Path) -> None:
+    """An image has no place for unreadable ranges yet: the save stops at the first
+    one with a sentence saying what to do, instead of an image that restores with
+    exit 0 and zeros nobody mentioned."""
+    need_fuse()
+    image = tmp_path / "disk.img"
+    random_file(image, 2 * MiB)
+    env = {**os.environ, "P2PCLONE_CODE": "image-pass-phrase"}
+    with failing_disk(image, [(MiB + 4096, 512, -1)]) as (disk, _log):
+        done = subprocess.run(
+            [sys.executable, "-m", "p2pclone", "send", str(disk), f"file://{tmp_path}/d.p2pc",
+             "--exact"],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+    assert done.returncode not in (0, 7), done.stderr
+    assert "an image cannot record unreadable ranges yet" in done.stderr
