@@ -19,7 +19,7 @@ import trio
 from .. import mapfile
 from ..disks.rescue import RescueOptions
 from ..endpoints import is_image_url
-from ..errors import ExitCode, P2PCloneError, TransportError, UsageError
+from ..errors import ExitCode, P2PCloneError, TargetError, TransportError, UsageError
 from ..session import Done, pick_error
 from ..units import human_bytes
 from .output import Output
@@ -49,17 +49,19 @@ def _run(args: argparse.Namespace, out: Output, fn: Callable[[], Any]) -> int:
             out.error(err)
             return int(err.exit_code)
         raise
+    code = ExitCode.OK
+    if isinstance(done, Done) and done.unreadable:
+        out.unreadable(done)
+        code = ExitCode.UNREADABLE
+    else:
+        out(done)
     if isinstance(done, Done) and getattr(args, "mapfile", None):
         try:
             mapfile.write(args.mapfile, done.source_bytes, done.unreadable, " ".join(sys.argv))
-        except OSError as exc:
-            out.error(UsageError(f"cannot write the mapfile {args.mapfile}: {exc.strerror}"))
+        except OSError as exc:  # the clone is done; only its map could not be written
+            out.error(TargetError(f"cannot write the mapfile {args.mapfile}: {exc.strerror}"))
             return int(ExitCode.OTHER)
-    if isinstance(done, Done) and done.unreadable:
-        out.unreadable(done)
-        return int(ExitCode.UNREADABLE)
-    out(done)
-    return 0
+    return int(code)
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
