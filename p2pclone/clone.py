@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+from dataclasses import fields
 
 import trio
 
@@ -65,19 +66,9 @@ async def clone(
             report=report,
         )
     if is_image_url(source_path):
+        every = {f.name: getattr(options, f.name) for f in fields(options)}
         return await receive(
-            target_path,
-            source_path,
-            code=code,
-            verify=options.verify,
-            confirm=options.confirm,
-            state_dir=options.state_dir,
-            fresh=options.fresh,
-            delta=options.delta,
-            discard=options.discard,
-            grow=options.grow,
-            password=password,
-            report=report,
+            target_path, source_path, code=code, password=password, report=report, **every
         )
     if options.journal:
         await trio.to_thread.run_sync(check_state_dir, options.state_dir or default_state_dir())

@@ -200,8 +200,7 @@ def read_chunk(
         if rescue is None:
             raise
         if exc.hung:  # a device that does not answer: no sector-by-sector narrowing
-            free = getattr(source, "free", None) or Extents()
-            return bytes(length), free.invert(offset, offset + length).ranges
+            return bytes(length), source.free.invert(offset, offset + length).ranges
         data, bad = rescue(offset, length)
         return data, bad
 

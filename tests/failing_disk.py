@@ -119,6 +119,24 @@ def failing_disk(
         where.rmdir()
 
 
+@contextlib.contextmanager
+def as_block_device(path: Path, *, use: bool = True) -> Iterator[str]:
+    """``path`` under a read-only loop device with direct I/O (512-byte sectors): a
+    failing block device; with ``use`` false, ``path`` itself."""
+    if not use:
+        yield str(path)
+        return
+    loop = subprocess.run(
+        ["losetup", "-r", "--find", "--show", "--direct-io=on", "--sector-size", "512",
+         str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    try:
+        yield loop
+    finally:
+        subprocess.run(["losetup", "-d", loop], capture_output=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("image")

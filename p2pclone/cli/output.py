@@ -25,6 +25,7 @@ from ..session import (
     Verifying,
 )
 from ..units import human_bytes
+from ..volumes.table import SCHEME_NAMES
 
 
 class Output:
@@ -154,7 +155,7 @@ class Output:
         if m.scheme == "exact":
             self.say("Copying every byte (--exact): free space is sent too")
             return
-        table = {"gpt": "GPT", "mbr": "MBR", "none": "no partition table"}.get(m.scheme, m.scheme)
+        table = SCHEME_NAMES.get(m.scheme, m.scheme)
         self.say(
             f"Source layout: {table}; {human_bytes(m.source_bytes - m.free_bytes)} in use, "
             f"{human_bytes(m.free_bytes)} free (not sent)  [read in {m.seconds:.1f} s]"
@@ -224,15 +225,8 @@ class Output:
             now = time.monotonic()
             if now - self._last_json >= 1.0 or p.done_bytes == p.total_bytes:
                 self._last_json = now
-                self.emit(
-                    event="progress",
-                    phase=self._phase,
-                    done_bytes=p.done_bytes,
-                    total_bytes=p.total_bytes,
-                    wire_bytes=p.wire_bytes,
-                    unreadable_bytes=p.unreadable_bytes,
-                    unreadable_ranges=p.unreadable_ranges,
-                )
+                # every field of Progress, as for Done, so the line can't drift
+                self.emit(event="progress", phase=self._phase, **asdict(p))
 
     def member(self, gp: Any) -> None:
         """Multicast: one receiver's state or progress (joined, receiving, evicted,

@@ -10,6 +10,7 @@ import trio
 from ..errors import IntegrityError
 from ..pipeline import default_threads
 from ..session import Done, Progress, Reporter, Verifying, no_report
+from ..volumes.table import SCHEME_NAMES
 from . import format as fmt
 from .reader import DATA, MISSING, ImageSource, read_header, root_of
 from .urls import open_store
@@ -209,7 +210,7 @@ def _layout(src: dict[str, Any]) -> list[str]:
     """The partitions, as the sender's scan described them (none for an --exact save)."""
     if "layout" not in src:
         return []
-    table = {"gpt": "GPT", "mbr": "MBR", "none": "no partition table"}.get(src["layout"], "?")
+    table = SCHEME_NAMES.get(src["layout"], "?")
     parts = sorted((int(k[4:]), v) for k, v in src.items() if k[4:].isdigit() and k[:4] == "part")
     return [f"Layout:     {table}"] + [
         f"  {n if n else 'whole disk':>2}  {text}" for n, text in parts

@@ -60,6 +60,10 @@ MBR_TYPES = {
 }
 
 
+#: how the plan line and ``image info`` name a table's scheme
+SCHEME_NAMES = {"gpt": "GPT", "mbr": "MBR", "none": "no partition table"}
+
+
 @dataclass(frozen=True, slots=True)
 class Partition:
     number: int  # as the kernel would number it (MBR logicals from 5)

@@ -22,7 +22,7 @@ import pytest
 
 from p2pclone.volumes.extents import Extents
 from tests.conftest import MiB, random_file
-from tests.failing_disk import failing_disk
+from tests.failing_disk import as_block_device, failing_disk
 
 
 def need_fuse() -> None:
@@ -63,18 +63,8 @@ def test_unreadable_sectors_are_data_then_a_rerun_fetches_only_them(
     target = tmp_path / "target.img"
     bad = [(MiB + 3 * 4096, 4096), (4 * MiB - 1024, 2048), (6 * MiB, 40 * 512)]
     with failing_disk(image, [(s, n, -1) for s, n in bad]) as (disk, log):
-        source, loop = str(disk), ""
-        if via_loop:
-            loop = subprocess.run(
-                ["losetup", "-r", "--find", "--show", "--direct-io=on", str(disk)],
-                capture_output=True, text=True, check=True,
-            ).stdout.strip()  # fmt: skip
-            source = loop
-        try:
+        with as_block_device(disk, use=via_loop) as source:
             code, done, said = clone_json(source, target)
-        finally:
-            if loop:
-                subprocess.run(["losetup", "-d", loop], capture_output=True)
         failed = sum(1 for line in log.read_text().splitlines() if line.endswith("EIO"))
     assert code == 7, said
     assert done["event"] == "done" and done["verified"]
@@ -109,19 +99,8 @@ def test_the_sentence_names_the_first_unreadable_sector(
     random_file(image, 8 * MiB)
     bad = 5 * MiB + 3 * 4096
     with failing_disk(image, [(bad, 4096, -1)]) as (disk, log):
-        source = str(disk)
-        loop = ""
-        if via_loop:
-            loop = subprocess.run(
-                ["losetup", "-r", "--find", "--show", "--direct-io=on", str(disk)],
-                capture_output=True, text=True, check=True,
-            ).stdout.strip()  # fmt: skip
-            source = loop
-        try:
+        with as_block_device(disk, use=via_loop) as source:
             done = clone_cli(source, tmp_path / "target.img")
-        finally:
-            if loop:
-                subprocess.run(["losetup", "-d", loop], capture_output=True)
         assert done.returncode == 7, done.stderr
         assert f"the first at byte {bad}" in done.stderr  # narrowed to the failing sector
         assert " EIO" in log.read_text()  # the reads really failed on the device

@@ -4,7 +4,6 @@ ddrescue trims and scrapes: on plain functions, and on a real failing block devi
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from p2pclone.disks.rescue import DirectReader, rescue_area
 from p2pclone.volumes.extents import Extents
 from tests.conftest import MiB, random_file
 from tests.disks.test_failing_source import need_fuse
-from tests.failing_disk import failing_disk
+from tests.failing_disk import as_block_device, failing_disk
 
 S = 512
 
@@ -73,16 +72,8 @@ def test_a_real_failing_block_device(tmp_path: Path) -> None:
     data = random_file(image, 4 * MiB)
     bad = [(MiB + 3 * 4096, 4096), (MiB + 200 * S, 2 * S)]
     with failing_disk(image, [(s, n, -1) for s, n in bad]) as (path, log):
-        loop = subprocess.run(
-            ["losetup", "-r", "--find", "--show", "--direct-io=on", "--sector-size", "512",
-             str(path)],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-        try:
-            with DirectReader(loop, S) as reader:
-                got = rescue_area(reader.read, MiB, 2 * MiB, S, retries=0)
-        finally:
-            subprocess.run(["losetup", "-d", loop], capture_output=True)
+        with as_block_device(path) as loop, DirectReader(loop, S) as reader:
+            got = rescue_area(reader.read, MiB, 2 * MiB, S, retries=0)
         eio = sum(1 for line in log.read_text().splitlines() if line.endswith("EIO"))
     assert got.bad == Extents.of((s, s + n) for s, n in bad)
     assert got.failed_reads == 10  # 8 + 2 bad sectors, each read once
