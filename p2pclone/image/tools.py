@@ -213,5 +213,5 @@ def _layout(src: dict[str, Any]) -> list[str]:
     table = SCHEME_NAMES.get(src["layout"], "?")
     parts = sorted((int(k[4:]), v) for k, v in src.items() if k[4:].isdigit() and k[:4] == "part")
     return [f"Layout:     {table}"] + [
-        f"  {n if n else 'whole disk':>2}  {text}" for n, text in parts
+        f"  {n:>2}  {text}" if n else f"  {text}" for n, text in parts
     ]
