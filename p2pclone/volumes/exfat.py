@@ -28,6 +28,7 @@ class _Boot:
         self.sector = 1 << raw[108]
         self.cluster = self.sector << raw[109]
         self.fats = raw[110]
+        self.percent_in_use = raw[112]  # 0xFF: not known
 
     def check(self, size: int) -> None:
         if not 9 <= self.sector.bit_length() - 1 <= 12 or self.cluster > 1 << 25:
@@ -71,9 +72,14 @@ def _free(read: Read, boot: _Boot) -> Extents:
         raise Unsupported("no allocation bitmap covering the cluster heap")
     bitmap = b"".join(_read_chain(read, boot, fat, first, length))[:length]
     heap, c = boot.heap_offset * boot.sector, boot.cluster
-    return Extents.of(
-        (heap + a * c, heap + b * c) for a, b in bitmap_runs(bitmap, boot.clusters, value=0)
-    )
+    runs = Extents.of(bitmap_runs(bitmap, boot.clusters, value=0))
+    percent = (boot.clusters - runs.total) * 100 / max(boot.clusters, 1)
+    if boot.percent_in_use <= 100 and abs(percent - boot.percent_in_use) > 1:
+        raise Unsupported(
+            f"an allocation bitmap {percent:.0f}% in use where the boot sector says "
+            f"{boot.percent_in_use}% (run fsck.exfat)"
+        )
+    return Extents.of((heap + a * c, heap + b * c) for a, b in runs)
 
 
 def _read_chain(read: Read, boot: _Boot, fat: bytes, first: int, length: int) -> list[bytes]:

@@ -4,7 +4,8 @@ A cluster is free only when its entry is 0 in *every* copy of the FAT (copies th
 disagree are read as the union of what they use).  Everything before the first
 cluster (boot sector, reserved sectors, the FATs, the FAT12/16 root directory) and
 the sectors after the last whole cluster are used.  A volume whose "clean" bit says
-it was not unmounted cleanly is copied whole.
+it was not unmounted cleanly, or (FAT32) whose FSInfo free count disagrees with the
+FAT, is copied whole.
 """
 
 from __future__ import annotations
@@ -48,11 +49,13 @@ def _read(read: Read, size: int) -> FsMap:
     clean = {16: 0x8000, 32: 0x08000000}.get(kind)
     if clean and not all(c[1] & clean for c in copies):
         raise Unsupported("a volume not cleanly unmounted (its dirty bit is set; run fsck.vfat)")
+    merged = copies[0] if len(copies) == 1 else [any(e) for e in zip(*copies, strict=True)]
+    if kind == 32:
+        _check_fsinfo(read, bpb, bps, sum(1 for e in merged[2 : clusters + 2] if not e))
     cluster = spc * bps
     base = first_data * bps
     free: list[tuple[int, int]] = []
     run = -1
-    merged = copies[0] if len(copies) == 1 else [any(e) for e in zip(*copies, strict=True)]
     for i in range(clusters):
         is_free = not merged[i + 2]
         if is_free and run < 0:
@@ -63,6 +66,22 @@ def _read(read: Read, size: int) -> FsMap:
     if run >= 0:
         free.append((base + run * cluster, base + clusters * cluster))
     return FsMap(f"fat{kind}", Extents.of(free), fs_size=total * bps)
+
+
+def _check_fsinfo(read: Read, bpb: bytes, bps: int, free: int) -> None:
+    """FAT32's FSInfo sector keeps a free-cluster count (0xFFFFFFFF: not known); a FAT
+    that disagrees with it is doubtful (what fsck.vfat reports as a wrong free count)."""
+    sector = struct.unpack_from("<H", bpb, 48)[0]
+    if not sector or sector == 0xFFFF:
+        return
+    info = read(sector * bps, 512)
+    if info[:4] != b"RRaA" or info[484:488] != b"rrAa":
+        return
+    count = struct.unpack_from("<I", info, 488)[0]
+    if count != 0xFFFFFFFF and count != free:
+        raise Unsupported(
+            f"a FAT with {free} free clusters where FSInfo says {count} (run fsck.vfat)"
+        )
 
 
 def _entries(raw: bytes, kind: int, count: int) -> list[int] | array[int]:

@@ -6,7 +6,8 @@ sequence ("fixup") is checked and undone before it is parsed; ``$Bitmap``'s data
 are decoded and its bitmap read.  The volume is copied whole when ``$Volume`` is marked
 dirty, when ``$LogFile`` is not clean (a crash, or Windows hibernated or "fast
 startup": the log still holds changes), when ``$Bitmap`` needs an attribute list or
-is compressed or sparse, or when anything disagrees with the boot sector.  The backup
+is compressed or sparse, when anything disagrees with the boot sector, or when the
+bitmap calls free a cluster that ``$Boot``, ``$MFT`` or ``$Bitmap`` itself occupies.  The backup
 boot sector past the last cluster is never free.
 """
 
@@ -64,7 +65,15 @@ def _free(read: Read, boot: _Boot) -> Extents:
     if length * 8 < boot.clusters:
         raise Unsupported("a $Bitmap shorter than the volume")
     bitmap = b"".join(read(lcn * boot.cluster, count * boot.cluster) for lcn, count in runs)
-    bits = bitmap_runs(bitmap[:length], boot.clusters, value=0)
+    bits = Extents.of(bitmap_runs(bitmap[:length], boot.clusters, value=0))
+    # The bitmap's own counterpart of a superblock count: the clusters NTFS's own
+    # metadata sits in ($Boot, the MFT, $Bitmap) must be in use, or the map is doubtful.
+    mft, _ = _data_runs(_record(read, boot, 0), boot, "$MFT")
+    for lcn, count in [(0, 1), *mft, *runs]:
+        if bits.clip(lcn, lcn + count):
+            raise Unsupported(
+                f"a $Bitmap that calls its own metadata free (cluster {lcn}); run chkdsk"
+            )
     c = boot.cluster
     return Extents.of((a * c, b * c) for a, b in bits)
 

@@ -26,6 +26,7 @@ from p2pclone.volumes.extents import Extents
 
 from .builders import (
     MiB,
+    btrfs_used,
     dumpe2fs_used,
     make_btrfs,
     make_exfat,
@@ -165,6 +166,27 @@ def test_fat_marked_dirty_is_copied_whole(tmp_path: Path) -> None:
     assert "not cleanly unmounted" in got.whole and not got.free
 
 
+def test_fat32_whose_fsinfo_count_disagrees_is_copied_whole(tmp_path: Path) -> None:
+    """FSInfo's free-cluster count, as mtools left it, is the count the FAT gives (so the
+    check runs on real volumes); one off, fsck.vfat reports it too and the volume is
+    copied whole.  Negative control (tried): without the check the volume is mapped."""
+    need("fsck.vfat")
+    image = tmp_path / "fat.img"
+    make_fat(image, 300 * MiB, 32)
+    raw = bytearray(image.read_bytes())
+    at = int.from_bytes(raw[48:50], "little") * 512 + 488
+    count = int.from_bytes(raw[at : at + 4], "little")
+    got = fat.read_map(*reader(image))
+    cluster = raw[13] * 512
+    assert got.whole == "" and count * cluster == pytest.approx(got.free.total, abs=cluster)
+    raw[at : at + 4] = (count - 1).to_bytes(4, "little")
+    image.write_bytes(raw)
+    check = subprocess.run(["fsck.vfat", "-n", str(image)], capture_output=True, text=True)
+    assert "free cluster summary wrong" in (check.stdout + check.stderr).lower()
+    got = fat.read_map(*reader(image))
+    assert "FSInfo says" in got.whole and not got.free
+
+
 def test_swap_keeps_only_its_header(tmp_path: Path) -> None:
     need("mkswap")
     image = tmp_path / "swap.img"
@@ -261,6 +283,24 @@ def test_ntfs_with_an_unclean_log_is_copied_whole(
         assert "$LogFile" in got.whole and not got.free
 
 
+def test_ntfs_bitmap_calling_the_mft_free_is_copied_whole(tmp_path: Path) -> None:
+    """$Bitmap's bit for the MFT's first cluster cleared: a bitmap that disagrees with
+    the volume's own metadata is not trusted."""
+    image = tmp_path / "ntfs.img"
+    make_ntfs(image, 64 * MiB)
+    read, _ = reader(image)
+    boot = ntfs._Boot(read(0, 512))
+    runs, _ = ntfs._data_runs(ntfs._record(read, boot, 6), boot, "$Bitmap")
+    at = runs[0][0] * boot.cluster + boot.mft_lcn // 8
+    with open(image, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)[0]
+        f.seek(at)
+        f.write(bytes([byte & ~(1 << boot.mft_lcn % 8)]))
+    got = ntfs.read_map(*reader(image))
+    assert "calls its own metadata free" in got.whole and not got.free
+
+
 def test_exfat_free_clusters_are_free_for_partclone_too(tmp_path: Path) -> None:
     image = tmp_path / "exfat.img"
     make_exfat(image, 96 * MiB)
@@ -284,6 +324,21 @@ def test_exfat_marked_dirty_is_copied_whole(tmp_path: Path) -> None:
         f.write((flags | 0x0002).to_bytes(2, "little"))
     got = exfat.read_map(*reader(image))
     assert "not cleanly unmounted" in got.whole and not got.free
+
+
+def test_exfat_whose_percent_in_use_disagrees_is_copied_whole(tmp_path: Path) -> None:
+    """PercentInUse (outside the boot checksum, like the flags) 40 points off the
+    bitmap's count: doubtful, copied whole."""
+    image = tmp_path / "exfat.img"
+    make_exfat(image, 32 * MiB)
+    with open(image, "r+b") as f:
+        f.seek(112)
+        percent = f.read(1)[0]
+        assert percent <= 100  # the field is kept: the check runs on real volumes
+        f.seek(112)
+        f.write(bytes([(percent + 40) % 100]))
+    got = exfat.read_map(*reader(image))
+    assert "where the boot sector says" in got.whole and not got.free
 
 
 @pytest.mark.parametrize(
@@ -322,17 +377,40 @@ def test_xfs_with_a_dirty_log_is_copied_whole(tmp_path: Path) -> None:
     assert "log with changes" in got.whole and not got.free
 
 
-def test_btrfs_space_outside_its_chunks_is_free_for_partclone_too(tmp_path: Path) -> None:
-    """A chunk-level map: free is only what no chunk holds (partclone, reading the
-    extent tree, calls more free; it must never call anything of ours used free)."""
+@pytest.mark.parametrize("opts", [(), ("-O", "^skinny-metadata", "-n", "4096")])
+def test_btrfs_free_space_is_free_for_btrfs_progs_too(tmp_path: Path, opts: tuple) -> None:
+    """An extent-level map: every extent and tree block btrfs-progs lists (mapped to
+    both DUP copies) is used; the unused parts of chunks are free.  Also without skinny
+    metadata (tree blocks as EXTENT_ITEMs).  Negative control (tried): mapping only a
+    DUP chunk's first stripe leaves the second copies of the tree blocks "free"."""
     image = tmp_path / "btrfs.img"
-    make_btrfs(image, 400 * MiB)
+    make_btrfs(image, 400 * MiB, mkfs=opts)
     read, length = reader(image)
     got = btrfs.read_map(read, length)
     assert got.whole == "" and got.fs == "btrfs"
     assert map_volume(read, length).fs == "btrfs"
-    assert not wrongly_free(got.free, partclone_used("btrfs", image))
-    assert got.free.total > 100 * MiB
+    oracle = btrfs_used(image)
+    assert not wrongly_free(got.free, oracle), "blocks in use were mapped free"
+    # the first MiB, the superblocks and older generations' tree blocks are kept too
+    assert length - got.free.total <= oracle.total + 4 * MiB, (
+        length - got.free.total,
+        oracle.total,
+    )
+
+
+def test_btrfs_extents_that_disagree_with_the_superblock_are_copied_whole(
+    tmp_path: Path,
+) -> None:
+    """bytes_used one block more than the extent tree holds: doubtful, copied whole."""
+    image = tmp_path / "btrfs.img"
+    make_btrfs(image, 400 * MiB)
+    with open(image, "r+b") as f:
+        f.seek(0x10000 + 0x78)
+        used = int.from_bytes(f.read(8), "little")
+        f.seek(0x10000 + 0x78)
+        f.write((used + 4096).to_bytes(8, "little"))
+    got = btrfs.read_map(*reader(image))
+    assert "extent tree that adds up to" in got.whole and not got.free
 
 
 def test_btrfs_with_a_log_tree_to_replay_is_copied_whole(tmp_path: Path) -> None:
