@@ -3,12 +3,14 @@ fail with EIO (optionally after a delay, optionally only the first N times).
 
     python tests/failing_disk.py IMAGE MOUNTPOINT [--bad START:LENGTH[:TIMES]]...
                                  [--hang START:LENGTH:SECONDS]... [--delay SECONDS]
-                                 [--log FILE]
+                                 [--pace SECONDS] [--log FILE]
 
 serves IMAGE as MOUNTPOINT/disk (read-only, direct I/O so that every read reaches us,
-not the page cache); ``--log`` appends one line per read, "offset length ok|EIO", so a
-test can count the reads that went into a bad area.  A loop device over the file makes
-it a failing block device.  ``failing_disk(...)`` in a test starts it and unmounts it.
+not the page cache); ``--pace`` makes every good read take that long (a slow disk,
+so that a test can stop a clone half-way); ``--log`` appends one line per read,
+"offset length ok|EIO", so a test can count the reads that went into a bad area.  A
+loop device over the file makes it a failing block device.  ``failing_disk(...)`` in a
+test starts it and unmounts it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def serve(
     delay: float,
     log: str,
     hang: list[list[int]] | None = None,
+    pace: float = 0.0,
 ) -> None:
     """``hang``: reads touching [start, start+length) answer only after ``seconds``
     (a USB bridge stuck on a bad area)."""
@@ -79,6 +82,8 @@ def serve(
                         raise fuse.FuseOSError(errno.EIO)
                 if out:
                     out.write(f"{offset} {length} ok\n")
+            if pace:
+                time.sleep(pace)
             return os.pread(fd, end - offset, offset)
 
     fuse.FUSE(Disk(), mountpoint, foreground=True, ro=True, direct_io=True, allow_other=True)
@@ -91,6 +96,7 @@ def failing_disk(
     *,
     delay: float = 0.0,
     hang: list[tuple[int, int, int]] = (),  # type: ignore[assignment]
+    pace: float = 0.0,
 ) -> Iterator[tuple[Path, Path]]:
     """Serve ``image`` with ``bad`` = [(start, length, times; -1: always)] failing;
     yield (the failing file, its read log)."""
@@ -99,7 +105,7 @@ def failing_disk(
     argv = [sys.executable, __file__, str(image), str(where), "--log", str(log)]
     argv += [arg for s, n, t in bad for arg in ("--bad", f"{s}:{n}:{t}")]
     argv += [arg for s, n, t in hang for arg in ("--hang", f"{s}:{n}:{t}")]
-    argv += ["--delay", str(delay)]
+    argv += ["--delay", str(delay), "--pace", str(pace)]
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 10
@@ -144,6 +150,7 @@ def main() -> None:
     ap.add_argument("--bad", action="append", default=[])
     ap.add_argument("--hang", action="append", default=[])
     ap.add_argument("--delay", type=float, default=0.0)
+    ap.add_argument("--pace", type=float, default=0.0)
     ap.add_argument("--log", default="")
     args = ap.parse_args()
     bad = []
@@ -151,7 +158,7 @@ def main() -> None:
         start, length, *times = (int(x) for x in spec.split(":"))
         bad.append([start, length, times[0] if times else -1])
     hang = [[int(x) for x in spec.split(":")] for spec in args.hang]
-    serve(args.image, args.mountpoint, bad, args.delay, args.log, hang)
+    serve(args.image, args.mountpoint, bad, args.delay, args.log, hang, args.pace)
 
 
 if __name__ == "__main__":

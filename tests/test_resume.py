@@ -23,6 +23,7 @@ from p2pclone.receiver import receive
 from p2pclone.sender import send
 from p2pclone.session import Done, Notice, pick_error
 from tests.conftest import MiB, random_file, write_layout
+from tests.failing_disk import failing_disk
 
 
 async def run_pair(
@@ -562,3 +563,46 @@ async def test_delta_with_large_chunks(tmp_path: Path) -> None:
         out["tx"] = await send(str(source), url, code="2-c-d", chunk_size=4 * MiB)
     assert isinstance(out["tx"], Done)
     assert target.read_bytes() == source.read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_clone_on_one_machine_interrupted_then_rerun_resumes(tmp_path: Path, sig: int) -> None:
+    """`p2pclone clone SOURCE TARGET` stopped half-way (Ctrl-C, or killed outright),
+    then the same command again: it resumes from the target's journal (the chunks
+    written before are SAME, not sent again) and ends byte-identical with exit 0.
+    Ctrl-C exits 5 with one sentence, no traceback.  The source is a slow disk (a FUSE
+    file whose reads take 5 ms each), so there is a half-way to stop at.  Catches a
+    clone that does not keep or use its receiver's journal (tried: with the journal
+    turned off, same_chunks is 0)."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        pytest.skip("a slow FUSE disk needs root and /dev/fuse")
+    image = tmp_path / "s.img"
+    data = random_file(image, 64 * MiB, seed=11)
+    target = tmp_path / "t.img"
+    with failing_disk(image, [], pace=0.005) as (disk, _log):
+        argv = [sys.executable, "-m", "p2pclone", "clone", str(disk), str(target), "--yes",
+                "--exact", "--json"]  # fmt: skip
+        first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert first.stdout is not None
+        deadline, stopped_at = time.monotonic() + 60, 0
+        while time.monotonic() < deadline:
+            event = json.loads(first.stdout.readline() or '{"event": "eof"}')
+            if event["event"] == "eof":
+                break
+            if event["event"] == "progress" and event["done_bytes"] >= 16 * MiB:
+                stopped_at = event["done_bytes"]
+                first.send_signal(sig)
+                break
+        _out, err = first.communicate(timeout=30)
+        assert stopped_at, "the clone ended before it could be interrupted"
+        if sig == signal.SIGINT:
+            assert first.returncode == 5 and "interrupted" in err, err
+            assert "Traceback" not in err, err
+        assert target.read_bytes() != data
+
+        again = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    done = json.loads(again.stdout.strip().splitlines()[-1])
+    assert done["event"] == "done" and done["same_chunks"] >= 8, done
+    assert target.read_bytes() == data
