@@ -86,32 +86,65 @@ def test_the_installed_wheel_clones_and_saves_images(installed: Path, tmp_path: 
 
     # The installed package, not the checkout, is what runs.
     where = subprocess.run(
-        [str(installed.parent / "python"), "-c", "import p2pclone, p2pclone.transports; "
-         "print(p2pclone.__file__); print(p2pclone.transports.__file__)"],
-        capture_output=True, text=True, cwd=outside, env=env, check=True,
+        [
+            str(installed.parent / "python"),
+            "-c",
+            "import p2pclone, p2pclone.transports; "
+            "print(p2pclone.__file__); print(p2pclone.transports.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=outside,
+        env=env,
+        check=True,
     ).stdout
     assert str(ROOT) not in where, where
     # transports/ ships inside p2pclone: no generic top-level name is claimed.
     claimed = subprocess.run(
-        [str(installed.parent / "python"), "-c",
-         "import importlib.util; print(importlib.util.find_spec('transports'))"],
-        capture_output=True, text=True, cwd=outside, env=env, check=True,
+        [
+            str(installed.parent / "python"),
+            "-c",
+            "import importlib.util; print(importlib.util.find_spec('transports'))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=outside,
+        env=env,
+        check=True,
     ).stdout
     assert claimed.strip() == "None", claimed
 
     # A clone over loopback TCP.
     target = outside / "copy.img"
     rx = subprocess.Popen(
-        [str(installed), "receive", str(target), "tcp://127.0.0.1:0", "--code", "9-wheel-test",
-         "--json", "--yes", "--state-dir", state],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=outside, env=env,
+        [
+            str(installed),
+            "receive",
+            str(target),
+            "tcp://127.0.0.1:0",
+            "--code",
+            "9-wheel-test",
+            "--json",
+            "--yes",
+            "--state-dir",
+            state,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=outside,
+        env=env,
         stdin=subprocess.DEVNULL,
     )
     assert rx.stdout is not None
     url = json.loads(rx.stdout.readline())["url"]
     tx = subprocess.run(
         [str(installed), "send", str(source), url, "--code", "9-wheel-test"],
-        capture_output=True, text=True, cwd=outside, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=outside,
+        env=env,
+        timeout=120,
         stdin=subprocess.DEVNULL,
     )
     _, rx_err = rx.communicate(timeout=120)
@@ -124,15 +157,32 @@ def test_the_installed_wheel_clones_and_saves_images(installed: Path, tmp_path: 
     secret = "a long wheel passphrase"
     save = subprocess.run(
         [str(installed), "send", str(source), image, "--code", secret],
-        capture_output=True, text=True, cwd=outside, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=outside,
+        env=env,
+        timeout=120,
         stdin=subprocess.DEVNULL,
     )
     assert save.returncode == 0, save.stderr
     restored = outside / "restored.img"
     restore = subprocess.run(
-        [str(installed), "receive", str(restored), image, "--code", secret, "--yes",
-         "--state-dir", state],
-        capture_output=True, text=True, cwd=outside, env=env, timeout=120,
+        [
+            str(installed),
+            "receive",
+            str(restored),
+            image,
+            "--code",
+            secret,
+            "--yes",
+            "--state-dir",
+            state,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=outside,
+        env=env,
+        timeout=120,
         stdin=subprocess.DEVNULL,
     )
     assert restore.returncode == 0, restore.stderr

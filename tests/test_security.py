@@ -354,8 +354,17 @@ def test_a_strangers_error_frame_steers_neither_terminal_nor_exit_code(tmp_path:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     rx = subprocess.Popen(
-        [sys.executable, "-m", "p2pclone", "receive", str(target), f"tcp://127.0.0.1:{port}",
-         "--code", "3-one-two", "--yes"],
+        [
+            sys.executable,
+            "-m",
+            "p2pclone",
+            "receive",
+            str(target),
+            f"tcp://127.0.0.1:{port}",
+            "--code",
+            "3-one-two",
+            "--yes",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -139,7 +139,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             wait=args.wait,
             group_report=out.member,
             exact=args.exact,
-            rescue=RescueOptions(args.retries, args.read_timeout),
+            rescue=RescueOptions(args.retries, args.read_timeout, args.scrape),
             report=out,
         ),
     )
@@ -175,7 +175,7 @@ def cmd_clone(args: argparse.Namespace) -> int:
             args.target,
             options=options,
             exact=args.exact,
-            rescue=RescueOptions(args.retries, args.read_timeout),
+            rescue=RescueOptions(args.retries, args.read_timeout, args.scrape),
             allow_mounted=args.allow_mounted,
             chunk_size=args.chunk_size,
             code=code,

@@ -267,8 +267,16 @@ def _source_options(s: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="a failing source: read each sector that failed N more times (default 1; "
-        "0: never read a failed sector again in this run)",
+        help="a failing source: trim each bad stretch N more times from both ends, "
+        "reading its first and last failed sectors again (default 1; 0: never read a "
+        "failed sector again in this run)",
+    )
+    s.add_argument(
+        "--scrape",
+        action="store_true",
+        help="a failing source: also read every sector between a bad stretch's trimmed "
+        "ends, once each (GNU ddrescue's scraping; slow on a long bad stretch); by "
+        "default they count as unreadable unread, as after ddrescue -n",
     )
     s.add_argument(
         "--read-timeout",

@@ -5,14 +5,20 @@ finds out what still reads, touching the bad part as little as possible:
 
 1. **trim** from the front, one sector at a time, up to the first sector that fails;
 2. **trim** from the back, one sector at a time, down to the last one that fails;
-3. **scrape** the sectors between the two, each read once;
-4. **retry** the sectors that failed, ``retries`` times each (0: never read a failed
-   sector again in this run).
+3. **scrape** (only when asked: ``--scrape``) the sectors between the two, each read
+   once.  Without it the area between the two failed sectors is not read at all, and
+   counts as unreadable, as after GNU ddrescue's ``-n`` (no-scrape): a long bad
+   stretch costs two failed reads, not one per sector;
+4. **retry** (``retries`` passes): each bad stretch is trimmed again from both ends
+   (its first and last failed sectors read once more, and onwards while they read),
+   and with ``scrape`` every failed sector between them too.
 
-Every read is one logical sector, through :class:`DirectReader` (``O_DIRECT``, an
-aligned buffer), so the kernel's read-ahead cannot turn one request into many failed
-ones.  The area function takes any ``read(offset, length)`` that raises ``OSError`` on a
-media error, so it is tested on a real failing device and on plain functions alike.
+A sector that failed before in this run (``known_bad``) is never read again except by
+a retry pass.  Every read is one logical sector, through :class:`DirectReader`
+(``O_DIRECT``, an aligned buffer), so the kernel's read-ahead cannot turn one request
+into many failed ones.  The area function takes any ``read(offset, length)`` that
+raises ``OSError`` on a media error, so it is tested on a real failing device and on
+plain functions alike.
 """
 
 from __future__ import annotations
@@ -31,42 +37,55 @@ MEDIA_ERRORS = {errno.EIO, errno.ENODATA, errno.EILSEQ, errno.EREMOTEIO, errno.E
 
 @dataclass(frozen=True)
 class RescueOptions:
-    """How a failing source is read (``--retries``, ``--read-timeout``)."""
+    """How a failing source is read (``--retries``, ``--scrape``, ``--read-timeout``)."""
 
-    retries: int = 1  # extra reads of each sector that failed
+    retries: int = 1  # extra passes over each bad stretch (its ends read again)
     read_timeout: float = 10.0  # seconds before a read that does not answer is given up
+    scrape: bool = False  # also read every sector between a stretch's trimmed ends
 
 
 @dataclass
 class Rescued:
     """What an area gave: its readable bytes (``data``, unreadable sectors as zeros),
-    the unreadable sectors, and how many reads failed doing it."""
+    the unreadable sectors (failed, or between two failed ones and not read), the
+    sectors whose read failed, and how many reads failed doing it."""
 
     start: int
     data: bytearray
     bad: Extents = field(default_factory=Extents)
+    failed: Extents = field(default_factory=Extents)
     failed_reads: int = 0
 
 
 def rescue_area(
-    read: Callable[[int, int], bytes], start: int, end: int, sector: int, *, retries: int = 1
+    read: Callable[[int, int], bytes],
+    start: int,
+    end: int,
+    sector: int,
+    *,
+    retries: int = 1,
+    scrape: bool = False,
+    known_bad: Extents = Extents(),  # noqa: B008 - frozen
 ) -> Rescued:
     """Narrow down ``[start, end)`` (whole sectors) to its unreadable sectors."""
     if start % sector or end % sector:
         raise ValueError("an area is rescued in whole sectors")
     out = Rescued(start, bytearray(end - start))
     state: dict[int, bool] = {}  # sector offset -> read it (True) / failed (False)
+    for a, b in known_bad.clip(start, end):
+        for pos in range(a - a % sector, b, sector):
+            state[pos] = False
 
-    def attempt(pos: int) -> bool:
+    def attempt(pos: int, again: bool = False) -> bool:
+        if pos in state and not again:
+            return state[pos]
         try:
             data = read(pos, sector)
         except OSError as exc:
             if exc.errno not in MEDIA_ERRORS:
                 raise
-            out.failed_reads += 1
-            state[pos] = False
-            return False
-        if len(data) != sector:  # short: the medium stopped there
+            data = b""
+        if len(data) != sector:  # failed, or short: the medium stopped there
             out.failed_reads += 1
             state[pos] = False
             return False
@@ -74,19 +93,46 @@ def rescue_area(
         state[pos] = True
         return True
 
-    front = start
-    while front < end and attempt(front):  # 1. trim from the front
-        front += sector
-    back = end - sector
-    while back > front and attempt(back):  # 2. trim from the back
-        back -= sector
-    for pos in range(front + sector, back, sector):  # 3. scrape the middle once
-        attempt(pos)
-    for _ in range(retries):  # 4. the failed sectors again
-        for pos in [p for p, ok in state.items() if not ok]:
-            attempt(pos)
-    out.bad = Extents.of((p, p + sector) for p, ok in state.items() if not ok)
+    def trim(first: int, last: int, again: bool) -> None:
+        """Read forwards from ``first`` and backwards from ``last`` (sector offsets)
+        while the sectors read; ``again``: the failed ends are read once more."""
+        front = first
+        while front <= last and attempt(front, again):
+            front += sector
+        back = last
+        while back > front and attempt(back, again):
+            back -= sector
+        if scrape:
+            for pos in range(front + sector, back, sector):
+                attempt(pos, again)
+
+    trim(start, end - sector, again=False)
+    for _ in range(retries):
+        for a, b in _stretches(state, start, end, sector).ranges:
+            trim(a, b - sector, again=True)
+    out.bad = _stretches(state, start, end, sector)
+    out.failed = Extents.of((p, p + sector) for p, ok in state.items() if not ok)
     return out
+
+
+def _stretches(state: dict[int, bool], start: int, end: int, sector: int) -> Extents:
+    """The unreadable stretches: from each failed sector to the last failed sector
+    before the next one that read (the sectors between, never read, included)."""
+    out: list[tuple[int, int]] = []
+    begin = -1
+    last_failed = -1
+    for pos in range(start, end, sector):
+        ok = state.get(pos)
+        if ok is False:
+            if begin < 0:
+                begin = pos
+            last_failed = pos
+        elif ok is True and begin >= 0:
+            out.append((begin, last_failed + sector))
+            begin = -1
+    if begin >= 0:
+        out.append((begin, last_failed + sector))
+    return Extents.of(out)
 
 
 class DirectReader:

@@ -17,7 +17,7 @@ from ..errors import SafetyError, SourceError, UnreadableError
 from ..volumes.extents import Extents
 from .device import block_size_bytes, device_info, logical_sector_size
 from .masked import masked_read, next_used
-from .rescue import MEDIA_ERRORS, DirectReader, rescue_area
+from .rescue import MEDIA_ERRORS, DirectReader, RescueOptions, rescue_area
 
 
 def within(
@@ -68,8 +68,12 @@ class Source:
         #: ranges no filesystem uses (set by the sender from the used map): read as
         #: zeros without touching the disk
         self.free = Extents()
-        #: extra passes over a failing chunk's bad sectors (``--retries``)
-        self.retries = 1
+        #: how a failing area is narrowed down (``--retries``, ``--scrape``)
+        self.rescue_options = RescueOptions()
+        #: sectors whose read failed in this run: not read again (but by a retry pass)
+        self.failed = Extents()
+        self.failed_reads = 0
+        self._rescuing = threading.Lock()  # one area at a time: a failing disk is slow
         #: seconds a read may take before its range counts as unreadable (0: forever)
         self.read_timeout = 0.0
 
@@ -140,6 +144,18 @@ class Source:
         return masked_read(self._read, self.free, offset, length)
 
     def _read(self, offset: int, length: int) -> bytes:
+        if self._rescuing.locked():  # an area is being narrowed down: its outcome first
+            with self._rescuing:
+                pass
+        if self.failed and self.failed.clip(offset - 512, offset + length):
+            # Skip ahead: the area is known to fail (or the stretch just before it
+            # did); rescue() reads it a sector at a time instead of failing here first.
+            raise UnreadableError(
+                f"reading the source {self.path} between bytes {offset} and "
+                f"{offset + length - 1} was not tried: the area is failing",
+                offset,
+                length,
+            )
         if not self.read_timeout:
             return self._read_now(offset, length)
         return within(self.read_timeout, self._read_now, offset, length, self.path)
@@ -179,21 +195,27 @@ class Source:
     def rescue(self, offset: int, length: int) -> tuple[bytes, tuple[tuple[int, int], ...]]:
         """``[offset, offset+length)``, which failed to read, narrowed down to its
         unreadable sectors (disks/rescue.py): its bytes, zeros where unreadable, and
-        those ranges.  Free ranges stay zeros and are not read."""
+        those ranges.  Only the used ranges are read (what no filesystem uses is never
+        "unreadable": it was never needed); a sector that failed before in this run
+        is not read again, except by a retry pass."""
         sector = self.info.get("sector", 512)
         sector = sector if isinstance(sector, int) and sector > 0 else 512
-        start, end = offset - offset % sector, -(-(offset + length) // sector) * sector
-        with DirectReader(self.path, sector) as reader:
-            got = rescue_area(reader.read, start, min(end, self.size), sector, retries=self.retries)
-        read = bytes(got.data[offset - start : offset - start + length])
-        data = masked_read(
-            lambda o, n: read[o - offset : o - offset + n], self.free, offset, length
-        )
-        # what no filesystem uses is never "unreadable": it was never needed
-        bad = Extents.of(
-            r for a, b in got.bad.clip(offset, offset + length) for r in self.free.invert(a, b)
-        )
-        return data, bad.ranges
+        out = bytearray(length)
+        bad: list[tuple[int, int]] = []
+        with self._rescuing, DirectReader(self.path, sector) as reader:
+            for a, b in self.free.invert(offset, offset + length):
+                start, end = a - a % sector, min(-(-b // sector) * sector, self.size)
+                got = rescue_area(
+                    reader.read, start, end, sector,
+                    retries=self.rescue_options.retries,
+                    scrape=self.rescue_options.scrape,
+                    known_bad=self.failed,
+                )  # fmt: skip
+                self.failed = self.failed.union(got.failed)
+                self.failed_reads += got.failed_reads
+                out[a - offset : b - offset] = got.data[a - start : b - start]
+                bad += got.bad.clip(a, b)
+        return bytes(out), Extents.of(bad).ranges
 
     def _first_unreadable(self, offset: int, length: int) -> int:
         """The first byte of [offset, offset+length) that does not read (to a 512-byte

@@ -51,7 +51,7 @@ async def open_source(
     source = await trio.to_thread.run_sync(
         functools.partial(Source.open, source_path, allow_mounted=allow_mounted)
     )
-    source.retries = rescue.retries
+    source.rescue_options = rescue
     if free is not None:
         source.free = free
     elif exact:

@@ -35,9 +35,29 @@ def disk(size: int, bad: set[int], once: set[int] = frozenset()):
     return read, data, reads
 
 
-def test_trims_both_ends_and_scrapes_the_middle_once() -> None:
+def test_trims_both_ends_and_leaves_the_middle_unread() -> None:
+    """Without --scrape (as ddrescue -n): the first and last bad sectors are found by
+    reading towards them one sector at a time; what lies between is not read and counts
+    as unreadable; two failed reads, however long the stretch."""
     read, data, reads = disk(64 * S, bad={10, 11, 20, 40})
     got = rescue_area(read, 0, 64 * S, S, retries=0)
+    assert got.bad == Extents(((10 * S, 41 * S),))
+    assert got.failed_reads == 2 and got.failed == Extents(((10 * S, 11 * S), (40 * S, 41 * S)))
+    assert len(reads) == 10 + 1 + 23 + 1  # the good sectors at both ends, each once
+    for k in [*range(10), *range(41, 64)]:
+        assert bytes(got.data[k * S : (k + 1) * S]) == data[k * S : (k + 1) * S]
+    assert bytes(got.data[10 * S : 41 * S]) == bytes(31 * S)
+
+
+def test_a_long_stretch_costs_two_failed_reads() -> None:
+    read, _data, _reads = disk(4096 * S, bad=set(range(100, 4000)))
+    got = rescue_area(read, 0, 4096 * S, S, retries=0)
+    assert got.bad == Extents(((100 * S, 4000 * S),)) and got.failed_reads == 2
+
+
+def test_scrape_reads_the_middle_once() -> None:
+    read, data, reads = disk(64 * S, bad={10, 11, 20, 40})
+    got = rescue_area(read, 0, 64 * S, S, retries=0, scrape=True)
     assert got.bad == Extents.of((k * S, (k + 1) * S) for k in (10, 11, 20, 40))
     assert got.failed_reads == 4  # each bad sector read exactly once
     assert len(reads) == 64  # and every sector exactly once
@@ -46,12 +66,31 @@ def test_trims_both_ends_and_scrapes_the_middle_once() -> None:
         assert piece == (bytes(S) if k in (10, 11, 20, 40) else data[k * S : (k + 1) * S])
 
 
+def test_a_sector_that_failed_before_in_this_run_is_not_read_again() -> None:
+    """``known_bad`` (what failed earlier in the run, e.g. the chunk before) is not
+    read again, except by a retry pass."""
+    read, _data, reads = disk(16 * S, bad={0, 1, 2})
+    got = rescue_area(read, 0, 16 * S, S, retries=0, known_bad=Extents(((0, 2 * S),)))
+    assert got.bad == Extents(((0, 3 * S),)) and 0 not in reads and S not in reads
+    assert got.failed_reads == 1  # sector 2, found by trimming from the back
+
+
 def test_a_sector_that_fails_once_is_recovered_by_a_retry_only() -> None:
     read, data, _ = disk(16 * S, bad=set(), once={5})
     assert rescue_area(read, 0, 16 * S, S, retries=0).bad == Extents(((5 * S, 6 * S),))
     read, data, _ = disk(16 * S, bad=set(), once={5})
     got = rescue_area(read, 0, 16 * S, S, retries=1)
     assert not got.bad and bytes(got.data) == data[: 16 * S]
+
+
+def test_a_retry_trims_a_stretch_that_shrank() -> None:
+    """Sectors 4..9 bad, of which 4 and 9 (the ends) read on a second try: the retry
+    pass trims the stretch down to 5..8."""
+    read, data, _ = disk(16 * S, bad={5, 6, 7, 8}, once={4, 9})
+    got = rescue_area(read, 0, 16 * S, S, retries=1)
+    assert got.bad == Extents(((5 * S, 9 * S),))
+    assert bytes(got.data[4 * S : 5 * S]) == data[4 * S : 5 * S]
+    assert bytes(got.data[9 * S : 10 * S]) == data[9 * S : 10 * S]
 
 
 def test_other_errors_are_not_taken_for_bad_sectors() -> None:
@@ -73,7 +112,7 @@ def test_a_real_failing_block_device(tmp_path: Path) -> None:
     bad = [(MiB + 3 * 4096, 4096), (MiB + 200 * S, 2 * S)]
     with failing_disk(image, [(s, n, -1) for s, n in bad]) as (path, log):
         with as_block_device(path) as loop, DirectReader(loop, S) as reader:
-            got = rescue_area(reader.read, MiB, 2 * MiB, S, retries=0)
+            got = rescue_area(reader.read, MiB, 2 * MiB, S, retries=0, scrape=True)
         eio = sum(1 for line in log.read_text().splitlines() if line.endswith("EIO"))
     assert got.bad == Extents.of((s, s + n) for s, n in bad)
     assert got.failed_reads == 10  # 8 + 2 bad sectors, each read once
