@@ -194,7 +194,7 @@ def read_chunk(
     where the source can do that."""
     offset, length = index * plan.chunk_size, plan.chunk_length(index)
     try:
-        return source.read(offset, length), ()
+        data = source.read(offset, length)
     except UnreadableError as exc:
         rescue = getattr(source, "rescue", None)
         if rescue is None:
@@ -203,6 +203,9 @@ def read_chunk(
             return bytes(length), source.free.invert(offset, offset + length).ranges
         data, bad = rescue(offset, length)
         return data, bad
+    # An image of a failing disk knows which ranges its source could not read.
+    known = getattr(source, "unreadable", None)
+    return data, known.clip(offset, offset + length).ranges if known else ()
 
 
 def decode_body(

@@ -104,6 +104,8 @@ class Done:
     # [offset, length] of each source range that could not be read (zeros on the
     # target), sorted and merged; not empty: the run ends with exit 7
     unreadable: list[list[int]] = field(default_factory=list)
+    # where those ranges are: "partition 2 (ext4)", … (units.partitions_hit)
+    unreadable_in: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,7 @@ def _run(args: argparse.Namespace, out: Output, fn: Callable[[], Any]) -> int:
         raise
     code = ExitCode.OK
     if isinstance(done, Done) and done.unreadable:
-        out.unreadable(done)
+        out.unreadable(done, _origin(args))
         code = ExitCode.UNREADABLE
     else:
         out(done)
@@ -62,6 +62,20 @@ def _run(args: argparse.Namespace, out: Output, fn: Callable[[], Any]) -> int:
             out.error(TargetError(f"cannot write the mapfile {args.mapfile}: {exc.strerror}"))
             return int(ExitCode.OTHER)
     return int(code)
+
+
+def _origin(args: argparse.Namespace) -> str:
+    """Where a run's unreadable ranges come from, for its sentence: an image that
+    recorded them ("image"), a save of a failing disk into one ("save"), or the disk."""
+    source = getattr(args, "source", None) or ""
+    target = getattr(args, "target", None) or ""
+    if args.command == "image" or is_image_url(source):
+        return "image"
+    if args.command == "receive" and is_image_url(args.url):
+        return "image"
+    if is_image_url(target) or (args.command == "send" and is_image_url(args.url or "")):
+        return "save"
+    return "disk"
 
 
 def cmd_receive(args: argparse.Namespace) -> int:

@@ -120,18 +120,40 @@ class Output:
             case _:
                 assert_never(event)
 
-    def unreadable(self, done: Done) -> None:
+    def unreadable(self, done: Done, origin: str = "disk") -> None:
         """The done line of a clone that is complete except for unreadable source
-        ranges, and the sentence saying so (exit 7)."""
+        ranges, and the sentence saying so (exit 7).  ``origin``: "disk" (read from the
+        failing disk now), "save" (an image saved from it) or "image" (restored from
+        an image that recorded them)."""
         ranges = done.unreadable
-        total = sum(n for _o, n in ranges)
-        sentence = (
-            f"the clone is complete except for {human_bytes(total, small='bytes')} the source "
-            f"could not read, in {len(ranges)} range{'s' if len(ranges) > 1 else ''} "
-            f"(the first at byte {ranges[0][0]}), written as zeros: run the same commands "
-            "again to retry only those (after letting the disk cool, reseating it, or on "
-            "another adapter)"
+        total = human_bytes(sum(n for _o, n in ranges), small="bytes")
+        where = (
+            f"{len(ranges)} range{'s' if len(ranges) > 1 else ''} (the first at byte "
+            f"{ranges[0][0]}"
+            + (f"; in {_and(done.unreadable_in)}" if done.unreadable_in else "")
+            + ")"
         )
+        again = (
+            "run the same commands again to retry only those (after letting the disk "
+            "cool, reseating it, or on another adapter)"
+        )
+        if origin == "image":
+            sentence = (
+                f"the copy is complete except for {total} the image's source disk could "
+                f"not read when it was saved, in {where}, written as zeros: the image "
+                "cannot give them back; clone the disk itself again if it still exists"
+            )
+        elif origin == "save":
+            sentence = (
+                f"the image is complete except for {total} the source could not read, "
+                f"in {where}, stored as zeros and listed in the image (a restore says "
+                f"so too): {again}"
+            )
+        else:
+            sentence = (
+                f"the clone is complete except for {total} the source could not read, "
+                f"in {where}, written as zeros: {again}"
+            )
         if self.json_mode:
             self.emit(event="notice", message=sentence)
             self(done)
@@ -269,3 +291,8 @@ class Output:
         if self.json_mode:
             self.emit(event="error", code=exc.code, message=exc.message)
         print(f"p2pclone: error: {printable(exc.message)}", file=sys.stderr, flush=True)
+
+
+def _and(items: list[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else items[0]

@@ -39,6 +39,7 @@ import datetime as dt
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -351,18 +352,23 @@ class Codec:
         nonce = os.urandom(NONCE_SIZE)
         return head + nonce + self.keys.digest_aead.encrypt(nonce, b"", self._aad(head))
 
-    def index(self, offsets: list[int], hashes: bytes, root: bytes) -> bytes:
-        body = zlib.compress(
-            msgpack.packb(
-                {
-                    "offsets": struct.pack(f"<{len(offsets)}Q", *offsets),
-                    "hashes": hashes,
-                    "root": root,
-                },
-                use_bin_type=True,
-            ),
-            1,
-        )
+    def index(
+        self,
+        offsets: list[int],
+        hashes: bytes,
+        root: bytes,
+        unreadable: Sequence[tuple[int, int]] = (),
+    ) -> bytes:
+        """The INDEX record; ``unreadable``: the source's ``(offset, length)`` ranges
+        that could not be read (zeros in the records), at most one per chunk."""
+        table: dict[str, Any] = {
+            "offsets": struct.pack(f"<{len(offsets)}Q", *offsets),
+            "hashes": hashes,
+            "root": root,
+        }
+        if unreadable:
+            table["unreadable"] = b"".join(struct.pack("<QQ", o, n) for o, n in unreadable)
+        body = zlib.compress(msgpack.packb(table, use_bin_type=True), 1)
         if self.keys is None:
             head = _pack_head(INDEX, RAW, False, 0, len(offsets), 0, HASH_SIZE + len(body))
             return head + blake3.blake3(body).digest() + body
@@ -410,8 +416,11 @@ class Codec:
             raise IntegrityError("record failed its seal") from None
         return digest, payload
 
-    def open_index(self, head: RecordHead, body: bytes) -> tuple[list[int], bytes, bytes]:
-        """(offsets, hashes, root) of an INDEX record; IntegrityError if damaged."""
+    def open_index(
+        self, head: RecordHead, body: bytes
+    ) -> tuple[list[int], bytes, bytes, list[tuple[int, int]]]:
+        """(offsets, hashes, root, unreadable ranges) of an INDEX record;
+        IntegrityError if damaged."""
         try:
             if self.keys is None:
                 if blake3.blake3(body[HASH_SIZE:]).digest() != body[:HASH_SIZE]:
@@ -431,16 +440,32 @@ class Codec:
             m = msgpack.unpackb(table, raw=False)
             offsets = list(struct.unpack(f"<{head.count}Q", m["offsets"]))
             hashes, root = bytes(m["hashes"]), bytes(m["root"])
+            packed_bad = bytes(m.get("unreadable", b""))
+            flat = struct.unpack(f"<{len(packed_bad) // 8}Q", packed_bad)
         except (InvalidTag, zlib.error, ValueError, KeyError, TypeError, struct.error):
             raise IntegrityError("index failed its checksum") from None
         if len(hashes) != HASH_SIZE * head.count:
             raise IntegrityError("index failed its checksum")
-        return offsets, hashes, root
+        unreadable = list(zip(flat[::2], flat[1::2], strict=True))
+        if len(unreadable) > head.count or not _apart(unreadable, self.header.source_size):
+            raise IntegrityError("index lists unreadable ranges that do not fit the source")
+        return offsets, hashes, root, unreadable
+
+
+def _apart(ranges: list[tuple[int, int]], size: int) -> bool:
+    """Sorted, non-empty, apart, inside ``[0, size)``."""
+    end = -1
+    for offset, length in ranges:
+        if length <= 0 or offset <= end or offset + length > size:
+            return False
+        end = offset + length
+    return True
 
 
 def index_table_limit(count: int) -> int:
-    """The most bytes the msgpack table of an INDEX of ``count`` chunks can take."""
-    return (8 + HASH_SIZE) * count + 256
+    """The most bytes the msgpack table of an INDEX of ``count`` chunks can take (an
+    offset, a digest and at most one unreadable range per chunk)."""
+    return (8 + HASH_SIZE + 16) * count + 256
 
 
 def index_record_limit(count: int) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import blake3
 
@@ -112,9 +112,14 @@ def _open_checked(
     return decode_chunk(chunk, plan)
 
 
-def read_index(store: Store, codec: fmt.Codec) -> tuple[list[int], bytes, bytes, int] | None:
-    """(offsets, hashes, root, offset of the INDEX record) from an intact footer and
-    index, or None when the image has none (an interrupted save, or damage)."""
+#: What an intact INDEX says: offsets, hashes, root, unreadable ranges, where it is.
+IndexTable = tuple[list[int], bytes, bytes, list[tuple[int, int]], int]
+
+
+def read_index(store: Store, codec: fmt.Codec) -> IndexTable | None:
+    """(offsets, hashes, root, unreadable ranges, offset of the INDEX record) from an
+    intact footer and index, or None when the image has none (an interrupted save, or
+    damage)."""
     size = store.size()
     if size < fmt.FOOTER_SIZE:
         return None
@@ -132,10 +137,10 @@ def read_index(store: Store, codec: fmt.Codec) -> tuple[list[int], bytes, bytes,
     if head.count != codec.header.chunk_count:
         return None
     try:
-        offsets, hashes, root = codec.open_index(head, raw[fmt.RECORD_HEADER_SIZE :])
+        offsets, hashes, root, unreadable = codec.open_index(head, raw[fmt.RECORD_HEADER_SIZE :])
     except IntegrityError:
         return None
-    return offsets, hashes, root, at
+    return offsets, hashes, root, unreadable, at
 
 
 @dataclass
@@ -146,6 +151,8 @@ class Index:
     hashes: bytearray
     root: bytes | None  # None when rebuilt by a scan (no intact index)
     kinds: bytearray
+    #: source ranges its disk could not read (zeros in the records), from the index
+    unreadable: Extents = field(default_factory=Extents)
 
 
 class ImageSource:
@@ -240,14 +247,15 @@ class ImageSource:
         n = self.header.chunk_count
         found = read_index(self.store, self.codec)
         if found is not None:
-            offsets, hashes, root, _ = found
+            offsets, hashes, root, unreadable, _ = found
             kinds = bytearray(n)
             for i in range(n):
                 if offsets[i]:
                     digest = hashes[HASH_SIZE * i : HASH_SIZE * (i + 1)]
                     zero = digest == zero_digest(self.header.chunk_length(i))
                     kinds[i] = ZEROS if zero else DATA
-            return Index(array("Q", offsets), bytearray(hashes), root, kinds)
+            bad = Extents.of((o, o + k) for o, k in unreadable)
+            return Index(array("Q", offsets), bytearray(hashes), root, kinds, bad)
         if not scan:
             # A scan finds, for each chunk, its last record *in what is left*: in a
             # file cut back before a re-save's last records, an older save's chunk.
@@ -281,6 +289,11 @@ class ImageSource:
             "its own hash, but not against the saved root hash, so some may be from an "
             "older save; check the result before you trust it"
         )
+
+    @property
+    def unreadable(self) -> Extents:
+        """The ranges of the source its disk could not read when the image was saved."""
+        return self.index.unreadable
 
     def digest(self, index: int) -> bytes:
         return bytes(self.index.hashes[HASH_SIZE * index : HASH_SIZE * (index + 1)])
@@ -369,11 +382,13 @@ class ImageSource:
     def encode(self, plan: Plan, index: int, have: bytes | None) -> Encoded:
         """What to send for chunk ``index``: its stored payload as it is, when it can be
         (not when a smaller target cut the source off inside it: then it is masked)."""
-        if self.free is not self.stored_free:
-            start = index * self.chunk_size
-            end = start + self.header.chunk_length(index)
-            if self.free.clip(start, end) != self.stored_free.clip(start, end):
-                return encode_chunk(self, plan, index, have)
+        start = index * self.chunk_size
+        end = start + self.header.chunk_length(index)
+        masked = self.free is not self.stored_free and (
+            self.free.clip(start, end) != self.stored_free.clip(start, end)
+        )
+        if masked or self.unreadable.clip(start, end):  # unreadable: named (read_chunk)
+            return encode_chunk(self, plan, index, have)
         digest = self.digest(index)
         if self.index.kinds[index] == ZEROS:
             return Encoded(index, same=have) if have == digest else Encoded(index, zero=True)

@@ -27,7 +27,6 @@ from ..errors import (
     P2PCloneError,
     RemoteProtocolError,
     SafetyError,
-    SourceError,
     UsageError,
 )
 from ..pipeline import chunk_span
@@ -48,6 +47,7 @@ from ..protocol import (
 from ..protocol.connection import zero_digest
 from ..protocol.freemap import encode_free, fit_free
 from ..session import Channel, HaveReport, pair, pick_error
+from ..units import merged
 from . import format as fmt
 from .reader import read_header, read_index, scan_records
 from .store import Store
@@ -167,7 +167,7 @@ class Recorder:
             if found is not None:
                 # A complete image: its index says where everything is.  New records go
                 # where the old index was (a new one follows them).
-                offsets, hashes, _, end = found
+                offsets, hashes, _, _, end = found
                 known = {
                     i: (offsets[i], hashes[HASH_SIZE * i : HASH_SIZE * (i + 1)])
                     for i in range(plan.chunk_count)
@@ -204,6 +204,17 @@ FREE_MAP_LIMIT = 512 * 1024
 
 def _free_map(plan: Plan) -> bytes:
     return encode_free(fit_free(plan.free, FREE_MAP_LIMIT))
+
+
+def fit_ranges(ranges: list[list[int]], most: int) -> list[tuple[int, int]]:
+    """``(offset, length)`` ranges, at most ``most`` of them: past that, the closest
+    neighbours are joined (what lies between counts as unreadable too: the index never
+    claims a byte was read that was not)."""
+    spans = [(o, o + n) for o, n in ranges]
+    while len(spans) > most:
+        k = min(range(len(spans) - 1), key=lambda i: spans[i + 1][0] - spans[i][1])
+        spans[k : k + 2] = [(spans[k][0], spans[k + 1][1])]
+    return [(a, b - a) for a, b in spans]
 
 
 def _reportable(exc: BaseException, who: str) -> BaseException:
@@ -252,6 +263,9 @@ class _Writing:
         self.unsynced = 0
         self.have: HaveReport | None = None
         self.lost: list[int] = []  # chunks the sender could not provide (LOST)
+        #: chunk -> the source ranges in it its disk could not read (this run's: a
+        #: chunk with any is always sent whole, never as SAME)
+        self.unreadable: dict[int, tuple[tuple[int, int], ...]] = {}
 
     async def run(self, channel: Channel) -> End:
         send, recv = trio.open_memory_channel[list[Job] | None](1)
@@ -281,6 +295,8 @@ class _Writing:
                 case Chunk():
                     self._chunk(event)
                 case Zero():
+                    for i in range(event.index, event.index + event.count):
+                        self.unreadable.pop(i, None)
                     self._place(event.index, event.count, None)
                     zero: list[bytes | memoryview] = [self.codec.zero(event.index, event.count)]
                     self._add(len(zero[0]), functools.partial(list, zero))
@@ -297,12 +313,12 @@ class _Writing:
                 await out.send(buf)
 
     def _chunk(self, event: Chunk) -> None:
-        if event.unreadable:  # the image format has no place for them yet
-            raise SourceError(
-                f"the source could not be read at byte {event.unreadable[0][0]} (the disk "
-                "is failing): an image cannot record unreadable ranges yet; clone the disk "
-                "first (`p2pclone clone`, or over tcp://) and save the copy"
-            )
+        # The source's unreadable ranges in this chunk (zeros in its record) go into
+        # the index, so a restore says so (exit 7); a chunk sent again replaces them.
+        if event.unreadable:
+            self.unreadable[event.index] = event.unreadable
+        else:
+            self.unreadable.pop(event.index, None)
         self._place(event.index, 1, event.digest)
         # Sealed in the writer's thread, not here: the event loop is busy enough.
         self._add(
@@ -366,7 +382,10 @@ class _Writing:
     def finish(self, root: bytes) -> None:
         """The index and the footer, then make it all durable.  Blocking."""
         store = self.rec.store
-        index = self.codec.index(list(self.offsets), bytes(self.hashes), root)
+        bad = merged([r for i in sorted(self.unreadable) for r in self.unreadable[i]])
+        index = self.codec.index(
+            list(self.offsets), bytes(self.hashes), root, fit_ranges(bad, self.plan.chunk_count)
+        )
         at = self.end
         store.write(at, index + fmt.encode_footer(at, len(index)))
         store.truncate(at + len(index) + fmt.FOOTER_SIZE)

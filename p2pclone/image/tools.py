@@ -10,6 +10,7 @@ import trio
 from ..errors import IntegrityError
 from ..pipeline import default_threads
 from ..session import Done, Progress, Reporter, Verifying, no_report
+from ..units import merged, partitions_hit
 from ..volumes.table import SCHEME_NAMES
 from . import format as fmt
 from .reader import DATA, MISSING, ImageSource, read_header, root_of
@@ -132,6 +133,7 @@ async def verify(
             digest=source.index.root.hex() if source.index.root else "",
             seconds=trio.current_time() - started,
             verified=True,
+            **_unreadable(source),
         )
     finally:
         await trio.to_thread.run_sync(source.close)
@@ -176,9 +178,16 @@ async def export(
             zero_chunks=0,
             digest=source.index.root.hex() if source.index.root else "",
             seconds=trio.current_time() - started,
+            **_unreadable(source),
         )
     finally:
         await trio.to_thread.run_sync(source.close)
+
+
+def _unreadable(source: ImageSource) -> dict[str, Any]:
+    """The Done fields for what the image's source disk could not read (exit 7)."""
+    bad = merged(source.unreadable.ranges)
+    return {"unreadable": bad, "unreadable_in": partitions_hit(source.info, bad)}
 
 
 def describe(facts: dict[str, Any]) -> list[str]:

@@ -49,7 +49,7 @@ from ..session import (
     pair,
     pick_error,
 )
-from ..units import human_bytes, merged
+from ..units import human_bytes, merged, partitions_hit
 from ..volumes.extents import Extents
 from .data import DataState
 from .feed import Feed, Reconnect
@@ -249,6 +249,7 @@ async def _session(
         repaired_chunks=repaired,
         free_bytes=plan.free.total,
         unreadable=merged(state.unreadable),
+        unreadable_in=partitions_hit(plan.source, merged(state.unreadable)),
     )
     await channel.close()
     return done

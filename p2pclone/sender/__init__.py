@@ -59,7 +59,7 @@ from ..session import (
     pick_error,
 )
 from ..transports import Transport
-from ..units import merged
+from ..units import merged, partitions_hit
 from .ahead import READ_AHEAD_BYTES, EncodeAhead, Slot
 from .runs import ChunkKind, HaveMap, Runs, answer_nak, run_frame
 from .source import cut_off, open_source
@@ -293,6 +293,7 @@ async def _session(
         verified=result[0].verified,
         free_bytes=plan.free.total,
         unreadable=merged(runs.unreadable),
+        unreadable_in=partitions_hit(plan.source, merged(runs.unreadable)),
     )
     await channel.close()
     return done

@@ -91,6 +91,7 @@ def map_source(source: Source) -> tuple[Mapped, Extents]:
         n = v.partition.number if v.partition else 0
         source.info[f"part{n}"] = v.describe()
         if v.partition:
+            source.info[f"start{n}"] = v.partition.start
             source.info[f"end{n}"] = v.partition.end
             source.info[f"fs{n}"] = v.fs
     return mapped, disk.free

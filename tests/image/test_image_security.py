@@ -179,6 +179,42 @@ def test_index_decompression_is_bounded_by_the_chunk_count() -> None:
     assert peak < 16 * MiB, f"inflating the index took {peak} bytes"
 
 
+@pytest.mark.parametrize(
+    "ranges,ok",
+    [
+        ([(4096, 512), (2 * CHUNK, 1024)], True),
+        ([(2 * CHUNK, 1024), (4096, 512)], False),  # out of order
+        ([(4096, 512), (4096 + 256, 512)], False),  # overlapping
+        ([(8 * CHUNK - 512, 1024)], False),  # past the source's end
+        ([(k * 1024, 512) for k in range(9)], False),  # more than one per chunk
+    ],
+)
+def test_the_index_lists_unreadable_ranges_only_when_they_fit(
+    ranges: list[tuple[int, int]], ok: bool
+) -> None:
+    """An image of a failing disk lists the source's unreadable ranges in its index: a
+    list that is out of order, overlapping, past the source or longer than the chunk
+    count makes the index count as damaged (a restore would trust it to say what is
+    missing)."""
+    header = fmt.Header(source_size=8 * CHUNK, chunk_size=CHUNK, source={})
+    codec = fmt.Codec(header, None)
+    record = codec.index([0] * 8, bytes(32 * 8), bytes(32), ranges)
+    head = fmt.decode_record_head(record)
+    assert head is not None
+    if ok:
+        assert codec.open_index(head, record[fmt.RECORD_HEADER_SIZE :])[3] == ranges
+    else:
+        with pytest.raises(IntegrityError):
+            codec.open_index(head, record[fmt.RECORD_HEADER_SIZE :])
+
+
+def test_fit_ranges_joins_the_closest_neighbours() -> None:
+    from p2pclone.image.recorder import fit_ranges
+
+    got = fit_ranges([[0, 10], [100, 10], [115, 5], [300, 1]], 3)
+    assert got == [(0, 10), (100, 20), (300, 1)]  # never claims less than was given
+
+
 async def test_a_forged_footer_cannot_size_a_read(tmp_path: Path) -> None:
     """Catches a footer (only CRC-protected) claiming a 1 PiB index: the reader used to
     read that many bytes (MemoryError and a traceback).  Now the index counts as
