@@ -263,6 +263,38 @@ def test_the_sentence_names_the_partition_hit(tmp_path: Path) -> None:
     assert "; in partition 2 and outside the partitions)" in done.stdout  # the notice
 
 
+def test_a_failing_disk_over_tcp(tmp_path: Path) -> None:
+    """`p2pclone send` of a failing disk to `p2pclone receive` over TCP (two processes,
+    a real socket): both exit 7 naming the same ranges; the target holds every
+    readable byte and zeros in the bad ones."""
+    need_fuse()
+    image = tmp_path / "disk.img"
+    data = random_file(image, 4 * MiB)
+    target = tmp_path / "t.img"
+    bad = [(MiB + 4096, 1024)]
+    env = {**os.environ, "P2PCLONE_CODE": "7-tcp-rescue"}
+    with failing_disk(image, [(s, n, -1) for s, n in bad]) as (disk, _log):
+        rx = subprocess.Popen(
+            [sys.executable, "-m", "p2pclone", "receive", str(target), "tcp://127.0.0.1:0",
+             "--yes", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        assert rx.stdout is not None
+        listening = json.loads(rx.stdout.readline())
+        tx = subprocess.run(
+            [sys.executable, "-m", "p2pclone", "send", str(disk), listening["url"], "--exact",
+             "--json"],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+        rx_out, rx_err = rx.communicate(timeout=60)
+    assert (tx.returncode, rx.returncode) == (7, 7), tx.stderr + rx_err
+    for out in (tx.stdout, rx_out):
+        assert json.loads(out.strip().splitlines()[-1])["unreadable"] == [list(bad[0])]
+    got = target.read_bytes()
+    assert got[MiB + 4096 : MiB + 5120] == bytes(1024)
+    assert got[: MiB + 4096] == data[: MiB + 4096] and got[MiB + 5120 :] == data[MiB + 5120 :]
+
+
 def test_an_image_of_a_failing_disk_records_its_holes(tmp_path: Path) -> None:
     """Saving an image of a failing disk: exit 7, the image lists the unreadable ranges
     in its index; `image verify` and a restore from it say so too (exit 7, the same

@@ -237,3 +237,24 @@ async def test_a_real_disk_over_a_pty_cable_sends_only_used_blocks(tmp_path: Pat
     src, dst = source.read_bytes(), target.read_bytes()
     assert all(dst[a:b] == src[a:b] for a, b in free.invert(0, 24 * MiB))
     assert all(dst[a:b] == b"\x5a" * (b - a) for a, b in free)
+
+
+async def test_a_failing_disk_over_a_pty_cable(tmp_path: Path) -> None:
+    """Issue 15 on the serial cable: a source with two unreadable areas (a FUSE file
+    failing reads there): both sides finish and name the same ranges, which are zeros
+    on the target; every other byte arrived."""
+    from tests.disks.test_failing_source import need_fuse
+    from tests.failing_disk import failing_disk
+
+    need_fuse()
+    image, target = tmp_path / "s.img", tmp_path / "t.img"
+    data = write_layout(image, 2 * MiB)
+    bad = [(100 * 1024, 512), (MiB + 4096, 4096)]
+    with failing_disk(image, [(s, n, -1) for s, n in bad]) as (disk, _log):
+        with trio.fail_after(120):
+            async with cable() as (a, b):
+                tx, rx = await clone_over(a, b, disk, target)
+    assert tx.unreadable == rx.unreadable == [list(r) for r in bad]
+    got = target.read_bytes()
+    assert got[:102400] == data[:102400] and got[MiB + 8192 :] == data[MiB + 8192 :]
+    assert got[102400:102912] == bytes(512)
