@@ -74,6 +74,7 @@ from ..session import (
 )
 from ..transports.multicast import BurstSender, MulticastTransport
 from ..transports.tcp import tune
+from ..units import merged, partitions_hit
 from .dataplane import Member, RateGovernor
 from .door import Door
 from .members import Clock, Paced, Peer, expel, tell_all
@@ -118,6 +119,7 @@ class GroupSender:
         self.report, self.group_report, self.clock = report, group_report, clock
         self.session = secrets.randbits(63)
         self.key = os.urandom(32)
+        self.unreadable: list[tuple[int, int]] = []  # from the slices, for the done line
         self.peers: dict[str, Peer] = {}
         self.joined = trio.Event()
         self.data_started = False
@@ -202,6 +204,7 @@ class GroupSender:
             source, plan, self.peers, aead, self.session, wire, self.reports, self._show
         )
         await stream.run(self.report)
+        self.unreadable = stream.unreadable
         if isinstance(source, ImageSource) and (note := source.salvage_note()):
             error = IntegrityError(note, code="salvaged")
             await self._tell_error(error, ExitCode.INTEGRITY)
@@ -270,6 +273,8 @@ class GroupSender:
             digest=ok[0].result.root.hex() if ok and ok[0].result else "",
             seconds=self.clock() - started_at,
             free_bytes=self.plan.free.total,
+            unreadable=merged(self.unreadable),
+            unreadable_in=partitions_hit(self.plan.source, merged(self.unreadable)),
         )
 
     def _show(

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..errors import P2PCloneError, RemoteProtocolError, SourceError
+from ..errors import P2PCloneError, RemoteProtocolError
 from ..pipeline import DiskSource, default_threads
-from ..protocol import Evict, Lost, Plan, Poll, Ref, Same, Zero
+from ..protocol import Chunk, Evict, Lost, Plan, Poll, Ref, Same, Zero
 from ..protocol.connection import zero_digest
 from ..sender.ahead import EncodeAhead, Slot
 from ..sender.runs import ChunkKind, Emit, Runs
@@ -183,6 +183,7 @@ class Slice:
     sealed: list[bytes]
     end: int  # the first chunk after it
     length: int  # payload bytes
+    whole: dict[int, Chunk]  # chunks each member gets whole over its own link (WHOLE)
 
 
 class SliceStream:
@@ -204,6 +205,8 @@ class SliceStream:
         self.aead, self.session, self.wire, self.reports = aead, session, wire, reports
         self.show = show
         self.stats = wire.stats
+        #: source ranges sent as unreadable (zeros), for the done line
+        self.unreadable: list[tuple[int, int]] = []
         self.limiter = trio.CapacityLimiter(default_threads())
         self.in_flight = trio.Semaphore(IN_FLIGHT)
 
@@ -258,6 +261,7 @@ class SliceStream:
         members = [p for p in self.peers.values() if not p.member.evicted]
         coverage: dict[str, Coverage] = {p.name: [] for p in members}
         runs = {p.name: Runs(self._collect(coverage[p.name])) for p in members}
+        whole: dict[int, Chunk] = {}
         payload = bytearray()
         first: int | None = None
         index = 0
@@ -273,7 +277,7 @@ class SliceStream:
                 break
             slot, pending = self._split(pending, first + SLICE_CHUNKS)
             index = slot.index + max(1, slot.zero_run)
-            payload += await self._add(slot, members, runs)
+            payload += await self._add(slot, members, runs, whole)
         if first is None:
             return None, None
         for r in runs.values():
@@ -281,7 +285,7 @@ class SliceStream:
         sealed = await trio.to_thread.run_sync(
             _seal, self.aead, self.session, slice_no, bytes(payload), limiter=self.limiter
         )
-        return Slice(slice_no, coverage, sealed, index, len(payload)), pending
+        return Slice(slice_no, coverage, sealed, index, len(payload), whole), pending
 
     @staticmethod
     def _split(slot: Slot, limit: int) -> tuple[Slot, Slot | None]:
@@ -299,7 +303,9 @@ class SliceStream:
 
         return emit
 
-    async def _add(self, slot: Slot, members: list[Peer], runs: dict[str, Runs]) -> bytes:
+    async def _add(
+        self, slot: Slot, members: list[Peer], runs: dict[str, Runs], whole: dict[int, Chunk]
+    ) -> bytes:
         """One slot into every member's runs; the payload it adds to the slice."""
         plan = self.plan
         if slot.zero_run:
@@ -314,11 +320,15 @@ class SliceStream:
         enc = await slot.encoded()
         chunk, needed = enc.chunk, False
         if chunk is not None and chunk.unreadable:
-            raise SourceError(
-                f"the source could not be read at byte {chunk.unreadable[0][0]} (the disk "
-                "is failing): a multicast group cannot carry unreadable ranges yet; clone "
-                "it first, over tcp:// or with `p2pclone clone`, and send the copy"
-            )
+            # Whole, to each member over its own link, even to one that holds it: every
+            # member must hear which ranges are zeros from the sender itself.
+            whole[slot.index] = chunk
+            self.unreadable += chunk.unreadable
+            for p in members:
+                await p.have.get(slot.index)
+                p.have.subs(slot.index)
+                await runs[p.name].add(ChunkKind.WHOLE, slot.index)
+            return b""
         digest = chunk.digest if chunk else zero_digest(plan.chunk_length(slot.index))
         for p in members:
             held = await p.have.get(slot.index)
@@ -347,6 +357,9 @@ class SliceStream:
                         await tell(p, Same(index=first, hashes=hashes), self.show)
                     case ChunkKind.LOST:
                         await tell(p, Lost(index=first, count=count), self.show)
+                    case ChunkKind.WHOLE:
+                        for i in range(first, first + count):
+                            await tell(p, sl.whole[i], self.show)
                     case ChunkKind.REF:
                         ref = Ref(
                             index=first,

@@ -22,6 +22,9 @@ class ChunkKind(enum.Enum):
     SAME = "same"  # the receiver holds it already: a SAME range with its hash
     LOST = "lost"  # the source cannot provide it (a damaged image): a LOST range
     REF = "ref"  # it comes through a multicast group's slice: a REF with its hash
+    # a group member gets it whole over its own link: a chunk naming unreadable source
+    # ranges (each member must learn them from the sender, never from the group)
+    WHOLE = "whole"
 
 
 #: what a run becomes: (kind, first chunk, count, the chunks' hashes for SAME and REF)
@@ -69,8 +72,8 @@ def run_frame(kind: ChunkKind, first: int, count: int, hashes: bytes) -> Zero | 
             return Same(index=first, hashes=hashes)
         case ChunkKind.LOST:
             return Lost(index=first, count=count)
-        case ChunkKind.REF:
-            raise AssertionError("a REF run is a multicast group's")
+        case ChunkKind.REF | ChunkKind.WHOLE:
+            raise AssertionError("REF and WHOLE runs are a multicast group's")
 
 
 async def answer_nak(channel: Channel, source: DiskSource, plan: Plan, nak: Nak) -> None:

@@ -556,3 +556,43 @@ def test_a_real_disk_is_multicast_by_its_used_blocks(lan, tmp_path: Path) -> Non
     done = events(out)[-1]
     assert done["event"] == "done" and done["free_bytes"] == free.total
     assert done["wire_bytes"] < (size - free.total) * 1.2  # the random free space stayed home
+
+
+def test_a_failing_disk_gives_every_member_the_same_holes(lan, tmp_path: Path) -> None:
+    """Multicasting a failing source (a FUSE file failing reads in two places): the
+    group goes on, every member gets the chunks naming the unreadable ranges whole over
+    its own link, and every member and the sender end with exit 7 listing the same
+    ranges; each target holds every readable byte and zeros in the holes.  Negative
+    control (tried): such chunks sent through the group like any other, the run ends
+    with exit 0."""
+    from tests.disks.test_failing_source import need_fuse
+    from tests.failing_disk import failing_disk
+
+    need_fuse()
+    net: Lan = lan(3)
+    image = tmp_path / "disk.img"
+    data = random_file(image, 12 * MiB)
+    bad = [(3 * MiB + 4096, 512), (9 * MiB - 1024, 2048)]
+    url = "multicast://239.77.1.9:17500?iface=eth0"
+    targets = [tmp_path / f"t{k}.img" for k in (1, 2)]
+    with failing_disk(image, [(s, n, -1) for s, n in bad]) as (disk, _log):
+        rx = [receiver(net, k, t, url, tmp_path) for k, t in zip((1, 2), targets, strict=True)]
+        tx = net.run(
+            0, sys.executable, "-m", "p2pclone", "send", str(disk), url, "--code", CODE,
+            "--receivers", "2", "--wait", "30", "--json", "--exact",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        out, err = tx.communicate(timeout=120)
+        assert tx.returncode == 7, err.decode()
+        assert events(out)[-1]["unreadable"] == [list(r) for r in bad]
+        for r in rx:
+            r_out, r_err = r.communicate(timeout=60)
+            assert r.returncode == 7, r_err.decode()
+            assert events(r_out)[-1]["unreadable"] == [list(r) for r in bad]
+    holes = [(s, s + n) for s, n in bad]
+    for t in targets:
+        got = t.read_bytes()
+        edges = [0] + [x for h in holes for x in h] + [len(data)]
+        for a, b in zip(edges[::2], edges[1::2], strict=True):
+            assert got[a:b] == data[a:b]
+        assert all(got[a:b] == bytes(b - a) for a, b in holes)
