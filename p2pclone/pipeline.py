@@ -78,7 +78,8 @@ class Encoded:
     ``chunk``: its CHUNK event; ``patch``: a PATCH of the sub-blocks that differ;
     ``zero``: it is all zeros (a ZERO range); ``same``: the receiver already holds it,
     and this is its hash (a SAME range); ``lost``: it cannot be read (a damaged image):
-    a LOST range.
+    a LOST range; ``later``: a failing disk did not read it on the first pass (a LATER
+    range; it is narrowed down and sent after every other chunk).
     """
 
     index: int
@@ -87,6 +88,7 @@ class Encoded:
     same: bytes | None = None
     patch: Patch | None = None
     lost: bool = False
+    later: bool = False
 
 
 #: Sub-block size for delta re-sync: one changed 4 KiB block costs at most this much.
@@ -120,16 +122,23 @@ def encode_chunk(
     have: bytes | None = None,
     have_subs: bytes = b"",
     sub: int = 0,
+    defer: bool = False,
 ) -> Encoded:
     """Read chunk ``index`` and decide what to send for it.
 
     ``have`` is the hash the receiver reports for this chunk (resume or delta), if
     any: a match costs a hash and no compression, and nothing but its hash is sent.
     ``have_subs`` (delta) are the receiver's sub-block hashes: when only a few
-    sub-blocks differ, just those are sent, as a PATCH.
+    sub-blocks differ, just those are sent, as a PATCH.  ``defer``: a chunk that fails to
+    read is left for later (the first pass over a failing disk), not narrowed down now.
     """
     length = plan.chunk_length(index)
-    data, bad = read_chunk(source, plan, index)
+    try:
+        data, bad = read_chunk(source, plan, index, rescue=not defer)
+    except UnreadableError:
+        if not defer:
+            raise
+        return Encoded(index, later=True)
     if bad:  # sent whole, so the receiver learns which ranges it could not get
         body, encoding = _encode(data, length)
         digest = blake3.blake3(data).digest()
@@ -187,21 +196,23 @@ def encode_repair(source: DiskSource, plan: Plan, index: int) -> Chunk:
 
 
 def read_chunk(
-    source: DiskSource, plan: Plan, index: int
+    source: DiskSource, plan: Plan, index: int, *, rescue: bool = True
 ) -> tuple[bytes | memoryview, tuple[tuple[int, int], ...]]:
     """Chunk ``index``'s bytes, and the ranges of it the source could not read (zeros
     in the bytes): a media error is narrowed down (``Source.rescue``), not fatal,
-    where the source can do that."""
+    where the source can do that (not with ``rescue`` false: it is raised)."""
     offset, length = index * plan.chunk_size, plan.chunk_length(index)
     try:
         data = source.read(offset, length)
     except UnreadableError as exc:
-        rescue = getattr(source, "rescue", None)
-        if rescue is None:
+        narrow = getattr(source, "rescue", None)
+        if narrow is None:
             raise
         if exc.hung:  # a device that does not answer: no sector-by-sector narrowing
             return bytes(length), source.free.invert(offset, offset + length).ranges
-        data, bad = rescue(offset, length)
+        if not rescue:
+            raise
+        data, bad = narrow(offset, length)
         return data, bad
     # An image of a failing disk knows which ranges its source could not read.
     known = getattr(source, "unreadable", None)

@@ -88,6 +88,15 @@ class Verifying:
 
 
 @dataclass(frozen=True, slots=True)
+class Rescuing:
+    """The second pass over a failing disk: the chunks the first pass could not read
+    (``chunks``, ``total_bytes`` of them), narrowed down now; progress follows."""
+
+    chunks: int
+    total_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     source_bytes: int
     wire_bytes: int
@@ -147,7 +156,7 @@ class GroupProgress:
     why: str = ""
 
 
-Report = Listening | Connected | Mapped | Planned | Progress | Verifying | Done | Notice
+Report = Listening | Connected | Mapped | Planned | Progress | Verifying | Rescuing | Done | Notice
 Reporter = Callable[[Report], None]
 
 

@@ -354,7 +354,7 @@ async def test_a_sender_claiming_unchanged_chunks_is_refused(tmp_path: Path) -> 
     junk = random_file(target, 4 * MiB, seed=6)
     real = pipeline.encode_chunk
 
-    def liar(src, plan, index, have=None, subs=b"", sub=0):
+    def liar(src, plan, index, have=None, subs=b"", sub=0, defer=False):
         return pipeline.Encoded(index, same=bytes(range(32)))
 
     pipeline.encode_chunk = liar

@@ -22,6 +22,7 @@ from ..session import (
     Planned,
     Progress,
     Report,
+    Rescuing,
     Verifying,
 )
 from ..units import human_bytes
@@ -94,6 +95,17 @@ class Output:
                     self._progress.reset(self._task, total=total, description="verifying")
                 else:
                     self.say("Verifying: re-reading the target…")
+            case Rescuing(chunks=chunks, total_bytes=total):
+                self._phase = "rescuing"
+                if self.json_mode:
+                    self.emit(event="rescuing", chunks=chunks, total_bytes=total)
+                elif self._progress is not None:
+                    self._progress.reset(self._task, total=total, description="rescuing")
+                else:
+                    self.say(
+                        f"Rescuing: reading the {chunks} chunk{'s' if chunks > 1 else ''} the "
+                        "first pass could not read, a sector at a time…"
+                    )
             case Notice(message=message):
                 if self.json_mode:
                     self.emit(event="notice", message=message)

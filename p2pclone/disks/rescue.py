@@ -135,13 +135,46 @@ def _stretches(state: dict[int, bool], start: int, end: int, sector: int) -> Ext
     return Extents.of(out)
 
 
+#: the first skip after a failed read on the first pass (GNU ddrescue's default)
+MIN_SKIP = 64 * 1024
+
+
+class SkipAhead:
+    """GNU ddrescue's skip on the first pass over a failing disk: after a read fails,
+    the reads that start in the next ``size`` bytes are not tried (they are left for
+    the second pass); the size doubles while failures follow each other (up to 1 % of
+    the disk, at most 1 GiB) and starts again at 64 KiB after a failure far from the
+    last one.  So a long bad stretch costs a few failed reads on the first pass, not
+    one per chunk."""
+
+    def __init__(self, disk_size: int) -> None:
+        self.limit = min(1 << 30, max(MIN_SKIP, disk_size // 100))
+        self.size = MIN_SKIP // 2
+        self.start = self.end = 0
+
+    def skips(self, offset: int) -> bool:
+        """A read starting at ``offset`` is not to be tried now."""
+        return self.start <= offset < self.end
+
+    def failed(self, offset: int, length: int) -> None:
+        """A read of ``[offset, offset+length)`` failed: skip what follows it."""
+        near = self.end > 0 and offset <= self.end + length
+        self.size = min(self.limit, self.size * 2) if near else MIN_SKIP
+        self.start, self.end = offset + length, offset + length + self.size
+
+
 class DirectReader:
     """Reads whole logical sectors of a disk with ``O_DIRECT`` into an aligned buffer
     (one page-aligned mmap buffer, reused), so nothing is read ahead or cached."""
 
     def __init__(self, path: str, sector: int) -> None:
         self.sector = sector
-        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+        except OSError as exc:  # a file system without O_DIRECT (tmpfs): no disk to spare
+            if exc.errno != errno.EINVAL:
+                raise
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._buf = mmap.mmap(-1, max(sector, mmap.PAGESIZE))
 
     def read(self, offset: int, length: int) -> bytes:
@@ -149,6 +182,17 @@ class DirectReader:
             raise ValueError("a direct read is one aligned sector")
         n = os.preadv(self.fd, [memoryview(self._buf)[:length]], offset)
         return bytes(self._buf[:n])
+
+    def read_span(self, offset: int, length: int) -> bytes:
+        """``[offset, offset+length)`` in one direct read of the whole sectors around it
+        (short at the end of the disk)."""
+        start = offset - offset % self.sector
+        end = -(-(offset + length) // self.sector) * self.sector
+        if len(self._buf) < end - start:
+            self._buf.close()
+            self._buf = mmap.mmap(-1, -(-(end - start) // mmap.PAGESIZE) * mmap.PAGESIZE)
+        n = os.preadv(self.fd, [memoryview(self._buf)[: end - start]], start)
+        return bytes(self._buf[offset - start : min(n, offset - start + length)])
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -17,7 +17,7 @@ from ..errors import SafetyError, SourceError, UnreadableError
 from ..volumes.extents import Extents
 from .device import block_size_bytes, device_info, logical_sector_size
 from .masked import masked_read, next_used
-from .rescue import MEDIA_ERRORS, DirectReader, RescueOptions, rescue_area
+from .rescue import MEDIA_ERRORS, DirectReader, RescueOptions, SkipAhead, rescue_area
 
 
 def within(
@@ -74,6 +74,12 @@ class Source:
         self.failed = Extents()
         self.failed_reads = 0
         self._rescuing = threading.Lock()  # one area at a time: a failing disk is slow
+        #: the first pass of a sender that leaves failing chunks for later: skip ahead
+        self.skip: SkipAhead | None = None
+        #: what failed to read whole on the first pass: the second goes to rescue()
+        self.suspect = Extents()
+        #: the second pass: whole reads with O_DIRECT (``second_pass``)
+        self.direct: DirectReader | None = None
         #: seconds a read may take before its range counts as unreadable (0: forever)
         self.read_timeout = 0.0
 
@@ -147,9 +153,12 @@ class Source:
         if self._rescuing.locked():  # an area is being narrowed down: its outcome first
             with self._rescuing:
                 pass
-        if self.failed and self.failed.clip(offset - 512, offset + length):
+        near = (offset - 512, offset + length)
+        known = self.failed.clip(*near) or self.suspect.clip(*near)
+        if known or (self.skip is not None and self.skip.skips(offset)):
             # Skip ahead: the area is known to fail (or the stretch just before it
-            # did); rescue() reads it a sector at a time instead of failing here first.
+            # did), or a read just before failed on the first pass: not tried now
+            # (left for the second pass, or read a sector at a time by rescue()).
             raise UnreadableError(
                 f"reading the source {self.path} between bytes {offset} and "
                 f"{offset + length - 1} was not tried: the area is failing",
@@ -167,7 +176,10 @@ class Source:
             SourceError: a read error, or the source ended early (it shrank).
         """
         try:
-            data = os.pread(self.fd, length, offset)
+            if self.direct is not None:  # the second pass: nothing read ahead, or cached
+                data = self.direct.read_span(offset, length)
+            else:
+                data = os.pread(self.fd, length, offset)
             while len(data) < length:
                 more = os.pread(self.fd, length - len(data), offset + len(data))
                 if not more:
@@ -180,6 +192,9 @@ class Source:
             if exc.errno in MEDIA_ERRORS:
                 # Not narrowed here: every read into a failing area costs (rescue() does
                 # it, once per sector, where the driver can use what still reads).
+                if self.skip is not None:
+                    self.skip.failed(offset, length)
+                    self.suspect = self.suspect.union(Extents(((offset, offset + length),)))
                 raise UnreadableError(
                     f"reading the source {self.path} failed between bytes {offset} and "
                     f"{offset + length - 1}: {exc.strerror}; the disk is failing",
@@ -192,14 +207,27 @@ class Source:
             ) from None
         return data
 
+    def first_pass(self) -> None:
+        """A first pass that leaves failing chunks for later: skip ahead after a failed
+        read (GNU ddrescue's skip), instead of narrowing each one down in place."""
+        self.skip = SkipAhead(self.size)
+
+    def second_pass(self) -> None:
+        """Back to the chunks the first pass left: read with O_DIRECT, nothing skipped."""
+        self.skip = None
+        self.direct = DirectReader(self.path, self._sector())
+
+    def _sector(self) -> int:
+        sector = self.info.get("sector", 512)
+        return sector if isinstance(sector, int) and sector > 0 else 512
+
     def rescue(self, offset: int, length: int) -> tuple[bytes, tuple[tuple[int, int], ...]]:
         """``[offset, offset+length)``, which failed to read, narrowed down to its
         unreadable sectors (disks/rescue.py): its bytes, zeros where unreadable, and
         those ranges.  Only the used ranges are read (what no filesystem uses is never
         "unreadable": it was never needed); a sector that failed before in this run
         is not read again, except by a retry pass."""
-        sector = self.info.get("sector", 512)
-        sector = sector if isinstance(sector, int) and sector > 0 else 512
+        sector = self._sector()
         out = bytearray(length)
         bad: list[tuple[int, int]] = []
         with self._rescuing, DirectReader(self.path, sector) as reader:
@@ -254,6 +282,9 @@ class Source:
             return offset
 
     def close(self) -> None:
+        if self.direct is not None:
+            self.direct.close()
+            self.direct = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

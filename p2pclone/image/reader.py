@@ -18,8 +18,8 @@ from ..disks.masked import next_used
 from ..errors import AuthenticationError, IntegrityError, RemoteProtocolError
 from ..pipeline import Encoded, chunk_span, decode_chunk, encode_chunk
 from ..protocol import HASH_SIZE, Chunk, Plan
-from ..protocol.connection import zero_digest
 from ..protocol.freemap import decode_free
+from ..protocol.root import zero_digest
 from ..volumes.extents import Extents
 from . import format as fmt
 from .store import Store

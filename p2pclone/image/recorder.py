@@ -37,6 +37,7 @@ from ..protocol import (
     Chunk,
     Connection,
     End,
+    Later,
     Lost,
     Plan,
     Result,
@@ -44,8 +45,8 @@ from ..protocol import (
     Same,
     Zero,
 )
-from ..protocol.connection import zero_digest
 from ..protocol.freemap import encode_free, fit_free
+from ..protocol.root import zero_digest
 from ..session import Channel, HaveReport, pair, pick_error
 from ..units import merged
 from . import format as fmt
@@ -286,9 +287,9 @@ class _Writing:
     ) -> End:
         while True:
             event = await channel.expect_one_of(
-                (Chunk, Zero, Same, Lost, End), "the sender's chunks"
+                (Chunk, Zero, Same, Lost, Later, End), "the sender's chunks"
             )
-            assert isinstance(event, (Chunk, Zero, Same, Lost, End))  # what was asked for
+            assert isinstance(event, (Chunk, Zero, Same, Lost, Later, End))  # as asked
             match event:
                 case End():
                     return event
@@ -302,6 +303,8 @@ class _Writing:
                     self._add(len(zero[0]), functools.partial(list, zero))
                 case Lost():  # its source is a damaged image: not a copy
                     self.lost += range(event.index, event.index + event.count)
+                case Later():  # a failing disk's: they come as CHUNKs after the first pass
+                    pass
                 case Same():
                     self._same(event)
                 case _:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ..errors import P2PCloneError, RemoteProtocolError
 from ..pipeline import DiskSource, default_threads
 from ..protocol import Chunk, Evict, Lost, Plan, Poll, Ref, Same, Zero
-from ..protocol.connection import zero_digest
+from ..protocol.root import zero_digest
 from ..sender.ahead import EncodeAhead, Slot
 from ..sender.runs import ChunkKind, Emit, Runs
 from ..session import Progress, Reporter

@@ -3,7 +3,7 @@
 Pure: importing it pulls in neither trio nor sockets (a test checks this).
 """
 
-from .connection import CLOSED, NEED_DATA, Connection, Sentinel, zero_digest
+from .connection import CLOSED, NEED_DATA, Connection, Sentinel
 from .fields import HASH_SIZE, MAX_HASHES, SUB_HASH_SIZE, Encoding
 from .frames import (
     HEADER_SIZE,
@@ -24,6 +24,7 @@ from .messages import (
     Error,
     Event,
     Have,
+    Later,
     Lost,
     Nak,
     Patch,
@@ -34,6 +35,7 @@ from .messages import (
 )
 from .pairing import Confirm, Hello, Pake
 from .plan import Accept, Plan
+from .root import zero_digest
 from .state import TRANSITIONS, Direction, Role, State, next_state
 
 __all__ = [
@@ -75,6 +77,7 @@ __all__ = [
     "Sentinel",
     "State",
     "Zero",
+    "Later",
     "Lost",
     "Group",
     "Ref",

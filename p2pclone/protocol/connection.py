@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from functools import lru_cache
-
-import blake3
 
 from ..crypto import Pairing, SessionKeys, choose_cipher, cpu_has_aes, transcript_update
 from ..errors import LocalProtocolError, P2PCloneError, RemoteProtocolError
-from .fields import HASH_SIZE, SUB_HASH_SIZE, Encoding
+from .coverage import Coverage
+from .fields import SUB_HASH_SIZE
 from .frames import MAX_CHUNK_SIZE, FrameDecoder, encode_frame
 from .freemap import MAX_PLAN_BODY
 from .group import Ref
@@ -44,6 +42,7 @@ from .messages import (
     Error,
     Event,
     Have,
+    Later,
     Lost,
     Nak,
     Patch,
@@ -54,6 +53,7 @@ from .messages import (
 )
 from .pairing import Confirm, Hello, Pake
 from .plan import Accept, Plan
+from .root import RootHash
 from .state import Direction, Role, State, next_state
 
 
@@ -64,12 +64,6 @@ class Sentinel(enum.Enum):
 
 NEED_DATA = Sentinel.NEED_DATA
 CLOSED = Sentinel.CLOSED
-
-
-@lru_cache(maxsize=8)
-def zero_digest(length: int) -> bytes:
-    """BLAKE3 of ``length`` zero bytes (the hash of a ZERO chunk)."""
-    return blake3.blake3(bytes(length)).digest()
 
 
 class Connection:
@@ -84,6 +78,8 @@ class Connection:
     """
 
     AES_FEATURE = "aes-gcm"
+    #: this end takes LATER runs (a failing source's second pass)
+    LATER_FEATURE = "later"
 
     def __init__(
         self,
@@ -116,8 +112,7 @@ class Connection:
         self._peer_pake: bytes | None = None
         self._send_seq = 0
         self._eof = False
-        self._next_index = 0
-        self._root = blake3.blake3()
+        self._cov: Coverage | None = None  # from the PLAN on
         #: the receiver announced HAVE frames (resume or delta) ...
         self.have_expected = False
         #: ... and they cover chunks [0, have_covered) so far
@@ -138,11 +133,21 @@ class Connection:
     @property
     def chunks_done(self) -> int:
         """Chunks covered so far (sent or received, data and zero alike)."""
-        return self._next_index
+        return self._cov.next_index if self._cov else 0
 
     def root_digest(self) -> bytes:
         """BLAKE3 over the ordered chunk hashes seen so far."""
-        return self._root.digest()
+        return (self._cov.root if self._cov else RootHash()).digest()
+
+    @property
+    def later(self) -> set[int]:
+        """Chunks a LATER run left for after the first pass, not yet sent."""
+        return self._cov.root.holes if self._cov else set()
+
+    @property
+    def peer_takes_later(self) -> bool:
+        """The peer's HELLO offers LATER (the sender may leave failing chunks for later)."""
+        return self.peer_hello is not None and self.LATER_FEATURE in self.peer_hello.features
 
     @property
     def can_send_error(self) -> bool:
@@ -156,6 +161,7 @@ class Connection:
     # -- handshake events --------------------------------------------------------
 
     def hello(self, software: str, features: tuple[str, ...] = ()) -> Hello:
+        features = (*features, self.LATER_FEATURE)
         if self._aes:
             features = (*features, self.AES_FEATURE)
         return Hello(role=self.role.value, software=software, features=features)
@@ -301,17 +307,11 @@ class Connection:
                 self._repairs.update(event.indices)
             case Chunk() if self.state in (State.FINISH, State.AWAIT_RESULT):
                 self._check_repair(event, exc)
-            case Chunk() | Patch():
-                self._check_chunk(event, exc)
-            case Zero():
-                self._check_zero(event, exc)
-            case Ref() | Same():  # BLAKE3 streams: the hashes at once, as one at a time
-                self._cover(event.index, event.count, event.hashes, exc)
-            case Lost():
-                self._cover(event.index, event.count, bytes(HASH_SIZE) * event.count, exc)
+            case Chunk() | Patch() | Zero() | Ref() | Same() | Lost() | Later():
+                self._coverage().take(event, exc)
             case Accept():
                 self.have_expected = event.have
-                self.sub_size = event.sub
+                self.sub_size = self._coverage().sub_size = event.sub
                 if event.cut and not 0 < event.cut < self._require_plan().source_size:
                     raise exc(f"STATE cuts the source at byte {event.cut}, outside it")
             case Have():
@@ -320,12 +320,7 @@ class Connection:
                 if event.durable > self._require_plan().chunk_count:
                     raise exc(f"ACK of {event.durable} chunks exceeds the plan")
             case End():
-                plan = self._require_plan()
-                if event.chunk_count != plan.chunk_count or self._next_index != plan.chunk_count:
-                    raise exc(
-                        f"END after {self._next_index} of {plan.chunk_count} chunks: "
-                        "the stream is incomplete"
-                    )
+                self._coverage().end(event.chunk_count, exc)
             case _:
                 pass  # the rest: the transition table says all there is to check
 
@@ -338,6 +333,7 @@ class Connection:
                 f"this end's limit of {self.max_chunk_size}"
             )
         self.plan = event
+        self._cov = Coverage(event)
         if self.role is Role.RECEIVER:
             # From now on the only bodies are chunks, never longer than a chunk:
             # a compressed body that isn't smaller than the plain bytes goes raw.
@@ -352,48 +348,6 @@ class Connection:
         plan = self._require_plan()
         if event.length != plan.chunk_length(event.index):
             raise exc(f"repair of chunk {event.index} has the wrong length")
-
-    def _check_chunk(
-        self, event: Chunk | Patch, exc: type[LocalProtocolError] | type[RemoteProtocolError]
-    ) -> None:
-        if isinstance(event, Patch):
-            self._check_patch(event, exc)
-        plan = self._require_plan()
-        self._expect_index(event.index, 1, plan, exc)
-        first, n = event.index * plan.chunk_size, plan.chunk_length(event.index)
-        if event.length != n:
-            raise exc(f"chunk {event.index} claims {event.length} bytes; the plan says {n}")
-        bad = event.unreadable if isinstance(event, Chunk) else ()
-        if any(a < first or b > first + n for a, b in bad):
-            raise exc(f"chunk {event.index} names unreadable bytes outside itself")
-        self._root.update(event.digest)
-        self._next_index += 1
-
-    def _check_zero(
-        self, event: Zero, exc: type[LocalProtocolError] | type[RemoteProtocolError]
-    ) -> None:
-        plan = self._require_plan()
-        self._expect_index(event.index, event.count, plan, exc)
-        end = event.index + event.count
-        full = min(end, plan.source_size // plan.chunk_size) - event.index
-        digest = zero_digest(plan.chunk_size)
-        for _ in range(max(full, 0)):
-            self._root.update(digest)
-        if full < event.count:  # the run includes the short last chunk
-            self._root.update(zero_digest(plan.chunk_length(end - 1)))
-        self._next_index = end
-
-    def _cover(
-        self,
-        index: int,
-        count: int,
-        hashes: bytes,
-        exc: type[LocalProtocolError] | type[RemoteProtocolError],
-    ) -> None:
-        """A run of ``count`` chunks from ``index`` whose hashes are ``hashes``."""
-        self._expect_index(index, count, self._require_plan(), exc)
-        self._root.update(hashes)
-        self._next_index += count
 
     def _check_have(
         self, event: Have, exc: type[LocalProtocolError] | type[RemoteProtocolError]
@@ -418,33 +372,12 @@ class Connection:
             raise exc(f"HAVE for chunk {event.index} carries the wrong number of sub-hashes")
         self.have_covered += event.count
 
-    def _check_patch(
-        self, event: Patch, exc: type[LocalProtocolError] | type[RemoteProtocolError]
-    ) -> None:
-        if not self.sub_size:
-            raise exc("PATCH outside a delta re-sync (no sub-block size was agreed)")
-        nsub = -(-event.length // self.sub_size)
-        blocks = event.changed_blocks()
-        if len(event.changed) != -(-nsub // 8) or not blocks or blocks[-1] >= nsub:
-            raise exc(f"PATCH for chunk {event.index} has a bitmap that does not fit the chunk")
-        if event.encoding == Encoding.RAW:
-            plain = sum(min(self.sub_size, event.length - k * self.sub_size) for k in blocks)
-            if len(event.body) != plain:
-                raise exc(f"PATCH for chunk {event.index}: raw body length disagrees with its map")
-
     def _require_plan(self) -> Plan:
         if self.plan is None:  # unreachable through the transition table
             raise LocalProtocolError("no plan yet")
         return self.plan
 
-    def _expect_index(
-        self,
-        index: int,
-        count: int,
-        plan: Plan,
-        exc: type[LocalProtocolError] | type[RemoteProtocolError],
-    ) -> None:
-        if index != self._next_index:
-            raise exc(f"chunk {index} arrived where chunk {self._next_index} was due")
-        if index + count > plan.chunk_count:
-            raise exc(f"chunks up to {index + count} exceed the plan's {plan.chunk_count}")
+    def _coverage(self) -> Coverage:
+        if self._cov is None:  # unreachable through the transition table
+            raise LocalProtocolError("no plan yet")
+        return self._cov

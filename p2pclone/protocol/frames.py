@@ -85,6 +85,7 @@ class FrameType(enum.IntEnum):
     POLL = 19
     REPORT = 20
     EVICT = 21
+    LATER = 22
 
 
 @dataclass(frozen=True, slots=True)

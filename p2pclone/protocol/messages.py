@@ -252,6 +252,28 @@ class Lost:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Later:
+    """``count`` chunks from ``index`` that a failing source could not read on the first
+    pass: each comes as a CHUNK after every other chunk is covered (and before END),
+    narrowed down to its unreadable sectors.  Only sent to a peer whose HELLO offers
+    the "later" feature."""
+
+    TYPE: ClassVar[FrameType] = FrameType.LATER
+    index: int
+    count: int
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"i": self.index, "c": self.count}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> Later:
+        count = _count(meta, "c", "LATER")
+        if count == 0:
+            raise RemoteProtocolError("the peer sent an empty LATER range")
+        return cls(index=_count(meta, "i", "LATER"), count=count)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Zero:
     """A run of ``count`` all-zero chunks starting at ``index``: no body at all."""
 
@@ -340,6 +362,7 @@ Event = (
     | Patch
     | Zero
     | Lost
+    | Later
     | Group
     | Ref
     | Poll
@@ -361,6 +384,7 @@ _META_PARSERS: dict[FrameType, Callable[[Mapping[str, Any]], Event]] = {
     FrameType.NAK: Nak.from_meta,
     FrameType.ZERO: Zero.from_meta,
     FrameType.LOST: Lost.from_meta,
+    FrameType.LATER: Later.from_meta,
     FrameType.GROUP: Group.from_meta,
     FrameType.REF: Ref.from_meta,
     FrameType.POLL: Poll.from_meta,

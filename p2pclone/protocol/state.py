@@ -10,7 +10,7 @@ Sender::
     START --send HELLO--> AWAIT_HELLO --recv HELLO--> PAKE --send PAKE--> AWAIT_PAKE
     AWAIT_PAKE --recv PAKE--> CONFIRM --send CONFIRM--> AWAIT_CONFIRM
     AWAIT_CONFIRM --recv CONFIRM--> PLAN --send PLAN--> AWAIT_STATE
-    AWAIT_STATE --recv STATE--> DATA --send CHUNK|PATCH|ZERO|SAME|LOST--> DATA
+    AWAIT_STATE --recv STATE--> DATA --send CHUNK|PATCH|ZERO|SAME|LOST|LATER--> DATA
     DATA --send GROUP|REF|POLL--> DATA;  DATA --recv REPORT--> DATA        (multicast)
     DATA --send EVICT--> DONE                                              (multicast)
     DATA --send END--> AWAIT_RESULT
@@ -22,7 +22,7 @@ Receiver::
     START --recv HELLO--> HELLO --send HELLO--> AWAIT_PAKE --recv PAKE--> PAKE
     PAKE --send PAKE--> AWAIT_CONFIRM --recv CONFIRM--> CONFIRM
     CONFIRM --send CONFIRM--> AWAIT_PLAN --recv PLAN--> DECIDE
-    DECIDE --send STATE--> DATA --recv CHUNK|PATCH|ZERO|SAME|LOST--> DATA --recv END--> FINISH
+    DECIDE --send STATE--> DATA --recv CHUNK|PATCH|ZERO|SAME|LOST|LATER--> DATA --recv END--> FINISH
     DATA --recv GROUP|REF|POLL--> DATA;  DATA --send REPORT--> DATA        (multicast)
     DATA --recv EVICT--> DONE                                              (multicast)
     DATA --send HAVE|ACK--> DATA;  FINISH --send ACK--> FINISH --send RESULT--> DONE
@@ -99,6 +99,7 @@ TRANSITIONS: dict[tuple[Role, State, Direction, FrameType], State] = {
     (S, State.DATA, OUT, FrameType.SAME): State.DATA,
     (S, State.DATA, OUT, FrameType.PATCH): State.DATA,
     (S, State.DATA, OUT, FrameType.LOST): State.DATA,
+    (S, State.DATA, OUT, FrameType.LATER): State.DATA,
     (S, State.DATA, OUT, FrameType.GROUP): State.DATA,  # multicast: the data plane
     (S, State.DATA, OUT, FrameType.REF): State.DATA,
     (S, State.DATA, OUT, FrameType.POLL): State.DATA,
@@ -125,6 +126,7 @@ TRANSITIONS: dict[tuple[Role, State, Direction, FrameType], State] = {
     (R, State.DATA, IN, FrameType.SAME): State.DATA,
     (R, State.DATA, IN, FrameType.PATCH): State.DATA,
     (R, State.DATA, IN, FrameType.LOST): State.DATA,
+    (R, State.DATA, IN, FrameType.LATER): State.DATA,
     (R, State.DATA, IN, FrameType.GROUP): State.DATA,  # multicast: the data plane
     (R, State.DATA, IN, FrameType.REF): State.DATA,
     (R, State.DATA, IN, FrameType.POLL): State.DATA,

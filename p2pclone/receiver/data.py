@@ -9,6 +9,7 @@ chunks cover the plan once, in order; this loop checks that each is what its has
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import IO, assert_never
 
@@ -34,6 +35,7 @@ from ..protocol import (
     End,
     Error,
     Event,
+    Later,
     Lost,
     Patch,
     Plan,
@@ -41,8 +43,8 @@ from ..protocol import (
     State,
     Zero,
 )
-from ..protocol.connection import zero_digest
-from ..session import Channel, HaveReport, Notice, Progress, Reporter
+from ..protocol.root import zero_digest
+from ..session import Channel, HaveReport, Notice, Progress, Reporter, Rescuing
 from ..units import merged
 from .feed import Feed
 from .verify import NullLog, fetch_again
@@ -59,8 +61,8 @@ COMMIT_BYTES = 64 * 1024 * 1024
 DELTA_BATCH = 64
 
 #: the frames the unicast data phase handles itself; any other goes to the feed
-DataFrame = Chunk | Zero | Same | Lost | Patch | End | Error
-_DATA_FRAMES = (Chunk, Zero, Same, Lost, Patch, End, Error)
+DataFrame = Chunk | Zero | Same | Lost | Later | Patch | End | Error
+_DATA_FRAMES = (Chunk, Zero, Same, Lost, Later, Patch, End, Error)
 
 
 class DataState:
@@ -93,6 +95,10 @@ class DataState:
         self.lost: list[int] = []  # chunks the sender could not provide (LOST)
         #: source byte ranges the sender could not read (zeros here): exit 7
         self.unreadable: list[tuple[int, int]] = []
+        #: chunks a failing source left for its second pass (LATER), not yet here; and
+        #: the bytes of that pass, and how many have come
+        self.later: set[int] = set()
+        self.late_total = self.late_done = 0
         # Chunks the feed held wrong (or not at all): fetched again over our own
         # connection after END.  A feed's data is never trusted by itself.
         self.refetch: dict[int, bytes] = {}
@@ -113,14 +119,16 @@ class DataState:
         if self.refetch:
             await self._fetch(self.refetch)
         await self.commit(ack=True)
-        self.report(self._progress(self.plan.source_size))
+        self.report(self._progress(self.late_total or self.plan.source_size))
         return end
 
     def _progress(self, done: int) -> Progress:
         bad = merged(self.unreadable)  # a range across chunks counts once
+        if self.late_done:  # the second pass over a failing source
+            done = self.late_done
         return Progress(
             done,
-            self.plan.source_size,
+            self.late_total if self.late_done else self.plan.source_size,
             self.channel.conn.bytes_in,
             sum(n for _o, n in bad),
             len(bad),
@@ -166,6 +174,10 @@ class DataState:
 
     async def _data(self, event: DataFrame) -> None:
         match event:
+            case Chunk() if event.index in self.later:
+                self._late(event)
+                await self.room.acquire()
+                self.start_soon(lambda: self._write(event))
             case Chunk():
                 self.unreadable += event.unreadable
                 await self.room.acquire()
@@ -197,12 +209,30 @@ class DataState:
                 for i in range(event.index, event.index + event.count):
                     self.announced.pop(i, None)
                     self.lost.append(i)
+            case Later():
+                span = range(event.index, event.index + event.count)
+                for i in span:
+                    self.announced.pop(i, None)
+                self.later.update(span)
+                self.late_total += sum(self.plan.chunk_length(i) for i in span)
+                self.log.write(bytes(HASH_SIZE) * event.count)  # its place, for now
             case Error():
                 raise self.channel.peer_error(event)
             case End():  # handled by the loop
                 pass
             case _:
                 assert_never(event)
+
+    def _late(self, chunk: Chunk) -> None:
+        """A chunk the first pass left for later: its hash into its place in the log."""
+        if not self.late_done:
+            self.report(Rescuing(len(self.later), self.late_total))
+        self.later.discard(chunk.index)
+        self.late_done += chunk.length
+        self.unreadable += chunk.unreadable
+        if not isinstance(self.log, NullLog):
+            self.log.flush()
+            os.pwrite(self.log.fileno(), chunk.digest, HASH_SIZE * chunk.index)
 
     # -- what a feed may use (feed.Sink) ------------------------------------------------
 

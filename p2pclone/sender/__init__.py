@@ -43,7 +43,6 @@ from ..protocol import (
     Plan,
     Result,
     Role,
-    zero_digest,
 )
 from ..session import (
     Channel,
@@ -52,7 +51,6 @@ from ..session import (
     GroupProgress,
     Notice,
     Planned,
-    Progress,
     Reporter,
     no_report,
     pair,
@@ -60,9 +58,10 @@ from ..session import (
 )
 from ..transports import Transport
 from ..units import merged, partitions_hit
-from .ahead import READ_AHEAD_BYTES, EncodeAhead, Slot
-from .runs import ChunkKind, HaveMap, Runs, answer_nak, run_frame
+from .ahead import READ_AHEAD_BYTES
+from .runs import ChunkKind, HaveMap, answer_nak
 from .source import cut_off, open_source
+from .stream import stream_chunks
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 
@@ -265,7 +264,7 @@ async def _session(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch, channel, source, plan, have, acks, result)
-            runs = await _stream_chunks(channel, source, plan, have, threads, nursery, report)
+            runs = await stream_chunks(channel, source, plan, have, threads, nursery, report)
             # A salvaged image over a real link: the receiver must not call its copy
             # done either, so the session ends in this error, not in END.
             if (
@@ -330,82 +329,6 @@ async def _watch(
                 return
             case _:
                 assert_never(event)
-
-
-async def _stream_chunks(
-    channel: Channel,
-    source: DiskSource,
-    plan: Plan,
-    have: HaveMap,
-    threads: int,
-    nursery: trio.Nursery,
-    report: Reporter,
-) -> Runs:
-    async def emit(kind: ChunkKind, first: int, count: int, hashes: bytes) -> None:
-        await channel.send(run_frame(kind, first, count, hashes))
-
-    slots = EncodeAhead(source, plan, threads, have).start(nursery)
-    runs = Runs(emit)
-    last_report = -1.0
-    async with slots:
-        while True:
-            # Never sit on an open ZERO/SAME run while waiting: the receiver paces
-            # its HAVE reports by the chunks it has seen, so a run held back while we
-            # wait for a report would leave both sides waiting for each other.
-            try:
-                slot = slots.receive_nowait()
-            except trio.WouldBlock:
-                await runs.flush()
-                try:
-                    slot = await slots.receive()
-                except trio.EndOfChannel:
-                    break
-            except trio.EndOfChannel:
-                break
-            if not slot.ready.is_set():
-                await runs.flush()
-            await _send_slot(channel, plan, have, runs, slot)
-            now = trio.current_time()
-            if now - last_report >= 0.1:
-                last_report = now
-                done = min(plan.source_size, (slot.index + max(slot.zero_run, 1)) * plan.chunk_size)
-                bad = merged(runs.unreadable)  # a range across chunks counts once
-                out = channel.conn.bytes_out
-                report(Progress(done, plan.source_size, out, sum(n for _o, n in bad), len(bad)))
-        await runs.flush()
-    report(Progress(plan.source_size, plan.source_size, channel.conn.bytes_out))
-    return runs
-
-
-async def _send_slot(channel: Channel, plan: Plan, have: HaveMap, runs: Runs, slot: Slot) -> None:
-    """One chunk (or a hole's run of zero chunks) to the receiver."""
-    if slot.zero_run and not have.expected:
-        await runs.add(ChunkKind.ZERO, slot.index, count=slot.zero_run)
-    elif slot.zero_run:
-        for i in range(slot.index, slot.index + slot.zero_run):
-            if have.covered <= i:
-                await runs.flush()
-            held = await have.get(i)
-            have.subs(i)  # not needed: a hole is sent whole (as ZERO)
-            if held is not None and held == zero_digest(plan.chunk_length(i)):
-                await runs.add(ChunkKind.SAME, i, held)
-            else:
-                await runs.add(ChunkKind.ZERO, i)
-    else:
-        encoded = await slot.encoded()
-        if encoded.same is not None:
-            await runs.add(ChunkKind.SAME, slot.index, encoded.same)
-        elif encoded.zero:
-            await runs.add(ChunkKind.ZERO, slot.index)
-        elif encoded.lost:
-            await runs.add(ChunkKind.LOST, slot.index)
-        else:
-            await runs.flush()
-            event = encoded.patch or encoded.chunk
-            assert event is not None
-            if encoded.chunk is not None:
-                runs.unreadable += encoded.chunk.unreadable
-            await channel.send(event)
 
 
 __all__ = [

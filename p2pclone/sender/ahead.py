@@ -11,6 +11,7 @@ without reading: they come as runs of zero chunks.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import trio
@@ -52,12 +53,20 @@ class EncodeAhead:
     before the chunk is encoded, so a chunk it holds costs a hash and no compression
     (SAME), and a delta's sub-block hashes make a PATCH.  Without it every chunk is
     encoded whole (a multicast group compares each member's hashes afterwards).
+    ``defer``: a chunk a failing disk does not read is left for later (``Encoded.later``),
+    for the sender's second pass, instead of being narrowed down in place.
     """
 
     def __init__(
-        self, source: DiskSource, plan: Plan, threads: int, have: HaveMap | None = None
+        self,
+        source: DiskSource,
+        plan: Plan,
+        threads: int,
+        have: HaveMap | None = None,
+        *,
+        defer: bool = False,
     ) -> None:
-        self.source, self.plan, self.have = source, plan, have
+        self.source, self.plan, self.have, self.defer = source, plan, have, defer
         self.limiter = trio.CapacityLimiter(threads)
         depth = max(4, READ_AHEAD_BYTES // plan.chunk_size)
         self._send, self.slots = trio.open_memory_channel[Slot](depth)
@@ -93,6 +102,8 @@ class EncodeAhead:
         else:
             sub = self.have.sub if self.have else 0
             slot.result = await trio.to_thread.run_sync(
-                encode_chunk, source, plan, slot.index, held, subs, sub, limiter=self.limiter
-            )
+                functools.partial(encode_chunk, defer=self.defer),
+                source, plan, slot.index, held, subs, sub,
+                limiter=self.limiter,
+            )  # fmt: skip
         slot.ready.set()

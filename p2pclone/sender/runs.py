@@ -11,7 +11,18 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ..pipeline import DiskSource, encode_repair
-from ..protocol import HASH_SIZE, MAX_HASHES, SUB_HASH_SIZE, Have, Lost, Nak, Plan, Same, Zero
+from ..protocol import (
+    HASH_SIZE,
+    MAX_HASHES,
+    SUB_HASH_SIZE,
+    Have,
+    Later,
+    Lost,
+    Nak,
+    Plan,
+    Same,
+    Zero,
+)
 from ..session import Channel
 
 
@@ -21,6 +32,7 @@ class ChunkKind(enum.Enum):
     ZERO = "zero"  # all zeros: a ZERO range, no payload
     SAME = "same"  # the receiver holds it already: a SAME range with its hash
     LOST = "lost"  # the source cannot provide it (a damaged image): a LOST range
+    LATER = "later"  # a failing disk did not read it on the first pass: a LATER range
     REF = "ref"  # it comes through a multicast group's slice: a REF with its hash
     # a group member gets it whole over its own link: a chunk naming unreadable source
     # ranges (each member must learn them from the sender, never from the group)
@@ -45,6 +57,8 @@ class Runs:
         self.totals: Counter[ChunkKind] = Counter()
         #: source ranges sent as unreadable (zeros), for the done line
         self.unreadable: list[tuple[int, int]] = []
+        #: chunks left for the second pass (LATER), in order
+        self.later: list[int] = []
 
     async def add(self, kind: ChunkKind, index: int, digest: bytes = b"", count: int = 1) -> None:
         """Add ``count`` chunks from ``index`` (SAME and REF: one chunk and its hash)."""
@@ -63,7 +77,7 @@ class Runs:
         self.kind, self.count, self.hashes = None, 0, bytearray()
 
 
-def run_frame(kind: ChunkKind, first: int, count: int, hashes: bytes) -> Zero | Same | Lost:
+def run_frame(kind: ChunkKind, first: int, count: int, hashes: bytes) -> Zero | Same | Lost | Later:
     """The unicast frame for a run (a REF run exists only in a multicast group)."""
     match kind:
         case ChunkKind.ZERO:
@@ -72,6 +86,8 @@ def run_frame(kind: ChunkKind, first: int, count: int, hashes: bytes) -> Zero | 
             return Same(index=first, hashes=hashes)
         case ChunkKind.LOST:
             return Lost(index=first, count=count)
+        case ChunkKind.LATER:
+            return Later(index=first, count=count)
         case ChunkKind.REF | ChunkKind.WHOLE:
             raise AssertionError("REF and WHOLE runs are a multicast group's")
 

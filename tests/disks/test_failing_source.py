@@ -71,12 +71,12 @@ def test_unreadable_sectors_are_data_then_a_rerun_fetches_only_them(
     assert done["event"] == "done" and done["verified"]
     assert done["unreadable"] == [[s, n] for s, n in bad]
     assert "could not read" in said
-    progress = [
-        e
-        for e in (json.loads(x) for x in said.splitlines() if '"event": "progress"' in x)
-        if e["phase"] == "copying"  # not the --verify pass that follows
-    ]
-    assert progress[-1]["unreadable_ranges"] == 3  # the progress shows them as they come
+    events = [json.loads(x) for x in said.splitlines() if x.startswith("{")]
+    # The first pass leaves the failing chunks for later; the second ("rescuing")
+    # narrows them down, and the progress shows the ranges as they come.
+    rescuing = [e for e in events if e["event"] == "rescuing"]
+    assert rescuing and rescuing[0]["chunks"] >= 4, rescuing  # 4 bad, and skipped ones
+    progress = [e for e in events if e["event"] == "progress" and e["phase"] == "rescuing"]
     assert progress[-1]["unreadable_bytes"] == sum(n for _s, n in bad)
     got = target.read_bytes()
     for s, n in bad:
@@ -133,6 +133,32 @@ def test_the_mapfile_is_read_by_ddrescuelog(tmp_path: Path) -> None:
 
 def eio_count(log: Path) -> int:
     return sum(1 for line in log.read_text().splitlines() if line.endswith("EIO"))
+
+
+def test_everything_readable_is_read_before_the_bad_areas_are_narrowed_down(
+    tmp_path: Path,
+) -> None:
+    """GNU ddrescue's order: the first pass reads the whole disk, leaving the chunks
+    that fail (and the next ones, skipped ahead) for later; only then does the second
+    pass come back to narrow them down a sector at a time.  The device's own log shows
+    it: no single-sector read happens before the disk's last chunk was read.  Negative
+    control (tried): with the failing chunks narrowed down in place (a peer without
+    LATER), the sector reads come before the last chunk's read."""
+    need_fuse()
+    image = tmp_path / "disk.img"
+    data = random_file(image, 16 * MiB)
+    target = tmp_path / "t.img"
+    bad = [(MiB + 4096, 512), (2 * MiB + 8192, 4096)]
+    with failing_disk(image, [(s, n, -1) for s, n in bad]) as (disk, log):
+        code, done, said = clone_json(str(disk), target)
+        reads = [line.split() for line in log.read_text().splitlines()]
+    assert code == 7 and done["unreadable"] == [list(r) for r in bad], said
+    last_chunk = max(k for k, (offset, _n, _ok) in enumerate(reads) if int(offset) >= 15 * MiB)
+    first_sector = min(k for k, (_o, n, _ok) in enumerate(reads) if int(n) == 512)
+    assert last_chunk < first_sector, (last_chunk, first_sector)
+    got = target.read_bytes()
+    holes = Extents.of((s, s + n) for s, n in bad)
+    assert all(got[a:b] == data[a:b] for a, b in holes.invert(0, len(data)))
 
 
 def test_a_long_bad_stretch_costs_a_few_failed_reads_per_chunk(tmp_path: Path) -> None:

@@ -54,3 +54,49 @@ def test_unsorted_or_overlapping_ranges_are_refused() -> None:
     meta["u"] = [[0, "x"]]
     with pytest.raises(RemoteProtocolError, match="malformed"):
         ChunkMessage.from_frame(meta, bytes(MiB))
+
+
+def root_of(digests: list[bytes]) -> bytes:
+    return blake3.blake3(b"".join(digests)).digest()
+
+
+def test_chunks_left_for_later_come_after_the_first_pass_and_the_root_is_in_order() -> None:
+    """LATER covers chunks 1..2 on the first pass; they come as CHUNKs after chunk 3,
+    in any order; the root is BLAKE3 over the digests in chunk order on both ends, as if
+    they had come in place."""
+    from p2pclone.protocol import End, Later
+
+    pair, _plan = ready()
+    s, r = pair.conns[Role.SENDER], pair.conns[Role.RECEIVER]
+    assert s.peer_takes_later and r.peer_takes_later
+    pair.send(Role.SENDER, chunk(0, ()))
+    pair.send(Role.SENDER, Later(index=1, count=2))
+    pair.send(Role.SENDER, chunk(3, ()))
+    assert r.later == {1, 2}
+    pair.send(Role.SENDER, chunk(2, ((2 * MiB, 2 * MiB + 512),)))
+    pair.send(Role.SENDER, chunk(1, ()))
+    assert not r.later
+    digest = chunk(0, ()).digest
+    assert s.root_digest() == r.root_digest() == root_of([digest] * 4)
+    pair.send(Role.SENDER, End(chunk_count=4, root=s.root_digest()))
+
+
+def test_later_chunks_cannot_come_early_twice_or_be_skipped() -> None:
+    from p2pclone.protocol import End, Later
+
+    def forge(*events) -> None:
+        pair, _plan = ready()
+        r = pair.conns[Role.RECEIVER]
+        for event in events:
+            r.receive_data(pair.forge(Role.SENDER, event))
+            r.next_event()
+
+    forge(Later(index=0, count=2), chunk(2, ()), chunk(3, ()), chunk(0, ()))  # fine
+    with pytest.raises(RemoteProtocolError, match="before the first pass ended"):
+        forge(Later(index=0, count=2), chunk(0, ()))
+    with pytest.raises(RemoteProtocolError, match="arrived where chunk 4 was due"):
+        forge(Later(index=0, count=1), chunk(1, ()), chunk(2, ()), chunk(3, ()), chunk(0, ()),
+              chunk(0, ()))  # fmt: skip
+    with pytest.raises(RemoteProtocolError, match="left for later, came"):
+        forge(Later(index=0, count=1), chunk(1, ()), chunk(2, ()), chunk(3, ()),
+              End(chunk_count=4, root=bytes(32)))  # fmt: skip
