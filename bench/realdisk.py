@@ -346,8 +346,7 @@ def summarize(disk: Path, used: int, runs: dict, local: dict, args: argparse.Nam
         "p2pclone_wire": wire,
         "scan_seconds": scan,
         "targets": [
-            {"target": t, "goal": g, "value": round(v, 3),
-             "pass": v >= lim if higher else v <= lim}
+            {"target": t, "goal": g, "value": round(v, 3), "pass": v >= lim if higher else v <= lim}
             for t, g, v, lim, higher in targets
         ],  # fmt: skip
     }

@@ -66,8 +66,14 @@ def rescue_area(
     retries: int = 1,
     scrape: bool = False,
     known_bad: Extents = Extents(),  # noqa: B008 - frozen
+    known_good: Extents = Extents(),  # noqa: B008 - frozen
+    read_span: Callable[[int, int], bytes] | None = None,
 ) -> Rescued:
-    """Narrow down ``[start, end)`` (whole sectors) to its unreadable sectors."""
+    """Narrow down ``[start, end)`` (whole sectors) to its unreadable sectors.
+
+    ``known_good``: ranges that read before (the part of a first-pass read that came
+    back before it stopped short), read again in one ``read_span`` each rather than a
+    sector at a time."""
     if start % sector or end % sector:
         raise ValueError("an area is rescued in whole sectors")
     out = Rescued(start, bytearray(end - start))
@@ -75,6 +81,17 @@ def rescue_area(
     for a, b in known_bad.clip(start, end):
         for pos in range(a - a % sector, b, sector):
             state[pos] = False
+    for a, b in known_good.clip(start, end) if read_span is not None else ():
+        a, b = -(-a // sector) * sector, b - b % sector
+        try:
+            data = read_span(a, b - a) if b > a and read_span is not None else b""
+        except OSError as exc:
+            if exc.errno not in MEDIA_ERRORS:
+                raise
+            continue  # it failed now: found sector by sector like the rest
+        if data and len(data) == b - a:
+            out.data[a - start : b - start] = data
+            state.update((pos, True) for pos in range(a, b, sector) if pos not in state)
 
     def attempt(pos: int, again: bool = False) -> bool:
         if pos in state and not again:

@@ -76,8 +76,10 @@ class Source:
         self._rescuing = threading.Lock()  # one area at a time: a failing disk is slow
         #: the first pass of a sender that leaves failing chunks for later: skip ahead
         self.skip: SkipAhead | None = None
-        #: what failed to read whole on the first pass: the second goes to rescue()
+        #: what failed to read whole on the first pass: the second goes to rescue(),
+        #: and what came back of it before the read stopped short
         self.suspect = Extents()
+        self.good = Extents()
         #: the second pass: whole reads with O_DIRECT (``second_pass``)
         self.direct: DirectReader | None = None
         #: seconds a read may take before its range counts as unreadable (0: forever)
@@ -181,6 +183,13 @@ class Source:
             else:
                 data = os.pread(self.fd, length, offset)
             while len(data) < length:
+                if self.skip is not None and self.direct is None:
+                    # The first pass: a short read stops where the disk failed; reading
+                    # on from there would be one more failed read.  What came back is
+                    # known good (the rescue reads it again in one go).
+                    good = offset + len(data) - len(data) % 512
+                    self.good = self.good.union(Extents(((offset, good),)))
+                    raise OSError(errno.EIO, "Input/output error (a short read)")
                 more = os.pread(self.fd, length - len(data), offset + len(data))
                 if not more:
                     raise SourceError(
@@ -238,6 +247,8 @@ class Source:
                     retries=self.rescue_options.retries,
                     scrape=self.rescue_options.scrape,
                     known_bad=self.failed,
+                    known_good=self.good,
+                    read_span=reader.read_span,
                 )  # fmt: skip
                 self.failed = self.failed.union(got.failed)
                 self.failed_reads += got.failed_reads

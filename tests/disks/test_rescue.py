@@ -119,3 +119,22 @@ def test_a_real_failing_block_device(tmp_path: Path) -> None:
     assert eio <= got.failed_reads + 2  # nothing read ahead into the bad area
     for a, b in got.bad.invert(MiB, 2 * MiB):
         assert bytes(got.data[a - MiB : b - MiB]) == data[a:b]
+
+
+def test_what_the_first_pass_read_is_read_again_in_one_go() -> None:
+    """``known_good`` (the part of a first-pass read that came back before it stopped
+    short) is read with one ``read_span``, not a sector at a time: the front trim
+    starts where the disk failed."""
+    read, data, reads = disk(64 * S, bad={40})
+    spans = []
+
+    def read_span(offset: int, length: int) -> bytes:
+        spans.append((offset, length))
+        return data[offset : offset + length]
+
+    got = rescue_area(
+        read, 0, 64 * S, S, retries=0, known_good=Extents(((0, 32 * S),)), read_span=read_span
+    )
+    assert spans == [(0, 32 * S)] and got.bad == Extents(((40 * S, 41 * S),))
+    assert min(reads) == 32 * S and got.failed_reads == 1
+    assert bytes(got.data[: 40 * S]) == data[: 40 * S]
