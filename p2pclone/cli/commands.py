@@ -29,8 +29,9 @@ from .tuning import tune_malloc
 
 
 def _run(args: argparse.Namespace, out: Output, fn: Callable[[], Any]) -> int:
+    again = "run the same command again" if args.command == "clone" else "run both sides again"
     interrupted = TransportError(
-        "interrupted: the transfer was stopped and the target is incomplete; run both sides again",
+        f"interrupted: the transfer was stopped and the target is incomplete; {again}",
         code="interrupted",
     )
     try:
