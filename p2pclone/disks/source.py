@@ -74,6 +74,7 @@ class Source:
         self.failed = Extents()
         self.failed_reads = 0
         self._rescuing = threading.Lock()  # one area at a time: a failing disk is slow
+        self._noting = threading.Lock()  # what the reading threads learn of the disk
         #: the first pass of a sender that leaves failing chunks for later: skip ahead
         self.skip: SkipAhead | None = None
         #: what failed to read whole on the first pass: the second goes to rescue(),
@@ -183,12 +184,13 @@ class Source:
             else:
                 data = os.pread(self.fd, length, offset)
             while len(data) < length:
-                if self.skip is not None and self.direct is None:
-                    # The first pass: a short read stops where the disk failed; reading
-                    # on from there would be one more failed read.  What came back is
-                    # known good (the rescue reads it again in one go).
+                if self.skip is not None or self.direct is not None:
+                    # Either pass over a failing disk: a short read stops where the disk
+                    # failed; reading on from there would be one more failed read.  What
+                    # came back is known good (the rescue reads it again in one go).
                     good = offset + len(data) - len(data) % 512
-                    self.good = self.good.union(Extents(((offset, good),)))
+                    with self._noting:
+                        self.good = self.good.union(Extents(((offset, good),)))
                     raise OSError(errno.EIO, "Input/output error (a short read)")
                 more = os.pread(self.fd, length - len(data), offset + len(data))
                 if not more:
@@ -202,8 +204,9 @@ class Source:
                 # Not narrowed here: every read into a failing area costs (rescue() does
                 # it, once per sector, where the driver can use what still reads).
                 if self.skip is not None:
-                    self.skip.failed(offset, length)
-                    self.suspect = self.suspect.union(Extents(((offset, offset + length),)))
+                    with self._noting:
+                        self.skip.failed(offset, length)
+                        self.suspect = self.suspect.union(Extents(((offset, offset + length),)))
                 raise UnreadableError(
                     f"reading the source {self.path} failed between bytes {offset} and "
                     f"{offset + length - 1}: {exc.strerror}; the disk is failing",
