@@ -187,8 +187,9 @@ def run_demo(*, size_mib: int = 256, workdir: str | None = None, debug: bool = F
             "nor written."
         )
         print(
-            "\nOn two real machines:  p2pclone receive /dev/sdX tcp://   (on the target)\n"
-            "                       p2pclone send /dev/sdY tcp://TARGET-HOST   (type its code)"
+            "\nOn two real machines:  p2pclone receive /dev/sdX   (on the target)\n"
+            "                       p2pclone send /dev/sdY     (type its code: it finds the "
+            "receiver)"
         )
         return 0
     except P2PCloneError:

@@ -1,8 +1,11 @@
 """tcp://HOST[:PORT] — a direct TCP link (crossover cable, switch, or routed).
 
 The receiver listens (``tcp://`` or ``tcp://:PORT`` = every address, both IPv4 and
-IPv6; ``tcp://BIND[:PORT]`` = one address); the sender connects to ``tcp://HOST[:PORT]``.
-IPv6 literals go in brackets: ``tcp://[fe80::1%eth0]:7411``.  Default port 7411.
+IPv6, announced over mDNS with the code's nameplate: transports/mdns.py;
+``tcp://BIND[:PORT]`` = one address); the sender connects to ``tcp://HOST[:PORT]``, or,
+given ``tcp://`` alone, finds the receiver of its code's nameplate and connects to
+whichever of its addresses answers first.  IPv6 literals go in brackets:
+``tcp://[fe80::1%eth0]:7411``.  Default port 7411.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import ipaddress
 import os
 import socket
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import trio
@@ -115,10 +119,47 @@ def _format_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+#: how long a sender with no host looks for its receiver at least (send --wait: longer)
+FIND_WAIT = 5.0
+#: Happy Eyeballs (RFC 8305): start the next address this long after the previous one
+NEXT_ADDRESS = 0.25
+
+
+async def _race(addresses: list[str], port: int, whose: str) -> tuple[trio.SocketStream, str]:
+    """A stream to the first of ``addresses`` that answers, and which; the others are
+    given up."""
+    winner: list[tuple[trio.SocketStream, str]] = []
+    failures: list[str] = []
+    async with trio.open_nursery() as nursery:
+
+        async def attempt(address: str, delay: float) -> None:
+            await trio.sleep(delay)
+            try:
+                stream = await trio.open_tcp_stream(address, port)
+            except OSError as exc:
+                failures.append(f"{_format_host(address)}: {exc.strerror or exc}")
+                return
+            if winner:
+                await stream.aclose()
+                return
+            winner.append((stream, address))
+            nursery.cancel_scope.cancel()
+
+        for k, address in enumerate(addresses):
+            nursery.start_soon(attempt, address, k * NEXT_ADDRESS)
+    if not winner:
+        raise TransportError(
+            f"found the receiver, but none of {whose} addresses answered on port {port} "
+            f"({'; '.join(failures) or 'it announced none'}): check the cable or the firewall"
+        )
+    return winner[0]
+
+
 class TcpListener(LinkListener):
     def __init__(self, listeners: list[trio.SocketListener], url: str) -> None:
         self._listeners = listeners
         self.url = url
+        self.announcement: Any = None  # mdns.Announcement, while we wait
 
     async def accept(self) -> trio.abc.Stream:
         # One listener per address family when binding everywhere: take whichever
@@ -139,6 +180,10 @@ class TcpListener(LinkListener):
         return accepted[0]
 
     async def aclose(self) -> None:
+        if self.announcement is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.announcement.stop)
+            self.announcement = None
         for listener in self._listeners:
             await listener.aclose()
 
@@ -172,10 +217,13 @@ class TcpTransport(Transport):
             UsageError: no host, or port 0.
             TransportError: the name does not resolve, or nobody answered in time.
         """
+        if not self.host and self.url.rstrip("/") == "tcp:":  # no URL: find it by the code
+            return await self._find_and_connect()
         if not self.host:
             raise UsageError(
                 f"{self.url!r} names no host to connect to: write tcp://HOST[:PORT], "
-                f"e.g. tcp://192.0.2.7:{DEFAULT_PORT}"
+                f"e.g. tcp://192.0.2.7:{DEFAULT_PORT}, or give no URL to find the receiver "
+                "by the code"
             )
         if self.port == 0:
             raise UsageError(f"{self.url!r}: port 0 can't be connected to")
@@ -235,4 +283,58 @@ class TcpTransport(Transport):
             ) from None
         sockname = listeners[0].socket.getsockname()
         host = self.host or "0.0.0.0"
-        return TcpListener(listeners, f"tcp://{_format_host(host)}:{sockname[1]}")
+        found = TcpListener(listeners, f"tcp://{_format_host(host)}:{sockname[1]}")
+        if not self.host and self.options.get("code"):
+            await self._announce(found, sockname[1])
+        return found
+
+    async def _announce(self, listener: TcpListener, port: int) -> None:
+        """Every address: tell the links around, by the code's nameplate (mDNS)."""
+        from .mdns import Announcement
+
+        nameplate = str(self.options["code"]).split("-", 1)[0]
+        announcement = Announcement(
+            nameplate, port, int(self.options.get("size") or 0), str(self.options.get("version"))
+        )
+        try:
+            await trio.to_thread.run_sync(announcement.start)
+        except OSError as exc:  # no multicast-capable interface: the URL still works
+            note = self.options.get("waiting")
+            if note is not None:
+                why = exc.strerror or str(exc)
+                note(
+                    f"this receiver could not announce itself on the network ({why}): "
+                    f"senders need its address, tcp://ADDRESS:{port}"
+                )
+            return
+        listener.announcement = announcement
+
+    async def _find_and_connect(self) -> trio.abc.Stream:
+        """No host: find the receiver announcing our code's nameplate, then connect to
+        the first of its addresses that answers (Happy Eyeballs: one more every 0.25 s)."""
+        from .mdns import browse
+
+        code = str(self.options.get("code") or "")
+        nameplate = code.split("-", 1)[0]
+        if not nameplate:
+            raise UsageError("give the receiver's address, tcp://HOST[:PORT], or its code")
+        wait = max(float(self.options.get("wait") or 0.0), FIND_WAIT)
+        found = await trio.to_thread.run_sync(browse, wait, nameplate)
+        if not found:
+            raise TransportError(
+                f"no receiver with the code {nameplate}-… answered on the links around within "
+                f"{wait:g} s: start `p2pclone receive` on the target machine first; if this "
+                "network drops multicast (mDNS), give the receiver's address: "
+                f"p2pclone send SOURCE tcp://ADDRESS:{DEFAULT_PORT}"
+            )
+        if len(found) > 1:
+            listing = "; ".join(f"{a.host} ({', '.join(a.urls()) or 'no address'})" for a in found)
+            raise UsageError(
+                f"{len(found)} receivers announce the code {nameplate}-…: {listing}; p2pclone "
+                "does not guess: give the one you mean by its URL, or restart one of them "
+                "with another code"
+            )
+        peer = found[0]
+        stream, address = await _race(peer.addresses, peer.port, f"{peer.host}'s")
+        self.url = f"tcp://{_format_host(address)}:{peer.port}"  # the one reached
+        return tune(stream)

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -273,6 +274,40 @@ def cmd_disks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_peers(args: argparse.Namespace) -> int:
+    from ..transports.mdns import browse
+
+    now = time.time()
+    found = sorted(browse(max(args.wait, 0.1)), key=lambda a: (a.nameplate, a.host))
+    for a in found:
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "nameplate": a.nameplate,
+                        "host": a.host,
+                        "port": a.port,
+                        "addresses": a.addresses,
+                        "urls": a.urls(),
+                        "target_bytes": a.size,
+                        "version": a.version,
+                        "age": round(max(0.0, now - a.since), 1) if a.since else None,
+                    }
+                )
+            )
+    if args.json:
+        return 0
+    if not found:
+        print(f"No receivers announced themselves within {args.wait:g} s.")
+        return 0
+    print(f"{'CODE':<6} {'HOST':<20} {'TARGET':>10} {'WAITING':>8}  ADDRESSES")
+    for a in found:
+        age = f"{max(0.0, now - a.since):.0f} s" if a.since else "?"
+        print(f"{a.nameplate + '-…':<6} {a.host[:20]:<20} {human_bytes(a.size):>10} {age:>8}  "
+              f"{', '.join(a.urls())}")  # fmt: skip
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
@@ -289,6 +324,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "clone": cmd_clone,
     "image": cmd_image,
     "disks": cmd_disks,
+    "peers": cmd_peers,
     "demo": cmd_demo,
 }
 

@@ -61,23 +61,7 @@ class Output:
     def __call__(self, event: Report) -> None:
         match event:
             case Listening(url=url, code=code):
-                if self.json_mode:
-                    self.emit(event="listening", url=url, code=code)
-                elif not code:  # an image: nobody to tell a code to
-                    self.say(f"Reading the image {url}")
-                else:
-                    self.say(f"Listening on {url}  —  code: {code}")
-                    there = (
-                        f"tcp://THIS-HOST:{url.rsplit(':', 1)[-1]}"
-                        if url.startswith("tcp://")
-                        else "serial:///dev/ttyX (its end of the cable)"
-                        if url.startswith("serial://")
-                        else url
-                    )
-                    self.say(
-                        f"On the source machine run:  p2pclone send SOURCE {there}  "
-                        "(and type the code when asked)"
-                    )
+                self._listening(url, code)
             case Connected(url=url):
                 if self.json_mode:
                     self.emit(event="connected", url=url)
@@ -131,6 +115,29 @@ class Output:
                     )
             case _:
                 assert_never(event)
+
+    def _listening(self, url: str, code: str) -> None:
+        if self.json_mode:
+            self.emit(event="listening", url=url, code=code)
+        elif not code:  # an image: nobody to tell a code to
+            self.say(f"Reading the image {url}")
+        else:
+            self.say(f"Listening on {url}  —  code: {code}")
+            if url.startswith("tcp://0.0.0.0:"):  # every address, announced
+                port = url.rsplit(":", 1)[-1]
+                self.say(
+                    "On the source machine run:  p2pclone send SOURCE  (type the code "
+                    "when asked: it finds this receiver by the code's number)"
+                )
+                self.say(f"  or give one of this machine's addresses: {_here(port)}")
+                return
+            there = (
+                "serial:///dev/ttyX (its end of the cable)" if url.startswith("serial://") else url
+            )
+            self.say(
+                f"On the source machine run:  p2pclone send SOURCE {there}  "
+                "(and type the code when asked)"
+            )
 
     def unreadable(self, done: Done, origin: str = "disk") -> None:
         """The done line of a clone that is complete except for unreadable source
@@ -308,3 +315,20 @@ class Output:
 def _and(items: list[str]) -> str:
     """ "a", "a and b", "a, b and c"."""
     return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else items[0]
+
+
+def _here(port: str) -> str:
+    """This machine's addresses as tcp:// URLs (link-local ones with the zone left for
+    the sender to fill in: its own interface's name)."""
+    from ..transports.mdns import local_addresses
+
+    urls = []
+    for address in local_addresses()[:6]:
+        address, _, zone = address.partition("%")
+        host = (
+            f"[{address}%SENDER-INTERFACE]"
+            if zone
+            else (f"[{address}]" if ":" in address else address)
+        )
+        urls.append(f"tcp://{host}:{port}")
+    return ", ".join(urls) or "(none: this machine has no address but loopback)"

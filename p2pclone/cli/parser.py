@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_clone(sub)
     _add_image(sub)
     _add_disks(sub)
+    _add_peers(sub)
     _add_demo(sub)
     return parser
 
@@ -78,7 +79,10 @@ def _add_receive(sub: _Subcommands) -> None:
     r.add_argument(
         "url",
         metavar="URL",
-        help="where to listen: tcp://[BIND][:PORT] (default port 7411), "
+        nargs="?",
+        default="tcp://",
+        help="where to listen (default: every address, port 7411, announced on the links "
+        "around by the code's number, so the sender needs no URL): tcp://[BIND][:PORT], "
         "serial:///dev/ttyX[?baud=N] or multicast://GROUP[:PORT][?iface=NAME]; or an image "
         "file to restore: file:///PATH (a file, not a device) or "
         "smb://[USER@]HOST[:PORT]/SHARE/PATH",
@@ -112,7 +116,10 @@ def _add_send(sub: _Subcommands) -> None:
     s.add_argument(
         "url",
         metavar="URL",
-        help="the receiver: tcp://HOST[:PORT] or serial:///dev/ttyX[?baud=N], or a group of "
+        nargs="?",
+        default="tcp://",
+        help="the receiver (default: the one announcing this code's number on the links "
+        "around, found over mDNS): tcp://HOST[:PORT] or serial:///dev/ttyX[?baud=N], or a group of "
         "them: multicast://GROUP[:PORT][?iface=NAME&rate=RATE]; or an image "
         "file to save: file:///PATH (a file, not a device: a disk is SOURCE or the "
         "receiver's TARGET) or smb://[USER@]HOST[:PORT]/SHARE/PATH (password from "
@@ -323,6 +330,20 @@ def _add_disks(sub: _Subcommands) -> None:
     )
     d.add_argument("--json", action="store_true", help="one JSON object per disk")
     d.set_defaults(debug=False)
+
+
+def _add_peers(sub: _Subcommands) -> None:
+    p = sub.add_parser(
+        "peers",
+        help="list the receivers waiting on the links around",
+        description="List the receivers announcing themselves over mDNS "
+        "(_p2pclone._tcp): the number of their code, host, addresses, target size.",
+    )
+    p.add_argument(
+        "--wait", type=float, default=2.0, metavar="SECONDS", help="listen this long (default 2)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per receiver")
+    p.set_defaults(debug=False)
 
 
 def _add_demo(sub: _Subcommands) -> None:

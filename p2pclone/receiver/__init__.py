@@ -35,7 +35,7 @@ from ..image.link import PlayerListener, clean_url
 from ..image.reader import ImageSource
 from ..journal import Header, Journal, check_state_dir, default_state_dir
 from ..pipeline import SUB_BLOCK, default_threads
-from ..protocol import Accept, Connection, End, Plan, Result, Role
+from ..protocol import PROTOCOL_VERSION, Accept, Connection, End, Plan, Result, Role
 from ..sender import send_stream
 from ..session import (
     Channel,
@@ -49,6 +49,7 @@ from ..session import (
     pair,
     pick_error,
 )
+from ..transports import LinkListener, Transport
 from ..units import human_bytes, merged, partitions_hit
 from ..volumes.extents import Extents
 from .data import DataState
@@ -138,7 +139,7 @@ async def receive(
         listener = (
             PlayerListener(url, code=code, password=password, play=_play)
             if transport is None
-            else await transport.listen()
+            else await _listen(transport, target, report)
         )
         try:
             # An image's passphrase is nobody's business on the screen.
@@ -157,6 +158,16 @@ async def receive(
         return done
     finally:
         target.close()
+
+
+async def _listen(transport: Transport, target: Target, report: Reporter) -> LinkListener:
+    """Listen; what an announcement of us says (tcp:// on every address, over mDNS)."""
+    transport.options.update(
+        size=target.size,
+        version=str(PROTOCOL_VERSION),
+        waiting=lambda sentence: report(Notice(sentence)),
+    )
+    return await transport.listen()
 
 
 async def _play(stream: trio.abc.Stream, source: ImageSource, url: str, code: str) -> None:

@@ -1,0 +1,185 @@
+"""Receivers found by their code: DNS-SD over mDNS (RFC 6762, 6763), via ``zeroconf``.
+
+A receiver listening on every address (``tcp://``, or no URL at all) announces
+``<nameplate>-<host>-<random>._p2pclone._tcp.local.`` on every up interface, IPv4 and
+IPv6 (link-local included); its TXT record holds the nameplate (the code's leading
+number), the protocol version, the target's size and the host name — never the code's
+words, nor anything that helps guess them.  A sender with no host in its URL browses
+for its nameplate and connects to whichever address answers first.  ``avahi-browse -r
+_p2pclone._tcp`` sees the receivers too.
+
+Blocking functions (zeroconf runs its own thread): call them from a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zeroconf import Zeroconf
+
+SERVICE = "_p2pclone._tcp.local."
+#: after the first receiver with the nameplate answers, listen this long for a second
+#: one (two receivers under one nameplate is an error, never a guess)
+SETTLE = 0.4
+
+
+@dataclass
+class Announced:
+    """A receiver seen on the links around."""
+
+    name: str
+    nameplate: str
+    host: str
+    port: int
+    addresses: list[str]  # IPv6 link-local ones with their zone: fe80::1%eth0
+    size: int = 0
+    version: str = ""
+    since: float = 0.0  # when it started waiting (its clock, Unix time)
+
+    def urls(self) -> list[str]:
+        return [f"tcp://{_bracket(a)}:{self.port}" for a in self.addresses]
+
+
+def _bracket(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def _zeroconf() -> Zeroconf:
+    from zeroconf import InterfaceChoice, IPVersion, Zeroconf
+
+    return Zeroconf(interfaces=InterfaceChoice.All, ip_version=IPVersion.All)
+
+
+def local_addresses() -> list[str]:
+    """Every address of this machine's up interfaces but loopback (link-local IPv6
+    with its zone, as ``fe80::1%eth0``)."""
+    import ifaddr
+
+    out = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, tuple):  # IPv6: (address, flowinfo, scope_id)
+                addr = ipaddress.IPv6Address(ip.ip[0].partition("%")[0])
+                if addr.is_loopback:
+                    continue
+                text = str(addr) + (f"%{adapter.nice_name}" if addr.is_link_local else "")
+            else:
+                if ipaddress.IPv4Address(ip.ip).is_loopback:
+                    continue
+                text = ip.ip
+            out.append(text)
+    return list(dict.fromkeys(out))
+
+
+class Announcement:
+    """This receiver, announced while it waits for its sender (``start``/``stop``)."""
+
+    def __init__(self, nameplate: str, port: int, size: int, version: str) -> None:
+        from zeroconf import ServiceInfo
+
+        host = socket.gethostname().split(".")[0] or "p2pclone"
+        self.name = f"{nameplate}-{host}-{secrets.token_hex(3)}.{SERVICE}"
+        addresses = [a.partition("%")[0] for a in local_addresses()]
+        self.info = ServiceInfo(
+            SERVICE,
+            self.name,
+            port=port,
+            properties={
+                "n": nameplate,
+                "v": version,
+                "size": str(size),
+                "host": host,
+                "t": str(int(time.time())),  # since when it waits
+            },
+            server=f"{host}-{secrets.token_hex(3)}.local.",
+            parsed_addresses=addresses,
+        )
+        self.zc: Zeroconf | None = None
+
+    def start(self) -> None:
+        zc = self.zc = _zeroconf()
+        # Our name carries random bytes: no probing for a conflict is needed.
+        zc.register_service(self.info, cooperating_responders=True)
+
+    def stop(self) -> None:
+        if self.zc is not None:
+            try:
+                self.zc.unregister_service(self.info)
+            finally:
+                self.zc.close()
+                self.zc = None
+
+
+def browse(seconds: float, nameplate: str | None = None) -> list[Announced]:
+    """The receivers announcing ``_p2pclone._tcp`` within ``seconds`` (all of them, or
+    those of ``nameplate``: then it returns SETTLE seconds after the first answers)."""
+    from zeroconf import ServiceBrowser, ServiceStateChange
+
+    names: list[str] = []
+    lock = threading.Lock()
+
+    def changed(zeroconf, service_type, name, state_change):  # type: ignore[no-untyped-def]
+        if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
+            with lock:
+                if name not in names:
+                    names.append(name)
+
+    zc = _zeroconf()
+    try:
+        browser = ServiceBrowser(zc, SERVICE, handlers=[changed])
+        found: dict[str, Announced] = {}
+        deadline = time.monotonic() + seconds
+        first_match: float | None = None
+        while True:
+            with lock:
+                todo = [n for n in names if n not in found]
+            for name in todo:
+                got = _resolve(zc, name)
+                if got is not None:
+                    found[name] = got
+                    if nameplate and got.nameplate == nameplate and first_match is None:
+                        first_match = time.monotonic()
+            now = time.monotonic()
+            if now >= deadline or (first_match is not None and now >= first_match + SETTLE):
+                break
+            time.sleep(0.05)
+        browser.cancel()
+    finally:
+        zc.close()
+    return [a for a in found.values() if nameplate is None or a.nameplate == nameplate]
+
+
+def _resolve(zc: Zeroconf, name: str) -> Announced | None:
+    info = zc.get_service_info(SERVICE, name, timeout=1500)
+    if info is None or not info.port:
+        return None
+    props = info.decoded_properties
+    try:
+        size, since = int(props.get("size") or 0), float(props.get("t") or 0)
+    except ValueError:
+        size, since = 0, 0.0
+    addresses = []
+    for text in info.parsed_scoped_addresses():
+        addr, _, zone = text.partition("%")
+        if zone.isdigit():  # the interface's index: its name reads better, works the same
+            with contextlib.suppress(OSError):
+                zone = socket.if_indextoname(int(zone))
+        addresses.append(f"{addr}%{zone}" if zone else addr)
+    return Announced(
+        name=name,
+        nameplate=props.get("n") or "",
+        host=props.get("host") or "",
+        port=info.port,
+        addresses=addresses,
+        size=size,
+        version=props.get("v") or "",
+        since=since,
+    )
