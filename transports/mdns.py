@@ -79,6 +79,12 @@ def local_addresses() -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def link_local_zones() -> list[str]:
+    """The interfaces with an IPv6 link-local address (up, IPv6): where an address of
+    the form fe80::… can be, when its zone is not known."""
+    return [a.rpartition("%")[2] for a in local_addresses() if "%" in a]
+
+
 class Announcement:
     """This receiver, announced while it waits for its sender (``start``/``stop``)."""
 

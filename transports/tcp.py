@@ -119,13 +119,45 @@ def _format_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _scoped(host: str) -> list[str]:
+    """``host``, or for an IPv6 link-local address whose zone is missing or names no
+    interface here (the receiver's own, say) the address on each of our interfaces
+    that has IPv6 link-local: which one the cable is on, the attempts tell.  RFC 6874's
+    ``%25`` form of the zone is read too."""
+    address, _, zone = host.partition("%")
+    try:
+        link_local = ipaddress.IPv6Address(address).is_link_local
+    except ValueError:
+        return [host]
+    if not link_local:
+        return [host]
+    if zone.startswith("25") and len(zone) > 2 and not zone.isdigit():
+        zone = zone[2:]  # fe80::1%25eth0 (RFC 6874)
+    if zone:
+        try:
+            socket.if_nametoindex(zone) if not zone.isdigit() else socket.if_indextoname(int(zone))
+        except OSError:
+            zone = ""
+        else:
+            return [f"{address}%{zone}"]
+    from .mdns import link_local_zones
+
+    zones = link_local_zones()
+    if not zones:
+        raise TransportError(
+            f"{host} is an IPv6 link-local address, but this machine has no interface with "
+            "IPv6 link-local up: bring the cable's interface up"
+        )
+    return [f"{address}%{z}" for z in zones]
+
+
 #: how long a sender with no host looks for its receiver at least (send --wait: longer)
 FIND_WAIT = 5.0
 #: Happy Eyeballs (RFC 8305): start the next address this long after the previous one
 NEXT_ADDRESS = 0.25
 
 
-async def _race(addresses: list[str], port: int, whose: str) -> tuple[trio.SocketStream, str]:
+async def _race(addresses: list[str], port: int, failed: str) -> tuple[trio.SocketStream, str]:
     """A stream to the first of ``addresses`` that answers, and which; the others are
     given up."""
     winner: list[tuple[trio.SocketStream, str]] = []
@@ -149,8 +181,8 @@ async def _race(addresses: list[str], port: int, whose: str) -> tuple[trio.Socke
             nursery.start_soon(attempt, address, k * NEXT_ADDRESS)
     if not winner:
         raise TransportError(
-            f"found the receiver, but none of {whose} addresses answered on port {port} "
-            f"({'; '.join(failures) or 'it announced none'}): check the cable or the firewall"
+            f"{failed} ({'; '.join(failures) or 'no address to try'}): check the cable, the "
+            "firewall, and that `p2pclone receive` is running"
         )
     return winner[0]
 
@@ -227,7 +259,17 @@ class TcpTransport(Transport):
             )
         if self.port == 0:
             raise UsageError(f"{self.url!r}: port 0 can't be connected to")
-        where = f"tcp://{_format_host(self.host)}:{self.port}"
+        hosts = _scoped(self.host)
+        if len(hosts) > 1:  # a link-local address without a zone we have: try them all
+            bare = self.host.partition("%")[0]
+            stream, address = await _race(
+                hosts, self.port, f"nobody answered at [{bare}]:{self.port} on any interface here"
+            )
+            self.url = f"tcp://{_format_host(address)}:{self.port}"
+            return tune(stream)
+        where = f"tcp://{_format_host(hosts[0])}:{self.port}"
+        if hosts[0] != self.host:  # a zone of ours given to a link-local address
+            self.host, self.url = hosts[0], where
         wait = float(self.options.get("wait") or 0.0)
         waiting: Callable[[str], None] | None = self.options.get("waiting")
         deadline = trio.current_time() + wait
@@ -335,6 +377,11 @@ class TcpTransport(Transport):
                 "with another code"
             )
         peer = found[0]
-        stream, address = await _race(peer.addresses, peer.port, f"{peer.host}'s")
+        stream, address = await _race(
+            peer.addresses,
+            peer.port,
+            f"found the receiver {peer.host}, but none of its addresses answered on port "
+            f"{peer.port}",
+        )
         self.url = f"tcp://{_format_host(address)}:{peer.port}"  # the one reached
         return tune(stream)
