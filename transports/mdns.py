@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 SERVICE = "_p2pclone._tcp.local."
 #: after the first receiver with the nameplate answers, listen this long for a second
 #: one (two receivers under one nameplate is an error, never a guess)
-SETTLE = 0.4
+SETTLE = 0.2
 
 
 @dataclass
