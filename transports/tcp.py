@@ -10,6 +10,7 @@ whichever of its addresses answers first.  IPv6 literals go in brackets:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -340,10 +341,12 @@ class TcpTransport(Transport):
         )
         try:
             await trio.to_thread.run_sync(announcement.start)
-        except OSError as exc:  # no multicast-capable interface: the URL still works
+        except Exception as exc:  # noqa: BLE001 - no multicast here: the URL still works
+            with contextlib.suppress(Exception):
+                await trio.to_thread.run_sync(announcement.stop)
             note = self.options.get("waiting")
             if note is not None:
-                why = exc.strerror or str(exc)
+                why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
                 note(
                     f"this receiver could not announce itself on the network ({why}): "
                     f"senders need its address, tcp://ADDRESS:{port}"
@@ -361,7 +364,13 @@ class TcpTransport(Transport):
         if not nameplate:
             raise UsageError("give the receiver's address, tcp://HOST[:PORT], or its code")
         wait = max(float(self.options.get("wait") or 0.0), FIND_WAIT)
-        found = await trio.to_thread.run_sync(browse, wait, nameplate)
+        try:
+            found = await trio.to_thread.run_sync(browse, wait, nameplate)
+        except OSError as exc:
+            raise TransportError(
+                f"cannot look for the receiver on the network ({exc.strerror or exc}): give "
+                f"its address, p2pclone send SOURCE tcp://ADDRESS:{DEFAULT_PORT}"
+            ) from None
         if not found:
             raise TransportError(
                 f"no receiver with the code {nameplate}-… answered on the links around within "

@@ -278,7 +278,14 @@ def cmd_peers(args: argparse.Namespace) -> int:
     from ..transports.mdns import browse
 
     now = time.time()
-    found = sorted(browse(max(args.wait, 0.1)), key=lambda a: (a.nameplate, a.host))
+    try:
+        found = sorted(browse(max(args.wait, 0.1)), key=lambda a: (a.nameplate, a.host))
+    except OSError as exc:
+        print(
+            f"p2pclone: error: cannot look for receivers on the network ({exc.strerror or exc})",
+            file=sys.stderr,
+        )
+        return int(ExitCode.LINK)
     for a in found:
         if args.json:
             print(
