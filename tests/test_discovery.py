@@ -206,3 +206,29 @@ def test_a_network_that_drops_multicast_gets_a_sentence_and_exit_5(lan, tmp_path
     message = json.loads(tx.stdout.splitlines()[-1])["message"]
     assert "drops multicast" in message and "tcp://ADDRESS:7411" in message, message
     assert took < 12, took
+
+
+def test_multicast_on_ipv6_link_local_with_no_iface(cable, tmp_path: Path) -> None:
+    """(item 5) `multicast://[ff02::…]` on a bare cable with no IPv4: an IPv6
+    link-local group, no iface= on either side (each has one interface with IPv6
+    link-local); the receiver finds the sender by its ANNOUNCE and connects to its
+    control port at its link-local address with the right zone; byte-identical."""
+    a, b = cable
+    source, target = tmp_path / "s.img", tmp_path / "t.img"
+    data = random_file(source, 4 * MiB)
+    url = "multicast://[ff02::7:1]:17500"
+    env = {**os.environ, "P2PCLONE_CODE": "6-six-cable", "P2PCLONE_STATE_DIR": str(tmp_path)}
+    rx = subprocess.Popen(
+        ["ip", "netns", "exec", b, *CLI, "receive", str(target), url, "--yes", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    tx = subprocess.run(
+        ["ip", "netns", "exec", a, *CLI, "send", str(source), url, "--receivers", "1",
+         "--wait", "20", "--json"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    rx_out, rx_err = rx.communicate(timeout=60)
+    assert (tx.returncode, rx.returncode) == (0, 0), tx.stderr + rx_err
+    assert target.read_bytes() == data
+    connected = [json.loads(x) for x in rx_out.splitlines() if '"connected"' in x]
+    assert "fe80::" in connected[0]["url"] and "%" in connected[0]["url"], connected

@@ -1,5 +1,10 @@
 """multicast://GROUP[:PORT][?iface=NAME&rate=RATE] — one sender, many receivers.
 
+GROUP is an IPv4 group (224.0.0.0/4) or, in brackets, an IPv6 one (``[ff02::7]``: the
+link-local scope, for labs joined by nothing but cables).  Without ``iface=`` an IPv4
+group goes where the routing table says; an IPv6 one on the machine's one interface
+with IPv6 link-local (with several, ``iface=`` must say which).
+
 Not a stream: a datagram data plane beside one two-way control connection (TCP) per
 receiver.  This module holds the sockets and the URL; the session logic is in
 p2pclone/multicast/.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import ipaddress
 import socket
 import struct
 from urllib.parse import parse_qs, urlsplit
@@ -69,25 +75,39 @@ class MulticastTransport(Transport):
             "e.g. multicast://239.7.7.7?iface=eth0"
         )
         try:
-            self.group = socket.inet_ntoa(socket.inet_aton(parts.hostname or ""))
-        except OSError:
+            group = ipaddress.ip_address(parts.hostname or "")
+        except ValueError:
             raise UsageError(f"{url!r} is not a multicast URL: {hint}") from None
+        self.family = socket.AF_INET6 if group.version == 6 else socket.AF_INET
+        self.group = str(group)
         try:
             self.port = parts.port or DEFAULT_PORT
         except ValueError:
             raise UsageError(f"{url!r} has a bad port number (1-65535): {hint}") from None
         if parts.path not in ("", "/"):
             raise UsageError(f"{url!r} has a path ({parts.path}), which a group has not: {hint}")
-        first = int(self.group.split(".")[0])
-        if not 224 <= first <= 239:
-            raise UsageError(f"{self.group} is not a multicast group (224.0.0.0/4): {hint}")
+        if not group.is_multicast:
+            raise UsageError(
+                f"{self.group} is not a multicast group (224.0.0.0/4, or ff00::/8): {hint}"
+            )
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         unknown = set(query) - {"iface", "rate"}
         if unknown:
             raise UsageError(f"unknown multicast:// option {sorted(unknown)[0]!r}: {hint}")
         self.iface = query.get("iface")
         self.rate = parse_rate(query["rate"]) if "rate" in query else None
-        self.address = iface_address(self.iface) if self.iface else "0.0.0.0"
+        if self.family == socket.AF_INET6:
+            self.iface = self.iface or _only_ipv6_interface(url)
+            try:
+                self.ifindex = socket.if_nametoindex(self.iface)
+            except OSError:
+                raise UsageError(
+                    f"there is no network interface {self.iface!r}: see `ip addr`"
+                ) from None
+            self.address = "::"  # the control port: every address (the zone comes along)
+        else:
+            self.ifindex = 0
+            self.address = iface_address(self.iface) if self.iface else "0.0.0.0"
 
     # The session drivers use the sockets below; the stream interface is not offered.
     async def connect(self) -> trio.abc.Stream:
@@ -98,34 +118,81 @@ class MulticastTransport(Transport):
 
     def sender_socket(self) -> socket.socket:
         """A non-blocking UDP socket sending to the group (wait with trio.lowlevel)."""
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+        s = socket.socket(self.family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        if self.family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, self.ifindex)
+        else:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+            if self.iface:
+                s.setsockopt(
+                    socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(self.address)
+                )
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        if self.iface:
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(self.address))
         s.setblocking(False)
         return s
 
     def receiver_socket(self) -> socket.socket:
         """A non-blocking UDP socket that has joined the group."""
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        s = socket.socket(self.family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         try:
-            s.bind((self.group, self.port))
-            mreq = struct.pack("4s4s", socket.inet_aton(self.group), socket.inet_aton(self.address))
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+            if self.family == socket.AF_INET6:
+                s.bind((self.group, self.port, 0, self.ifindex))
+                mreq = socket.inet_pton(socket.AF_INET6, self.group) + struct.pack(
+                    "@I", self.ifindex
+                )
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+            else:
+                s.bind((self.group, self.port))
+                mreq = struct.pack(
+                    "4s4s", socket.inet_aton(self.group), socket.inet_aton(self.address)
+                )
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
         except OSError as exc:
             s.close()
             raise TransportError(
-                f"cannot join the multicast group {self.group}:{self.port} ({exc.strerror}): "
+                f"cannot join the multicast group {self.where} ({exc.strerror}): "
                 "check the interface (iface=) and that it has a multicast route"
             ) from None
         s.setblocking(False)
         with contextlib.suppress(OSError):  # coalesced receives, where the kernel offers them
             s.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
         return s
+
+    @property
+    def where(self) -> str:
+        """GROUP:PORT as a person writes it (IPv6 in brackets)."""
+        host = f"[{self.group}]" if self.family == socket.AF_INET6 else self.group
+        return f"{host}:{self.port}"
+
+
+def _only_ipv6_interface(url: str) -> str:
+    """The one interface with IPv6 link-local, for an IPv6 group given no iface=."""
+    from .mdns import link_local_zones
+
+    zones = link_local_zones()
+    if len(zones) != 1:
+        raise UsageError(
+            f"{url!r}: an IPv6 group needs its interface, and this machine has "
+            f"{len(zones) or 'no'} with IPv6 link-local ({', '.join(zones) or 'none up'}): "
+            "add ?iface=NAME"
+        )
+    return zones[0]
+
+
+def peer_host(address: tuple) -> str:  # type: ignore[type-arg]
+    """The host of a recvfrom() address, an IPv6 link-local one with its zone."""
+    if len(address) >= 4 and address[3]:
+        try:
+            zone = socket.if_indextoname(address[3])
+        except OSError:
+            zone = str(address[3])
+        return f"{address[0].partition('%')[0]}%{zone}"
+    return str(address[0])
 
 
 #: UDP_SEGMENT (linux/udp.h): the segment size of a UDP GSO send

@@ -67,7 +67,7 @@ def _failures(exc: OSError) -> list[OSError]:
 
 
 def _reason(failures: list[OSError]) -> str:
-    """"Connection refused" (trio's own text also names the address, said already)."""
+    """ "Connection refused" (trio's own text also names the address, said already)."""
     texts = [os.strerror(e.errno) if e.errno else str(e) for e in failures]
     return "; ".join(dict.fromkeys(texts))
 
@@ -292,8 +292,7 @@ class TcpTransport(Transport):
                         f"nobody is listening at {where} ({reason})"
                         + (f" after trying for {wait:g} s" if tried else "")
                         + ": start `p2pclone receive` on the target machine first and check "
-                        "the address and port"
-                        + (" (--wait sets how long to try)" if tried else "")
+                        "the address and port" + (" (--wait sets how long to try)" if tried else "")
                     ) from None
             else:
                 return tune(stream)

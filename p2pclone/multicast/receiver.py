@@ -16,7 +16,7 @@ import socket
 
 import trio
 
-from p2pclone.transports.multicast import MulticastTransport, decode_announce
+from p2pclone.transports.multicast import MulticastTransport, decode_announce, peer_host
 from p2pclone.transports.tcp import tune
 
 from ..disks import Target
@@ -42,7 +42,7 @@ async def receive_multicast(
         report(Listening(transport.url, code))
         task_status.started(transport.url)
         host, port = await _find_sender(sock)
-        url = f"tcp://{host}:{port}"
+        url = f"tcp://{f'[{host}]' if ':' in host else host}:{port}"
         stream = await _connect(host, port, url)
         report(Connected(url))
         try:
@@ -71,12 +71,12 @@ async def _find_sender(sock: socket.socket) -> tuple[str, int]:
     while True:
         await trio.lowlevel.wait_readable(sock)
         try:
-            data, (host, _) = sock.recvfrom(65536)
+            data, address = sock.recvfrom(65536)
         except BlockingIOError:
             continue
         found = decode_announce(data)
         if found is not None:
-            return host, found[1]
+            return peer_host(address), found[1]
 
 
 async def _connect(host: str, port: int, url: str) -> trio.SocketStream:

@@ -149,7 +149,8 @@ class GroupSender:
         sock = t.sender_socket()
         listeners = await trio.open_tcp_listeners(0, host=t.address)
         port = listeners[0].socket.getsockname()[1]
-        self.report(Connected(f"{t.url} (control: tcp://{t.address}:{port})"))
+        control = f"[{t.address}]" if ":" in t.address else t.address
+        self.report(Connected(f"{t.url} (control: tcp://{control}:{port})"))
         governor = RateGovernor(limit=t.rate, rate=t.rate or 50e6)
         wire = Wire(sock, BurstSender(sock, (t.group, t.port)), governor, self.stats, self.clock)
         try:
@@ -190,11 +191,11 @@ class GroupSender:
             raise self.locked[0]
         if not [p for p in self.peers.values() if not p.member.evicted]:
             raise TransportError(
-                f"no receiver joined the multicast group {t.group}:{t.port} within "
+                f"no receiver joined the multicast group {t.where} within "
                 f"{self.wait:.0f} s: start the receivers first (same group and code)"
             )
         self.data_started = True
-        where = {"name": f"the multicast group {t.group}:{t.port}"}
+        where = {"name": f"the multicast group {t.where}"}
         self.report(
             Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, where)
         )
