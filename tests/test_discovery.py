@@ -232,3 +232,30 @@ def test_multicast_on_ipv6_link_local_with_no_iface(cable, tmp_path: Path) -> No
     assert target.read_bytes() == data
     connected = [json.loads(x) for x in rx_out.splitlines() if '"connected"' in x]
     assert "fe80::" in connected[0]["url"] and "%" in connected[0]["url"], connected
+
+
+def test_a_receiver_with_no_url_joins_the_group_announced_for_its_code(
+    cable, tmp_path: Path
+) -> None:
+    """(item 5) The multicast sender announces its group under the code's nameplate; a
+    receiver given no URL at all — which also waits for a unicast sender — finds it and
+    joins the group; byte-identical.  Negative control (tried): with the sender's
+    announcement removed, the receiver keeps waiting for a unicast sender and the
+    group sender gives up after its --wait."""
+    a, b = cable
+    source, target = tmp_path / "s.img", tmp_path / "t.img"
+    data = random_file(source, 4 * MiB)
+    rx = receiver(b, target, "4-group-join", tmp_path / "state")
+    env = {**os.environ, "P2PCLONE_CODE": "4-group-join"}
+    tx = subprocess.run(
+        ["ip", "netns", "exec", a, *CLI, "send", str(source), "multicast://[ff02::7:2]",
+         "--receivers", "1", "--wait", "15", "--json"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    try:
+        rx_out, rx_err = rx.communicate(timeout=60)
+    finally:
+        rx.kill()
+    assert (tx.returncode, rx.returncode) == (0, 0), tx.stderr + rx_err
+    assert target.read_bytes() == data
+    assert "joining the multicast group multicast://[ff02::7:2]:7412" in rx_out, rx_out

@@ -43,6 +43,7 @@ class Announced:
     size: int = 0
     version: str = ""
     since: float = 0.0  # when it started waiting (its clock, Unix time)
+    group: str = ""  # a multicast sender's GROUP:PORT ("": a receiver)
 
     def urls(self) -> list[str]:
         return [f"tcp://{_bracket(a)}:{self.port}" for a in self.addresses]
@@ -88,7 +89,8 @@ def link_local_zones() -> list[str]:
 class Announcement:
     """This receiver, announced while it waits for its sender (``start``/``stop``)."""
 
-    def __init__(self, nameplate: str, port: int, size: int, version: str) -> None:
+    def __init__(self, nameplate: str, port: int, size: int, version: str, group: str = "") -> None:
+        """``group``: a multicast sender's GROUP:PORT (its ``port`` the control port)."""
         from zeroconf import ServiceInfo
 
         host = socket.gethostname().split(".")[0] or "p2pclone"
@@ -104,6 +106,7 @@ class Announcement:
                 "size": str(size),
                 "host": host,
                 "t": str(int(time.time())),  # since when it waits
+                **({"g": group} if group else {}),
             },
             server=f"{host}-{secrets.token_hex(3)}.local.",
             parsed_addresses=addresses,
@@ -124,9 +127,12 @@ class Announcement:
                 self.zc = None
 
 
-def browse(seconds: float, nameplate: str | None = None) -> list[Announced]:
+def browse(
+    seconds: float, nameplate: str | None = None, *, groups: bool = False
+) -> list[Announced]:
     """The receivers announcing ``_p2pclone._tcp`` within ``seconds`` (all of them, or
-    those of ``nameplate``: then it returns SETTLE seconds after the first answers)."""
+    those of ``nameplate``: then it returns SETTLE seconds after the first answers);
+    ``groups``: the multicast senders announcing a group instead."""
     from zeroconf import ServiceBrowser, ServiceStateChange
 
     names: list[str] = []
@@ -142,14 +148,17 @@ def browse(seconds: float, nameplate: str | None = None) -> list[Announced]:
     try:
         browser = ServiceBrowser(zc, SERVICE, handlers=[changed])
         found: dict[str, Announced] = {}
+        resolved: set[str] = set()
         deadline = time.monotonic() + seconds
         first_match: float | None = None
         while True:
             with lock:
-                todo = [n for n in names if n not in found]
+                todo = [n for n in names if n not in resolved]
             for name in todo:
                 got = _resolve(zc, name)
                 if got is not None:
+                    resolved.add(name)
+                if got is not None and bool(got.group) == groups:
                     found[name] = got
                     if nameplate and got.nameplate == nameplate and first_match is None:
                         first_match = time.monotonic()
@@ -188,4 +197,5 @@ def _resolve(zc: Zeroconf, name: str) -> Announced | None:
         size=size,
         version=props.get("v") or "",
         since=since,
+        group=props.get("g") or "",
     )

@@ -6,6 +6,7 @@ each builds its :class:`~.output.Output`, asks what it must ask, runs a driver w
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -82,6 +83,7 @@ def _origin(args: argparse.Namespace) -> str:
 
 def cmd_receive(args: argparse.Namespace) -> int:
     from ..receiver import receive
+    from ..receiver.anywhere import receive_anywhere
 
     out = Output(json_mode=args.json, role="receive")
     password = None
@@ -94,12 +96,13 @@ def cmd_receive(args: argparse.Namespace) -> int:
     except UsageError as exc:
         out.error(exc)
         return int(exc.exit_code)
+    # No URL (or tcp:// alone): a unicast sender on any address, or a group for our code.
+    anywhere = args.url.rstrip("/") == "tcp:"
     return _run(
         args,
         out,
-        lambda: receive(
+        lambda: (receive_anywhere if anywhere else functools.partial(receive, url=args.url))(
             args.target,
-            args.url,
             code=code,
             verify=args.verify,
             confirm=make_confirm(args.yes, out),

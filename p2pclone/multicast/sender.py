@@ -75,6 +75,7 @@ from ..session import (
 from ..transports.multicast import BurstSender, MulticastTransport
 from ..transports.tcp import tune
 from ..units import merged, partitions_hit
+from .announce import announced
 from .dataplane import Member, RateGovernor
 from .door import Door
 from .members import Clock, Paced, Peer, expel, tell_all
@@ -155,7 +156,11 @@ class GroupSender:
         wire = Wire(sock, BurstSender(sock, (t.group, t.port)), governor, self.stats, self.clock)
         try:
             # ``late``: member and unicast sessions, awaited at the very end.
-            async with trio.open_nursery() as late, trio.open_nursery() as nursery:
+            async with (
+                announced(t, self.code, port, source.size),
+                trio.open_nursery() as late,
+                trio.open_nursery() as nursery,
+            ):
                 await nursery.start(self.door.open, sock, port, listeners, late, self._member)
                 await self._group(source, wire)
                 self.door.close()  # stop announcing, accepting and pairing
