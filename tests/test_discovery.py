@@ -259,3 +259,39 @@ def test_a_receiver_with_no_url_joins_the_group_announced_for_its_code(
     assert (tx.returncode, rx.returncode) == (0, 0), tx.stderr + rx_err
     assert target.read_bytes() == data
     assert "joining the multicast group multicast://[ff02::7:2]:7412" in rx_out, rx_out
+
+
+FORGE = """
+import socket, sys, time
+from zeroconf import InterfaceChoice, IPVersion, ServiceInfo, Zeroconf
+address, port = sys.argv[1], int(sys.argv[2])
+info = ServiceInfo("_p2pclone._tcp.local.", "33-forged-000000._p2pclone._tcp.local.",
+                   port=port, properties={"n": "33", "v": "1", "size": "1", "host": "forged"},
+                   server="forged.local.", parsed_addresses=[address])
+zc = Zeroconf(interfaces=InterfaceChoice.All, ip_version=IPVersion.All)
+zc.register_service(info, cooperating_responders=True)
+print("ready", flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_forged_announcement_wastes_a_connection_and_nothing_more(lan, tmp_path: Path) -> None:
+    """(4) Host 2 announces nameplate 33 pointing at host 1's receiver, which waits
+    under another code: the sender with code 33-… connects there, the pairing fails
+    (exit 3) and the target there is untouched."""
+    net: Lan = lan(3)
+    source, target = tmp_path / "s.img", tmp_path / "t.img"
+    random_file(source, MiB)
+    target.write_bytes(b"untouched")
+    rx = receiver(net.hosts[1], target, "34-real-code", tmp_path / "state")
+    forger = net.run(2, sys.executable, "-c", FORGE, net.addr(1), "7411",
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert forger.stdout is not None and forger.stdout.readline().strip() == "ready"
+        tx = sender(net.hosts[0], source, "33-forged-code", "--wait", "3")
+    finally:
+        for p in (rx, forger):
+            p.kill()
+            p.communicate()
+    assert tx.returncode == 3, tx.stderr
+    assert target.read_bytes() == b"untouched"
