@@ -295,3 +295,24 @@ def test_a_forged_announcement_wastes_a_connection_and_nothing_more(lan, tmp_pat
             p.communicate()
     assert tx.returncode == 3, tx.stderr
     assert target.read_bytes() == b"untouched"
+
+
+def test_the_receiver_prints_its_addresses_without_its_zone(cable, tmp_path: Path) -> None:
+    """(item 6) The receiver's hint lists its addresses as URLs; a link-local one comes
+    without the receiver's own zone (which means nothing on the sender), as the sender
+    tries each of its interfaces.  Before: `0.0.0.0` and `THIS-HOST`."""
+    _a, b = cable
+    env = {**os.environ, "P2PCLONE_CODE": "3-print-it", "P2PCLONE_STATE_DIR": str(tmp_path)}
+    rx = subprocess.Popen(
+        ["ip", "netns", "exec", b, *CLI, "receive", str(tmp_path / "t.img"), "--yes"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert rx.stdout is not None
+        lines = [rx.stdout.readline() for _ in range(3)]
+    finally:
+        rx.kill()
+        rx.communicate()
+    hint = lines[2]
+    assert "or give one of this machine's addresses: tcp://[fe80::" in hint, lines
+    assert "%" not in hint and "THIS-HOST" not in "".join(lines), lines

@@ -78,4 +78,9 @@ def link_errors(url: str, doing: str) -> Iterator[None]:
         ) from exc
 
 
-__all__ = ["LinkListener", "Transport", "link_errors"]
+def url_host(host: str) -> str:
+    """A host as it goes into a URL: an IPv6 address in brackets (``[fe80::1%eth0]``)."""
+    return f"[{host}]" if ":" in host else host
+
+
+__all__ = ["LinkListener", "Transport", "link_errors", "url_host"]

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from . import url_host
+
 if TYPE_CHECKING:
     from zeroconf import Zeroconf
 
@@ -46,11 +48,7 @@ class Announced:
     group: str = ""  # a multicast sender's GROUP:PORT ("": a receiver)
 
     def urls(self) -> list[str]:
-        return [f"tcp://{_bracket(a)}:{self.port}" for a in self.addresses]
-
-
-def _bracket(address: str) -> str:
-    return f"[{address}]" if ":" in address else address
+        return [f"tcp://{url_host(a)}:{self.port}" for a in self.addresses]
 
 
 def _zeroconf() -> Zeroconf:

@@ -31,7 +31,7 @@ import trio
 
 from p2pclone.errors import TransportError, UsageError
 
-from . import LinkListener, Transport
+from . import LinkListener, Transport, url_host
 
 DEFAULT_PORT = 7412
 ANNOUNCE = struct.Struct("<4sQH")
@@ -166,8 +166,7 @@ class MulticastTransport(Transport):
     @property
     def where(self) -> str:
         """GROUP:PORT as a person writes it (IPv6 in brackets)."""
-        host = f"[{self.group}]" if self.family == socket.AF_INET6 else self.group
-        return f"{host}:{self.port}"
+        return f"{url_host(self.group)}:{self.port}"
 
 
 def _only_ipv6_interface(url: str) -> str:

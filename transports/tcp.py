@@ -23,7 +23,7 @@ import trio
 
 from p2pclone.errors import TransportError, UsageError
 
-from . import LinkListener, Transport
+from . import LinkListener, Transport, url_host
 
 DEFAULT_PORT = 7411
 
@@ -116,10 +116,6 @@ def _is_ipv6(text: str) -> bool:
     return True
 
 
-def _format_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 def _scoped(host: str) -> list[str]:
     """``host``, or for an IPv6 link-local address whose zone is missing or names no
     interface here (the receiver's own, say) the address on each of our interfaces
@@ -170,7 +166,7 @@ async def _race(addresses: list[str], port: int, failed: str) -> tuple[trio.Sock
             try:
                 stream = await trio.open_tcp_stream(address, port)
             except OSError as exc:
-                failures.append(f"{_format_host(address)}: {exc.strerror or exc}")
+                failures.append(f"{url_host(address)}: {exc.strerror or exc}")
                 return
             if winner:
                 await stream.aclose()
@@ -266,9 +262,9 @@ class TcpTransport(Transport):
             stream, address = await _race(
                 hosts, self.port, f"nobody answered at [{bare}]:{self.port} on any interface here"
             )
-            self.url = f"tcp://{_format_host(address)}:{self.port}"
+            self.url = f"tcp://{url_host(address)}:{self.port}"
             return tune(stream)
-        where = f"tcp://{_format_host(hosts[0])}:{self.port}"
+        where = f"tcp://{url_host(hosts[0])}:{self.port}"
         if hosts[0] != self.host:  # a zone of ours given to a link-local address
             self.host, self.url = hosts[0], where
         wait = float(self.options.get("wait") or 0.0)
@@ -320,12 +316,12 @@ class TcpTransport(Transport):
             raise TransportError(f"cannot resolve the address {self.host!r} to listen on") from None
         except OSError as exc:
             raise TransportError(
-                f"cannot listen on tcp://{_format_host(self.host or '')}:{self.port} "
+                f"cannot listen on tcp://{url_host(self.host or '')}:{self.port} "
                 f"({exc.strerror or exc}): choose another port or address"
             ) from None
         sockname = listeners[0].socket.getsockname()
         host = self.host or "0.0.0.0"
-        found = TcpListener(listeners, f"tcp://{_format_host(host)}:{sockname[1]}")
+        found = TcpListener(listeners, f"tcp://{url_host(host)}:{sockname[1]}")
         if not self.host and self.options.get("code"):
             await self._announce(found, sockname[1])
         return found
@@ -391,5 +387,5 @@ class TcpTransport(Transport):
             f"found the receiver {peer.host}, but none of its addresses answered on port "
             f"{peer.port}",
         )
-        self.url = f"tcp://{_format_host(address)}:{peer.port}"  # the one reached
+        self.url = f"tcp://{url_host(address)}:{peer.port}"  # the one reached
         return tune(stream)

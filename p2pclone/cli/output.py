@@ -318,17 +318,10 @@ def _and(items: list[str]) -> str:
 
 
 def _here(port: str) -> str:
-    """This machine's addresses as tcp:// URLs (link-local ones with the zone left for
-    the sender to fill in: its own interface's name)."""
+    """This machine's addresses as tcp:// URLs (link-local ones without a zone: ours
+    means nothing on the sender, which tries each of its own interfaces)."""
+    from ..transports import url_host
     from ..transports.mdns import local_addresses
 
-    urls = []
-    for address in local_addresses()[:6]:
-        address, _, zone = address.partition("%")
-        host = (
-            f"[{address}%SENDER-INTERFACE]"
-            if zone
-            else (f"[{address}]" if ":" in address else address)
-        )
-        urls.append(f"tcp://{host}:{port}")
+    urls = [f"tcp://{url_host(a.partition('%')[0])}:{port}" for a in local_addresses()[:6]]
     return ", ".join(urls) or "(none: this machine has no address but loopback)"

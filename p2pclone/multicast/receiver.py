@@ -16,6 +16,7 @@ import socket
 
 import trio
 
+from p2pclone.transports import url_host
 from p2pclone.transports.multicast import MulticastTransport, decode_announce, peer_host
 from p2pclone.transports.tcp import tune
 
@@ -42,7 +43,7 @@ async def receive_multicast(
         report(Listening(transport.url, code))
         task_status.started(transport.url)
         host, port = await _find_sender(sock)
-        url = f"tcp://{f'[{host}]' if ':' in host else host}:{port}"
+        url = f"tcp://{url_host(host)}:{port}"
         stream = await _connect(host, port, url)
         report(Connected(url))
         try:

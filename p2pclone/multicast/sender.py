@@ -72,6 +72,7 @@ from ..session import (
     Reporter,
     no_report,
 )
+from ..transports import url_host
 from ..transports.multicast import BurstSender, MulticastTransport
 from ..transports.tcp import tune
 from ..units import merged, partitions_hit
@@ -150,8 +151,7 @@ class GroupSender:
         sock = t.sender_socket()
         listeners = await trio.open_tcp_listeners(0, host=t.address)
         port = listeners[0].socket.getsockname()[1]
-        control = f"[{t.address}]" if ":" in t.address else t.address
-        self.report(Connected(f"{t.url} (control: tcp://{control}:{port})"))
+        self.report(Connected(f"{t.url} (control: tcp://{url_host(t.address)}:{port})"))
         governor = RateGovernor(limit=t.rate, rate=t.rate or 50e6)
         wire = Wire(sock, BurstSender(sock, (t.group, t.port)), governor, self.stats, self.clock)
         try:
