@@ -43,6 +43,7 @@ from .protocol import (
     Role,
     Sentinel,
 )
+from .units import merged
 
 RECEIVE_SIZE = 256 * 1024
 SOFTWARE = f"p2pclone {__version__}"
@@ -80,6 +81,15 @@ class Progress:
     #: a failing source: bytes found unreadable so far, and in how many ranges
     unreadable_bytes: int = 0
     unreadable_ranges: int = 0
+
+    @classmethod
+    def of(
+        cls, done: int, total: int, wire: int, unreadable: Sequence[tuple[int, int]]
+    ) -> Progress:
+        """With the unreadable ``(start, end)`` ranges so far counted (merged first: a
+        range across chunks counts once)."""
+        bad = merged(unreadable)
+        return cls(done, total, wire, sum(n for _o, n in bad), len(bad))
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@ byte ranges as they are reported (unreadable source ranges, the partitions they 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 
 def human_bytes(n: float, *, small: str = "B") -> str:
@@ -16,7 +16,7 @@ def human_bytes(n: float, *, small: str = "B") -> str:
     raise AssertionError("unreachable")
 
 
-def merged(ranges: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> list[list[int]]:
+def merged(ranges: Iterable[tuple[int, int]]) -> list[list[int]]:
     """``(start, end)`` byte ranges as sorted, merged ``[offset, length]`` pairs (the
     form ``--json`` reports unreadable source ranges in)."""
     out: list[list[int]] = []

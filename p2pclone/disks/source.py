@@ -72,7 +72,6 @@ class Source:
         self.rescue_options = RescueOptions()
         #: sectors whose read failed in this run: not read again (but by a retry pass)
         self.failed = Extents()
-        self.failed_reads = 0
         self._rescuing = threading.Lock()  # one area at a time: a failing disk is slow
         self._noting = threading.Lock()  # what the reading threads learn of the disk
         #: the first pass of a sender that leaves failing chunks for later: skip ahead
@@ -254,7 +253,6 @@ class Source:
                     read_span=reader.read_span,
                 )  # fmt: skip
                 self.failed = self.failed.union(got.failed)
-                self.failed_reads += got.failed_reads
                 out[a - offset : b - offset] = got.data[a - start : b - start]
                 bad += got.bad.clip(a, b)
         return bytes(out), Extents.of(bad).ranges

@@ -45,7 +45,6 @@ from ..protocol import (
 )
 from ..protocol.root import zero_digest
 from ..session import Channel, HaveReport, Notice, Progress, Reporter, Rescuing
-from ..units import merged
 from .feed import Feed
 from .verify import NullLog, fetch_again
 
@@ -123,16 +122,10 @@ class DataState:
         return end
 
     def _progress(self, done: int) -> Progress:
-        bad = merged(self.unreadable)  # a range across chunks counts once
         if self.late_done:  # the second pass over a failing source
             done = self.late_done
-        return Progress(
-            done,
-            self.late_total if self.late_done else self.plan.source_size,
-            self.channel.conn.bytes_in,
-            sum(n for _o, n in bad),
-            len(bad),
-        )
+        total = self.late_total if self.late_done else self.plan.source_size
+        return Progress.of(done, total, self.channel.conn.bytes_in, self.unreadable)
 
     async def _receive(self) -> End:
         plan, conn = self.plan, self.channel.conn

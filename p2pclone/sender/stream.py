@@ -10,7 +10,6 @@ from ..pipeline import DiskSource, encode_repair
 from ..protocol import Plan
 from ..protocol.root import zero_digest
 from ..session import Channel, Progress, Reporter, Rescuing
-from ..units import merged
 from .ahead import EncodeAhead, Slot
 from .runs import ChunkKind, HaveMap, Runs, run_frame
 
@@ -56,9 +55,8 @@ async def stream_chunks(
             if now - last_report >= 0.1:
                 last_report = now
                 done = min(plan.source_size, (slot.index + max(slot.zero_run, 1)) * plan.chunk_size)
-                bad = merged(runs.unreadable)  # a range across chunks counts once
                 out = channel.conn.bytes_out
-                report(Progress(done, plan.source_size, out, sum(n for _o, n in bad), len(bad)))
+                report(Progress.of(done, plan.source_size, out, runs.unreadable))
         await runs.flush()
     report(Progress(plan.source_size, plan.source_size, channel.conn.bytes_out))
     await _second_pass(channel, source, plan, runs, report)
@@ -83,9 +81,7 @@ async def _second_pass(
         runs.unreadable += chunk.unreadable
         await channel.send(chunk)
         done += chunk.length
-        bad = merged(runs.unreadable)
-        out = channel.conn.bytes_out
-        report(Progress(done, total, out, sum(n for _o, n in bad), len(bad)))
+        report(Progress.of(done, total, channel.conn.bytes_out, runs.unreadable))
 
 
 async def _send_slot(channel: Channel, plan: Plan, have: HaveMap, runs: Runs, slot: Slot) -> None:
