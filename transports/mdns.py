@@ -126,11 +126,16 @@ class Announcement:
 
 
 def browse(
-    seconds: float, nameplate: str | None = None, *, groups: bool = False
+    seconds: float,
+    nameplate: str | None = None,
+    *,
+    groups: bool = False,
+    stop: threading.Event | None = None,
 ) -> list[Announced]:
     """The receivers announcing ``_p2pclone._tcp`` within ``seconds`` (all of them, or
     those of ``nameplate``: then it returns SETTLE seconds after the first answers);
-    ``groups``: the multicast senders announcing a group instead."""
+    ``groups``: the multicast senders announcing a group instead; ``stop``: set, it
+    returns what it has at once."""
     from zeroconf import ServiceBrowser, ServiceStateChange
 
     names: list[str] = []
@@ -161,7 +166,8 @@ def browse(
                     if nameplate and got.nameplate == nameplate and first_match is None:
                         first_match = time.monotonic()
             now = time.monotonic()
-            if now >= deadline or (first_match is not None and now >= first_match + SETTLE):
+            settled = first_match is not None and now >= first_match + SETTLE
+            if now >= deadline or settled or (stop is not None and stop.is_set()):
                 break
             time.sleep(0.05)
         browser.cancel()

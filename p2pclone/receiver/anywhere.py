@@ -5,6 +5,7 @@ sender announcing a group for its code; whichever comes first is the session."""
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any
 
 import trio
@@ -24,12 +25,14 @@ async def receive_anywhere(
     "multicast://GROUP:PORT", …)`` (``options``: the rest of ``receive``'s)."""
     nameplate = code.split("-", 1)[0]
     accepted = trio.Event()
+    stopping = threading.Event()  # the browse's, set from the event loop
     outcome: list[Done] = []
     group: list[str] = []
 
     def watch(event: Report) -> None:
         if isinstance(event, Connected):
             accepted.set()  # a sender is here: no group any more
+            stopping.set()
         report(event)
 
     async with trio.open_nursery() as nursery:
@@ -39,21 +42,24 @@ async def receive_anywhere(
             nursery.cancel_scope.cancel()
 
         async def find_group() -> None:
-            while not accepted.is_set():
+            # One browse for as long as we wait; stopped when a sender connects or the
+            # session ends, whichever first (its thread then returns within 50 ms).
+            try:
                 found = await trio.to_thread.run_sync(
-                    functools.partial(browse, 1.0, nameplate, groups=True),
+                    functools.partial(browse, float("inf"), nameplate, groups=True, stop=stopping),
                     abandon_on_cancel=True,
                 )
-                if len(found) > 1:
-                    listing = ", ".join(f"{a.group} from {a.host}" for a in found)
-                    raise UsageError(
-                        f"{len(found)} multicast senders announce the code {nameplate}-…: "
-                        f"{listing}; give the group you mean: multicast://GROUP"
-                    )
-                if found and not accepted.is_set():
-                    group.append(found[0].group)
-                    nursery.cancel_scope.cancel()
-                    return
+            finally:
+                stopping.set()
+            if len(found) > 1:
+                listing = ", ".join(f"{a.group} from {a.host}" for a in found)
+                raise UsageError(
+                    f"{len(found)} multicast senders announce the code {nameplate}-…: "
+                    f"{listing}; give the group you mean: multicast://GROUP"
+                )
+            if found and not accepted.is_set():
+                group.append(found[0].group)
+                nursery.cancel_scope.cancel()
 
         nursery.start_soon(unicast)
         nursery.start_soon(find_group)
