@@ -229,6 +229,14 @@ class Patch:
         )
 
 
+def _run(meta: Mapping[str, Any], what: str) -> tuple[int, int]:
+    """``i`` and ``c`` of a run of chunks (LOST, LATER, ZERO), never empty."""
+    count = _count(meta, "c", what)
+    if count == 0:
+        raise RemoteProtocolError(f"the peer sent an empty {what} range")
+    return _count(meta, "i", what), count
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Lost:
     """``count`` chunks from ``index`` that the sender cannot provide (a damaged or
@@ -245,10 +253,8 @@ class Lost:
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Lost:
-        count = _count(meta, "c", "LOST")
-        if count == 0:
-            raise RemoteProtocolError("the peer sent an empty LOST range")
-        return cls(index=_count(meta, "i", "LOST"), count=count)
+        index, count = _run(meta, "LOST")
+        return cls(index=index, count=count)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -267,10 +273,8 @@ class Later:
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Later:
-        count = _count(meta, "c", "LATER")
-        if count == 0:
-            raise RemoteProtocolError("the peer sent an empty LATER range")
-        return cls(index=_count(meta, "i", "LATER"), count=count)
+        index, count = _run(meta, "LATER")
+        return cls(index=index, count=count)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -286,10 +290,8 @@ class Zero:
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Zero:
-        count = _count(meta, "c", "ZERO")
-        if count == 0:
-            raise RemoteProtocolError("the peer sent an empty ZERO range")
-        return cls(index=_count(meta, "i", "ZERO"), count=count)
+        index, count = _run(meta, "ZERO")
+        return cls(index=index, count=count)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
