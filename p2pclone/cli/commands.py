@@ -280,7 +280,6 @@ def cmd_disks(args: argparse.Namespace) -> int:
 def cmd_peers(args: argparse.Namespace) -> int:
     from ..transports.mdns import browse
 
-    now = time.time()
     try:
         found = sorted(browse(max(args.wait, 0.1)), key=lambda a: (a.nameplate, a.host))
     except OSError as exc:
@@ -289,6 +288,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return int(ExitCode.LINK)
+    now = time.time()  # after the browse: how long each has waited by now
     for a in found:
         if args.json:
             print(
