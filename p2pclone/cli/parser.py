@@ -71,9 +71,10 @@ def _add_receive(sub: _Subcommands) -> None:
         "receive",
         help="listen and write an incoming clone to TARGET",
         epilog=EPILOG_EXIT,
-        description="Listen at URL, receive one clone and write it to TARGET (a block "
-        "device or a file), then fsync; nothing is written before the sender's "
-        "plan has been accepted.",
+        description="Listen at URL (with none: on every address, announced over mDNS by "
+        "the code's number, and ready to join a multicast group announced for it), "
+        "receive one clone and write it to TARGET (a block device or a file), then "
+        "fsync; nothing is written before the sender's plan has been accepted.",
     )
     r.add_argument("target", metavar="TARGET", help="block device or file to overwrite")
     r.add_argument(
@@ -103,7 +104,8 @@ def _add_send(sub: _Subcommands) -> None:
         help="send SOURCE to a listening receiver",
         epilog=EPILOG_EXIT,
         description="Read SOURCE (a block device or a file) and send it to the receiver at "
-        "URL: only the blocks its filesystems use (its partition table and each "
+        "URL (with none: the one announcing this code's number on the links around, "
+        "found over mDNS): only the blocks its filesystems use (its partition table and each "
         "filesystem's allocation are read first; what p2pclone does not understand is "
         "copied whole), zero chunks as ranges, the rest BLAKE3-hashed and "
         "zstd-compressed.",
