@@ -12,12 +12,13 @@ share and user, as the tests start it) holds the images.  The input is the reali
 ext4 image of bench/mkdisk.py.  Each run drops the page cache first, so sources are
 read cold; runs of the tools alternate; the median of ``--repeat`` runs is reported.
 
-* save, p2pclone:  ``p2pclone send DISK smb://USER@127.0.0.1:PORT/images/b.p2pc --code … --fresh``
+* save, p2pclone:  ``p2pclone send DISK smb://USER@127.0.0.1:PORT/images/b.p2pc
+  --passphrase … --fresh``
   (encrypted, zero ranges skipped, zstd -1 per chunk, BLAKE3 per chunk, index written
   and flushed).
 * save, baseline:  ``dd if=DISK bs=1M | zstd -1 -T0 | smbclient //127.0.0.1/images -p PORT
   -U USER%PASS -c 'put - b.zst'`` (no encryption, no hashes).
-* restore, p2pclone:  ``p2pclone receive TARGET smb://…/b.p2pc --code … --yes`` (every chunk
+* restore, p2pclone:  ``p2pclone receive TARGET smb://…/b.p2pc --passphrase … --yes`` (every chunk
   checked against its BLAKE3, the root hash checked, target fsynced).
 * restore, baseline:  ``smbclient … -c 'get b.zst -' | zstd -d | dd of=TARGET bs=1M
   iflag=fullblock conv=fsync``.
@@ -154,7 +155,8 @@ def main() -> int:
     try:
         for r in range(args.repeat):
             wall, _ = timed(
-                [python, "-m", "p2pclone", "send", str(disk), url, "--code", CODE, "--fresh"], env
+                [python, "-m", "p2pclone", "send", str(disk), url, "--passphrase", CODE, "--fresh"],
+                env,
             )
             runs["save"].append(wall)
             wall, _ = timed(
@@ -165,7 +167,17 @@ def main() -> int:
             runs["save_base"].append(wall)
             target.unlink(missing_ok=True)
             wall, _ = timed(
-                [python, "-m", "p2pclone", "receive", str(target), url, "--code", CODE, "--yes"],
+                [
+                    python,
+                    "-m",
+                    "p2pclone",
+                    "receive",
+                    str(target),
+                    url,
+                    "--passphrase",
+                    CODE,
+                    "--yes",
+                ],
                 env,
             )
             runs["restore"].append(wall)
@@ -190,7 +202,9 @@ def main() -> int:
         image_bytes = (share / "b.p2pc").stat().st_size
         base_bytes = (share / "b.zst").stat().st_size
         # The backup is refreshed: the same save again, the disk unchanged.
-        resave, _ = timed([python, "-m", "p2pclone", "send", str(disk), url, "--code", CODE], env)
+        resave, _ = timed(
+            [python, "-m", "p2pclone", "send", str(disk), url, "--passphrase", CODE], env
+        )
         resave_bytes = (share / "b.p2pc").stat().st_size
     finally:
         os.killpg(smbd.pid, signal.SIGTERM)

@@ -14,106 +14,126 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-from dataclasses import fields
+from dataclasses import replace
+from typing import assert_never
 
 import trio
 
 from .disks import Target
-from .disks.rescue import RescueOptions
-from .endpoints import is_image_url
+from .endpoints import Disk, Image, place
 from .errors import SafetyError, SourceError
+from .jobs import receive, send
 from .journal import check_state_dir, default_state_dir
+from .options import (
+    DISK_SOURCE,
+    RECEIVING_SESSION,
+    SENDING_SESSION,
+    Confirm,
+    ReceiveOptions,
+    SendOptions,
+    refuse_unhonoured,
+)
 from .pipeline import DiskSource
-from .receiver import Options, receive, receive_stream
-from .sender import DEFAULT_CHUNK_SIZE, check_chunk_size, open_source, send, send_stream
+from .receiver import no_confirm, receive_stream
+from .sender import DEFAULT_CHUNK_SIZE, check_chunk_size, send_stream
+from .sender.source import open_source
 from .session import Done, Reporter, no_report
 from .transports.pipe import pipe_pair
 
+#: a disk onto a disk: how the source is read, and a sending session's options but
+#: ``delta``, which is the target's own (``ReceiveOptions.delta``)
+CLONE_SEND = DISK_SOURCE | SENDING_SESSION - {"delta"}
+
 
 async def clone(
-    source_path: str,
-    target_path: str,
+    source: str,
+    target: str,
+    sending: SendOptions,
+    receiving: ReceiveOptions,
     *,
-    options: Options = Options(),  # noqa: B008 - frozen
-    exact: bool = False,
-    rescue: RescueOptions = RescueOptions(),  # noqa: B008 - frozen
-    allow_mounted: bool = False,
-    chunk_size: int | None = None,
-    code: str = "",
-    password: str | None = None,
     report: Reporter = no_report,
+    confirm: Confirm = no_confirm,
 ) -> Done:
-    """Copy ``source_path`` onto ``target_path``; return the receiving side's statistics.
+    """Copy ``source`` onto ``target``; return the receiving side's statistics.
 
-    ``code``: an image's passphrase (when either side is an image URL).
+    ``sending``: how the source is read; ``receiving``: how the target is written.  An
+    image as TARGET is a save (``sending`` only), an image as SOURCE a restore
+    (``receiving`` only: its passphrase is ``receiving.passphrase``).
 
     Raises:
         P2PCloneError: any failure, with a user-facing sentence and exit code.
     """
-    chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
+    origin, dest = place(source), place(target)
+    match dest:
+        case Image():
+            refuse_unhonoured(receiving, (), f"a clone onto {dest.name} (a save)")
+            return await send(source, target, sending, report=report)
+        case Disk():
+            pass
+        case _:
+            assert_never(dest)
+    match origin:
+        case Image():
+            refuse_unhonoured(sending, (), f"a clone from {origin.name} (a restore)")
+            return await receive(target, source, receiving, report=report, confirm=confirm)
+        case Disk():
+            pass
+        case _:
+            assert_never(origin)
+    refuse_unhonoured(sending, CLONE_SEND, "a clone from a disk onto a disk")
+    refuse_unhonoured(receiving, RECEIVING_SESSION, "a clone from a disk onto a disk")
+    chunk_size = sending.chunk_size or DEFAULT_CHUNK_SIZE
     check_chunk_size(chunk_size)
-    if is_image_url(target_path):
-        return await send(
-            source_path,
-            target_path,
-            code=code,
-            chunk_size=chunk_size,
-            allow_mounted=allow_mounted,
-            password=password,
-            fresh=options.fresh,
-            exact=exact,
-            rescue=rescue,
-            report=report,
-        )
-    if is_image_url(source_path):
-        every = {f.name: getattr(options, f.name) for f in fields(options)}
-        return await receive(
-            target_path, source_path, code=code, password=password, report=report, **every
-        )
-    if options.journal:
-        await trio.to_thread.run_sync(check_state_dir, options.state_dir or default_state_dir())
-    _not_the_same(source_path, target_path)
-    target = await trio.to_thread.run_sync(Target.open, target_path)
+    if receiving.journal:
+        await trio.to_thread.run_sync(check_state_dir, receiving.state_dir or default_state_dir())
+    _not_the_same(source, target)
+    disk = await trio.to_thread.run_sync(Target.open, target)
     try:
-        source, chunk_size = await open_source(
-            source_path,
-            chunk_size,
-            allow_mounted=allow_mounted,
-            exact=exact,
-            rescue=rescue,
-            report=report,
-        )
+        source_, chunk_size = await open_source(origin, chunk_size, sending, report)
         try:
-            return await _run(source, target, chunk_size, options, report)
+            return await _run(source_, disk, chunk_size, sending, receiving, report, confirm)
         finally:
-            source.close()
+            source_.close()
     finally:
-        target.close()
+        disk.close()
 
 
 async def _run(
-    source: DiskSource, target: Target, chunk_size: int, options: Options, report: Reporter
+    source: DiskSource,
+    target: Target,
+    chunk_size: int,
+    sending: SendOptions,
+    receiving: ReceiveOptions,
+    report: Reporter,
+    confirm: Confirm,
 ) -> Done:
     code = secrets.token_hex(16)  # pairs the two ends of our own pipe; shown to nobody
     ours, theirs = pipe_pair()
     done: list[Done] = []
     async with trio.open_nursery() as nursery:
 
-        async def sending() -> None:
+        async def sending_side() -> None:
             await send_stream(
                 ours,
                 source,
+                replace(sending, delta=receiving.delta),
                 code=code,
-                url="clone",
                 chunk_size=chunk_size,
-                delta=options.delta,
+                url="clone",
                 seal=False,
             )
 
-        nursery.start_soon(sending)
+        nursery.start_soon(sending_side)
         done.append(
             await receive_stream(
-                theirs, target, code=code, url="clone", options=options, report=report, seal=False
+                theirs,
+                target,
+                receiving,
+                code=code,
+                url="clone",
+                report=report,
+                confirm=confirm,
+                seal=False,
             )
         )
     return done[0]

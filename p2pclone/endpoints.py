@@ -1,108 +1,94 @@
-"""Every URL scheme p2pclone knows, found one way: the scheme -> what the URL names.
+"""What a URL, a SOURCE or a TARGET names, parsed once into a typed value.
 
-A URL names one of three kinds of far end, and the drivers treat each kind its own way:
+A URL names one of three kinds of far end, and the drivers (p2pclone/jobs.py) treat
+each its own way, with a ``match`` over :data:`FarEnd`:
 
-* ``LINK``: a two-way byte stream to one peer (``tcp``, ``serial``, ``memory``, and any
-  scheme another distribution adds): a :class:`p2pclone.transports.Transport` class, whose
+* :class:`Link`: a two-way byte stream to one peer (``tcp``, ``serial``, ``memory``, and
+  any scheme another distribution adds): a :class:`p2pclone.transports.Transport`, whose
   ``connect()``/``listen()`` give the drivers a ``trio.abc.Stream``;
-* ``IMAGE``: an image file on a share (``file``, ``smb``): the drivers run a recorder
-  or player from :mod:`p2pclone.image.link` over an in-process pipe;
-* ``GROUP``: one sender, many receivers (``multicast``): a :class:`GroupDriver`, which
-  runs the group on top of the drivers' own pieces.
+* :class:`Image`: an image file on a share (``file``, ``smb``): the drivers run a
+  recorder or a player (p2pclone/image/link.py) over an in-process pipe;
+* :class:`Group`: one sender, many receivers (``multicast``): the group's sockets, run
+  by p2pclone's multicast driver.
 
-Built-in schemes are listed here and win over plug-ins (no other package can take over
+A SOURCE or a TARGET is a :class:`Disk` (a block device or a file) or an :class:`Image`.
+
+Built-in schemes are parsed here and win over plug-ins (no other package can take over
 ``tcp://``, and the entry-point scan, ~50 ms, is only paid for schemes p2pclone does not
 ship); any other scheme is looked up in the entry-point group ``p2pclone.transports``
-(name = the scheme, value = ``module:Class``, a LINK), so another distribution can add
-one without touching p2pclone.  See docs/transports.md.
-
-Targets are named, not imported: the drivers use this registry, and what it names (the
-image and multicast packages) may in turn use the drivers' pieces without a circle.
+(name = the scheme, value = ``module:Class``, a link transport), so another
+distribution can add one without touching p2pclone.  See docs/transports.md.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
-from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Any, Protocol
-
-import trio
 
 from p2pclone.transports import Transport
+from p2pclone.transports.memory import MemoryTransport
+from p2pclone.transports.multicast import MulticastGroup
+from p2pclone.transports.serial import SerialTransport
+from p2pclone.transports.tcp import TcpTransport
 
 from .errors import UsageError
-from .session import Done, Reporter
+from .image.urls import Image, image
 
 ENTRY_POINT_GROUP = "p2pclone.transports"
 
-
-class Kind(enum.Enum):
-    LINK = "link"
-    IMAGE = "image"
-    GROUP = "group"
-
-
-_BUILTIN: dict[str, tuple[Kind, str]] = {
-    "tcp": (Kind.LINK, "p2pclone.transports.tcp:TcpTransport"),
-    "memory": (Kind.LINK, "p2pclone.transports.memory:MemoryTransport"),
-    "serial": (Kind.LINK, "p2pclone.transports.serial:SerialTransport"),
-    "file": (Kind.IMAGE, "p2pclone.image.link:clean_url"),
-    "smb": (Kind.IMAGE, "p2pclone.image.link:clean_url"),
-    "multicast": (Kind.GROUP, "p2pclone.multicast.driver:DRIVER"),
+#: the link schemes p2pclone ships
+LINKS: dict[str, type[Transport]] = {
+    "tcp": TcpTransport,
+    "serial": SerialTransport,
+    "memory": MemoryTransport,
 }
-
-
-class GroupDriver(Protocol):
-    """What a GROUP scheme supplies: the whole run of each side (``options``: the
-    ones :func:`p2pclone.sender.send` and :func:`p2pclone.receiver.receive` take)."""
-
-    async def send(
-        self, source_path: str, url: str, *, code: str, report: Reporter, **options: Any
-    ) -> Done: ...
-
-    async def receive(
-        self,
-        target_path: str,
-        url: str,
-        *,
-        code: str,
-        report: Reporter,
-        task_status: trio.TaskStatus[str],
-        **options: Any,
-    ) -> Done: ...
+IMAGES = ("file", "smb")
+GROUPS = ("multicast",)
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoint:
-    """A URL's scheme, its kind, and where its implementation is (``module:attr``)."""
+class Link:
+    """A two-way link to one peer."""
 
-    url: str
-    scheme: str
-    kind: Kind
-    target: str
+    transport: Transport
 
-    def load(self) -> Any:
-        module, _, attr = self.target.partition(":")
-        return getattr(import_module(module), attr)
+    @property
+    def url(self) -> str:
+        return self.transport.url
 
-    def transport(self, **options: Any) -> Transport:
-        """LINK: the transport for the URL, parsed and checked; ``options`` (the code,
-        ``wait``…) are kept in ``Transport.options`` for the transports that need them.
+    @property
+    def name(self) -> str:
+        return f"{self.transport.scheme}://"
 
-        Raises:
-            UsageError: a malformed URL.
-        """
-        assert self.kind is Kind.LINK
-        transport: Transport = self.load()(self.url)
-        transport.options.update(options)
-        return transport
 
-    def group(self) -> GroupDriver:
-        assert self.kind is Kind.GROUP
-        driver: GroupDriver = self.load()
-        return driver
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A multicast group."""
+
+    group: MulticastGroup
+
+    @property
+    def url(self) -> str:
+        return self.group.url
+
+    @property
+    def name(self) -> str:
+        return "multicast://"
+
+
+@dataclass(frozen=True, slots=True)
+class Disk:
+    """A block device or a file, as SOURCE or TARGET."""
+
+    path: str
+
+    @property
+    def name(self) -> str:
+        return "a disk or file"
+
+
+FarEnd = Link | Image | Group
+Place = Disk | Image
 
 
 def split_scheme(url: str) -> str:
@@ -115,65 +101,86 @@ def split_scheme(url: str) -> str:
 
 
 def available_schemes() -> list[str]:
-    names = set(_BUILTIN)
+    names = {*LINKS, *IMAGES, *GROUPS}
     names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
     return sorted(names)
 
 
-def resolve(url: str) -> Endpoint:
-    """What ``url`` names.
+def far_end(url: str) -> FarEnd:
+    """What ``url`` names, parsed and checked (nothing is opened).
 
     Raises:
-        UsageError: not a URL, or an unknown scheme (naming the known ones).
+        UsageError: not a URL, an unknown scheme (naming the known ones), or a
+            malformed URL.
     """
     scheme = split_scheme(url)
-    kind, target = _BUILTIN.get(scheme, (Kind.LINK, ""))
-    if not target:
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name == scheme:
-                target = ep.value
-                break
-    if not target:
-        raise UsageError(
-            f"unknown transport {scheme}://; known ones are "
-            + ", ".join(f"{s}://" for s in available_schemes())
-        )
-    return Endpoint(url, scheme, kind, target)
+    if scheme in IMAGES:
+        return image(url)
+    if scheme in GROUPS:
+        return Group(MulticastGroup(url))
+    return Link(link_class(scheme)(url))
+
+
+def place(name: str) -> Place:
+    """A SOURCE or TARGET: an image URL, else a disk or file path."""
+    return image(name) if is_image_url(name) else Disk(name)
+
+
+def link_class(scheme: str) -> type[Transport]:
+    """The link transport for ``scheme``: built in, or a plug-in's.
+
+    Raises:
+        UsageError: an unknown scheme, or a plug-in that is not a link transport.
+    """
+    if scheme in LINKS:
+        return LINKS[scheme]
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == scheme:
+            cls = ep.load()
+            if not (isinstance(cls, type) and issubclass(cls, Transport)):
+                raise UsageError(
+                    f"the plug-in for {scheme}:// ({ep.value}) is not a p2pclone link "
+                    "transport (a subclass of p2pclone.transports.Transport)"
+                )
+            return cls
+    raise UsageError(
+        f"unknown transport {scheme}://; known ones are "
+        + ", ".join(f"{s}://" for s in available_schemes())
+    )
 
 
 def is_image_url(name: str) -> bool:
     """A SOURCE or URL naming an image on a share rather than a disk or a live link."""
     scheme, sep, _ = name.partition("://")
-    return bool(sep) and _BUILTIN.get(scheme.lower(), (None,))[0] is Kind.IMAGE
+    return bool(sep) and scheme.lower() in IMAGES
 
 
-def open_transport(url: str, **options: Any) -> Transport:
-    """The LINK transport for ``url`` (tests and tools that want one directly).
+def open_transport(url: str) -> Transport:
+    """The link transport for ``url`` (tests and tools that want one directly).
 
     Raises:
         UsageError: unknown scheme, not a link, or a malformed URL.
     """
-    endpoint = resolve(url)
-    if endpoint.kind is not Kind.LINK:
-        raise UsageError(f"{url!r} is not a link to one peer (it names an {endpoint.kind.value})")
-    return endpoint.transport(**options)
-
-
-def transport_class(scheme: str) -> type[Transport]:
-    """The LINK transport class for ``scheme``."""
-    cls: type[Transport] = resolve(f"{scheme}://").load()
-    return cls
+    end = far_end(url)
+    if not isinstance(end, Link):
+        raise UsageError(f"{url!r} is not a link to one peer (it names {end.name})")
+    return end.transport
 
 
 __all__ = [
     "ENTRY_POINT_GROUP",
-    "Endpoint",
-    "GroupDriver",
-    "Kind",
+    "Disk",
+    "FarEnd",
+    "Group",
+    "Image",
+    "Link",
+    "Place",
     "available_schemes",
+    "far_end",
+    "image",
     "is_image_url",
+    "link_class",
     "open_transport",
-    "resolve",
+    "place",
     "split_scheme",
-    "transport_class",
 ]

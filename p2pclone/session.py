@@ -168,6 +168,7 @@ class GroupProgress:
 
 Report = Listening | Connected | Mapped | Planned | Progress | Verifying | Rescuing | Done | Notice
 Reporter = Callable[[Report], None]
+GroupReporter = Callable[[GroupProgress], None]
 
 
 def no_report(_: Report) -> None:

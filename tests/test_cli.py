@@ -165,7 +165,7 @@ def test_a_device_or_folder_as_image_url_is_a_usage_error(tmp_path, command, ima
     random_file(src, 8192)
     url = "file://" + image.format(tmp=tmp_path)
     disk = str(src) if command == "send" else str(tmp_path / "t.img")
-    r = run(command, disk, url, "--code", "1-a-b")
+    r = run(command, disk, url, "--passphrase", "1-a-b")
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert f"{url} {kind}, not an image file" in r.stderr
     assert "Traceback" not in r.stderr

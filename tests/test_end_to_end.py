@@ -31,6 +31,8 @@ from p2pclone.errors import (
     SafetyError,
     TransportError,
 )
+from p2pclone.jobs import receive, send
+from p2pclone.options import ReceiveOptions, SendOptions
 from p2pclone.protocol import (
     Accept,
     Chunk,
@@ -42,8 +44,8 @@ from p2pclone.protocol import (
     Sentinel,
     encode_frame,
 )
-from p2pclone.receiver import receive, receive_stream
-from p2pclone.sender import send, send_stream
+from p2pclone.receiver import receive_stream
+from p2pclone.sender import send_stream
 from p2pclone.session import Done, Notice, pick_error
 from tests.conftest import MiB, random_file, read_dev, write_layout
 
@@ -66,11 +68,16 @@ async def clone(
 
             async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
                 out["rx"] = await receive(
-                    str(target), url, code="1-test-code", verify=verify, task_status=task_status
+                    str(target),
+                    url,
+                    ReceiveOptions(code="1-test-code", verify=verify),
+                    task_status=task_status,
                 )
 
             real_url = await nursery.start(rx)
-            out["tx"] = await send(str(source), real_url, code="1-test-code", chunk_size=chunk_size)
+            out["tx"] = await send(
+                str(source), real_url, SendOptions(code="1-test-code", chunk_size=chunk_size)
+            )
     return out["tx"], out["rx"]
 
 
@@ -83,13 +90,15 @@ async def both_fail(source, target, url=None) -> tuple[BaseException, BaseExcept
 
             async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
                 try:
-                    await receive(str(target), url, code="c", task_status=task_status)
+                    await receive(
+                        str(target), url, ReceiveOptions(code="c"), task_status=task_status
+                    )
                 except BaseException as exc:  # noqa: BLE001 - collected for the assertions
                     errors["rx"] = pick_error(exc)
 
             real_url = await nursery.start(rx)
             try:
-                await send(str(source), real_url, code="c")
+                await send(str(source), real_url, SendOptions(code="c"))
             except BaseException as exc:  # noqa: BLE001
                 errors["tx"] = pick_error(exc)
     return errors["tx"], errors["rx"]
@@ -183,8 +192,8 @@ async def test_streams_with_hostile_timing(tmp_path: Path, pair: str) -> None:
     try:
         with trio.fail_after(120):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(lambda: receive_stream(b, tgt, code="9-x-y"))
-                await send_stream(a, src, code="9-x-y", chunk_size=chunk)
+                nursery.start_soon(lambda: receive_stream(b, tgt, ReceiveOptions(), code="9-x-y"))
+                await send_stream(a, src, SendOptions(), code="9-x-y", chunk_size=chunk)
     finally:
         src.close()
         tgt.close()
@@ -262,7 +271,10 @@ async def test_link_cut_mid_transfer_fails_both_sides(tmp_path: Path) -> None:
                 try:
                     done.append(
                         await receive(
-                            str(target), "tcp://127.0.0.1:0", code="c", task_status=task_status
+                            str(target),
+                            "tcp://127.0.0.1:0",
+                            ReceiveOptions(code="c"),
+                            task_status=task_status,
                         )
                     )
                 except BaseException as exc:  # noqa: BLE001
@@ -294,7 +306,7 @@ async def test_link_cut_mid_transfer_fails_both_sides(tmp_path: Path) -> None:
 
             nursery.start_soon(relay)
             try:
-                await send(str(source), f"tcp://127.0.0.1:{relay_port}", code="c")
+                await send(str(source), f"tcp://127.0.0.1:{relay_port}", SendOptions(code="c"))
             except BaseException as exc:  # noqa: BLE001
                 errors["tx"] = pick_error(exc)
     await listener[0].aclose()
@@ -311,7 +323,12 @@ async def test_receiver_refuses_a_peer_speaking_http(tmp_path: Path) -> None:
 
         async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
             with pytest.raises(RemoteProtocolError, match="looks like HTTP"):
-                await receive(str(target), "tcp://127.0.0.1:0", code="c", task_status=task_status)
+                await receive(
+                    str(target),
+                    "tcp://127.0.0.1:0",
+                    ReceiveOptions(code="c"),
+                    task_status=task_status,
+                )
 
         url = await nursery.start(rx)
         s = await trio.open_tcp_stream("127.0.0.1", int(url.rsplit(":", 1)[1]))
@@ -336,7 +353,7 @@ async def test_sender_refuses_a_receiver_of_another_version(tmp_path: Path) -> N
     async with trio.open_nursery() as nursery:
         nursery.start_soon(future_receiver)
         with pytest.raises(RemoteProtocolError, match="version 9 .* version 1"):
-            await send(str(source), f"tcp://127.0.0.1:{port}", code="c")
+            await send(str(source), f"tcp://127.0.0.1:{port}", SendOptions(code="c"))
         nursery.cancel_scope.cancel()
 
 
@@ -403,7 +420,7 @@ async def test_a_corrupted_chunk_is_never_written(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(evil_sender)
             with pytest.raises(IntegrityError, match=r"chunk 1 \(bytes 1048576-2097151\) does not"):
-                await receive_stream(b, tgt, code="c")
+                await receive_stream(b, tgt, ReceiveOptions(), code="c")
     tgt.close()
     written = target.read_bytes()
     assert written[MiB : 2 * MiB] == junk[MiB : 2 * MiB]  # the bad chunk never landed
@@ -424,9 +441,9 @@ async def test_zstd_bomb_is_refused(tmp_path: Path) -> None:
 
 async def test_missing_source_and_missing_target_folder(tmp_path: Path) -> None:
     with pytest.raises(P2PCloneError, match="does not exist: check the path"):
-        await send(str(tmp_path / "nope.img"), "tcp://127.0.0.1:1", code="c")
+        await send(str(tmp_path / "nope.img"), "tcp://127.0.0.1:1", SendOptions(code="c"))
     with pytest.raises(P2PCloneError, match="folder .* does not exist"):
-        await receive(str(tmp_path / "no" / "t.img"), "tcp://127.0.0.1:0", code="c")
+        await receive(str(tmp_path / "no" / "t.img"), "tcp://127.0.0.1:0", ReceiveOptions(code="c"))
 
 
 @pytest.mark.root
@@ -456,10 +473,14 @@ async def test_the_user_hears_when_the_kernel_could_not_reread_the_partitions(
         async with trio.open_nursery() as nursery:
             url = await nursery.start(
                 functools.partial(
-                    receive, dev, "tcp://127.0.0.1:0", code="1-test-code", report=report
+                    receive,
+                    dev,
+                    "tcp://127.0.0.1:0",
+                    ReceiveOptions(code="1-test-code"),
+                    report=report,
                 )
             )
-            await send(str(source), url, code="1-test-code")
+            await send(str(source), url, SendOptions(code="1-test-code"))
     assert read_dev(dev, 8 * MiB) == bytes(disk)
     assert notes == [
         f"the kernel did not re-read the partition table of {dev} (Invalid argument): "

@@ -26,9 +26,10 @@ import trio.testing
 
 from p2pclone.disks import Source, Target
 from p2pclone.errors import AuthenticationError, ExitCode, PeerError
+from p2pclone.options import ReceiveOptions, SendOptions
 from p2pclone.protocol import FrameDecoder, FrameType, encode_frame
 from p2pclone.protocol.frames import FLAG_SEALED, HEADER_SIZE, TRAILER_SIZE
-from p2pclone.receiver import Options, receive_stream
+from p2pclone.receiver import receive_stream
 from p2pclone.sender import send_stream
 from p2pclone.session import Done, pick_error
 
@@ -121,13 +122,13 @@ async def clone_through(
 
     async def rx() -> None:
         try:
-            out["rx"] = await receive_stream(rx_end, tgt, code=CODE, options=Options(journal=False))
+            out["rx"] = await receive_stream(rx_end, tgt, ReceiveOptions(journal=False), code=CODE)
         except BaseException as exc:  # noqa: BLE001 - inspected by the tests
             out["rx"] = pick_error(exc)
 
     async def tx() -> None:
         try:
-            out["tx"] = await send_stream(tx_end, src, code=CODE, chunk_size=CHUNK)
+            out["tx"] = await send_stream(tx_end, src, SendOptions(), code=CODE, chunk_size=CHUNK)
         except BaseException as exc:  # noqa: BLE001
             out["tx"] = pick_error(exc)
 

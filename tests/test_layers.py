@@ -14,9 +14,11 @@ What counts as an import
     modules together: moving an import into a function to dodge a circle hides the
     circle, it does not remove it.  Relative imports are resolved against the importing
     module's package.  ``from pkg import name`` is an import of ``pkg.name`` when that is
-    a module, else of ``pkg``.  Not counted: names held as strings and loaded later
-    (``p2pclone/endpoints.py``'s ``"module:attr"`` table, entry points): that is the
-    plug-in seam by design, the way a lower layer reaches code it must not import.
+    a module, else of ``pkg``.  Imports made by name count too: a string that is
+    exactly one of our module names (``"p2pclone.multicast.driver:DRIVER"``, the
+    argument of ``import_module``), and the entry points of pyproject.toml's
+    ``p2pclone.transports`` group, which p2pclone/endpoints.py loads.  A registry by
+    name once hid a sender -> multicast -> sender circle from this check.
 
 Parent packages
     Importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__`` first, so an importer
@@ -49,6 +51,10 @@ The checks
 
 Negative controls (each tried once, then undone):
 
+* ``_GROUP = "p2pclone.multicast.driver:send_group"`` (a name in a string, as the old
+  registry held it) added to ``p2pclone/sender/__init__.py`` fails (a) with one circle
+  through ``p2pclone.multicast.driver`` and ``p2pclone.sender``.
+
 * ``import p2pclone.sender`` added to ``transports/tcp.py`` fails (b) with
   "p2pclone.transports.tcp -> p2pclone.sender (transports/tcp.py:11)", and (a) as well,
   because ``image/store.py`` imports the tcp transport: "p2pclone.image.link ->
@@ -66,6 +72,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -213,17 +220,33 @@ def _named_imports(mod: Module) -> Iterator[tuple[str, int]]:
                     yield sub, node.lineno
                 elif (hit := _longest_known(full)) is not None:
                     yield hit, node.lineno
-        elif isinstance(node, ast.Call):
-            func = node.func
-            fname = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            if (
-                fname in ("import_module", "__import__")
-                and node.args
-                and isinstance(node.args[0], ast.Constant)
-                and isinstance(node.args[0].value, str)
-                and (hit := _longest_known(node.args[0].value)) is not None
-            ):
-                yield hit, node.lineno
+        elif (
+            # A module named in a string ("p2pclone.multicast.driver:DRIVER" in a table
+            # loaded later, import_module("…")): a tie all the same, which a registry
+            # by name once hid from this check (a sender -> multicast -> sender loop).
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and _NAMED.fullmatch(node.value)
+            and (hit := _longest_known(node.value.partition(":")[0]))
+        ):
+            yield hit, node.lineno
+
+
+#: a string that names one of our modules, optionally with an attribute
+_NAMED = re.compile(r"(?:p2pclone|transports)(?:\.\w+)+(?::[\w.]+)?")
+
+
+def _entry_points() -> list[tuple[str, int]]:
+    """(module, line in pyproject.toml) of each ``p2pclone.transports`` entry point:
+    p2pclone/endpoints.py imports them by name."""
+    found, inside = [], False
+    lines = (REPO / "pyproject.toml").read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        if line.startswith("["):
+            inside = line.strip() == '[project.entry-points."p2pclone.transports"]'
+        elif inside and "=" in line and (hit := _longest_known(line.split('"')[1].split(":")[0])):
+            found.append((hit, number))
+    return found
 
 
 @cache
@@ -234,7 +257,10 @@ def graph() -> dict[str, dict[str, Edge]]:
     for name, mod in known.items():
         own = set(_ancestors(name)) | ({name} if mod.is_package else set())
         edges = out[name]
-        for target, line in sorted(_named_imports(mod), key=lambda t: t[1]):
+        named = list(_named_imports(mod))
+        if name == "p2pclone.endpoints":
+            named += _entry_points()
+        for target, line in sorted(named, key=lambda t: t[1]):
             if target != name:
                 old = edges.get(target)
                 if old is None or old.implied:

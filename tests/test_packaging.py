@@ -156,7 +156,7 @@ def test_the_installed_wheel_clones_and_saves_images(installed: Path, tmp_path: 
     image = f"file://{outside}/images/disk.p2pc"
     secret = "a long wheel passphrase"
     save = subprocess.run(
-        [str(installed), "send", str(source), image, "--code", secret],
+        [str(installed), "send", str(source), image, "--passphrase", secret],
         capture_output=True,
         text=True,
         cwd=outside,

@@ -18,9 +18,9 @@ import pytest
 import trio
 
 from p2pclone.errors import RemoteProtocolError, TransportError
+from p2pclone.jobs import receive, send
 from p2pclone.journal import read_records
-from p2pclone.receiver import receive
-from p2pclone.sender import send
+from p2pclone.options import ReceiveOptions, SendOptions
 from p2pclone.session import Done, Notice, pick_error
 from tests.conftest import MiB, random_file, write_layout
 from tests.failing_disk import failing_disk
@@ -54,10 +54,7 @@ async def run_pair(
                     out["rx"] = await receive(
                         str(target),
                         "tcp://127.0.0.1:0",
-                        code="2-c-d",
-                        fresh=fresh,
-                        delta=delta_rx,
-                        verify=verify,
+                        ReceiveOptions(code="2-c-d", fresh=fresh, delta=delta_rx, verify=verify),
                         report=report,
                         task_status=task_status,
                     )
@@ -68,7 +65,7 @@ async def run_pair(
             if cut_after is not None:
                 url = await nursery.start(cutting_relay, int(url.rsplit(":", 1)[1]), cut_after)
             try:
-                out["tx"] = await send(str(source), url, code="2-c-d", delta=delta_tx)
+                out["tx"] = await send(str(source), url, SendOptions(code="2-c-d", delta=delta_tx))
             except BaseException as exc:  # noqa: BLE001
                 out["tx"] = pick_error(exc)
     return out
@@ -556,11 +553,14 @@ async def test_delta_with_large_chunks(tmp_path: Path) -> None:
 
         async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
             out["rx"] = await receive(
-                str(target), "tcp://127.0.0.1:0", code="2-c-d", delta=True, task_status=task_status
+                str(target),
+                "tcp://127.0.0.1:0",
+                ReceiveOptions(code="2-c-d", delta=True),
+                task_status=task_status,
             )
 
         url = await nursery.start(rx)
-        out["tx"] = await send(str(source), url, code="2-c-d", chunk_size=4 * MiB)
+        out["tx"] = await send(str(source), url, SendOptions(code="2-c-d", chunk_size=4 * MiB))
     assert isinstance(out["tx"], Done)
     assert target.read_bytes() == source.read_bytes()
 

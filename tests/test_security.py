@@ -28,8 +28,8 @@ from p2pclone.errors import (
     SafetyError,
     TransportError,
 )
-from p2pclone.receiver import receive
-from p2pclone.sender import send
+from p2pclone.jobs import receive, send
+from p2pclone.options import ReceiveOptions, SendOptions
 from p2pclone.session import pick_error
 from tests.conftest import MiB, random_file, read_dev, write_layout
 
@@ -56,7 +56,10 @@ async def session(
             async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
                 try:
                     out["rx"] = await receive(
-                        str(target), "tcp://127.0.0.1:0", code=rx_code, task_status=task_status
+                        str(target),
+                        "tcp://127.0.0.1:0",
+                        ReceiveOptions(code=rx_code),
+                        task_status=task_status,
                     )
                 except BaseException as exc:  # noqa: BLE001 - inspected by the tests
                     out["rx"] = pick_error(exc)
@@ -65,7 +68,9 @@ async def session(
             if relay is not None:
                 url = await nursery.start(run_relay, int(url.rsplit(":", 1)[1]), relay)
             try:
-                out["tx"] = await send(str(source), url, code=tx_code, allow_mounted=allow_mounted)
+                out["tx"] = await send(
+                    str(source), url, SendOptions(code=tx_code, allow_mounted=allow_mounted)
+                )
             except BaseException as exc:  # noqa: BLE001
                 out["tx"] = pick_error(exc)
             nursery.cancel_scope.cancel()
@@ -230,7 +235,10 @@ async def test_hostile_peers_never_touch_the_target(dirty_target, payload, error
             async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
                 with pytest.raises(error, match=message):
                     await receive(
-                        str(target), "tcp://127.0.0.1:0", code="1-a-b", task_status=task_status
+                        str(target),
+                        "tcp://127.0.0.1:0",
+                        ReceiveOptions(code="1-a-b"),
+                        task_status=task_status,
                     )
 
             url = await nursery.start(rx)
@@ -400,7 +408,7 @@ def test_an_smb_password_in_a_url_is_never_printed(tmp_path: Path, url: str) -> 
     for json_flag in ([], ["--json"]):
         r = subprocess.run(
             [sys.executable, "-m", "p2pclone", "receive", str(tmp_path / "t.img"), url,
-             "--code", "a passphrase", "--yes", *json_flag],
+             "--passphrase", "a passphrase", "--yes", *json_flag],
             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         assert r.returncode != 0

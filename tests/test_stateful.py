@@ -26,7 +26,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 import p2pclone.receiver.data as receiver_mod
 from p2pclone.disks import Source, Target
-from p2pclone.receiver import Options, receive_stream
+from p2pclone.options import ReceiveOptions, SendOptions
+from p2pclone.receiver import receive_stream
 from p2pclone.sender import send_stream
 from p2pclone.session import Done
 
@@ -166,7 +167,7 @@ class CloneMachine(RuleBasedStateMachine):
                     async def rx() -> None:
                         try:
                             result["rx"] = await receive_stream(
-                                b, target, code="4-a-b", options=Options(state_dir=self.state)
+                                b, target, ReceiveOptions(state_dir=self.state), code="4-a-b"
                             )
                         except Exception as exc:  # noqa: BLE001 - any failure is a failed run
                             result["rx"] = exc
@@ -177,6 +178,7 @@ class CloneMachine(RuleBasedStateMachine):
                             result["tx"] = await send_stream(
                                 FaultyStream(a, fault, at, nursery.cancel_scope),
                                 source,
+                                SendOptions(),
                                 code="4-a-b",
                                 chunk_size=CHUNK,
                             )

@@ -16,8 +16,8 @@ import trio
 
 from p2pclone.disks import Target
 from p2pclone.errors import SafetyError, TargetError
-from p2pclone.receiver import receive
-from p2pclone.sender import send
+from p2pclone.jobs import receive, send
+from p2pclone.options import ReceiveOptions, SendOptions
 from p2pclone.session import Listening, pick_error
 from tests.conftest import MiB, random_file, read_dev
 
@@ -44,7 +44,10 @@ async def test_a_link_put_at_the_path_while_waiting_redirects_nothing(tmp_path: 
             async def rx(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
                 try:
                     await receive(
-                        str(target), "tcp://127.0.0.1:0", code=CODE, task_status=task_status
+                        str(target),
+                        "tcp://127.0.0.1:0",
+                        ReceiveOptions(code=CODE),
+                        task_status=task_status,
                     )
                 except BaseException as exc:  # noqa: BLE001
                     errors["rx"] = pick_error(exc)
@@ -54,7 +57,7 @@ async def test_a_link_put_at_the_path_while_waiting_redirects_nothing(tmp_path: 
                 target.unlink()
             target.symlink_to(victim)
             try:
-                await send(str(source), url, code=CODE)
+                await send(str(source), url, SendOptions(code=CODE))
             except BaseException as exc:  # noqa: BLE001
                 errors["tx"] = pick_error(exc)
     assert victim.read_bytes() == before
@@ -116,7 +119,7 @@ async def test_a_read_only_disk_is_refused_before_listening(tmp_path: Path, loop
     heard: list[object] = []
     try:
         with trio.fail_after(10), pytest.raises(TargetError, match="is read-only .*--setrw"):
-            await receive(dev, "tcp://127.0.0.1:0", code=CODE, report=heard.append)
+            await receive(dev, "tcp://127.0.0.1:0", ReceiveOptions(code=CODE), report=heard.append)
     finally:
         subprocess.run(["blockdev", "--setrw", dev], check=True)
     assert not any(isinstance(r, Listening) for r in heard)
@@ -135,8 +138,7 @@ async def test_an_unusable_state_dir_is_refused_before_listening(tmp_path: Path)
         await receive(
             str(target),
             "tcp://127.0.0.1:0",
-            code=CODE,
-            state_dir=blocker / "state",
+            ReceiveOptions(code=CODE, state_dir=Path(blocker / "state")),
             report=heard.append,
         )
     assert not heard and not target.exists()
@@ -169,15 +171,18 @@ async def test_a_full_filesystem_is_foreseen_and_the_error_says_resume(tmp_path:
                 async def rx(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED):
                     try:
                         await receive(
-                            str(mnt / "t.img"), "tcp://127.0.0.1:0", code=CODE,
-                            report=report, task_status=task_status,
-                        )  # fmt: skip
+                            str(mnt / "t.img"),
+                            "tcp://127.0.0.1:0",
+                            ReceiveOptions(code=CODE),
+                            report=report,
+                            task_status=task_status,
+                        )
                     except BaseException as exc:  # noqa: BLE001
                         errors["rx"] = pick_error(exc)
 
                 url = await nursery.start(rx)
                 try:
-                    await send(str(source), url, code=CODE)
+                    await send(str(source), url, SendOptions(code=CODE))
                 except BaseException as exc:  # noqa: BLE001
                     errors["tx"] = pick_error(exc)
         assert any("less free space than the source" in n for n in notes), notes

@@ -1,23 +1,27 @@
 """Transports: what moves p2pclone's bytes between two machines.
 
-A transport is a class constructed from a URL (which it parses and validates,
-raising :class:`p2pclone.errors.UsageError` for a bad one).  Two-way transports
-give the sender :meth:`Transport.connect` -> ``trio.abc.Stream`` and the receiver
+A link transport is a class constructed from a URL (which it parses and validates,
+raising :class:`p2pclone.errors.UsageError` for a bad one).  It gives the sender
+:meth:`Transport.connect` -> ``trio.abc.Stream`` and the receiver
 :meth:`Transport.listen` -> :class:`LinkListener`, whose ``accept()`` returns the
 stream of the first peer.  Everything above works on ``trio.abc.Stream`` alone.
+What a link needs besides its URL comes typed: :class:`Dial` (how to reach the
+receiver) and :class:`Listen` (what to tell the links around while waiting).
 
 Transports move bytes only: they import nothing of p2pclone but its errors.  Which
 class serves which URL scheme is p2pclone's registry (p2pclone/endpoints.py), where
 another distribution can add a scheme through the entry-point group
-``p2pclone.transports``.  See docs/transports.md.
+``p2pclone.transports``.  Multicast is not a link: ``multicast.py`` holds a group's
+sockets, which p2pclone's multicast driver runs.  See docs/transports.md.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import trio
 
@@ -42,24 +46,54 @@ class LinkListener(abc.ABC):
     async def aclose(self) -> None: ...
 
 
+def _say_nothing(sentence: str) -> None:
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dial:
+    """How a sender reaches its receiver, besides the URL."""
+
+    #: the number of the pairing code (never its words): a link that can find a
+    #: receiver with no address (tcp:// alone) looks for the one announcing it
+    nameplate: str = ""
+    #: keep trying this long (seconds) while nobody answers; only a transport that
+    #: honours the ``wait`` option is given more than 0
+    wait: float = 0.0
+    #: told once, in one sentence, when the waiting starts
+    notice: Callable[[str], None] = _say_nothing
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Listen:
+    """What a listening receiver may tell the links around, besides the URL."""
+
+    #: the number of the pairing code, for an announcement ("" : announce nothing)
+    nameplate: str = ""
+    size: int = 0  # the target's size in bytes
+    version: str = ""  # the protocol version
+    #: a sentence for the user (an announcement that could not be made)
+    notice: Callable[[str], None] = _say_nothing
+
+
 class Transport(abc.ABC):
     scheme: ClassVar[str]
     #: the chunk size a sender uses over this transport unless told otherwise
     #: (None: p2pclone's default, 1 MiB)
     chunk_size: ClassVar[int | None] = None
+    #: the options (p2pclone.options field names) this link honours beyond what every
+    #: session over a link does: a sender's ``wait`` reaches ``Dial.wait`` only here
+    honours: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, url: str) -> None:
         self.url = url
-        #: what the caller passed besides the URL (code, password,
-        #: fresh): transports that need them look them up, the others ignore them
-        self.options: dict[str, Any] = {}
 
     @abc.abstractmethod
-    async def connect(self) -> trio.abc.Stream:
+    async def connect(self, dial: Dial) -> trio.abc.Stream:
         """Sender side: open the link.  Raises TransportError."""
 
     @abc.abstractmethod
-    async def listen(self) -> LinkListener:
+    async def listen(self, how: Listen) -> LinkListener:
         """Receiver side: start listening.  Raises TransportError."""
 
 
@@ -83,4 +117,4 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-__all__ = ["LinkListener", "Transport", "link_errors", "url_host"]
+__all__ = ["Dial", "LinkListener", "Listen", "Transport", "link_errors", "url_host"]

@@ -12,7 +12,7 @@ import trio.testing
 
 from p2pclone.errors import TransportError, UsageError
 
-from . import LinkListener, Transport
+from . import Dial, LinkListener, Listen, Transport
 
 _registry: dict[str, MemoryListener] = {}
 
@@ -41,7 +41,7 @@ class MemoryTransport(Transport):
         if not self.name:
             raise UsageError("memory:// needs a name, e.g. memory://test1")
 
-    async def connect(self) -> trio.abc.Stream:
+    async def connect(self, dial: Dial) -> trio.abc.Stream:
         listener = _registry.get(self.name)
         if listener is None:
             raise TransportError(f"nobody is listening at memory://{self.name}")
@@ -49,7 +49,7 @@ class MemoryTransport(Transport):
         await listener._send.send(theirs)
         return ours
 
-    async def listen(self) -> MemoryListener:
+    async def listen(self, how: Listen) -> MemoryListener:
         if self.name in _registry:
             raise TransportError(f"memory://{self.name} is already being listened on")
         listener = _registry[self.name] = MemoryListener(self.name)

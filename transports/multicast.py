@@ -27,11 +27,9 @@ import socket
 import struct
 from urllib.parse import parse_qs, urlsplit
 
-import trio
-
 from p2pclone.errors import TransportError, UsageError
 
-from . import LinkListener, Transport, url_host
+from . import url_host
 
 DEFAULT_PORT = 7412
 ANNOUNCE = struct.Struct("<4sQH")
@@ -64,11 +62,15 @@ def iface_address(name: str) -> str:
     return socket.inet_ntoa(raw[20:24])
 
 
-class MulticastTransport(Transport):
+class MulticastGroup:
+    """A multicast:// URL, parsed and checked, and the group's sockets.  Not a link
+    (:class:`~p2pclone.transports.Transport`): p2pclone's multicast driver runs the
+    group over these sockets and one control connection per receiver."""
+
     scheme = "multicast"
 
     def __init__(self, url: str) -> None:
-        super().__init__(url)
+        self.url = url
         parts = urlsplit(url)
         hint = (
             "write multicast://GROUP[:PORT][?iface=NAME&rate=RATE], "
@@ -108,13 +110,6 @@ class MulticastTransport(Transport):
         else:
             self.ifindex = 0
             self.address = iface_address(self.iface) if self.iface else "0.0.0.0"
-
-    # The session drivers use the sockets below; the stream interface is not offered.
-    async def connect(self) -> trio.abc.Stream:
-        raise UsageError("multicast:// is driven by p2pclone's multicast sender")
-
-    async def listen(self) -> LinkListener:
-        raise UsageError("multicast:// is driven by p2pclone's multicast receiver")
 
     def sender_socket(self) -> socket.socket:
         """A non-blocking UDP socket sending to the group (wait with trio.lowlevel)."""

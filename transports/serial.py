@@ -24,7 +24,7 @@ import trio
 
 from p2pclone.errors import TransportError, UsageError
 
-from . import LinkListener, Transport
+from . import Dial, LinkListener, Listen, Transport
 from .seriallink import Link
 
 DEFAULT_BAUD = 115200
@@ -245,7 +245,7 @@ class SerialListener(LinkListener):
         self.url = transport.url
 
     async def accept(self) -> trio.abc.Stream:
-        return await self.transport.connect()
+        return await self.transport.open()
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -276,12 +276,16 @@ class SerialTransport(Transport):
         except ValueError:
             raise UsageError(f"bad serial URL {url!r}: baud must be a number") from None
 
-    async def connect(self) -> trio.abc.Stream:
+    async def connect(self, dial: Dial) -> trio.abc.Stream:
+        return await self.open()
+
+    async def open(self) -> SerialStream:
+        """The port, opened: both ends do the same."""
         fd = await trio.to_thread.run_sync(open_port, self.path, self.baud, self.rtscts)
         stream = SerialStream(fd, self.path)
         await stream.start()
         return stream
 
-    async def listen(self) -> LinkListener:
+    async def listen(self, how: Listen) -> LinkListener:
         await trio.lowlevel.checkpoint()
         return SerialListener(self)

@@ -15,7 +15,6 @@ import errno
 import ipaddress
 import os
 import socket
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,7 +22,7 @@ import trio
 
 from p2pclone.errors import TransportError, UsageError
 
-from . import LinkListener, Transport, url_host
+from . import Dial, LinkListener, Listen, Transport, url_host
 
 DEFAULT_PORT = 7411
 
@@ -219,6 +218,7 @@ class TcpListener(LinkListener):
 
 class TcpTransport(Transport):
     scheme = "tcp"
+    honours = frozenset({"wait"})  # a receiver not listening yet, or one to find
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
@@ -234,20 +234,21 @@ class TcpTransport(Transport):
         self.host: str | None = parts.hostname or None
         self.port = DEFAULT_PORT if port is None else port
 
-    async def connect(self) -> trio.abc.Stream:
+    async def connect(self, dial: Dial) -> trio.abc.Stream:
         """Sender side: connect to the receiver.
 
-        ``options["wait"]`` (seconds, default 0: one attempt) is how long to keep trying
-        while nobody answers (refused, unreachable: see ``NOT_THERE_YET``), pausing 0.5 s,
-        then 1 s, then 2 s between attempts; ``options["waiting"]``, a callable taking one
-        sentence, is told once, when the first attempt fails and the waiting starts.
+        ``dial.wait`` (seconds; 0: one attempt) is how long to keep trying while nobody
+        answers (refused, unreachable: see ``NOT_THERE_YET``), pausing 0.5 s, then 1 s,
+        then 2 s between attempts; ``dial.notice`` is told once, when the first attempt
+        fails and the waiting starts.  With no host (``tcp://``), the receiver announcing
+        ``dial.nameplate`` is looked for, at least FIND_WAIT seconds.
 
         Raises:
             UsageError: no host, or port 0.
             TransportError: the name does not resolve, or nobody answered in time.
         """
         if not self.host and self.url.rstrip("/") == "tcp:":  # no URL: find it by the code
-            return await self._find_and_connect()
+            return await self._find_and_connect(dial)
         if not self.host:
             raise UsageError(
                 f"{self.url!r} names no host to connect to: write tcp://HOST[:PORT], "
@@ -267,8 +268,7 @@ class TcpTransport(Transport):
         where = f"tcp://{url_host(hosts[0])}:{self.port}"
         if hosts[0] != self.host:  # a zone of ours given to a link-local address
             self.host, self.url = hosts[0], where
-        wait = float(self.options.get("wait") or 0.0)
-        waiting: Callable[[str], None] | None = self.options.get("waiting")
+        wait = dial.wait
         deadline = trio.current_time() + wait
         pause = RETRY_PAUSE_FIRST
         while True:
@@ -292,8 +292,8 @@ class TcpTransport(Transport):
                     ) from None
             else:
                 return tune(stream)
-            if pause == RETRY_PAUSE_FIRST and waiting is not None:
-                waiting(
+            if pause == RETRY_PAUSE_FIRST:
+                dial.notice(
                     f"nobody is listening at {where} yet ({reason}); waiting up to {wait:g} s "
                     "for the receiver to start (--wait)"
                 )
@@ -302,7 +302,9 @@ class TcpTransport(Transport):
             await trio.sleep(min(pause, left))
             pause = min(2 * pause, RETRY_PAUSE_MAX)
 
-    async def listen(self) -> TcpListener:
+    async def listen(self, how: Listen) -> TcpListener:
+        """Receiver side: listen; with no address (``tcp://`` or ``tcp://:PORT``) and a
+        nameplate, also announce it over mDNS (transports/mdns.py)."""
         try:
             listeners = await trio.open_tcp_listeners(self.port, host=self.host)
             if self.port == 0 and len(listeners) > 1:
@@ -322,43 +324,37 @@ class TcpTransport(Transport):
         sockname = listeners[0].socket.getsockname()
         host = self.host or "0.0.0.0"
         found = TcpListener(listeners, f"tcp://{url_host(host)}:{sockname[1]}")
-        if not self.host and self.options.get("code"):
-            await self._announce(found, sockname[1])
+        if not self.host and how.nameplate:
+            await self._announce(found, sockname[1], how)
         return found
 
-    async def _announce(self, listener: TcpListener, port: int) -> None:
+    async def _announce(self, listener: TcpListener, port: int, how: Listen) -> None:
         """Every address: tell the links around, by the code's nameplate (mDNS)."""
         from .mdns import Announcement
 
-        nameplate = str(self.options["code"]).split("-", 1)[0]
-        announcement = Announcement(
-            nameplate, port, int(self.options.get("size") or 0), str(self.options.get("version"))
-        )
+        announcement = Announcement(how.nameplate, port, how.size, how.version)
         try:
             await trio.to_thread.run_sync(announcement.start)
         except Exception as exc:  # noqa: BLE001 - no multicast here: the URL still works
             with contextlib.suppress(Exception):
                 await trio.to_thread.run_sync(announcement.stop)
-            note = self.options.get("waiting")
-            if note is not None:
-                why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-                note(
-                    f"this receiver could not announce itself on the network ({why}): "
-                    f"senders need its address, tcp://ADDRESS:{port}"
-                )
+            why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            how.notice(
+                f"this receiver could not announce itself on the network ({why}): "
+                f"senders need its address, tcp://ADDRESS:{port}"
+            )
             return
         listener.announcement = announcement
 
-    async def _find_and_connect(self) -> trio.abc.Stream:
+    async def _find_and_connect(self, dial: Dial) -> trio.abc.Stream:
         """No host: find the receiver announcing our code's nameplate, then connect to
         the first of its addresses that answers (Happy Eyeballs: one more every 0.25 s)."""
         from .mdns import browse
 
-        code = str(self.options.get("code") or "")
-        nameplate = code.split("-", 1)[0]
+        nameplate = dial.nameplate
         if not nameplate:
             raise UsageError("give the receiver's address, tcp://HOST[:PORT], or its code")
-        wait = max(float(self.options.get("wait") or 0.0), FIND_WAIT)
+        wait = max(dial.wait, FIND_WAIT)
         try:
             found = await trio.to_thread.run_sync(browse, wait, nameplate)
         except OSError as exc:

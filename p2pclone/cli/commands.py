@@ -1,69 +1,122 @@
-"""The commands: ``main`` parses the arguments and runs one ``cmd_*`` per subcommand;
-each builds its :class:`~.output.Output`, asks what it must ask, runs a driver with
-``trio.run`` and turns a :class:`~p2pclone.errors.P2PCloneError` into its exit code.
+"""The commands: ``main`` parses the arguments and runs one ``cmd_*`` per subcommand.
+
+Each command builds its options once (p2pclone/options.py), asks what it must ask,
+and runs a job (p2pclone/jobs.py) under :func:`_run`.  ``main`` is the one error
+boundary: every :class:`~p2pclone.errors.P2PCloneError`, from the command line, a
+peer, a disk or the network, leaves through :meth:`Output.error` (escaped, one
+sentence) with its exit code.
+
+Signals (docs/errors.md): Ctrl-C (SIGINT) and SIGTERM cancel the job, so the receiving
+side commits its journal (a rerun resends nothing already written) and the run ends
+with exit 5 and one sentence.  A closed terminal (SIGHUP) does the same before the
+transfer has started; after, the job goes on and its output is dropped, unless
+``--stop-on-hangup``.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import json
 import os
+import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from .. import mapfile
-from ..disks.rescue import RescueOptions
-from ..endpoints import is_image_url
+from ..endpoints import Image, Place, far_end, place
 from ..errors import ExitCode, P2PCloneError, TargetError, TransportError, UsageError
+from ..options import ReceiveOptions, SendOptions
 from ..session import Done, pick_error
-from ..units import human_bytes
 from .output import Output
 from .parser import build_parser
-from .prompts import ask_code, ask_secret, generate_code, image_code, make_confirm, smb_password
+from .prompts import (
+    NEW_PASSPHRASE_ENV,
+    ask_code,
+    generate_code,
+    image_passphrase,
+    make_confirm,
+    smb_password,
+)
 from .tuning import tune_malloc
 
+Job = Callable[[], Awaitable[Done]]
 
-def _run(args: argparse.Namespace, out: Output, fn: Callable[[], Any]) -> int:
-    again = "run the same command again" if args.command == "clone" else "run both sides again"
-    interrupted = TransportError(
-        f"interrupted: the transfer was stopped and the target is incomplete; {again}",
-        code="interrupted",
-    )
+#: the signals that stop a run (SIGHUP only before the transfer starts, by default)
+STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _run(args: argparse.Namespace, out: Output, job: Job) -> int:
+    """Run ``job`` with the signals above watched; show its outcome; its exit code.
+
+    Raises:
+        P2PCloneError: the job failed, or a signal stopped it.
+    """
+    stopped_by: list[int] = []
+
+    async def watched() -> Done | None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_signals, nursery.cancel_scope, stopped_by, out, args)
+            done = await job()
+            nursery.cancel_scope.cancel()
+            return done
+
     try:
-        done = trio.run(fn)
+        done = trio.run(watched)
     except BaseException as exc:
-        # Ctrl-C, alone or raised inside a nursery among other errors: it wins.
-        if isinstance(exc, KeyboardInterrupt) or (
-            isinstance(exc, BaseExceptionGroup) and exc.split(KeyboardInterrupt)[0]
-        ):
-            out.error(interrupted)
-            return int(ExitCode.LINK)
+        if stopped_by or isinstance(exc, KeyboardInterrupt):
+            raise _interrupted(args, stopped_by) from None
         err = pick_error(exc)
         if isinstance(err, P2PCloneError):
             if args.debug:
                 traceback.print_exception(exc)
-            out.error(err)
-            return int(err.exit_code)
+            raise err from None
         raise
+    if stopped_by or done is None:
+        raise _interrupted(args, stopped_by)
+    return _finish(args, out, done)
+
+
+async def _watch_signals(
+    scope: trio.CancelScope, stopped_by: list[int], out: Output, args: argparse.Namespace
+) -> None:
+    with trio.open_signal_receiver(*STOPPING) as signals:
+        async for number in signals:
+            if number == signal.SIGHUP and out.started and not args.stop_on_hangup:
+                out.hung_up()  # the terminal is gone: the job goes on, unseen
+                continue
+            stopped_by.append(number)
+            scope.cancel()  # the job unwinds: the receiver commits its journal
+            return
+
+
+def _interrupted(args: argparse.Namespace, stopped_by: list[int]) -> TransportError:
+    again = "run the same command again" if args.command == "clone" else "run both sides again"
+    why: dict[int, str] = {signal.SIGTERM: " (SIGTERM)", signal.SIGHUP: " (the terminal closed)"}
+    how = why.get(stopped_by[0] if stopped_by else signal.SIGINT, "")
+    return TransportError(
+        f"interrupted{how}: the transfer was stopped and the target is incomplete; {again} "
+        "(what was written is kept and not sent again)",
+        code="interrupted",
+    )
+
+
+def _finish(args: argparse.Namespace, out: Output, done: Done) -> int:
     code = ExitCode.OK
-    if isinstance(done, Done) and done.unreadable:
+    if done.unreadable:
         out.unreadable(done, _origin(args))
         code = ExitCode.UNREADABLE
     else:
         out(done)
-    if isinstance(done, Done) and getattr(args, "mapfile", None):
+    if getattr(args, "mapfile", None):
         try:
             mapfile.write(args.mapfile, done.source_bytes, done.unreadable, " ".join(sys.argv))
         except OSError as exc:  # the clone is done; only its map could not be written
-            out.error(TargetError(f"cannot write the mapfile {args.mapfile}: {exc.strerror}"))
-            return int(ExitCode.OTHER)
+            raise TargetError(f"cannot write the mapfile {args.mapfile}: {exc.strerror}") from None
     return int(code)
 
 
@@ -72,263 +125,259 @@ def _origin(args: argparse.Namespace) -> str:
     recorded them ("image"), a save of a failing disk into one ("save"), or the disk."""
     source = getattr(args, "source", None) or ""
     target = getattr(args, "target", None) or ""
-    if args.command == "image" or is_image_url(source):
+    url = getattr(args, "url", None) or ""
+    if args.command == "image" or isinstance(place(source), Image):
         return "image"
-    if args.command == "receive" and is_image_url(args.url):
+    if args.command == "receive" and isinstance(place(url), Image):
         return "image"
-    if is_image_url(target) or (args.command == "send" and is_image_url(args.url or "")):
+    saved = args.command == "send" and isinstance(place(url), Image)
+    if saved or isinstance(place(target), Image):
         return "save"
     return "disk"
 
 
-def cmd_receive(args: argparse.Namespace) -> int:
-    from ..receiver import receive
-    from ..receiver.anywhere import receive_anywhere
-
-    out = Output(json_mode=args.json, role="receive")
-    password = None
-    try:
-        if is_image_url(args.url):
-            code = image_code(args, new=False)
-            password = smb_password(args.url)
-        else:
-            code = args.code or os.environ.get("P2PCLONE_CODE") or generate_code()
-    except UsageError as exc:
-        out.error(exc)
-        return int(exc.exit_code)
-    # No URL (or tcp:// alone): a unicast sender on any address, or a group for our code.
-    anywhere = args.url.rstrip("/") == "tcp:"
-    return _run(
-        args,
-        out,
-        lambda: (receive_anywhere if anywhere else functools.partial(receive, url=args.url))(
-            args.target,
-            code=code,
-            verify=args.verify,
-            confirm=make_confirm(args.yes, out),
-            state_dir=args.state_dir,
-            fresh=args.fresh,
-            delta=args.delta,
-            discard=args.discard,
-            grow=args.grow,
-            password=password,
-            report=out,
-        ),
-    )
+def _urls(*places: Place) -> list[str]:
+    return [p.url for p in places if isinstance(p, Image)]
 
 
-def cmd_send(args: argparse.Namespace) -> int:
-    from ..sender import send
-
-    out = Output(json_mode=args.json, role="send")
-    passphrase = None
-    try:
-        if is_image_url(args.url):
-            code = image_code(args, new=True)
-        else:
-            code = args.code or os.environ.get("P2PCLONE_CODE") or ask_code()
-        if is_image_url(args.source):
-            passphrase = (
-                args.passphrase
-                or os.environ.get("P2PCLONE_PASSPHRASE")
-                or ask_secret(
-                    f"Passphrase of the image {args.source}: ",
-                    missing="the source image is encrypted: give its passphrase with "
-                    "--passphrase (or set P2PCLONE_PASSPHRASE)",
-                )
-            )
-        password = smb_password(args.source, args.url)
-    except UsageError as exc:
-        out.error(exc)
-        return int(exc.exit_code)
-    return _run(
-        args,
-        out,
-        lambda: send(
-            args.source,
-            args.url,
-            code=code,
-            chunk_size=args.chunk_size,
-            allow_mounted=args.allow_mounted,
-            delta=args.delta,
-            passphrase=passphrase,
-            password=password,
-            fresh=args.fresh,
-            receivers=args.receivers,
-            wait=args.wait,
-            group_report=out.member,
-            exact=args.exact,
-            rescue=RescueOptions(args.retries, args.read_timeout, args.scrape),
-            report=out,
-        ),
-    )
+# -- the commands ----------------------------------------------------------------------
 
 
-def cmd_clone(args: argparse.Namespace) -> int:
-    from ..clone import clone
-    from ..receiver import Options
+def cmd_receive(args: argparse.Namespace, out: Output) -> int:
+    from ..jobs import check_receive, receive, receive_anywhere
 
-    out = Output(json_mode=args.json, role="clone")
-    code = ""
-    try:
-        if is_image_url(args.target) or is_image_url(args.source):
-            code = image_code(args, new=is_image_url(args.target))
-        password = smb_password(args.source, args.target)
-    except UsageError as exc:
-        out.error(exc)
-        return int(exc.exit_code)
-    options = Options(
+    end = far_end(args.url)
+    image = end if isinstance(end, Image) else None
+    options = ReceiveOptions(
+        code=args.code or "",
+        passphrase=args.passphrase,
+        yes=args.yes,
         verify=args.verify,
-        confirm=make_confirm(args.yes, out),
-        state_dir=Path(args.state_dir) if args.state_dir else None,
-        fresh=args.fresh,
         delta=args.delta,
-        discard=args.discard,
         grow=args.grow,
+        discard=args.discard,
+        fresh=args.fresh,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
     )
+    check_receive(end, options)  # before anything is asked
+    if image is not None:
+        options = replace(
+            options,
+            passphrase=image_passphrase(args.passphrase, image.url, new=False),
+            password=smb_password(image.url),
+        )
+    else:
+        options = replace(
+            options, code=args.code or os.environ.get("P2PCLONE_CODE") or generate_code()
+        )
+    confirm = make_confirm(out)
+    # No URL (or tcp:// alone): a unicast sender on any address, or a group for our code.
+    if args.url.rstrip("/") == "tcp:":
+        return _run(
+            args, out, lambda: receive_anywhere(args.target, options, report=out, confirm=confirm)
+        )
     return _run(
         args,
         out,
-        lambda: clone(
-            args.source,
-            args.target,
-            options=options,
-            exact=args.exact,
-            rescue=RescueOptions(args.retries, args.read_timeout, args.scrape),
-            allow_mounted=args.allow_mounted,
-            chunk_size=args.chunk_size,
-            code=code,
-            password=password,
-            report=out,
-        ),
+        lambda: receive(args.target, args.url, options, report=out, confirm=confirm),
     )
 
 
-def cmd_image(args: argparse.Namespace) -> int:
+def cmd_send(args: argparse.Namespace, out: Output) -> int:
+    from ..jobs import check_send, send
+
+    origin, end = place(args.source), far_end(args.url)
+    options = SendOptions(
+        code=args.code or "",
+        passphrase=args.passphrase,
+        new_passphrase=args.new_passphrase,
+        chunk_size=args.chunk_size,
+        exact=args.exact,
+        allow_mounted=args.allow_mounted,
+        retries=args.retries,
+        scrape=args.scrape,
+        read_timeout=args.read_timeout,
+        delta=args.delta,
+        fresh=args.fresh,
+        receivers=args.receivers,
+        wait=args.wait,
+    )
+    check_send(origin, end, options)  # before anything is asked
+    options = _image_secrets(options, origin, end if isinstance(end, Image) else None)
+    if not isinstance(end, Image):
+        options = replace(options, code=args.code or os.environ.get("P2PCLONE_CODE") or ask_code())
+    return _run(
+        args,
+        out,
+        lambda: send(args.source, args.url, options, report=out, group_report=out.member),
+    )
+
+
+def _image_secrets(options: SendOptions, origin: Place, saved: Image | None) -> SendOptions:
+    """The passphrases a send needs (the image read, the image saved) and an SMB
+    password, from the options, the environment or the terminal."""
+    passphrase, new = options.passphrase, options.new_passphrase
+    if isinstance(origin, Image):
+        passphrase = image_passphrase(passphrase, origin.url, new=False)
+        if saved is not None:
+            new = new or os.environ.get(NEW_PASSPHRASE_ENV) or passphrase
+    elif saved is not None:
+        passphrase = image_passphrase(passphrase, saved.url, new=True)
+    password = smb_password(*_urls(origin, *([saved] if saved else [])))
+    return replace(options, passphrase=passphrase, new_passphrase=new, password=password)
+
+
+def cmd_clone(args: argparse.Namespace, out: Output) -> int:
+    from ..clone import clone
+
+    origin, dest = place(args.source), place(args.target)
+    saving = isinstance(dest, Image)
+    sending = SendOptions(
+        passphrase=args.passphrase if saving else None,
+        chunk_size=args.chunk_size,
+        exact=args.exact,
+        allow_mounted=args.allow_mounted,
+        retries=args.retries,
+        scrape=args.scrape,
+        read_timeout=args.read_timeout,
+        fresh=args.fresh and saving,  # a save starts over; a disk's journal is the target's
+    )
+    receiving = ReceiveOptions(
+        passphrase=None if saving else args.passphrase,
+        yes=args.yes,
+        verify=args.verify,
+        delta=args.delta,
+        grow=args.grow,
+        discard=args.discard,
+        fresh=args.fresh and not saving,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+    )
+    if isinstance(dest, Image):
+        sending = _image_secrets(sending, origin, dest)
+    elif isinstance(origin, Image):
+        receiving = replace(
+            receiving,
+            passphrase=image_passphrase(args.passphrase, origin.url, new=False),
+            password=smb_password(origin.url),
+        )
+    confirm = make_confirm(out)
+    return _run(
+        args,
+        out,
+        lambda: clone(args.source, args.target, sending, receiving, report=out, confirm=confirm),
+    )
+
+
+def cmd_image(args: argparse.Namespace, out: Output) -> int:
+    from ..endpoints import image
     from ..image import tools
 
-    out = Output(
-        json_mode=args.json,
-        role="image",
-        stream=sys.stderr if args.action == "export" else sys.stdout,
-    )
-    try:
-        password = smb_password(args.url)
-        if args.action == "info":
-            facts = tools.info(args.url, password)
-            if args.json:
-                out.emit(event="image", **facts)
-            else:
-                for line in tools.describe(facts):
-                    print(line)
-            return 0
-        code = image_code(args, new=False)
-        if args.action == "export" and sys.stdout.isatty():
-            raise UsageError(
-                "export writes the raw disk to stdout: redirect it, e.g. "
-                "p2pclone image export URL > disk.raw"
-            )
-    except P2PCloneError as exc:
-        out.error(exc)
-        return int(exc.exit_code)
+    target = image(args.url)
+    password = smb_password(target.url)
+    if args.action == "info":
+        if args.passphrase:
+            raise UsageError("image info needs no passphrase (the header is readable): leave "
+                             "--passphrase out")  # fmt: skip
+        facts = tools.info(args.url, password)
+        if args.json:
+            out.emit(event="image", **facts)
+        else:
+            for line in tools.describe(facts):
+                out.line(line)
+        return 0
+    passphrase = image_passphrase(args.passphrase, target.url, new=False)
+    if args.action == "export" and sys.stdout.isatty():
+        raise UsageError(
+            "export writes the raw disk to stdout: redirect it, e.g. "
+            "p2pclone image export URL > disk.raw"
+        )
     if args.action == "verify":
-        return _run(args, out, lambda: tools.verify(args.url, code, password, report=out))
+        return _run(args, out, lambda: tools.verify(args.url, passphrase, password, report=out))
     return _run(
-        args, out, lambda: tools.export(args.url, code, sys.stdout.buffer, password, report=out)
+        args,
+        out,
+        lambda: tools.export(args.url, passphrase, sys.stdout.buffer, password, report=out),
     )
 
 
-def cmd_disks(args: argparse.Namespace) -> int:
+def cmd_disks(args: argparse.Namespace, out: Output) -> int:
     from ..disks import list_block_devices
+    from ..units import human_bytes
 
     disks = list_block_devices()
     if args.json:
         for d in disks:
-            print(
-                json.dumps(
-                    {
-                        "path": d.path,
-                        "size": d.size,
-                        "model": d.model,
-                        "serial": d.serial,
-                        "kind": d.kind,
-                        "sector_size": d.sector_size,
-                        "removable": d.removable,
-                        "read_only": d.read_only,
-                        "mounted": bool(d.mountpoints),
-                        "mountpoints": d.mountpoints,
-                        "swap": d.swap,
-                        "holders": d.holders,
-                        "partitions": d.partitions,
-                        "in_use": d.in_use,
-                    }
-                )
+            out.emit(
+                path=d.path,
+                size=d.size,
+                model=d.model,
+                serial=d.serial,
+                kind=d.kind,
+                sector_size=d.sector_size,
+                removable=d.removable,
+                read_only=d.read_only,
+                mounted=bool(d.mountpoints),
+                mountpoints=d.mountpoints,
+                swap=d.swap,
+                holders=d.holders,
+                partitions=d.partitions,
+                in_use=d.in_use,
             )
         return 0
     if not disks:
-        print("No block devices found.")
+        out.line("No block devices found.")
         return 0
-    print(f"{'DEVICE':<14} {'SIZE':>10}  {'MODEL':<24} {'SERIAL':<20} IN USE")
+    out.line(f"{'DEVICE':<14} {'SIZE':>10}  {'MODEL':<24} {'SERIAL':<20} IN USE")
     for d in disks:
-        print(
+        out.line(
             f"{d.path:<14} {human_bytes(d.size):>10}  {d.model[:24]:<24} {d.serial[:20]:<20} "
             f"{d.describe_use() or 'no'}"
         )
     return 0
 
 
-def cmd_peers(args: argparse.Namespace) -> int:
+def cmd_peers(args: argparse.Namespace, out: Output) -> int:
     from ..transports.mdns import browse
+    from ..units import human_bytes
 
     try:
         found = sorted(browse(max(args.wait, 0.1)), key=lambda a: (a.nameplate, a.host))
     except OSError as exc:
-        print(
-            f"p2pclone: error: cannot look for receivers on the network ({exc.strerror or exc})",
-            file=sys.stderr,
-        )
-        return int(ExitCode.LINK)
+        raise TransportError(
+            f"cannot look for receivers on the network ({exc.strerror or exc})"
+        ) from None
     now = time.time()  # after the browse: how long each has waited by now
-    for a in found:
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        "nameplate": a.nameplate,
-                        "host": a.host,
-                        "port": a.port,
-                        "addresses": a.addresses,
-                        "urls": a.urls(),
-                        "target_bytes": a.size,
-                        "version": a.version,
-                        "age": round(max(0.0, now - a.since), 1) if a.since else None,
-                    }
-                )
-            )
     if args.json:
+        for a in found:
+            out.emit(
+                nameplate=a.nameplate,
+                host=a.host,
+                port=a.port,
+                addresses=a.addresses,
+                urls=a.urls(),
+                target_bytes=a.size,
+                version=a.version,
+                age=round(max(0.0, now - a.since), 1) if a.since else None,
+            )
         return 0
     if not found:
-        print(f"No receivers announced themselves within {args.wait:g} s.")
+        out.line(f"No receivers announced themselves within {args.wait:g} s.")
         return 0
-    print(f"{'CODE':<6} {'HOST':<20} {'TARGET':>10} {'WAITING':>8}  ADDRESSES")
+    out.line(f"{'CODE':<6} {'HOST':<20} {'TARGET':>10} {'WAITING':>8}  ADDRESSES")
     for a in found:
         age = f"{max(0.0, now - a.since):.0f} s" if a.since else "?"
-        print(f"{a.nameplate + '-…':<6} {a.host[:20]:<20} {human_bytes(a.size):>10} {age:>8}  "
-              f"{', '.join(a.urls())}")  # fmt: skip
+        out.line(f"{a.nameplate + '-…':<6} {a.host[:20]:<20} {human_bytes(a.size):>10} "
+                 f"{age:>8}  {', '.join(a.urls())}")  # fmt: skip
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+def cmd_demo(args: argparse.Namespace, out: Output) -> int:
+    from .demo import run_demo
 
-    try:
-        return run_demo(size_mib=args.size, workdir=args.dir, debug=args.debug)
-    except P2PCloneError as exc:
-        print(f"p2pclone: error: {exc.message}", file=sys.stderr)
-        return int(exc.exit_code)
+    return run_demo(size_mib=args.size, workdir=args.dir, debug=args.debug)
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "receive": cmd_receive,
     "send": cmd_send,
     "clone": cmd_clone,
@@ -340,12 +389,22 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit code.  The one place an error is printed."""
     tune_malloc()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    out = Output(json_mode=False, role="p2pclone")
+    args: argparse.Namespace | None = None
     try:
-        code: int = COMMANDS[args.command](args)
-    except UsageError as exc:
-        print(f"p2pclone: error: {exc.message}", file=sys.stderr)
-        return int(ExitCode.USAGE)
-    return code
+        args = build_parser().parse_args(argv)
+        json_mode = bool(getattr(args, "json", False))
+        out = Output(
+            json_mode=json_mode,
+            role=args.command,
+            stream=sys.stderr if getattr(args, "action", "") == "export" else sys.stdout,
+        )
+        return COMMANDS[args.command](args, out)
+    except P2PCloneError as exc:
+        out.error(exc)
+        return int(exc.exit_code)
+
+
+__all__ = ["COMMANDS", "main"]

@@ -2,11 +2,20 @@
 
 Drivers report through a callback (:class:`Output` is that callback); errors leave as
 one sentence on stderr (and a JSON line with ``--json``).
+
+Output is best-effort: the screen never stops a clone.  A write to a closed pipe
+(``p2pclone … --json | head -1``) or a terminal that is gone fails once, quietly; from
+then on that stream is written to no more (it is pointed at /dev/null, so that
+Python's own flush at exit cannot fail either), and the job goes on to its own exit
+code.  Every string shown passes :func:`~p2pclone.errors.printable` (and
+:func:`~p2pclone.errors.redact`): it may come from a peer, a disk or the network.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -45,24 +54,50 @@ class Output:
         self._member_state: dict[str, str] = {}
         self._member_task: dict[str, Any] = {}
         self._member_said: dict[str, float] = {}
+        #: a peer is connected: the transfer has started (a hang-up no longer stops it)
+        self.started = False
+
+    def _write(self, text: str, stream: TextIO) -> None:
+        """One line to ``stream``, best-effort (see the module docstring)."""
+        try:
+            print(text, file=stream, flush=True)
+        except (BrokenPipeError, OSError, ValueError):
+            _silence(stream)
+            if stream is sys.stderr or self.stream is stream:
+                self._stop_quietly()
 
     def emit(self, **fields: Any) -> None:
-        print(redact(json.dumps(fields)), file=self.stream, flush=True)
+        self._write(redact(json.dumps(fields)), self.stream)
+
+    def line(self, text: str) -> None:
+        """A line of a command's own output (a table row), escaped."""
+        self._write(printable(redact(text)), self.stream)
 
     def say(self, text: str) -> None:
         # Lines may quote a peer (a source's name, an error): never let them steer the
         # terminal (control characters escaped, rich markup not interpreted).
         text = "\n".join(printable(redact(line)) for line in text.split("\n"))
         if self._progress is not None:
-            self._progress.console.print(text, markup=False, highlight=False)
+            try:
+                self._progress.console.print(text, markup=False, highlight=False)
+            except (BrokenPipeError, OSError, ValueError):
+                self._stop_quietly()
         else:
-            print(text, file=sys.stderr if self.json_mode else self.stream, flush=True)
+            self._write(text, sys.stderr if self.json_mode else self.stream)
+
+    def hung_up(self) -> None:
+        """The terminal closed (SIGHUP) and the job goes on: show nothing more."""
+        self._stop_quietly()
+        for stream in (sys.stdout, sys.stderr):
+            if stream.isatty():
+                _silence(stream)
 
     def __call__(self, event: Report) -> None:
         match event:
             case Listening(url=url, code=code):
                 self._listening(url, code)
             case Connected(url=url):
+                self.started = True
                 if self.json_mode:
                     self.emit(event="connected", url=url)
             case Mapped() as m:
@@ -178,7 +213,7 @@ class Output:
             self(done)
         else:
             self(done)
-            print(f"p2pclone: {sentence}", file=sys.stderr, flush=True)
+            self._write(f"p2pclone: {printable(sentence)}", sys.stderr)
 
     def _mapped(self, m: Mapped) -> None:
         if self.json_mode:
@@ -302,14 +337,35 @@ class Output:
 
     def _stop(self) -> None:
         if self._progress is not None:
-            self._progress.stop()
+            with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+                self._progress.stop()
             self._progress = None
 
+    def _stop_quietly(self) -> None:
+        """The live display stops without drawing (its terminal may be gone)."""
+        progress, self._progress = self._progress, None
+        if progress is not None:
+            progress.live.transient = True
+            with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+                progress.stop()
+
     def error(self, exc: P2PCloneError) -> None:
+        """The one place an error is printed: one sentence, escaped."""
         self._stop()
         if self.json_mode:
             self.emit(event="error", code=exc.code, message=exc.message)
-        print(f"p2pclone: error: {printable(exc.message)}", file=sys.stderr, flush=True)
+        self._write(f"p2pclone: error: {printable(exc.message)}", sys.stderr)
+
+
+def _silence(stream: TextIO) -> None:
+    """Point ``stream``'s descriptor at /dev/null: nothing written to it fails again,
+    Python's flush at exit included."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _and(items: list[str]) -> str:

@@ -8,7 +8,7 @@ import sys
 from typing import NoReturn, TypeAlias
 
 from .. import __version__
-from ..errors import ExitCode
+from ..errors import UsageError
 
 EPILOG_EXIT = """exit codes: 0 done, 1 other error, 2 usage or bad URL, 3 authentication failed,
 4 refused for safety, 5 link lost or transfer interrupted, 6 integrity failure,
@@ -28,8 +28,10 @@ def parse_size(text: str) -> int:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
+        """A bad command line: the usage line now, the sentence from the CLI's one error
+        boundary (``main``), exit 2."""
         self.print_usage(sys.stderr)
-        self.exit(int(ExitCode.USAGE), f"p2pclone: error: {message}\n")
+        raise UsageError(message)
 
 
 # what add_subparsers() returns: each _add_* function adds one subcommand to it
@@ -64,6 +66,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="one JSON object per line on stdout (last: done or error)",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument(
+        "--stop-on-hangup",
+        action="store_true",
+        help="a closed terminal (SIGHUP) stops the run as Ctrl-C does (by default, once "
+        "the transfer has started it goes on, and what it would print is dropped)",
+    )
 
 
 def _add_receive(sub: _Subcommands) -> None:
@@ -90,10 +98,10 @@ def _add_receive(sub: _Subcommands) -> None:
     )
     r.add_argument(
         "--code",
-        help="pairing code (default: $P2PCLONE_CODE, else generated); for an image, its "
-        "passphrase (else asked); prefer the variable or the prompt: other users of this "
-        "machine can see a command line",
+        help="the pairing code to show (default: $P2PCLONE_CODE, else generated); prefer "
+        "the variable: other users of this machine can see a command line",
     )
+    _passphrase(r, "restoring an image: its passphrase")
     _target_options(r)
     _common(r)
 
@@ -129,14 +137,18 @@ def _add_send(sub: _Subcommands) -> None:
     )
     s.add_argument(
         "--code",
-        help="the code the receiver shows (default: $P2PCLONE_CODE, else asked); saving an "
-        "image, the passphrase to encrypt it with; prefer the variable or the prompt: "
-        "other users of this machine can see a command line",
+        help="the pairing code the receiver shows (default: $P2PCLONE_CODE, else asked); "
+        "prefer the variable or the prompt: other users of this machine can see a "
+        "command line",
+    )
+    _passphrase(
+        s,
+        "an image as SOURCE: its passphrase; saving an image: the passphrase to encrypt it with",
     )
     s.add_argument(
-        "--passphrase",
-        help="the passphrase of an image given as SOURCE (default: $P2PCLONE_PASSPHRASE, "
-        "else asked)",
+        "--new-passphrase",
+        help="saving an image from an image: the new one's passphrase (default: "
+        "$P2PCLONE_NEW_PASSPHRASE, else the same as --passphrase)",
     )
     _send_options(s)
     _common(s)
@@ -153,14 +165,14 @@ def _send_options(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--receivers",
         type=int,
-        default=1,
+        default=None,
         metavar="N",
         help="multicast: start once N receivers have joined (default 1)",
     )
     s.add_argument(
         "--wait",
         type=float,
-        default=60.0,
+        default=None,
         metavar="SECONDS",
         help="tcp://: keep trying this long to reach a receiver that is not listening yet "
         "(0: try once); multicast: start after this long with the receivers that joined, "
@@ -202,10 +214,7 @@ def _add_clone(sub: _Subcommands) -> None:
     c.add_argument(
         "target", metavar="TARGET", help="block device or file to overwrite, or an image to save"
     )
-    c.add_argument(
-        "--code",
-        help="only with an image: its passphrase (default: $P2PCLONE_CODE, else asked)",
-    )
+    _passphrase(c, "an image as SOURCE or TARGET: its passphrase")
     _target_options(c)
     _source_options(c)
     c.add_argument(
@@ -274,7 +283,7 @@ def _source_options(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--retries",
         type=int,
-        default=1,
+        default=None,
         metavar="N",
         help="a failing source: trim each bad stretch N more times from both ends, "
         "reading its first and last failed sectors again (default 1; 0: never read a "
@@ -290,10 +299,19 @@ def _source_options(s: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--read-timeout",
         type=float,
-        default=10.0,
+        default=None,
         metavar="SECONDS",
         help="a failing source: give up a read that has not answered after this long and "
         "count its range as unreadable (default 10; 0: wait forever)",
+    )
+
+
+def _passphrase(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--passphrase",
+        help=f"{what} (default: $P2PCLONE_PASSPHRASE, else asked; an image URL with "
+        "?plain=1 needs none); prefer the variable or the prompt: other users of this "
+        "machine can see a command line",
     )
 
 
@@ -320,7 +338,7 @@ def _add_image(sub: _Subcommands) -> None:
     im.add_argument(
         "url", metavar="URL", help="file:///PATH or smb://[USER@]HOST[:PORT]/SHARE/PATH"
     )
-    im.add_argument("--code", help="the image's passphrase (default: $P2PCLONE_CODE, else asked)")
+    _passphrase(im, "the image's passphrase (not for info)")
     _common(im)
 
 

@@ -5,18 +5,21 @@ one is a usage or safety error that says what to pass instead.
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import sys
-from collections.abc import Callable
 from importlib import resources
-from typing import Any
 
+from ..disks import Target
 from ..errors import SafetyError, UsageError, printable
+from ..options import Confirm
 from ..protocol import Plan
 from ..units import human_bytes
 from .output import Output
+
+#: where scripts put an image's passphrase (and a new one, for an image saved from one)
+PASSPHRASE_ENV = "P2PCLONE_PASSPHRASE"
+NEW_PASSPHRASE_ENV = "P2PCLONE_NEW_PASSPHRASE"
 
 
 def generate_code() -> str:
@@ -25,11 +28,14 @@ def generate_code() -> str:
     return f"{secrets.randbelow(99) + 1}-{secrets.choice(words)}-{secrets.choice(words)}"
 
 
-def make_confirm(assume_yes: bool, out: Output) -> Callable[[Plan, Any], None]:
-    def confirm(plan: Plan, target: Any) -> None:
+def make_confirm(out: Output) -> Confirm:
+    """The question before a target is overwritten (not asked with --yes: the receiving
+    session does not call it then)."""
+
+    def confirm(plan: Plan, target: Target) -> None:
         # A new or empty file holds nothing to lose; anything else is overwritten
         # only with --yes or an explicit "yes" typed at a terminal.
-        if assume_yes or (not target.is_block and target.size == 0):
+        if not target.is_block and target.size == 0:
             return
         if not sys.stdin.isatty():
             raise SafetyError(
@@ -89,17 +95,29 @@ def smb_password(*urls: str) -> str | None:
     return None
 
 
-def image_code(args: argparse.Namespace, *, new: bool) -> str:
-    """The passphrase of an image: --code, $P2PCLONE_CODE, or asked."""
+def image_passphrase(given: str | None, url: str, *, new: bool, env: str = PASSPHRASE_ENV) -> str:
+    """The passphrase of the image at ``url``: ``given`` (--passphrase), ``$env``, or
+    asked at the terminal (twice for a ``new`` image); "" for an image read with
+    ``?plain=1``, which has none.
+
+    Raises:
+        UsageError: none given and no terminal to ask.
+    """
+    from ..image.urls import read_options
+
+    if not new and read_options(url).plain:
+        return given or ""
     return (
-        args.code
-        or os.environ.get("P2PCLONE_CODE")
+        given
+        or os.environ.get(env)
         or ask_secret(
-            "Passphrase to encrypt the image: " if new else "Passphrase of the image: ",
+            f"Passphrase to encrypt the image {url}: "
+            if new
+            else f"Passphrase of the image {url}: ",
             twice=new,
-            missing="an image is encrypted with a passphrase and there is no terminal to "
-            "ask for it: set P2PCLONE_CODE (or pass --code, which other users of this "
-            "machine can see in the process list)",
+            missing=f"the image {url} is encrypted with a passphrase and there is no "
+            f"terminal to ask for it: set {env} (or pass --passphrase, which other "
+            "users of this machine can see in the process list)",
         )
     )
 

@@ -13,6 +13,7 @@ Both ends are in this process, so the session is not sealed after pairing (see
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -20,36 +21,43 @@ import trio
 from p2pclone.transports import LinkListener
 from p2pclone.transports.pipe import pipe_pair
 
+from ..options import RECEIVING_SESSION
 from .reader import ImageSource
 from .recorder import Recorder
-from .store import split_password
-from .urls import check_url
+from .urls import Image
 
-#: sends ``source`` over a stream: the sending driver's session (``send_stream``)
+#: sends ``source`` over a stream, paired with the code given: the sending driver's
+#: session (``send_stream``), passed in (the image package does not import the drivers)
 Play = Callable[[trio.abc.Stream, ImageSource, str, str], Awaitable[object]]
 
+#: What an image save honours besides reading its source: the recorder keeps the
+#: chunk size and resumes (``fresh`` starts over); it always sends only the chunks
+#: that changed since the last save to it, so ``delta`` has nothing to add.
+SAVE_HONOURS = frozenset({"chunk_size", "fresh", "passphrase", "password"})
+#: What a restore honours: all of a receiving session's options, and the image's own.
+RESTORE_HONOURS = RECEIVING_SESSION | {"passphrase", "password"}
 
-def clean_url(url: str) -> tuple[str, str | None]:
-    """Check an image URL (UsageError now, before anything is opened) and split off a
-    password it holds: it is used, but never shown."""
-    check_url(url)
-    return split_password(url)
+
+def _pairing_code() -> str:
+    """Pairs the two ends of an in-process pipe; shown to nobody."""
+    return secrets.token_hex(16)
 
 
 async def open_recording(
-    url: str, *, code: str, password: str | None, fresh: bool
-) -> tuple[str, trio.abc.Stream]:
-    """``send SOURCE IMAGE-URL``: start a recorder for the image at ``url`` and return the
-    URL to show (without a password) and the sender's end of the pipe to it.
+    image: Image, *, passphrase: str, password: str | None, fresh: bool
+) -> tuple[str, trio.abc.Stream, str]:
+    """``send SOURCE IMAGE-URL``: start a recorder for ``image`` and return the URL to
+    show (without a password), the sender's end of the pipe to it, and the code that
+    pairs with it.
 
     The image is opened here, in the sender's task: an unreachable share or a wrong
     passphrase for an image to resume is the sender's own error.
     """
-    url, in_url = clean_url(url)
-    recorder = await trio.to_thread.run_sync(Recorder.open, url, code, password or in_url, fresh)
+    recorder = await trio.to_thread.run_sync(Recorder.open, image.url, passphrase, password, fresh)
     ours, theirs = pipe_pair()
-    trio.lowlevel.spawn_system_task(recorder.run, theirs)
-    return recorder.url, ours
+    code = _pairing_code()
+    trio.lowlevel.spawn_system_task(recorder.run, theirs, code)
+    return recorder.url, ours, code
 
 
 class PlayerListener(LinkListener):
@@ -57,16 +65,20 @@ class PlayerListener(LinkListener):
     ``play`` (the sending driver's session, passed in: the image package does not
     import the drivers)."""
 
-    def __init__(self, url: str, *, code: str, password: str | None, play: Play) -> None:
-        self.url, in_url = clean_url(url)
-        self.code = code
-        self.password = password or in_url
+    def __init__(self, image: Image, *, passphrase: str, password: str | None, play: Play) -> None:
+        self.url = image.url
+        self.passphrase = passphrase
+        self.password = password
         self.play = play
+        #: the code the receiving session pairs with
+        self.code = _pairing_code()
 
     async def accept(self) -> trio.abc.Stream:
         # Opened here, in the receiver's task: a missing image or a wrong passphrase
         # is the receiver's own error, before anything is written.
-        source = await trio.to_thread.run_sync(ImageSource.open, self.url, self.code, self.password)
+        source = await trio.to_thread.run_sync(
+            ImageSource.open, self.url, self.passphrase, self.password
+        )
         self.caveat = source.salvage_note()
         ours, theirs = pipe_pair()
         trio.lowlevel.spawn_system_task(self._play, theirs, source)

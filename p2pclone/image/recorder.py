@@ -64,18 +64,21 @@ UNKNOWN = bytes(HASH_SIZE)
 class Recorder:
     """One image being written: opened (and checked) before the session starts."""
 
-    def __init__(self, url: str, store: Store, code: str) -> None:
+    def __init__(self, url: str, store: Store, passphrase: str) -> None:
         self.url = url
         self.store = store
-        self.code = code
+        self.passphrase = passphrase
         self.header: fmt.Header | None = None
         self.keys: fmt.Keys | None = None
 
     @classmethod
-    def open(cls, url: str, code: str, password: str | None, fresh: bool) -> Recorder:
+    def open(cls, url: str, passphrase: str, password: str | None, fresh: bool) -> Recorder:
         """Open (or create) the image; check the passphrase of an existing one.  Blocking."""
-        if not code:
-            raise P2PCloneError("an image needs a passphrase to encrypt it: give one with --code")
+        if not passphrase:
+            raise UsageError(
+                "an image needs a passphrase to encrypt it: give one with --passphrase "
+                "(or set P2PCLONE_PASSPHRASE)"
+            )
         if read_options(url) != ReadOptions():
             raise UsageError(
                 f"{url}: ?plain=1 and ?salvage=1 are for reading an image; a save always "
@@ -84,7 +87,7 @@ class Recorder:
         store = open_store(url, create=True, password=password)
         url = store.url  # without a password that the URL may hold
         try:
-            rec = cls(url, store, code)
+            rec = cls(url, store, passphrase)
             if fresh:
                 store.truncate(0)
             elif store.size():
@@ -94,16 +97,17 @@ class Recorder:
                         f"{url} holds an unencrypted image: p2pclone will not add to it; "
                         "use --fresh to replace it"
                     )
-                rec.keys = fmt.Keys.derive(code, rec.header.encryption, url)
+                rec.keys = fmt.Keys.derive(passphrase, rec.header.encryption, url)
                 fmt.check_header(data, rec.keys, url)
             return rec
         except BaseException:
             store.close()
             raise
 
-    async def run(self, stream: trio.abc.Stream) -> None:
-        """The session (a system task: never raises; failures go to the sender)."""
-        channel = Channel(Connection(Role.RECEIVER, code=self.code, seal=False), stream, self.url)
+    async def run(self, stream: trio.abc.Stream, code: str) -> None:
+        """The session, paired with ``code`` (a system task: never raises; failures go
+        to the sender)."""
+        channel = Channel(Connection(Role.RECEIVER, code=code, seal=False), stream, self.url)
         try:
             await self._session(channel)
         except trio.Cancelled:
@@ -190,7 +194,7 @@ class Recorder:
             free=_free_map(plan),
             free_count=len(fit_free(plan.free, FREE_MAP_LIMIT)),
         )
-        self.keys = fmt.Keys.derive(self.code, enc, self.url)
+        self.keys = fmt.Keys.derive(self.passphrase, enc, self.url)
         self.codec = fmt.Codec(h, self.keys)
         head = fmt.encode_header(h, self.keys)
         self.store.truncate(0)

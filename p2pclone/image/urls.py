@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ..errors import UsageError
 from .local import LocalStore, local_path
 from .smb import SMBLocation, SMBStore
-from .store import Store
+from .store import Store, split_password
 
 
 def open_store(url: str, *, create: bool, password: str | None = None) -> Store:
@@ -74,3 +74,28 @@ def check_url(url: str) -> None:
     else:
         raise UsageError(f"{url!r} is not an image URL: use file:///PATH or smb://HOST/SHARE/PATH")
     read_options(url)
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """An image URL, parsed and checked: ``url`` without a password, the ``password``
+    it held (used, never shown), and what its query allows a reader."""
+
+    url: str
+    password: str | None
+    read: ReadOptions
+
+    @property
+    def scheme(self) -> str:
+        return self.url.partition("://")[0].lower()
+
+    @property
+    def name(self) -> str:
+        return f"an image ({self.scheme}://)"
+
+
+def image(url: str) -> Image:
+    """An image URL, checked (UsageError now, before anything is opened)."""
+    check_url(url)
+    clean, password = split_password(url)
+    return Image(clean, password, read_options(url))

@@ -1,8 +1,8 @@
 """Multicast: one sender, a group of receivers, one copy of the data on the wire.
 
-The ``multicast://`` scheme, reached through the registry's GROUP plug-in
-(``driver.py``; ``p2pclone/endpoints.py`` names it by string, so the drivers import
-nothing from here).  Each receiver runs the ordinary receiver session over its own
+The ``multicast://`` far end, opened by the jobs (p2pclone/jobs.py) through
+``driver.py``; the sessions (p2pclone/sender, p2pclone/receiver) import nothing from
+here.  Each receiver runs the ordinary receiver session over its own
 sealed TCP control connection to the sender (pairing, PLAN, target checks, journal), and
 ``feed.py`` plugs the group's data plane into it: GROUP, REF, POLL/REPORT and EVICT
 frames on that connection, sealed datagrams beside it (``plane.py``), whose chunks are

@@ -9,14 +9,14 @@ from collections.abc import AsyncIterator
 import trio
 
 from p2pclone.transports.mdns import Announcement
-from p2pclone.transports.multicast import MulticastTransport
+from p2pclone.transports.multicast import MulticastGroup
 
 from ..protocol import PROTOCOL_VERSION
 
 
 @contextlib.asynccontextmanager
 async def announced(
-    transport: MulticastTransport, code: str, port: int, size: int
+    transport: MulticastGroup, code: str, port: int, size: int
 ) -> AsyncIterator[None]:
     """While the body runs: the group (GROUP:PORT) and its control ``port``, announced
     under the nameplate of ``code``.  Where it cannot be announced, nothing more."""

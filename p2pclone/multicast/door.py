@@ -13,7 +13,7 @@ import trio
 
 from ..errors import AuthenticationError, ExitCode, P2PCloneError
 from ..session import Channel, pair
-from ..transports.multicast import MulticastTransport, encode_announce
+from ..transports.multicast import MulticastGroup, encode_announce
 from .guard import PairingGuard
 from .members import Show
 
@@ -31,7 +31,7 @@ class Door:
 
     def __init__(
         self,
-        transport: MulticastTransport,
+        transport: MulticastGroup,
         session: int,
         receivers: int,
         show: Show,

@@ -1,79 +1,62 @@
-"""The multicast scheme's plug-in for the drivers (p2pclone/endpoints.py names it as the
-GROUP driver): the sender's side is the group sender, the receiver's side an ordinary
-receiving session with the group's data plane as its feed."""
+"""The multicast far end for the jobs (p2pclone/jobs.py): the sender's side is the
+group sender, the receiver's side an ordinary receiving session with the group's data
+plane as its feed.  What a group honours is declared here."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import trio
 
-from p2pclone.transports.multicast import MulticastTransport
+from p2pclone.transports.multicast import MulticastGroup
 
-from ..receiver import Options
+from ..disks import Target
+from ..endpoints import Place
+from ..options import (
+    RECEIVING_SESSION,
+    SENDING_SESSION,
+    Confirm,
+    ReceiveOptions,
+    SendOptions,
+)
 from ..sender import DEFAULT_CHUNK_SIZE, check_chunk_size
-from ..session import Done, GroupProgress, Reporter
+from ..session import Done, GroupReporter, Reporter
 from .receiver import receive_multicast
 from .sender import GroupSender
 
+#: A group sender honours the sending session's options (``delta``: every member
+#: hashes its target first), its pairing ``code``, how many ``receivers`` it waits
+#: for and how long its door stays open (``wait``).  Not ``fresh``: nothing is saved.
+GROUP_SEND = SENDING_SESSION | {"code", "receivers", "wait"}
+#: A member honours every receiving session's option, and pairs with ``code``.
+GROUP_RECEIVE = RECEIVING_SESSION | {"code"}
 
-class _Group:
-    async def send(
-        self,
-        source_path: str,
-        url: str,
-        *,
-        code: str,
-        report: Reporter,
-        chunk_size: int | None = None,
-        allow_mounted: bool = False,
-        passphrase: str | None = None,
-        password: str | None = None,
-        receivers: int = 1,
-        wait: float = 60.0,
-        group_report: Callable[[GroupProgress], None] | None = None,
-        exact: bool = False,
-        **_: Any,
-    ) -> Done:
-        transport = MulticastTransport(url)
-        chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
-        check_chunk_size(chunk_size)
-        sender = GroupSender(
-            transport,
-            source_path,
-            code=code,
-            receivers=receivers,
-            wait=wait,
-            chunk_size=chunk_size,
-            allow_mounted=allow_mounted,
-            passphrase=passphrase,
-            password=password,
-            exact=exact,
-            report=report,
-            group_report=group_report,
-        )
-        return await sender.run()
 
-    async def receive(
-        self,
-        target_path: str,
-        url: str,
-        *,
-        code: str,
-        report: Reporter,
-        task_status: trio.TaskStatus[str],
-        options: Options,
-        **_: Any,
-    ) -> Done:
+async def send_group(
+    origin: Place,
+    group: MulticastGroup,
+    options: SendOptions,
+    report: Reporter,
+    group_report: GroupReporter | None,
+) -> Done:
+    chunk_size = options.chunk_size or DEFAULT_CHUNK_SIZE
+    check_chunk_size(chunk_size)
+    sender = GroupSender(
+        group, origin, options, chunk_size=chunk_size, report=report, group_report=group_report
+    )
+    return await sender.run()
+
+
+async def receive_group(
+    target: str,
+    group: MulticastGroup,
+    options: ReceiveOptions,
+    report: Reporter,
+    confirm: Confirm,
+    task_status: trio.TaskStatus[str],
+) -> Done:
+    disk = await trio.to_thread.run_sync(Target.open, target)
+    try:
         return await receive_multicast(
-            target_path,
-            MulticastTransport(url),
-            code=code,
-            options=options,
-            report=report,
-            task_status=task_status,
+            disk, group, options, report=report, confirm=confirm, task_status=task_status
         )
-
-
-DRIVER = _Group()
+    finally:
+        disk.close()

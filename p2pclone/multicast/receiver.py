@@ -17,31 +17,33 @@ import socket
 import trio
 
 from p2pclone.transports import url_host
-from p2pclone.transports.multicast import MulticastTransport, decode_announce, peer_host
+from p2pclone.transports.multicast import MulticastGroup, decode_announce, peer_host
 from p2pclone.transports.tcp import tune
 
 from ..disks import Target
 from ..errors import TransportError
-from ..receiver import Options, Reconnect, receive_stream
+from ..options import Confirm, ReceiveOptions
+from ..receiver import Reconnect, no_confirm, receive_stream
 from ..session import Connected, Done, Listening, Reporter, no_report
 from .feed import GroupFeed
 from .plane import ReceivePlane
 
 
 async def receive_multicast(
-    target_path: str,
-    transport: MulticastTransport,
+    target: Target,
+    group: MulticastGroup,
+    options: ReceiveOptions,
     *,
-    code: str,
-    options: Options,
     report: Reporter = no_report,
+    confirm: Confirm = no_confirm,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> Done:
-    target = await trio.to_thread.run_sync(Target.open, target_path)
-    sock = transport.receiver_socket()
+    """Join ``group`` and receive its clone into ``target`` (opened by the caller)."""
+    code = options.code
+    sock = group.receiver_socket()
     try:
-        report(Listening(transport.url, code))
-        task_status.started(transport.url)
+        report(Listening(group.url, code))
+        task_status.started(group.url)
         host, port = await _find_sender(sock)
         url = f"tcp://{url_host(host)}:{port}"
         stream = await _connect(host, port, url)
@@ -50,21 +52,20 @@ async def receive_multicast(
             return await receive_stream(
                 stream,
                 target,
+                options,
                 code=code,
                 url=url,
-                options=options,
                 report=report,
+                confirm=confirm,
                 feed=GroupFeed(ReceivePlane(sock)),
             )
         except Reconnect as exc:
             report(Connected(f"{url} (unicast: the sender evicted this receiver: {exc})"))
             stream = await _connect(host, port, url)
-            return await receive_stream(
-                stream, target, code=code, url=url, options=options, report=report
-            )
+            # Confirmed already: the same target, the same plan.
+            return await receive_stream(stream, target, options, code=code, url=url, report=report)
     finally:
         sock.close()
-        target.close()
 
 
 async def _find_sender(sock: socket.socket) -> tuple[str, int]:

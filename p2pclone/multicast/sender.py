@@ -28,12 +28,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Callable
 from typing import assert_never
 
 import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..endpoints import Place
 from ..errors import (
     AuthenticationError,
     ExitCode,
@@ -45,6 +45,7 @@ from ..errors import (
     TransportError,
 )
 from ..image.reader import ImageSource
+from ..options import SendOptions
 from ..pipeline import DiskSource
 from ..protocol import (
     Accept,
@@ -60,20 +61,22 @@ from ..protocol import (
     Result,
     Role,
 )
-from ..sender import open_source, send_channel
+from ..sender import send_channel
 from ..sender.runs import HaveMap, answer_nak
+from ..sender.source import open_source
 from ..session import (
     Channel,
     Connected,
     Done,
     GroupProgress,
+    GroupReporter,
     Planned,
     Progress,
     Reporter,
     no_report,
 )
 from ..transports import url_host
-from ..transports.multicast import BurstSender, MulticastTransport
+from ..transports.multicast import BurstSender, MulticastGroup
 from ..transports.tcp import tune
 from ..units import merged, partitions_hit
 from .announce import announced
@@ -82,7 +85,11 @@ from .door import Door
 from .members import Clock, Paced, Peer, expel, tell_all
 from .slices import Reports, SliceStream, Wire
 
-__all__ = ["GroupProgress", "GroupSender"]
+__all__ = ["GroupSender"]
+
+#: how long the door stays open for receivers to join (and evicted ones to come back)
+#: unless --wait says otherwise
+DEFAULT_WAIT = 60.0
 
 
 class GroupSender:
@@ -95,29 +102,20 @@ class GroupSender:
 
     def __init__(
         self,
-        transport: MulticastTransport,
-        source_path: str,
+        transport: MulticastGroup,
+        origin: Place,
+        options: SendOptions,
         *,
-        code: str,
-        receivers: int,
-        wait: float = 60.0,
         chunk_size: int = 1 << 20,
-        allow_mounted: bool = False,
-        passphrase: str | None = None,
-        password: str | None = None,
-        exact: bool = False,
         report: Reporter = no_report,
-        group_report: Callable[[GroupProgress], None] | None = None,
+        group_report: GroupReporter | None = None,
         clock: Clock = trio.current_time,
     ) -> None:
-        self.transport, self.source_path, self.code = transport, source_path, code
-        self.receivers, self.wait, self.chunk_size = receivers, wait, chunk_size
-        self.source_options = {
-            "allow_mounted": allow_mounted,
-            "passphrase": passphrase,
-            "password": password,
-            "exact": exact,
-        }
+        self.transport, self.origin, self.options = transport, origin, options
+        self.code = options.code
+        self.receivers = 1 if options.receivers is None else options.receivers
+        self.wait = DEFAULT_WAIT if options.wait is None else options.wait
+        self.chunk_size = chunk_size
         self.report, self.group_report, self.clock = report, group_report, clock
         self.session = secrets.randbits(63)
         self.key = os.urandom(32)
@@ -128,7 +126,7 @@ class GroupSender:
         self.reports = Reports()
         self.returning: dict[str, trio.Event] = {}  # host -> its unicast session has ended
         self.finished_hosts: set[str] = set()  # hosts whose receiver confirmed its clone
-        self.door = Door(transport, self.session, receivers, self._show, self.joined.set)
+        self.door = Door(transport, self.session, self.receivers, self._show, self.joined.set)
         self.refused = self.door.refused  # name -> (why, its exit code)
         self.locked = self.door.locked  # the run's failed pairings reached the limit
         self.meters: dict[str, tuple[float, int]] = {}  # name -> (time, done_bytes) shown
@@ -146,6 +144,7 @@ class GroupSender:
             source_size=source.size,
             chunk_size=self.chunk_size,
             source=source.info,
+            delta=self.options.delta,  # every member hashes its target first
             free=source.free,
         )
         sock = t.sender_socket()
@@ -175,11 +174,11 @@ class GroupSender:
         the first open (reported then), and given that map after."""
         first = self._source
         source, chunk_size = await open_source(
-            self.source_path,
+            self.origin,
             self.chunk_size,
-            report=self.report,
+            self.options,
+            self.report,
             free=first.free if first is not None else None,
-            **self.source_options,  # type: ignore[arg-type]
         )
         if first is not None:  # the layout the first open read (layout, part<n>, end<n>)
             source.info.update(first.info)
@@ -207,7 +206,14 @@ class GroupSender:
         await tell_all(self.peers, lambda p: Group(key=self.key, session=self.session), self._show)
         aead = AESGCM(self.key)
         stream = SliceStream(
-            source, plan, self.peers, aead, self.session, wire, self.reports, self._show
+            source,
+            plan,
+            self.peers,
+            aead,
+            self.session,
+            wire,
+            self.reports,
+            self._show,
         )
         await stream.run(self.report)
         self.unreadable = stream.unreadable
@@ -425,7 +431,12 @@ class GroupSender:
             return
         try:
             await send_channel(
-                channel, src, chunk_size=self.chunk_size, report=progress, paired=True
+                channel,
+                src,
+                self.options,
+                chunk_size=self.chunk_size,
+                report=progress,
+                paired=True,
             )
             self.finished_hosts.add(host)
             self._show(name, "done")

@@ -202,12 +202,13 @@ class SliceStream:
         show: Show,
     ) -> None:
         self.source, self.plan, self.peers = source, plan, peers
+        self.threads = default_threads()
         self.aead, self.session, self.wire, self.reports = aead, session, wire, reports
         self.show = show
         self.stats = wire.stats
         #: source ranges sent as unreadable (zeros), for the done line
         self.unreadable: list[tuple[int, int]] = []
-        self.limiter = trio.CapacityLimiter(default_threads())
+        self.limiter = trio.CapacityLimiter(self.threads)
         self.in_flight = trio.Semaphore(IN_FLIGHT)
 
     async def run(self, report: Reporter) -> None:
@@ -240,7 +241,7 @@ class SliceStream:
     async def _produce(self, out: trio.MemorySendChannel[Slice]) -> None:
         """Encode (the shared encode-ahead), pack and seal the next slice while the last
         one is on the wire and in its repair rounds."""
-        ahead = EncodeAhead(self.source, self.plan, default_threads())
+        ahead = EncodeAhead(self.source, self.plan, self.threads)
         async with out, trio.open_nursery() as workers:
             slots = ahead.start(workers)
             async with slots:

@@ -21,27 +21,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
 
 import trio
 
 from ..disks import Target
 from ..disks.grow import grow_filesystem
-from ..endpoints import Kind, resolve
 from ..errors import IntegrityError, P2PCloneError, SafetyError, TargetError
-from ..image.link import PlayerListener, clean_url
-from ..image.reader import ImageSource
-from ..journal import Header, Journal, check_state_dir, default_state_dir
+from ..journal import Header, Journal, default_state_dir
+from ..options import Confirm, ReceiveOptions
 from ..pipeline import SUB_BLOCK, default_threads
-from ..protocol import PROTOCOL_VERSION, Accept, Connection, End, Plan, Result, Role
-from ..sender import send_stream
+from ..protocol import Accept, Connection, End, Plan, Result, Role
 from ..session import (
     Channel,
-    Connected,
     Done,
-    Listening,
     Notice,
     Planned,
     Reporter,
@@ -49,164 +41,56 @@ from ..session import (
     pair,
     pick_error,
 )
-from ..transports import LinkListener, Transport
 from ..units import human_bytes, merged, partitions_hit
 from ..volumes.extents import Extents
 from .data import DataState
 from .feed import Feed, Reconnect
 from .verify import NullLog, repair, spans, verify_target
 
-Confirm = Callable[[Plan, Target], None]
 
-
-def _no_confirm(plan: Plan, target: Target) -> None:
-    pass
-
-
-@dataclass(frozen=True)
-class Options:
-    """How a receiver runs (see :func:`receive`)."""
-
-    verify: bool = False
-    confirm: Confirm = _no_confirm
-    threads: int | None = None  # None: one per core, at most four
-    journal: bool = True
-    state_dir: Path | None = None
-    fresh: bool = False
-    delta: bool = False
-    discard: bool = False  # tell the target its free ranges hold nothing (--discard)
-    grow: bool = False  # a bigger GPT disk: extend the last partition and its filesystem
-
-
-async def receive(
-    target_path: str,
-    url: str,
-    *,
-    code: str,
-    verify: bool = False,
-    confirm: Confirm = _no_confirm,
-    threads: int | None = None,
-    journal: bool = True,
-    state_dir: str | Path | None = None,
-    fresh: bool = False,
-    delta: bool = False,
-    discard: bool = False,
-    grow: bool = False,
-    password: str | None = None,
-    report: Reporter = no_report,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-) -> Done:
-    """Listen at ``url``, receive one clone into ``target_path``; return the statistics.
-
-    ``task_status.started()`` gets the URL actually listened on (with the real port).
-    ``confirm(plan, target)`` may raise to refuse the plan (before anything is written).
-    With ``journal`` (the default) progress is journaled in ``state_dir`` and an
-    interrupted clone resumes where it stopped (``fresh`` ignores an old journal);
-    ``delta`` hashes the current target so only chunks that differ are sent;
-    ``discard`` discards what the sender's map calls free; ``grow`` extends a bigger
-    disk's last GPT partition and its filesystem.  ``url`` may be an image
-    (file:// or smb://; ``code`` is its passphrase, ``password`` the SMB password):
-    the image is restored onto the target.
-
-    Raises:
-        P2PCloneError: any failure, with a user-facing sentence and exit code.
-    """
-    opts = Options(
-        verify=verify,
-        confirm=confirm,
-        threads=threads,
-        journal=journal,
-        state_dir=Path(state_dir) if state_dir else None,
-        fresh=fresh,
-        delta=delta,
-        discard=discard,
-        grow=grow,
-    )
-    endpoint = resolve(url)
-    if journal:  # before listening: a sender should not connect only to hear of it
-        await trio.to_thread.run_sync(check_state_dir, opts.state_dir or default_state_dir())
-    if endpoint.kind is Kind.GROUP:
-        return await endpoint.group().receive(
-            target_path, url, code=code, report=report, task_status=task_status, options=opts
-        )
-    image = endpoint.kind is Kind.IMAGE
-    # An image's player plays the sender's part in this process: the sending session.
-    transport = None if image else endpoint.transport(code=code, password=password)
-    if image:
-        clean_url(url)  # a malformed image URL is a usage error before the target is opened
-    target = await trio.to_thread.run_sync(Target.open, target_path)
-    try:
-        listener = (
-            PlayerListener(url, code=code, password=password, play=_play)
-            if transport is None
-            else await _listen(transport, target, report)
-        )
-        try:
-            # An image's passphrase is nobody's business on the screen.
-            report(Listening(listener.url, "" if image else code))
-            task_status.started(listener.url)
-            stream = await listener.accept()
-            url = listener.url  # name the link by the real address from now on
-        finally:
-            await listener.aclose()
-        report(Connected(url))
-        done = await receive_stream(
-            stream, target, code=code, url=url, options=opts, report=report, seal=not image
-        )
-        if listener.caveat:
-            raise IntegrityError(listener.caveat, code="salvaged")
-        return done
-    finally:
-        target.close()
-
-
-async def _listen(transport: Transport, target: Target, report: Reporter) -> LinkListener:
-    """Listen; what an announcement of us says (tcp:// on every address, over mDNS)."""
-    transport.options.update(
-        size=target.size,
-        version=str(PROTOCOL_VERSION),
-        waiting=lambda sentence: report(Notice(sentence)),
-    )
-    return await transport.listen()
-
-
-async def _play(stream: trio.abc.Stream, source: ImageSource, url: str, code: str) -> None:
-    """An image's player: the sending session, reading the image."""
-    await send_stream(stream, source, code=code, url=url, chunk_size=source.chunk_size, seal=False)
+def no_confirm(plan: Plan, target: Target) -> None:
+    """Ask nothing (scripts and tests; the CLI asks the operator)."""
 
 
 async def receive_stream(
     stream: trio.abc.Stream,
     target: Target,
+    options: ReceiveOptions,
     *,
     code: str,
     url: str = "stream",
-    options: Options = Options(),  # noqa: B008 - frozen
     report: Reporter = no_report,
+    confirm: Confirm = no_confirm,
     seal: bool = True,
     feed: Feed | None = None,
 ) -> Done:
-    """Run a receiving session over an already open ``stream`` (closed on return).
+    """Run a receiving session over an already open ``stream`` (closed on return),
+    paired with ``code``.  ``confirm(plan, target)`` may raise to refuse the plan before
+    anything is written (not called with ``options.yes``).
 
     ``feed``: a second way chunks arrive (a multicast group's data plane); it may end
     the session with :class:`~p2pclone.receiver.feed.Reconnect`.
     """
-    opts = replace(options, threads=options.threads or default_threads())
     channel = Channel(Connection(Role.RECEIVER, code=code, seal=seal), stream, url)
     try:
-        return await _session(channel, target, opts, report, feed)
+        return await _session(channel, target, options, report, confirm, feed)
     except BaseException as exc:
         await channel.fail(pick_error(exc))
         raise
 
 
 async def _session(
-    channel: Channel, target: Target, opts: Options, report: Reporter, feed: Feed | None
+    channel: Channel,
+    target: Target,
+    opts: ReceiveOptions,
+    report: Reporter,
+    confirm: Confirm,
+    feed: Feed | None,
 ) -> Done:
     started = trio.current_time()
     await pair(channel)
     plan = await channel.expect(Plan, "the sender's PLAN")
-    cut, journal = await _prepare(target, plan, opts, report, group=feed is not None)
+    cut, journal = await _prepare(target, plan, opts, report, confirm, group=feed is not None)
     delta = opts.delta or plan.delta
     try:
         await channel.send(
@@ -266,7 +150,7 @@ async def _session(
     return done
 
 
-async def _fit_table(target: Target, plan: Plan, opts: Options, report: Reporter) -> None:
+async def _fit_table(target: Target, plan: Plan, opts: ReceiveOptions, report: Reporter) -> None:
     """A GPT disk cloned onto a device of another size: the table fitted to it (and
     with ``--grow`` on a bigger one, the last partition and its filesystem grown)."""
     grow = opts.grow and target.size > plan.source_size
@@ -301,7 +185,13 @@ async def _discard(target: Target, report: Reporter) -> None:
 
 
 async def _prepare(
-    target: Target, plan: Plan, opts: Options, report: Reporter, *, group: bool
+    target: Target,
+    plan: Plan,
+    opts: ReceiveOptions,
+    report: Reporter,
+    confirm: Confirm,
+    *,
+    group: bool,
 ) -> tuple[int, Journal | None]:
     """Check the plan against the target (and the operator: ``confirm``) before a byte is
     written, then size the target and open the journal; return where a smaller target
@@ -313,7 +203,8 @@ async def _prepare(
             "every member the same bytes, so this one needs a unicast clone (tcp://) or a "
             "target at least as large; nothing was written"
         )
-    opts.confirm(plan, target)
+    if not opts.yes:
+        confirm(plan, target)
     await trio.to_thread.run_sync(target.prepare, plan.source_size)
     # What no filesystem uses is neither written nor read back: everything below
     # (writes, zeroing, HAVE hashes, --verify) sees it as zeros.  Past a smaller
@@ -353,18 +244,18 @@ async def _data_phase(
     target: Target,
     plan: Plan,
     journal: Journal | None,
-    opts: Options,
+    opts: ReceiveOptions,
     report: Reporter,
     feed: Feed | None,
 ) -> tuple[DataState, End, int]:
     """The data, then fsync, the root check and ``--verify`` (with repairs); the journal
     is finished (deleted) after a complete clone and closed otherwise.  Returns the
     data phase's state, END, and the chunks fetched again."""
-    assert opts.threads is not None
+    threads = default_threads()
     try:
         hash_log = tempfile.TemporaryFile(prefix="p2pclone-") if opts.verify else NullLog()  # noqa: SIM115 - closed by the with below
         with hash_log as log:
-            state = DataState(channel, target, plan, journal, log, opts.threads, report, feed)
+            state = DataState(channel, target, plan, journal, log, threads, report, feed)
             try:
                 end = await state.run(opts.delta or plan.delta)
             except BaseException as exc:
@@ -381,7 +272,7 @@ async def _data_phase(
                         "not identical; run the clone again"
                     )
                 if opts.verify and not state.lost:
-                    bad = await verify_target(target, plan, log, opts.threads, report)
+                    bad = await verify_target(target, plan, log, threads, report)
                     if bad:
                         await repair(channel, target, plan, bad, journal)
                         repaired += len(bad)
@@ -403,4 +294,4 @@ async def _data_phase(
             journal.close()
 
 
-__all__ = ["Options", "P2PCloneError", "Reconnect", "receive", "receive_stream"]
+__all__ = ["Reconnect", "no_confirm", "receive_stream"]

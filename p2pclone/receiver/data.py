@@ -337,8 +337,12 @@ class DataState:
             entries, self.pending, self.pending_bytes = self.pending, [], 0
             if not entries:
                 return
-            await trio.to_thread.run_sync(self.target.sync)
-            await trio.to_thread.run_sync(self.journal.commit, entries)
+            # Shielded: once taken off ``pending`` these entries are journaled or lost.
+            # A cancellation (Ctrl-C, SIGTERM, END) during the fsync used to drop them,
+            # often every chunk since the last commit: a rerun sent them all again.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.target.sync)
+                await trio.to_thread.run_sync(self.journal.commit, entries)
             if ack and self.channel.conn.state in (State.DATA, State.FINISH):
                 await self.channel.send(Ack(durable=len(self.journal.have)))
 

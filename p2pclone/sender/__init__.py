@@ -10,27 +10,23 @@ One nursery per session.  In the data phase three kinds of task run:
 * the *watcher* reads the back-channel, so a receiver's ERROR ends the session at
   once with the receiver's own sentence.
 
-Where a URL leads is the registry's business (p2pclone/endpoints.py): a link gives a
-stream, an image a recorder over an in-process pipe, a group its own driver.
+Where a URL leads, and how its far end is opened, is p2pclone/jobs.py's business:
+this package runs the session over the stream it is given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import assert_never
 
 import trio
 
-from ..disks.rescue import RescueOptions
-from ..endpoints import Kind, resolve
 from ..errors import (
     IntegrityError,
-    P2PCloneError,
     TransportError,
     UsageError,
 )
-from ..image.link import clean_url, open_recording
 from ..image.reader import ImageSource
+from ..options import SendOptions
 from ..pipeline import DiskSource, default_threads
 from ..protocol import (
     MAX_CHUNK_SIZE,
@@ -46,174 +42,50 @@ from ..protocol import (
 )
 from ..session import (
     Channel,
-    Connected,
     Done,
-    GroupProgress,
-    Notice,
     Planned,
     Reporter,
     no_report,
     pair,
     pick_error,
 )
-from ..transports import Transport
 from ..units import merged, partitions_hit
 from .ahead import READ_AHEAD_BYTES
 from .runs import ChunkKind, HaveMap, answer_nak
-from .source import cut_off, open_source
+from .source import cut_off
 from .stream import stream_chunks
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 
 
-async def send(
-    source_path: str,
-    url: str,
-    *,
-    code: str,
-    chunk_size: int | None = None,
-    threads: int | None = None,
-    allow_mounted: bool = False,
-    delta: bool = False,
-    passphrase: str | None = None,
-    password: str | None = None,
-    fresh: bool = False,
-    receivers: int = 1,
-    wait: float = 60.0,
-    group_report: Callable[[GroupProgress], None] | None = None,
-    exact: bool = False,
-    rescue: RescueOptions = RescueOptions(),  # noqa: B008 - frozen
-    report: Reporter = no_report,
-) -> Done:
-    """Clone ``source_path`` to the receiver at ``url``; return the final statistics.
-
-    Only used blocks are sent (``exact``: every byte); ``rescue``: how a failing disk
-    is read (retries, read timeout).  ``allow_mounted`` accepts a source mounted
-    read-write; ``delta`` has the receiver hash its target first (only changes sent).
-    ``source_path`` may be an image URL (file:// or smb://, opened with ``passphrase``);
-    ``url`` may be one too: the clone is saved as an image encrypted with ``code``
-    (``fresh`` starts it over instead of resuming).  ``password`` is for SMB.
-    ``wait``: over tcp://, how long to keep trying to reach a receiver that is not
-    listening yet (reported once as a Notice); over multicast://, how long to wait for
-    ``receivers`` to join and for evicted ones to come back.
-
-    Raises:
-        P2PCloneError: any failure, with a user-facing sentence and exit code.
-    """
-    endpoint = resolve(url)
-    if endpoint.kind is Kind.GROUP:
-        return await endpoint.group().send(
-            source_path,
-            url,
-            code=code,
-            report=report,
-            chunk_size=chunk_size,
-            threads=threads,
-            allow_mounted=allow_mounted,
-            passphrase=passphrase,
-            password=password,
-            receivers=receivers,
-            wait=wait,
-            group_report=group_report,
-            exact=exact,
-        )
-    transport = None
-    if endpoint.kind is Kind.LINK:
-        transport = endpoint.transport(
-            code=code,
-            wait=wait,  # tcp://: how long to keep trying to reach a receiver not started yet
-            waiting=lambda sentence: report(Notice(sentence)),
-        )
-    else:
-        clean_url(url)  # a malformed image URL is a usage error before the source is opened
-    # The transport's own default fits its speed (serial: small chunks, so progress and
-    # resume are not a minute apart); an explicit size wins.
-    chunk_size = chunk_size or (transport and transport.chunk_size) or DEFAULT_CHUNK_SIZE
-    check_chunk_size(chunk_size)
-    source, chunk_size = await open_source(
-        source_path,
-        chunk_size,
-        allow_mounted=allow_mounted,
-        passphrase=passphrase,
-        password=password,
-        exact=exact,
-        rescue=rescue,
-        report=report,
-    )
-    try:
-        return await _deliver(
-            source, transport, url, code, chunk_size, threads, delta, fresh, password, report
-        )
-    finally:
-        source.close()
-
-
-async def _deliver(
-    source: DiskSource,
-    transport: Transport | None,
-    url: str,
-    code: str,
-    chunk_size: int,
-    threads: int | None,
-    delta: bool,
-    fresh: bool,
-    password: str | None,
-    report: Reporter,
-) -> Done:
-    """Open the far end (a link, or an image's recorder: ``transport`` None) and run
-    the session to it."""
-    if transport is not None:
-        stream = await transport.connect()
-        url = transport.url  # as the transport shows it
-    else:
-        url, stream = await open_recording(url, code=code, password=password, fresh=fresh)
-    report(Connected(url))
-    done = await send_stream(
-        stream,
-        source,
-        url=url,
-        code=code,
-        chunk_size=chunk_size,
-        threads=threads,
-        delta=delta,
-        report=report,
-        seal=transport is not None,  # an image's recorder is in this process
-    )
-    if isinstance(source, ImageSource) and (note := source.salvage_note()):
-        raise IntegrityError(note, code="salvaged")
-    return done
-
-
 async def send_stream(
     stream: trio.abc.Stream,
     source: DiskSource,
+    options: SendOptions,
     *,
     code: str,
-    url: str = "stream",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    threads: int | None = None,
-    delta: bool = False,
+    url: str = "stream",
     report: Reporter = no_report,
     seal: bool = True,
 ) -> Done:
-    """Run a sending session over an already open ``stream`` (closed on return).
+    """Run a sending session over an already open ``stream`` (closed on return), paired
+    with ``code``; ``options``: its ``delta`` (the far end's options were used to open
+    it, the source's to open the source).
 
     ``seal=False``: see :class:`~p2pclone.protocol.Connection` (in-process links only).
     """
     check_chunk_size(chunk_size)
     channel = Channel(Connection(Role.SENDER, code=code, seal=seal), stream, url)
-    return await send_channel(
-        channel, source, chunk_size=chunk_size, threads=threads, delta=delta, report=report
-    )
+    return await send_channel(channel, source, options, chunk_size=chunk_size, report=report)
 
 
 async def send_channel(
     channel: Channel,
     source: DiskSource,
+    options: SendOptions,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    threads: int | None = None,
-    delta: bool = False,
     report: Reporter = no_report,
     paired: bool = False,
 ) -> Done:
@@ -221,7 +93,7 @@ async def send_channel(
     sender pairs every connection itself, to count the failures)."""
     try:
         return await _session(
-            channel, source, chunk_size, threads or default_threads(), delta, report, paired
+            channel, source, chunk_size, default_threads(), options.delta, report, paired
         )
     except BaseException as exc:
         await channel.fail(pick_error(exc))
@@ -334,10 +206,7 @@ async def _watch(
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "READ_AHEAD_BYTES",
-    "P2PCloneError",
     "check_chunk_size",
-    "open_source",
-    "send",
     "send_channel",
     "send_stream",
 ]

@@ -10,51 +10,56 @@ from __future__ import annotations
 
 import functools
 import time
+from typing import assert_never
 
 import trio
 
 from ..disks import Source
-from ..disks.rescue import RescueOptions
-from ..endpoints import is_image_url
+from ..endpoints import Disk, Image, Place
 from ..errors import RemoteProtocolError
-from ..image.link import clean_url
 from ..image.reader import ImageSource
+from ..options import SendOptions
 from ..pipeline import DiskSource
 from ..session import Mapped, Reporter, no_report
 from ..volumes import Extents, scan
 
 
 async def open_source(
-    source_path: str,
+    origin: Place,
     chunk_size: int,
-    *,
-    allow_mounted: bool = False,
-    passphrase: str | None = None,
-    password: str | None = None,
-    exact: bool = False,
+    options: SendOptions,
     report: Reporter = no_report,
+    *,
     free: Extents | None = None,
-    rescue: RescueOptions = RescueOptions(),  # noqa: B008 - frozen
 ) -> tuple[DiskSource, int]:
-    """The SOURCE opened for reading (a disk, a file, or an image URL, whose own chunk
-    size then wins), and the chunk size to send it with.
+    """The SOURCE opened for reading (a disk, a file, or an image, whose own chunk size
+    then wins), and the chunk size to send it with.
 
-    A disk or file is mapped (reported as :class:`Mapped`) unless ``exact``: its free
-    ranges are then read as zeros and sent as nothing.  ``free``: a map made before
-    (the same source opened again), used as it is."""
-    if is_image_url(source_path):
-        image_url, in_url = clean_url(source_path)
-        image = await trio.to_thread.run_sync(
-            ImageSource.open, image_url, passphrase or "", password or in_url
-        )
-        return image, image.chunk_size
+    A disk or file is mapped (reported as :class:`Mapped`) unless ``options.exact``: its
+    free ranges are then read as zeros and sent as nothing.  ``free``: a map made before
+    (the same source opened again), used as it is.  A disk is read as ``options`` say
+    (``allow_mounted``, a failing disk's ``rescue``), an image with its passphrase."""
+    match origin:
+        case Image():
+            image = await trio.to_thread.run_sync(
+                ImageSource.open,
+                origin.url,
+                options.passphrase or "",
+                options.password or origin.password,
+            )
+            return image, image.chunk_size
+        case Disk(path=path):
+            pass
+        case _:
+            assert_never(origin)
+    rescue = options.rescue
     source = await trio.to_thread.run_sync(
-        functools.partial(Source.open, source_path, allow_mounted=allow_mounted)
+        functools.partial(Source.open, path, allow_mounted=options.allow_mounted)
     )
     source.rescue_options = rescue
     if free is not None:
         source.free = free
-    elif exact:
+    elif options.exact:
         report(Mapped("exact", [], [], 0, source.size, 0.0))
     else:
         try:

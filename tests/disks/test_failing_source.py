@@ -332,7 +332,7 @@ def test_an_image_of_a_failing_disk_records_its_holes(tmp_path: Path) -> None:
     image = tmp_path / "disk.img"
     data = random_file(image, 8 * MiB)
     saved = f"file://{tmp_path}/d.p2pc"
-    env = {**os.environ, "P2PCLONE_CODE": "image-pass-phrase"}
+    env = {**os.environ, "P2PCLONE_PASSPHRASE": "image-pass-phrase"}
     bad = [(MiB + 4096, 512), (3 * MiB - 1024, 2048)]
 
     def cli(*args: str) -> tuple[int, dict, str]:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -22,8 +23,8 @@ from p2pclone.errors import (
 )
 from p2pclone.image import format as fmt
 from p2pclone.image import tools
-from p2pclone.receiver import receive
-from p2pclone.sender import send
+from p2pclone.jobs import receive, send
+from p2pclone.options import ReceiveOptions, SendOptions
 from tests.conftest import MiB, random_file, write_layout
 from tests.image.conftest import Samba
 
@@ -31,12 +32,13 @@ CODE = "correct horse battery staple"
 CLI = [sys.executable, "-m", "p2pclone"]
 
 
-async def save(source: Path, url: str, code: str = CODE, **kw) -> object:
-    return await send(str(source), url, code=code, chunk_size=256 * 1024, **kw)
+async def save(source: Path, url: str, code: str = CODE, **kw: Any) -> object:
+    options = SendOptions(passphrase=code, chunk_size=256 * 1024, **kw)
+    return await send(str(source), url, options)
 
 
-async def restore(target: Path, url: str, code: str = CODE, **kw) -> object:
-    return await receive(str(target), url, code=code, **kw)
+async def restore(target: Path, url: str, code: str = CODE, **kw: Any) -> object:
+    return await receive(str(target), url, ReceiveOptions(passphrase=code, **kw))
 
 
 def layout(tmp_path: Path, size: int = 5 * MiB + 12345) -> tuple[Path, bytes]:
@@ -94,10 +96,15 @@ async def test_an_image_is_the_source_of_a_live_clone(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
 
         async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
-            await receive(str(target), "memory://img-live", code="7-pair", task_status=task_status)
+            await receive(
+                str(target),
+                "memory://img-live",
+                ReceiveOptions(code="7-pair"),
+                task_status=task_status,
+            )
 
         await nursery.start(rx)
-        await send(url, "memory://img-live", code="7-pair", passphrase=CODE)
+        await send(url, "memory://img-live", SendOptions(code="7-pair", passphrase=CODE))
     assert target.read_bytes() == data
 
 
@@ -235,7 +242,7 @@ def run(*args: str, stdout: object = subprocess.PIPE) -> subprocess.CompletedPro
 def test_cli_save_info_verify_export_restore(tmp_path: Path, smb_env: Samba) -> None:
     source, data = layout(tmp_path)
     url = smb_env.url("cli/pc1.p2pc")
-    saved = run("send", str(source), url, "--code", CODE, "--json")
+    saved = run("send", str(source), url, "--passphrase", CODE, "--json")
     assert saved.returncode == 0, saved.stderr
 
     info = run("image", "info", url, "--json")
@@ -243,16 +250,16 @@ def test_cli_save_info_verify_export_restore(tmp_path: Path, smb_env: Samba) -> 
     facts = json.loads(info.stdout)
     assert facts["source_bytes"] == len(data) and facts["encrypted"] and facts["ratio"] < 0.6
 
-    ok = run("image", "verify", url, "--code", CODE)
+    ok = run("image", "verify", url, "--passphrase", CODE)
     assert ok.returncode == 0, ok.stderr
 
     with open(tmp_path / "raw.img", "wb") as out:
-        exported = run("image", "export", url, "--code", CODE, stdout=out)
+        exported = run("image", "export", url, "--passphrase", CODE, stdout=out)
     assert exported.returncode == 0, exported.stderr
     assert (tmp_path / "raw.img").read_bytes() == data
 
     target = tmp_path / "t.img"
-    restored = run("receive", str(target), url, "--code", CODE, "--json", "--yes")
+    restored = run("receive", str(target), url, "--passphrase", CODE, "--json", "--yes")
     assert restored.returncode == 0, restored.stderr
     assert target.read_bytes() == data
     assert CODE.encode() not in restored.stdout  # the passphrase is never shown
@@ -261,16 +268,16 @@ def test_cli_save_info_verify_export_restore(tmp_path: Path, smb_env: Samba) -> 
 def test_cli_damaged_image_exits_6_and_wrong_passphrase_exits_3(tmp_path: Path) -> None:
     source, _ = layout(tmp_path, 2 * MiB)
     url = f"file://{tmp_path}/pc1.p2pc"
-    assert run("send", str(source), url, "--code", CODE).returncode == 0
-    wrong = run("image", "verify", url, "--code", "nope")
+    assert run("send", str(source), url, "--passphrase", CODE).returncode == 0
+    wrong = run("image", "verify", url, "--passphrase", "nope")
     assert wrong.returncode == 3 and b"wrong passphrase" in wrong.stderr
     image = tmp_path / "pc1.p2pc"
     with open(image, "r+b") as f:
         f.truncate(image.stat().st_size - 5000)
-    bad = run("image", "verify", url, "--code", CODE)
+    bad = run("image", "verify", url, "--passphrase", CODE)
     assert bad.returncode == 6, bad.stderr
     assert b"bytes" in bad.stderr
-    restored = run("receive", str(tmp_path / "t.img"), url, "--code", CODE, "--yes")
+    restored = run("receive", str(tmp_path / "t.img"), url, "--passphrase", CODE, "--yes")
     assert restored.returncode == 6, restored.stderr
 
 
@@ -280,7 +287,7 @@ def test_cli_save_killed_midway_resumes(tmp_path: Path) -> None:
     image = tmp_path / "pc1.p2pc"
     url = f"file://{image}"
     proc = subprocess.Popen(
-        [*CLI, "send", str(source), url, "--code", CODE],
+        [*CLI, "send", str(source), url, "--passphrase", CODE],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -291,19 +298,19 @@ def test_cli_save_killed_midway_resumes(tmp_path: Path) -> None:
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    again = run("send", str(source), url, "--code", CODE, "--json")
+    again = run("send", str(source), url, "--passphrase", CODE, "--json")
     assert again.returncode == 0, again.stderr
     done = json.loads(again.stdout.splitlines()[-1])
     assert done["same_chunks"] > 0  # what was saved before the kill was kept
     with open(tmp_path / "raw.img", "wb") as out:
-        assert run("image", "export", url, "--code", CODE, stdout=out).returncode == 0
+        assert run("image", "export", url, "--passphrase", CODE, stdout=out).returncode == 0
     assert (tmp_path / "raw.img").read_bytes() == data
 
 
 def test_cli_password_in_the_url_is_used_and_never_shown(tmp_path: Path, samba: Samba) -> None:
     source, data = layout(tmp_path, MiB)
     url = samba.url("pw/pc1.p2pc").replace(f"{samba.user}@", f"{samba.user}:{samba.password}@")
-    saved = run("send", str(source), url, "--code", CODE, "--json")
+    saved = run("send", str(source), url, "--passphrase", CODE, "--json")
     assert saved.returncode == 0, saved.stderr
     info = run("image", "info", url, "--json")
     assert info.returncode == 0, info.stderr
@@ -321,7 +328,7 @@ async def test_copying_a_damaged_image_is_never_a_success(tmp_path: Path) -> Non
     flip_a_byte_of_chunk(image, 3)
     copy = f"file://{tmp_path}/copy.p2pc"
     with pytest.raises(P2PCloneError, match="could not provide") as failed:
-        await send(url, copy, code=CODE, passphrase=CODE)
+        await send(url, copy, SendOptions(passphrase=CODE))
     assert failed.value.exit_code == ExitCode.INTEGRITY
     span = f"{3 * 256 * 1024}-{4 * 256 * 1024 - 1}"
     with pytest.raises(IntegrityError, match=span):  # the copy says what it lacks
@@ -353,28 +360,28 @@ def test_cli_the_smb_server_going_away_ends_save_and_restore_with_exit_5_and_the
     url = smb_env.url("gone/pc1.p2pc")
     before = _smbd_children(smb_env)
     proc = subprocess.Popen(
-        [*CLI, "send", str(source), url, "--code", CODE],
+        [*CLI, "send", str(source), url, "--passphrase", CODE],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     _cut_when(smb_env, smb_env.root / "gone" / "pc1.p2pc", proc, before)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 5, err.decode()
     assert b"the SMB server ended the connection" in err and b"Traceback" not in err
-    again = run("send", str(source), url, "--code", CODE, "--json")
+    again = run("send", str(source), url, "--passphrase", CODE, "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout.splitlines()[-1])["same_chunks"] > 0  # it resumed
 
     target = tmp_path / "target.img"
     before = _smbd_children(smb_env)
     proc = subprocess.Popen(
-        [*CLI, "receive", str(target), url, "--code", CODE, "--yes"],
+        [*CLI, "receive", str(target), url, "--passphrase", CODE, "--yes"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     _cut_when(smb_env, target, proc, before)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 5, err.decode()
     assert b"the SMB server ended the connection" in err and b"Traceback" not in err
-    again = run("receive", str(target), url, "--code", CODE, "--yes", "--json")
+    again = run("receive", str(target), url, "--passphrase", CODE, "--yes", "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout.splitlines()[-1])["same_chunks"] > 0  # it resumed
     assert target.read_bytes() == data

@@ -28,7 +28,8 @@ from p2pclone.errors import (
 )
 from p2pclone.image import format as fmt
 from p2pclone.image import tools
-from p2pclone.sender import send
+from p2pclone.jobs import send
+from p2pclone.options import ReceiveOptions, SendOptions
 from p2pclone.session import pick_error
 from tests.conftest import MiB, random_file
 from tests.image.test_image import CODE, records, restore, run, save
@@ -96,7 +97,7 @@ async def test_a_planted_plain_image_is_refused_even_with_a_passphrase(tmp_path:
         await tools.verify(url, CODE)
     assert "?plain=1" in tools.describe(tools.info(url))[5]  # image info says so too
 
-    cli = run("receive", str(target), url, "--code", CODE, "--yes")
+    cli = run("receive", str(target), url, "--passphrase", CODE, "--yes")
     assert cli.returncode == 3, cli.stderr
     assert b"?plain=1" in cli.stderr and b"Traceback" not in cli.stderr
     assert target.read_bytes() == b"keep me" * 1000
@@ -264,8 +265,8 @@ async def test_a_rolled_back_image_is_not_restored_unless_salvaged(tmp_path: Pat
     with open(tmp_path / "raw.img", "wb") as out, pytest.raises(IntegrityError, match="no intact"):
         await tools.export(url, CODE, out)
     with pytest.raises(IntegrityError, match="no intact index"):  # nor a live clone from it
-        await send(url, "memory://img-rolled-back", code="7-pair", passphrase=CODE)
-    cli = run("receive", str(target), url, "--code", CODE, "--yes")
+        await send(url, "memory://img-rolled-back", SendOptions(code="7-pair", passphrase=CODE))
+    cli = run("receive", str(target), url, "--passphrase", CODE, "--yes")
     assert cli.returncode == 6, cli.stderr
     assert b"no intact index" in cli.stderr and b"Traceback" not in cli.stderr
     assert target.read_bytes() == b"keep me" * 1000
@@ -274,7 +275,7 @@ async def test_a_rolled_back_image_is_not_restored_unless_salvaged(tmp_path: Pat
         await restore(target, url + "?salvage=1")
     assert salvaged.value.code == "salvaged"
     assert target.read_bytes() == old  # what the records hold: the older save
-    cli = run("receive", str(target), url + "?salvage=1", "--code", CODE, "--yes", "--json")
+    cli = run("receive", str(target), url + "?salvage=1", "--passphrase", CODE, "--yes", "--json")
     assert cli.returncode == 6, cli.stderr
     assert b'"code": "salvaged"' in cli.stdout
 
@@ -286,7 +287,7 @@ async def test_a_live_clone_from_a_salvaged_image_is_not_done_on_either_side(
     must the receiver on the other machine, whose operator would otherwise see Done.
     Negative control: the receiver returned Done while only the sender exited 6 (this
     test failed)."""
-    from p2pclone.receiver import receive
+    from p2pclone.jobs import receive
 
     source = tmp_path / "disk.img"
     random_file(source, 2 * MiB)
@@ -303,15 +304,19 @@ async def test_a_live_clone_from_a_salvaged_image_is_not_done_on_either_side(
             async def rx(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
                 try:
                     out["rx"] = await receive(
-                        str(tmp_path / "t.img"), "tcp://127.0.0.1:0", code="7-pair",
+                        str(tmp_path / "t.img"),
+                        "tcp://127.0.0.1:0",
+                        ReceiveOptions(code="7-pair"),
                         task_status=task_status,
-                    )  # fmt: skip
+                    )
                 except BaseException as exc:  # noqa: BLE001
                     out["rx"] = pick_error(exc)
 
             link = await nursery.start(rx)
             try:
-                out["tx"] = await send(url + "?salvage=1", link, code="7-pair", passphrase=CODE)
+                out["tx"] = await send(
+                    url + "?salvage=1", link, SendOptions(code="7-pair", passphrase=CODE)
+                )
             except BaseException as exc:  # noqa: BLE001
                 out["tx"] = pick_error(exc)
     for side in ("tx", "rx"):

@@ -23,11 +23,11 @@ import trio
 from p2pclone.errors import AuthenticationError, P2PCloneError
 from p2pclone.protocol import Connection, Plan, Role
 from p2pclone.session import Channel, pair
-from p2pclone.transports.multicast import MulticastTransport, decode_announce
+from p2pclone.transports.multicast import MulticastGroup, decode_announce
 
 
 async def control_port(group: str, port: int) -> tuple[str, int]:
-    sock = MulticastTransport(f"multicast://{group}:{port}?iface=eth0").receiver_socket()
+    sock = MulticastGroup(f"multicast://{group}:{port}?iface=eth0").receiver_socket()
     while True:
         await trio.lowlevel.wait_readable(sock)
         data, (host, _) = sock.recvfrom(65536)

@@ -498,7 +498,8 @@ def test_an_image_is_sent_to_a_multicast_group(lan, tmp_path: Path) -> None:
     data = write_layout(source, 10 * MiB + 4096)
     image = f"file://{tmp_path}/pc1.p2pc"
     saved = subprocess.run(
-        [sys.executable, "-m", "p2pclone", "send", str(source), image, "--code", "image-words"],
+        [sys.executable, "-m", "p2pclone", "send", str(source), image,
+         "--passphrase", "image-words"],
         capture_output=True, env=dict(os.environ, P2PCLONE_STATE_DIR=str(tmp_path / "s0")),
     )  # fmt: skip
     assert saved.returncode == 0, saved.stderr.decode()

@@ -16,9 +16,10 @@ import pytest
 import trio
 import trio.testing
 
-from p2pclone.receiver import receive
-from p2pclone.sender import send
+from p2pclone.jobs import receive, send
+from p2pclone.options import ReceiveOptions, SendOptions
 from p2pclone.session import Done
+from p2pclone.transports import Dial
 from tests.conftest import MiB, random_file, write_layout
 
 
@@ -93,12 +94,15 @@ async def clone_over(a: str, b: str, source: Path, target: Path) -> tuple[Done, 
 
         async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
             out["rx"] = await receive(
-                str(target), f"serial://{b}?baud=921600", code="6-s-t", task_status=task_status
+                str(target),
+                f"serial://{b}?baud=921600",
+                ReceiveOptions(code="6-s-t"),
+                task_status=task_status,
             )
 
         await nursery.start(rx)
         out["tx"] = await send(
-            str(source), f"serial://{a}?baud=921600", code="6-s-t", chunk_size=65536
+            str(source), f"serial://{a}?baud=921600", SendOptions(code="6-s-t", chunk_size=65536)
         )
     return out["tx"], out["rx"]
 
@@ -128,8 +132,8 @@ async def test_serial_stream_passes_trios_two_way_stream_checks(monkeypatch) -> 
         async def pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
             a, b = await cables.start(run_cable)
             return (
-                await SerialTransport(f"serial://{a}").connect(),
-                await SerialTransport(f"serial://{b}").connect(),
+                await SerialTransport(f"serial://{a}").connect(Dial()),
+                await SerialTransport(f"serial://{b}").connect(Dial()),
             )
 
         with trio.fail_after(120):

@@ -12,8 +12,9 @@ import pytest
 import trio
 import trio.testing
 
-from p2pclone.endpoints import available_schemes, open_transport, transport_class
+from p2pclone.endpoints import available_schemes, link_class, open_transport
 from p2pclone.errors import TransportError, UsageError
+from p2pclone.transports import Dial, Listen
 from p2pclone.transports.memory import MemoryTransport
 from p2pclone.transports.tcp import DEFAULT_PORT, TcpTransport
 
@@ -83,7 +84,7 @@ def test_ipv6_without_brackets_is_a_usage_error_that_shows_the_bracket_form(
 
 async def test_sender_url_needs_a_host() -> None:
     with pytest.raises(UsageError, match="names no host"):
-        await open_transport("tcp://:7411").connect()
+        await open_transport("tcp://:7411").connect(Dial())
 
 
 async def test_nobody_listening_is_a_link_error() -> None:
@@ -91,7 +92,7 @@ async def test_nobody_listening_is_a_link_error() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(TransportError, match="nobody is listening .* start `p2pclone receive`"):
-        await open_transport(f"tcp://127.0.0.1:{port}").connect()
+        await open_transport(f"tcp://127.0.0.1:{port}").connect(Dial())
 
 
 def dead_port() -> int:
@@ -101,25 +102,26 @@ def dead_port() -> int:
 
 
 async def test_a_sender_with_a_wait_reaches_a_receiver_that_starts_later(autojump_clock) -> None:
-    """Issue 12: connect() gave up at the first refusal.  With options["wait"] it tries
+    """Issue 12: connect() gave up at the first refusal.  With ``Dial.wait`` it tries
     again (virtual time here: loopback refuses at once) and reaches a listener opened
-    10 s later, telling options["waiting"] once.  Fails on the code before the fix (run
+    10 s later, telling ``Dial.notice`` once.  Fails on the code before the fix (run
     once: "nobody is listening")."""
     port = dead_port()
     said: list[str] = []
-    transport = open_transport(f"tcp://127.0.0.1:{port}", wait=60.0, waiting=said.append)
+    transport = open_transport(f"tcp://127.0.0.1:{port}")
+    dial = Dial(wait=60.0, notice=said.append)
     async with trio.open_nursery() as nursery:
 
         async def receiver_starts_late() -> None:
             await trio.sleep(10)
-            listener = await transport_class("tcp")(f"tcp://127.0.0.1:{port}").listen()
+            listener = await link_class("tcp")(f"tcp://127.0.0.1:{port}").listen(Listen())
             stream = await listener.accept()
             await listener.aclose()
             assert await stream.receive_some() == b"hello"
             await stream.aclose()
 
         nursery.start_soon(receiver_starts_late)
-        stream = await transport.connect()
+        stream = await transport.connect(dial)
         await stream.send_all(b"hello")
         await stream.aclose()
     assert said == [
@@ -134,10 +136,10 @@ async def test_a_sender_gives_up_after_its_wait(autojump_clock) -> None:
     on the code before the fix (run once: no "after trying for 30 s")."""
     port = dead_port()
     said: list[str] = []
-    transport = open_transport(f"tcp://127.0.0.1:{port}", wait=30.0, waiting=said.append)
+    transport = open_transport(f"tcp://127.0.0.1:{port}")
     start = trio.current_time()
     with pytest.raises(TransportError) as info:
-        await transport.connect()
+        await transport.connect(Dial(wait=30.0, notice=said.append))
     assert str(info.value) == (
         f"nobody is listening at tcp://127.0.0.1:{port} (Connection refused) after trying "
         "for 30 s: start `p2pclone receive` on the target machine first and check the "
@@ -148,7 +150,9 @@ async def test_a_sender_gives_up_after_its_wait(autojump_clock) -> None:
 
 
 async def tcp_pair(host: str = "127.0.0.1") -> tuple[trio.abc.Stream, trio.abc.Stream]:
-    listener = await open_transport(f"tcp://{'[' + host + ']' if ':' in host else host}:0").listen()
+    listener = await open_transport(f"tcp://{'[' + host + ']' if ':' in host else host}:0").listen(
+        Listen()
+    )
     port = listener.url.rsplit(":", 1)[1]
     url = f"tcp://{'[' + host + ']' if ':' in host else host}:{port}"
     async with trio.open_nursery() as nursery:
@@ -158,7 +162,7 @@ async def tcp_pair(host: str = "127.0.0.1") -> tuple[trio.abc.Stream, trio.abc.S
             got.append(await listener.accept())
 
         nursery.start_soon(acc)
-        client = await open_transport(url).connect()
+        client = await open_transport(url).connect(Dial())
     await listener.aclose()
     return client, got[0]
 
@@ -190,7 +194,7 @@ async def test_tcp_over_ipv6() -> None:
 
 
 async def test_listening_everywhere_accepts_ipv4() -> None:
-    listener = await open_transport("tcp://:0").listen()
+    listener = await open_transport("tcp://:0").listen(Listen())
     port = int(listener.url.rsplit(":", 1)[1])
     async with trio.open_nursery() as nursery:
         nursery.start_soon(listener.accept)
@@ -205,8 +209,8 @@ _counter = 0
 async def memory_pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
     global _counter
     _counter += 1
-    listener = await MemoryTransport(f"memory://pair{_counter}").listen()
-    client = await MemoryTransport(f"memory://pair{_counter}").connect()
+    listener = await MemoryTransport(f"memory://pair{_counter}").listen(Listen())
+    client = await MemoryTransport(f"memory://pair{_counter}").connect(Dial())
     server = await listener.accept()
     await listener.aclose()
     return client, server
@@ -218,7 +222,7 @@ async def test_memory_passes_trios_two_way_stream_checks() -> None:
 
 def test_builtins_are_registered_as_entry_points() -> None:
     assert {"tcp", "memory"} <= set(available_schemes())
-    assert transport_class("tcp") is TcpTransport
+    assert link_class("tcp") is TcpTransport
 
 
 def test_a_third_party_transport_is_found_by_entry_point(tmp_path: Path, monkeypatch) -> None:
@@ -228,8 +232,8 @@ def test_a_third_party_transport_is_found_by_entry_point(tmp_path: Path, monkeyp
         from p2pclone.transports import Transport
         class EchoTransport(Transport):
             scheme = "echo"
-            async def connect(self): raise NotImplementedError
-            async def listen(self): raise NotImplementedError
+            async def connect(self, dial): raise NotImplementedError
+            async def listen(self, how): raise NotImplementedError
     """)
     )
     dist = tmp_path / "echo_transport-1.0.dist-info"

@@ -15,12 +15,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from p2pclone.receiver import receive
-from p2pclone.sender import send
+from p2pclone.jobs import receive, send
+from p2pclone.options import ReceiveOptions, SendOptions
 from p2pclone.session import Done, Mapped
 from p2pclone.volumes import scan
 from p2pclone.volumes.extents import Extents
@@ -49,7 +50,7 @@ def old_target(path: Path, size: int) -> None:
             f.write(OLD * MiB)
 
 
-async def clone(source: Path, target: Path, **send_options: object) -> tuple[Done, Done, list]:
+async def clone(source: Path, target: Path, **send_options: Any) -> tuple[Done, Done, list]:
     url = f"memory://disk{os.getpid()}{id(target)}"
     out: dict[str, Done] = {}
     events: list = []
@@ -58,13 +59,15 @@ async def clone(source: Path, target: Path, **send_options: object) -> tuple[Don
 
             async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
                 out["rx"] = await receive(
-                    str(target), url, code="1-test-code", verify=True, task_status=task_status
+                    str(target),
+                    url,
+                    ReceiveOptions(code="1-test-code", verify=True),
+                    task_status=task_status,
                 )
 
             real = await nursery.start(rx)
-            out["tx"] = await send(
-                str(source), real, code="1-test-code", report=events.append, **send_options
-            )
+            options = SendOptions(code="1-test-code", **send_options)
+            out["tx"] = await send(str(source), real, options, report=events.append)
     return out["tx"], out["rx"], events
 
 
@@ -207,7 +210,7 @@ def test_clone_on_one_machine_and_through_an_image(tmp_path: Path) -> None:
 
     # Through an image: it holds only used blocks, and a restore writes only them.
     image = tmp_path / "disk.p2pc"
-    env = {"P2PCLONE_CODE": "image-pass-phrase"}
+    env = {"P2PCLONE_PASSPHRASE": "image-pass-phrase"}
     saved = cli("clone", str(source), f"file://{image}", "--json", env=env)
     assert saved.returncode == 0, saved.stderr
     assert image.stat().st_size < (SIZE - free.total) * 1.05
@@ -244,12 +247,14 @@ async def clone_delta(source: Path, target: Path) -> tuple[Done, Done]:
 
             async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
                 out["rx"] = await receive(
-                    str(target), url, code="1-test-code", delta=True, verify=True,
-                    fresh=True, task_status=task_status,
-                )  # fmt: skip
+                    str(target),
+                    url,
+                    ReceiveOptions(code="1-test-code", delta=True, verify=True, fresh=True),
+                    task_status=task_status,
+                )
 
             real = await nursery.start(rx)
-            out["tx"] = await send(str(source), real, code="1-test-code")
+            out["tx"] = await send(str(source), real, SendOptions(code="1-test-code"))
     return out["tx"], out["rx"]
 
 

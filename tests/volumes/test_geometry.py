@@ -147,7 +147,7 @@ def test_an_image_restored_onto_a_smaller_disk(tmp_path: Path, loop_device) -> N
     need("e2fsck", "sgdisk")
     source, image = tmp_path / "source.img", tmp_path / "disk.p2pc"
     parts = make_disk(source, 160 * MiB, LAYOUT)
-    env = {**os.environ, "P2PCLONE_CODE": "image-pass-phrase"}
+    env = {**os.environ, "P2PCLONE_PASSPHRASE": "image-pass-phrase"}
     saved = subprocess.run(
         [sys.executable, "-m", "p2pclone", "clone", str(source), f"file://{image}"],
         capture_output=True, text=True, timeout=180, env=env,

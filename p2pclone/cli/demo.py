@@ -14,18 +14,17 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
 
 import trio
 
-from .errors import P2PCloneError
-from .receiver import receive
-from .sender import send
-from .session import Done, Report, pick_error
-from .volumes import scan
+from ..errors import IntegrityError, P2PCloneError, UsageError
+from ..jobs import receive, send
+from ..options import ReceiveOptions, SendOptions
+from ..session import Done, pick_error
+from ..volumes import scan
 
 
 def _find_mkfs() -> str | None:
@@ -124,10 +123,33 @@ def _same_where_used(source: Path, target: Path) -> tuple[bool, int]:
     return True, disk.free.total
 
 
+async def _clone_over_loopback(source: Path, target: Path) -> tuple[Done, Done]:
+    """Receiver and sender in this process, over a real TCP connection on loopback."""
+    results: dict[str, Done] = {}
+    async with trio.open_nursery() as nursery:
+
+        async def rx(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+            results["rx"] = await receive(
+                str(target),
+                "tcp://127.0.0.1:0",
+                ReceiveOptions(code="demo", verify=True),
+                task_status=task_status,
+            )
+
+        url = await nursery.start(rx)
+        print(f"2/3 Receiver listening on {url}; sending {source.name} to it …", flush=True)
+        results["tx"] = await send(str(source), url, SendOptions(code="demo"))
+    return results["tx"], results["rx"]
+
+
 def run_demo(*, size_mib: int = 256, workdir: str | None = None, debug: bool = False) -> int:
+    """The demo, told step by step on stdout; 0 when the clone came out right.
+
+    Raises:
+        P2PCloneError: the demo could not run, or its clone differs (exit 6).
+    """
     if size_mib < 16:
-        print("p2pclone: error: the demo disk needs at least 16 MiB", file=sys.stderr)
-        return 2
+        raise UsageError("the demo disk needs at least 16 MiB (--size 16 or more)")
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="p2pclone-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     source, target, staging = base / "source.img", base / "target.img", base / "files"
@@ -144,28 +166,10 @@ def run_demo(*, size_mib: int = 256, workdir: str | None = None, debug: bool = F
             for _ in range(size_mib):
                 t.write(os.urandom(1 << 20))
 
-        events: list[Report] = []
-
-        async def both() -> tuple[Done, Done]:
-            results: dict[str, Done] = {}
-            async with trio.open_nursery() as nursery:
-
-                async def rx(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-                    results["rx"] = await receive(
-                        str(target),
-                        "tcp://127.0.0.1:0",
-                        code="demo",
-                        verify=True,
-                        task_status=task_status,
-                    )
-
-                url = await nursery.start(rx)
-                print(f"2/3 Receiver listening on {url}; sending {source.name} to it …", flush=True)
-                results["tx"] = await send(str(source), url, code="demo", report=events.append)
-            return results["tx"], results["rx"]
-
         try:
-            tx, rx = trio.run(both)
+            tx, rx = trio.run(_clone_over_loopback, source, target)
+        except KeyboardInterrupt:
+            raise P2PCloneError("the demo was interrupted") from None
         except BaseException as exc:
             raise pick_error(exc) from None
         rate = tx.source_bytes / tx.seconds / 1e6 if tx.seconds else 0.0
@@ -178,8 +182,7 @@ def run_demo(*, size_mib: int = 256, workdir: str | None = None, debug: bool = F
         print("3/3 Checking …", flush=True)
         same, free = _same_where_used(source, target)
         if not (same and rx.verified and rx.digest == tx.digest):
-            print("p2pclone: error: the demo target differs from its source", file=sys.stderr)
-            return 6
+            raise IntegrityError(f"the demo's target differs from its source (in {base})")
         print(
             f"    The receiver re-read the target and checked every chunk (root "
             f"{rx.digest[:16]}…): target.img holds every block source.img's filesystem "
@@ -197,8 +200,7 @@ def run_demo(*, size_mib: int = 256, workdir: str | None = None, debug: bool = F
     except (OSError, subprocess.CalledProcessError) as exc:
         if debug:
             raise
-        print(f"p2pclone: error: the demo failed: {exc}", file=sys.stderr)
-        return 1
+        raise P2PCloneError(f"the demo failed: {exc}") from None
     finally:
         if not workdir:
             shutil.rmtree(base, ignore_errors=True)

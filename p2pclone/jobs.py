@@ -1,0 +1,376 @@
+"""The jobs a person runs: ``send`` a source to a far end, ``receive`` from one.
+
+Each job does the same three things, in this order:
+
+1. parse what it is given once (p2pclone/endpoints.py): the SOURCE or TARGET, and the
+   URL's far end — a link, an image or a multicast group;
+2. refuse any option given that this source and far end do not honour (usage error,
+   exit 2, naming both), before anything is opened: an option is never dropped
+   (p2pclone/options.py says who honours what);
+3. open the far end with one ``match`` over its kind, then run the session: the
+   sending or receiving session over a link's stream or an image's in-process pipe,
+   or the multicast driver for a group.
+
+A receiver given ``tcp://`` alone (the CLI's default) listens on every address,
+announced over mDNS, and at the same time looks for a multicast sender announcing a
+group for its code: whichever comes first is the session (:func:`receive_anywhere`).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import assert_never
+
+import trio
+
+from p2pclone.transports import Dial, LinkListener, Listen
+from p2pclone.transports.mdns import browse
+
+from .disks import Target
+from .endpoints import Disk, FarEnd, Group, Image, Link, Place, far_end, place
+from .errors import IntegrityError, UsageError
+from .image.link import (
+    RESTORE_HONOURS,
+    SAVE_HONOURS,
+    PlayerListener,
+    open_recording,
+)
+from .image.reader import ImageSource
+from .journal import check_state_dir, default_state_dir
+from .multicast.driver import GROUP_RECEIVE, GROUP_SEND, receive_group, send_group
+from .options import (
+    DISK_SOURCE,
+    IMAGE_SOURCE,
+    RECEIVING_SESSION,
+    SENDING_SESSION,
+    Confirm,
+    ReceiveOptions,
+    SendOptions,
+    refuse_unhonoured,
+)
+from .protocol import PROTOCOL_VERSION
+from .receiver import no_confirm, receive_stream
+from .sender import DEFAULT_CHUNK_SIZE, check_chunk_size, send_stream
+from .sender.source import open_source
+from .session import Connected, Done, GroupReporter, Listening, Notice, Report, Reporter, no_report
+
+#: how long a sender keeps trying a receiver that is not listening yet (tcp://), and
+#: how long a multicast group's door stays open, unless --wait says otherwise
+DEFAULT_WAIT = 60.0
+
+
+def nameplate(code: str) -> str:
+    """The number of a pairing code (``7`` of ``7-guitar-remind``): all that is ever
+    announced or looked for on the network, never the words."""
+    return code.split("-", 1)[0]
+
+
+# -- who honours what -------------------------------------------------------------------
+
+
+def send_honours(origin: Place, end: FarEnd, options: SendOptions) -> frozenset[str]:
+    """The options a send from ``origin`` to ``end`` honours (the rest are refused)."""
+    match origin:
+        case Disk():
+            reading = DISK_SOURCE
+        case Image():
+            reading = IMAGE_SOURCE if origin.scheme == "smb" else IMAGE_SOURCE - {"password"}
+        case _:
+            assert_never(origin)
+    match end:
+        case Link(transport=transport):
+            return reading | SENDING_SESSION | {"code"} | transport.honours
+        case Image():
+            saving = SAVE_HONOURS if end.scheme == "smb" else SAVE_HONOURS - {"password"}
+            both = {"new_passphrase"} if isinstance(origin, Image) else set()
+            return reading | saving | both
+        case Group():
+            return reading | GROUP_SEND
+        case _:
+            assert_never(end)
+
+
+def receive_honours(end: FarEnd) -> frozenset[str]:
+    """The options a receive from ``end`` honours."""
+    match end:
+        case Link():
+            return RECEIVING_SESSION | {"code"}
+        case Image():
+            return RESTORE_HONOURS if end.scheme == "smb" else RESTORE_HONOURS - {"password"}
+        case Group():
+            return GROUP_RECEIVE
+        case _:
+            assert_never(end)
+
+
+def check_send(origin: Place, end: FarEnd, options: SendOptions) -> None:
+    """Raises UsageError for an option given that this send does not honour."""
+    refuse_unhonoured(
+        options, send_honours(origin, end, options), f"a send from {origin.name} to {end.name}"
+    )
+
+
+def check_receive(end: FarEnd, options: ReceiveOptions) -> None:
+    """Raises UsageError for an option given that this receive does not honour."""
+    refuse_unhonoured(options, receive_honours(end), f"a receive from {end.name}")
+
+
+# -- send ----------------------------------------------------------------------------------
+
+
+async def send(
+    source: str,
+    url: str,
+    options: SendOptions,
+    *,
+    report: Reporter = no_report,
+    group_report: GroupReporter | None = None,
+) -> Done:
+    """Send ``source`` (a disk, a file or an image URL) to the far end at ``url``; return
+    the final statistics.  ``group_report``: each multicast member's state.
+
+    Raises:
+        P2PCloneError: any failure, with a user-facing sentence and exit code.
+    """
+    origin, end = place(source), far_end(url)
+    check_send(origin, end, options)
+    match end:
+        case Group(group=group):
+            return await send_group(origin, group, options, report, group_report)
+        case Link(transport=transport):
+            # The transport's own default fits its speed (serial: small chunks, so
+            # progress and resume are not a minute apart); an explicit size wins.
+            chunk_size = options.chunk_size or transport.chunk_size or DEFAULT_CHUNK_SIZE
+        case Image():
+            chunk_size = options.chunk_size or DEFAULT_CHUNK_SIZE
+        case _:
+            assert_never(end)
+    check_chunk_size(chunk_size)
+    source_, chunk_size = await open_source(origin, chunk_size, options, report)
+    try:
+        stream, shown, code = await _open_receiving_end(end, origin, options, report)
+        report(Connected(shown))
+        done = await send_stream(
+            stream,
+            source_,
+            options,
+            code=code,
+            chunk_size=chunk_size,
+            url=shown,
+            report=report,
+            seal=isinstance(end, Link),  # an image's recorder is in this process
+        )
+        if isinstance(source_, ImageSource) and (note := source_.salvage_note()):
+            raise IntegrityError(note, code="salvaged")
+        return done
+    finally:
+        source_.close()
+
+
+async def _open_receiving_end(
+    end: Link | Image, origin: Place, options: SendOptions, report: Reporter
+) -> tuple[trio.abc.Stream, str, str]:
+    """The stream to the far end, its URL as shown (the address reached; an image's
+    without a password), and the code to pair with it."""
+    match end:
+        case Link(transport=transport):
+            dial = Dial(
+                nameplate=nameplate(options.code),
+                wait=DEFAULT_WAIT if options.wait is None else options.wait,
+                notice=lambda sentence: report(Notice(sentence)),
+            )
+            stream = await transport.connect(dial)
+            return stream, transport.url, options.code
+        case Image():
+            passphrase = options.passphrase
+            if isinstance(origin, Image):
+                passphrase = options.new_passphrase or options.passphrase
+            shown, stream, code = await open_recording(
+                end,
+                passphrase=passphrase or "",
+                password=options.password or end.password,
+                fresh=options.fresh,
+            )
+            return stream, shown, code
+        case _:
+            assert_never(end)
+
+
+# -- receive -------------------------------------------------------------------------------
+
+
+async def receive(
+    target: str,
+    url: str,
+    options: ReceiveOptions,
+    *,
+    report: Reporter = no_report,
+    confirm: Confirm = no_confirm,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> Done:
+    """Receive one clone from the far end at ``url`` into ``target`` (a block device or a
+    file); return the statistics.  ``task_status.started()`` gets the URL listened on
+    (with the real port).  ``confirm(plan, target)`` may raise to refuse the plan,
+    before anything is written (not called with ``options.yes``).
+
+    Raises:
+        P2PCloneError: any failure, with a user-facing sentence and exit code.
+    """
+    end = far_end(url)
+    _target_is_a_disk(target)
+    check_receive(end, options)
+    if options.journal:  # before listening: a sender should not connect only to hear of it
+        await trio.to_thread.run_sync(check_state_dir, options.state_dir or default_state_dir())
+    match end:
+        case Group(group=group):
+            return await receive_group(target, group, options, report, confirm, task_status)
+        case Link() | Image():
+            pass
+        case _:
+            assert_never(end)
+    disk = await trio.to_thread.run_sync(Target.open, target)
+    try:
+        listener = await _open_sending_end(end, disk, options, report)
+        try:
+            # An image's passphrase is nobody's business on the screen.
+            report(Listening(listener.url, options.code if isinstance(end, Link) else ""))
+            task_status.started(listener.url)
+            stream = await listener.accept()
+            shown = listener.url  # the link by its real address from now on
+        finally:
+            await listener.aclose()
+        report(Connected(shown))
+        done = await receive_stream(
+            stream,
+            disk,
+            options,
+            code=listener.code if isinstance(listener, PlayerListener) else options.code,
+            url=shown,
+            report=report,
+            confirm=confirm,
+            seal=isinstance(end, Link),
+        )
+        if listener.caveat:
+            raise IntegrityError(listener.caveat, code="salvaged")
+        return done
+    finally:
+        disk.close()
+
+
+async def _open_sending_end(
+    end: Link | Image, target: Target, options: ReceiveOptions, report: Reporter
+) -> LinkListener:
+    match end:
+        case Link(transport=transport):
+            return await transport.listen(
+                Listen(
+                    nameplate=nameplate(options.code),
+                    size=target.size,
+                    version=str(PROTOCOL_VERSION),
+                    notice=lambda sentence: report(Notice(sentence)),
+                )
+            )
+        case Image():
+            # An image's player plays the sender's part in this process.
+            return PlayerListener(
+                end,
+                passphrase=options.passphrase or "",
+                password=options.password or end.password,
+                play=_play,
+            )
+        case _:
+            assert_never(end)
+
+
+async def _play(stream: trio.abc.Stream, source: ImageSource, url: str, code: str) -> None:
+    """An image's player: the sending session, reading the image."""
+    await send_stream(
+        stream,
+        source,
+        SendOptions(),
+        code=code,
+        chunk_size=source.chunk_size,
+        url=url,
+        seal=False,
+    )
+
+
+def _target_is_a_disk(target: str) -> None:
+    if isinstance(place(target), Image):
+        raise UsageError(
+            f"the TARGET {target} is an image URL: a receiver writes a disk or a file; to "
+            "save a clone as an image, give the image as the sender's URL "
+            "(p2pclone send SOURCE file:///PATH.p2pc)"
+        )
+
+
+async def receive_anywhere(
+    target: str,
+    options: ReceiveOptions,
+    *,
+    report: Reporter = no_report,
+    confirm: Confirm = no_confirm,
+) -> Done:
+    """A receiver given no URL: ``receive(target, "tcp://", …)`` (every address,
+    announced over mDNS), or, when a multicast sender announces a group for the code's
+    nameplate before any sender connects, ``receive(target, "multicast://GROUP:PORT",
+    …)``."""
+    plate = nameplate(options.code)
+    accepted = trio.Event()
+    stopping = threading.Event()  # the browse's, set from the event loop
+    outcome: list[Done] = []
+    group: list[str] = []
+
+    def watch(event: Report) -> None:
+        if isinstance(event, Connected):
+            accepted.set()  # a sender is here: no group any more
+            stopping.set()
+        report(event)
+
+    async with trio.open_nursery() as nursery:
+
+        async def unicast() -> None:
+            outcome.append(await receive(target, "tcp://", options, report=watch, confirm=confirm))
+            nursery.cancel_scope.cancel()
+
+        async def find_group() -> None:
+            # One browse for as long as we wait; stopped when a sender connects or the
+            # session ends, whichever first (its thread then returns within 50 ms).
+            try:
+                found = await trio.to_thread.run_sync(
+                    functools.partial(browse, float("inf"), plate, groups=True, stop=stopping),
+                    abandon_on_cancel=True,
+                )
+            finally:
+                stopping.set()
+            if len(found) > 1:
+                listing = ", ".join(f"{a.group} from {a.host}" for a in found)
+                raise UsageError(
+                    f"{len(found)} multicast senders announce the code {plate}-…: "
+                    f"{listing}; give the group you mean: multicast://GROUP"
+                )
+            if found and not accepted.is_set():
+                group.append(found[0].group)
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(unicast)
+        nursery.start_soon(find_group)
+    if outcome:
+        return outcome[0]
+    url = f"multicast://{group[0]}"
+    report(Notice(f"joining the multicast group {url}, announced for this code"))
+    return await receive(target, url, options, report=report, confirm=confirm)
+
+
+__all__ = [
+    "DEFAULT_WAIT",
+    "check_receive",
+    "check_send",
+    "nameplate",
+    "receive",
+    "receive_anywhere",
+    "receive_honours",
+    "send",
+    "send_honours",
+]
