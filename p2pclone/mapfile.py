@@ -8,8 +8,10 @@ order, adjacent ones of one status merged, as ddrescue writes them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import tempfile
 
 from . import __version__
 
@@ -40,10 +42,22 @@ def render(size: int, unreadable: list[list[int]], command: str = "") -> str:
 
 
 def write(path: str, size: int, unreadable: list[list[int]], command: str = "") -> None:
-    """Write the mapfile at ``path`` (replacing it whole: written aside, then renamed)."""
-    aside = f"{path}.p2pclone-tmp"
-    with open(aside, "w") as f:
-        f.write(render(size, unreadable, command))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(aside, path)
+    """Write the mapfile at ``path`` (replacing it whole: written aside, then renamed).
+
+    The file aside is a new one made by ``mkstemp`` in the same folder (O_EXCL, mode
+    0600, never through a link): a fixed name there, planted as a symlink by another
+    user of a shared folder, once made a root run overwrite whatever it pointed at.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, aside = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(render(size, unreadable, command))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(aside, 0o644)
+        os.replace(aside, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(aside)
+        raise
