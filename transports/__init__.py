@@ -18,14 +18,16 @@ sockets, which p2pclone's multicast driver runs.  See docs/transports.md.
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
+from urllib.parse import SplitResult, urlsplit
 
 import trio
 
-from p2pclone.errors import TransportError
+from p2pclone.errors import TransportError, UsageError
 
 
 class LinkListener(abc.ABC):
@@ -112,9 +114,43 @@ def link_errors(url: str, doing: str) -> Iterator[None]:
         ) from exc
 
 
+#: HOST[:PORT] where HOST is in brackets: one IPv6 literal, then nothing or a port
+_BRACKETED = re.compile(r"\[[^\[\]/]+\](?::\d*)?")
+
+
+def split_url(url: str, how: str) -> SplitResult:
+    """``url`` split into its parts, every one checked: a malformed URL (an IPv6 literal
+    with a missing bracket, a bad port) is a usage error naming ``how`` to write it,
+    never a ValueError from deep inside.
+
+    Raises:
+        UsageError: the URL does not parse.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.hostname, parts.port  # noqa: B018 - each raises ValueError when malformed
+    except ValueError as exc:
+        raise UsageError(f"{url!r} is not a valid URL ({exc}): {how}") from None
+    where = parts.netloc.rpartition("@")[2]
+    if ("[" in where or "]" in where) and not _BRACKETED.fullmatch(where):
+        raise UsageError(
+            f"{url!r} is not a valid URL (an IPv6 address goes in brackets, then :PORT "
+            f"or nothing): {how}"
+        )
+    return parts
+
+
 def url_host(host: str) -> str:
     """A host as it goes into a URL: an IPv6 address in brackets (``[fe80::1%eth0]``)."""
     return f"[{host}]" if ":" in host else host
 
 
-__all__ = ["Dial", "LinkListener", "Listen", "Transport", "link_errors", "url_host"]
+__all__ = [
+    "Dial",
+    "LinkListener",
+    "Listen",
+    "Transport",
+    "link_errors",
+    "split_url",
+    "url_host",
+]

@@ -25,11 +25,11 @@ import fcntl
 import ipaddress
 import socket
 import struct
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from p2pclone.errors import TransportError, UsageError
 
-from . import url_host
+from . import split_url, url_host
 
 DEFAULT_PORT = 7412
 ANNOUNCE = struct.Struct("<4sQH")
@@ -71,11 +71,11 @@ class MulticastGroup:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        parts = urlsplit(url)
         hint = (
             "write multicast://GROUP[:PORT][?iface=NAME&rate=RATE], "
             "e.g. multicast://239.7.7.7?iface=eth0"
         )
+        parts = split_url(url, hint)
         try:
             group = ipaddress.ip_address(parts.hostname or "")
         except ValueError:

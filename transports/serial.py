@@ -18,13 +18,13 @@ from __future__ import annotations
 import errno
 import operator
 import os
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import trio
 
 from p2pclone.errors import TransportError, UsageError
 
-from . import Dial, LinkListener, Listen, Transport
+from . import Dial, LinkListener, Listen, Transport, split_url
 from .seriallink import Link
 
 DEFAULT_BAUD = 115200
@@ -259,7 +259,7 @@ class SerialTransport(Transport):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        parts = urlsplit(url)
+        parts = split_url(url, "write serial:///dev/ttyUSB0[?baud=921600]")
         if parts.netloc or not parts.path:
             raise UsageError(
                 f"bad serial URL {url!r}: write serial:///dev/ttyUSB0[?baud=921600] "

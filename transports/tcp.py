@@ -22,7 +22,7 @@ import trio
 
 from p2pclone.errors import TransportError, UsageError
 
-from . import Dial, LinkListener, Listen, Transport, url_host
+from . import Dial, LinkListener, Listen, Transport, split_url, url_host
 
 DEFAULT_PORT = 7411
 
@@ -223,12 +223,13 @@ class TcpTransport(Transport):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         try:
-            parts = urlsplit(url)
-            if fix := _bracket_form(parts.netloc.rpartition("@")[2]):
-                raise UsageError(f"bad TCP URL {url!r}: write IPv6 addresses in brackets: {fix}")
-            port = parts.port
-        except ValueError as exc:
-            raise UsageError(f"bad TCP URL {url!r}: {exc}; write tcp://HOST:PORT") from None
+            netloc = urlsplit(url).netloc
+        except ValueError:  # said below
+            netloc = ""
+        if fix := _bracket_form(netloc.rpartition("@")[2]):
+            raise UsageError(f"bad TCP URL {url!r}: write IPv6 addresses in brackets: {fix}")
+        parts = split_url(url, "write tcp://HOST:PORT (an IPv6 address in brackets)")
+        port = parts.port
         if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
             raise UsageError(f"bad TCP URL {url!r}: write tcp://HOST:PORT and nothing more")
         self.host: str | None = parts.hostname or None

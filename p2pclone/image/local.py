@@ -7,6 +7,8 @@ import os
 import stat
 import urllib.parse
 
+from p2pclone.transports import split_url
+
 from ..errors import TransportError, UsageError
 from .store import Store
 
@@ -99,7 +101,7 @@ class LocalStore(Store):
 
 
 def local_path(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
+    parts = split_url(url, "write file:///ABSOLUTE/PATH (three slashes)")
     if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
         raise UsageError(
             f"{url!r} is not a file URL: write file:///ABSOLUTE/PATH, e.g. "

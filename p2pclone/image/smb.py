@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from p2pclone.transports import split_url
+
 from ..errors import AuthenticationError, StorageError, TransportError, UsageError
 from .store import IN_FLIGHT, PASSWORD_ENV, Store, split_password
 
@@ -227,7 +229,7 @@ class SMBLocation:
     """smb://[USER@]HOST[:PORT]/SHARE/PATH, parsed."""
 
     def __init__(self, url: str, password: str | None = None) -> None:
-        parts = urllib.parse.urlsplit(url)
+        parts = split_url(url, "write smb://[USER@]HOST[:PORT]/SHARE/PATH")
         path = urllib.parse.unquote(parts.path).strip("/").split("/")
         if not parts.hostname or len(path) < 2 or not all(path):
             raise UsageError(

@@ -51,8 +51,8 @@ def test_tcp_urls(url: str, host: str | None, port: int) -> None:
         ("ftp://host", "unknown transport ftp://"),
         ("host:7411", "not a transport URL"),
         ("/dev/sdb", "not a transport URL"),
-        ("tcp://host:99999", "bad TCP URL"),
-        ("tcp://host:port", "bad TCP URL"),
+        ("tcp://host:99999", "not a valid URL"),
+        ("tcp://host:port", "not a valid URL"),
         ("tcp://host/path", "nothing more"),
     ],
 )
