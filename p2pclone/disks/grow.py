@@ -16,8 +16,9 @@ from ..units import human_bytes
 
 
 def grow_filesystem(device: str, number: int, start: int, size: int, fs: str) -> str:
-    """Grow partition ``number``'s filesystem (``fs``, as the sender's map named it) to
-    ``size`` bytes; return one sentence saying what was done or what to do.
+    """Grow partition ``number``'s filesystem (``fs``: what the receiver itself found on
+    the written partition) to ``size`` bytes; return one sentence saying what was done
+    or what to do.
 
     Raises:
         TargetError: the tool exists but failed (the data is cloned and verified; the

@@ -23,6 +23,7 @@ import stat
 
 from ..errors import SafetyError, TargetError
 from ..units import human_bytes
+from ..volumes import identify
 from ..volumes.extents import Extents
 from ..volumes.geometry import GeometryError, Grown, relocate_gpt
 from ..volumes.table import read_table
@@ -314,6 +315,11 @@ class Target:
             why = "; ".join(table.notes) or "it does not read back"
             raise TargetError(f"the GPT rewritten on {self.path} is not valid ({why})")
         return grown
+
+    def filesystem_at(self, start: int, size: int) -> str:
+        """The filesystem on the ``size`` bytes at ``start`` as written here ("ext4",
+        "ntfs", … "" if none is recognised), read from the target itself."""
+        return identify(lambda offset, length: self._read(start + offset, length), size)
 
     def _still_at_path(self) -> bool:
         """The path still names the file opened at the start (not a link put there since)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import tempfile
+from collections.abc import Callable
 
 import trio
 
@@ -48,6 +49,10 @@ from .feed import Feed, Reconnect
 from .verify import NullLog, repair, spans, verify_target
 
 
+def _nothing() -> None:
+    pass
+
+
 def no_confirm(plan: Plan, target: Target) -> None:
     """Ask nothing (scripts and tests; the CLI asks the operator)."""
 
@@ -61,19 +66,22 @@ async def receive_stream(
     url: str = "stream",
     report: Reporter = no_report,
     confirm: Confirm = no_confirm,
+    paired: Callable[[], None] = _nothing,
     seal: bool = True,
     feed: Feed | None = None,
 ) -> Done:
     """Run a receiving session over an already open ``stream`` (closed on return),
     paired with ``code``.  ``confirm(plan, target)`` may raise to refuse the plan before
-    anything is written (not called with ``options.yes``).
+    anything is written (not called with ``options.yes``).  ``paired()`` is called once
+    the sender has proven the code, before anything else: it may raise to stop (a
+    receiver waiting for two kinds of sender takes the first that pairs).
 
     ``feed``: a second way chunks arrive (a multicast group's data plane); it may end
     the session with :class:`~p2pclone.receiver.feed.Reconnect`.
     """
     channel = Channel(Connection(Role.RECEIVER, code=code, seal=seal), stream, url)
     try:
-        return await _session(channel, target, options, report, confirm, feed)
+        return await _session(channel, target, options, report, confirm, paired, feed)
     except BaseException as exc:
         await channel.fail(pick_error(exc))
         raise
@@ -85,10 +93,12 @@ async def _session(
     opts: ReceiveOptions,
     report: Reporter,
     confirm: Confirm,
+    paired: Callable[[], None],
     feed: Feed | None,
 ) -> Done:
     started = trio.current_time()
     await pair(channel)
+    paired()
     plan = await channel.expect(Plan, "the sender's PLAN")
     cut, journal = await _prepare(target, plan, opts, report, confirm, group=feed is not None)
     delta = opts.delta or plan.delta
@@ -165,7 +175,9 @@ async def _fit_table(target: Target, plan: Plan, opts: ReceiveOptions, report: R
         )
     )
     if grown is not None:
-        fs = str(plan.source.get(f"fs{grown.number}", ""))
+        # Which tool runs is decided by what is on the written partition, never by what
+        # the sender says is there (a sender that lies must not pick our tool).
+        fs = await trio.to_thread.run_sync(target.filesystem_at, grown.start, grown.size)
         said = await trio.to_thread.run_sync(
             grow_filesystem, target.path, grown.number, grown.start, grown.size, fs
         )

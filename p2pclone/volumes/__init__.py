@@ -18,13 +18,14 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import P2PCloneError
 from ..units import human_bytes
 from . import btrfs, exfat, ext, fat, ntfs, swap, xfs
 from .extents import Extents
-from .fs import FsMap, Read, probe
+from .fs import FsMap, Read, Unsupported, probe
 from .table import Partition, Table, read_table
 
-__all__ = ["DiskMap", "Extents", "Partition", "Table", "Volume", "scan"]
+__all__ = ["DiskMap", "Extents", "Partition", "Table", "Volume", "identify", "map_volume", "scan"]
 
 #: A free range is counted in 512-byte sectors; more free ranges than this and the
 #: smallest are dropped (copied after all), which bounds the plan a receiver accepts.
@@ -118,15 +119,77 @@ def _within(read: Read, start: int) -> Read:
 
 
 def map_volume(read: Read, size: int) -> FsMap:
-    """One volume's map: its filesystem's, or copied whole with the reason."""
-    kind = probe(read, size)
+    """One volume's map: its filesystem's, or copied whole with the reason.
+
+    The one place where "this cannot be mapped" becomes "copy it whole" (as bmaptool's
+    Filemap picks its mapper): the readers raise :class:`Unsupported` for what they do
+    not fully understand, their structures may not parse, and their metadata may not
+    read — a failing sector (the rescue then deals with it, exit 7), or an offset past
+    the end of the volume (a damaged superblock pointing terabytes away).  A volume
+    that cannot be mapped is copied whole, with the reason on the plan line; it never
+    stops the run.
+    """
+    bounded = _bounded(read, size)
+    try:
+        kind = probe(bounded, size)
+    except (Unsupported, OSError, P2PCloneError) as exc:
+        return FsMap.copy_whole("", f"its first sectors could not be read ({_why(exc)})")
     reader = _READERS.get(kind)
     if reader is None:
         if kind:
             return FsMap.copy_whole(_NAMES.get(kind, kind), "not read by this version")
         return FsMap.copy_whole("", "no filesystem recognised")
+    name = _name(kind, bounded)
     try:
-        return reader(read, size)
+        return reader(bounded, size)
+    except Unsupported as exc:
+        return FsMap.copy_whole(name, str(exc))
     except (struct.error, ValueError, IndexError, OverflowError) as exc:
         # a structure that does not parse: doubtful is used
-        return FsMap.copy_whole(kind, f"its metadata does not parse ({exc})")
+        return FsMap.copy_whole(name, f"its metadata does not parse ({exc})")
+    except (OSError, P2PCloneError) as exc:
+        return FsMap.copy_whole(name, f"its metadata could not be read ({_why(exc)})")
+
+
+def identify(read: Read, size: int) -> str:
+    """The filesystem at the start of ``read`` ("ext4", "ntfs", "xfs", … "" if none
+    is recognised or it cannot be read): what a tool that changes it must be."""
+    bounded = _bounded(read, size)
+    try:
+        return _name(probe(bounded, size), bounded)
+    except (Unsupported, OSError, P2PCloneError, struct.error, ValueError):
+        return ""
+
+
+def _name(kind: str, read: Read) -> str:
+    """The filesystem's name for the plan line ("ext4", "vfat", …)."""
+    if kind == "ext":
+        return ext.name_of(read)
+    return {"fat": "vfat"}.get(kind, kind)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, P2PCloneError):
+        return exc.message
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
+
+
+class _Outside(Unsupported):
+    """A read of metadata outside its volume."""
+
+
+def _bounded(read: Read, size: int) -> Read:
+    """``read``, refusing what lies outside the volume's ``size`` bytes: a filesystem's
+    metadata is inside its volume, so a pointer out of it is damage, not a place to
+    read (and past the disk's end it once stopped the run as a "source changed")."""
+
+    def inside(offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0 or offset + length > size:
+            raise _Outside(
+                f"its metadata points past the end of the volume (at byte {offset} of {size})"
+            )
+        return read(offset, length)
+
+    return inside

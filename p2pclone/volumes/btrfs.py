@@ -71,19 +71,21 @@ class _Super:
 
 
 def read_map(read: Read, size: int) -> FsMap:
-    try:
-        sb = _Super(read(_SUPER, 4096))
-        if sb.devices != 1:
-            raise Unsupported(f"a volume on {sb.devices} devices")
-        if sb.log_root:
-            raise Unsupported("a log tree that needs replaying (mount it once)")
-        if sb.incompat & ~_KNOWN_INCOMPAT:
-            raise Unsupported(f"an unknown feature flag {sb.incompat & ~_KNOWN_INCOMPAT:#x}")
-        if sb.total > size or not 4096 <= sb.nodesize <= 65536:
-            raise Unsupported("a superblock that disagrees with its partition")
-        used = _Volume(read, sb, size).used()
-    except Unsupported as exc:
-        return FsMap.copy_whole("btrfs", str(exc))
+    """The free ranges of the btrfs at the start of ``read``.
+
+    Raises:
+        Unsupported: why it must be copied whole.
+    """
+    sb = _Super(read(_SUPER, 4096))
+    if sb.devices != 1:
+        raise Unsupported(f"a volume on {sb.devices} devices")
+    if sb.log_root:
+        raise Unsupported("a log tree that needs replaying (mount it once)")
+    if sb.incompat & ~_KNOWN_INCOMPAT:
+        raise Unsupported(f"an unknown feature flag {sb.incompat & ~_KNOWN_INCOMPAT:#x}")
+    if sb.total > size or not 4096 <= sb.nodesize <= 65536:
+        raise Unsupported("a superblock that disagrees with its partition")
+    used = _Volume(read, sb, size).used()
     keep = used.union(Extents.of([(0, 1 << 20)] + [(m, m + 4096) for m in _MIRRORS]))
     return FsMap("btrfs", keep.invert(0, min(size, sb.total)), fs_size=sb.total)
 

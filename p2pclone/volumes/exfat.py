@@ -46,12 +46,14 @@ class _Boot:
 
 
 def read_map(read: Read, size: int) -> FsMap:
+    """The free ranges of the exFAT at the start of ``read``.
+
+    Raises:
+        Unsupported: why it must be copied whole.
+    """
     boot = _Boot(read(0, 512))
-    try:
-        boot.check(size)
-        free = _free(read, boot)
-    except Unsupported as exc:
-        return FsMap.copy_whole("exfat", str(exc))
+    boot.check(size)
+    free = _free(read, boot)
     return FsMap("exfat", free, fs_size=boot.volume_length * boot.sector)
 
 

@@ -174,15 +174,24 @@ def _descriptors(read: Read, sb: _Super) -> list[tuple[int, int, int, int, int]]
 
 
 def read_map(read: Read, size: int) -> FsMap:
-    """The free ranges of the ext2/3/4 filesystem at the start of ``read``."""
+    """The free ranges of the ext2/3/4 filesystem at the start of ``read``.
+
+    Raises:
+        Unsupported: why it must be copied whole.
+    """
     raw = read(_SB, 1024)
     sb = _Super(raw)
-    try:
-        sb.check(size)
-        free = _free_clusters(read, sb)
-    except Unsupported as exc:
-        return FsMap.copy_whole(sb.name, str(exc))
+    sb.check(size)
+    free = _free_clusters(read, sb)
     return FsMap(sb.name, free, fs_size=sb.blocks * sb.block_size)
+
+
+def name_of(read: Read) -> str:
+    """ext2, ext3 or ext4, as its superblock's features say ("ext" if it cannot)."""
+    try:
+        return _Super(read(_SB, 1024)).name
+    except (Unsupported, struct.error, ValueError):
+        return "ext"
 
 
 def _free_clusters(read: Read, sb: _Super) -> Extents:

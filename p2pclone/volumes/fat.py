@@ -18,13 +18,11 @@ from .fs import FsMap, Read, Unsupported
 
 
 def read_map(read: Read, size: int) -> FsMap:
-    try:
-        return _read(read, size)
-    except Unsupported as exc:
-        return FsMap.copy_whole("vfat", str(exc))
+    """The free ranges of the FAT12/16/32 at the start of ``read``.
 
-
-def _read(read: Read, size: int) -> FsMap:
+    Raises:
+        Unsupported: why it must be copied whole.
+    """
     bpb = read(0, 512)
     bps, spc, reserved, nfats, root_entries, total16 = struct.unpack_from("<HBHBHH", bpb, 11)
     fat16_size = struct.unpack_from("<H", bpb, 22)[0]

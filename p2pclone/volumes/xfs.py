@@ -66,16 +66,18 @@ class _Super:
 
 
 def read_map(read: Read, size: int) -> FsMap:
+    """The free ranges of the XFS at the start of ``read``.
+
+    Raises:
+        Unsupported: why it must be copied whole.
+    """
     sb = _Super(read(0, 512))
-    try:
-        sb.check(size)
-        if not _log_clean(read, sb):
-            raise Unsupported(
-                "a log with changes not yet written back (mount it once, or run xfs_repair)"
-            )
-        free = Extents.of(r for ag in range(sb.agcount) for r in _ag_free(read, sb, ag))
-    except Unsupported as exc:
-        return FsMap.copy_whole("xfs", str(exc))
+    sb.check(size)
+    if not _log_clean(read, sb):
+        raise Unsupported(
+            "a log with changes not yet written back (mount it once, or run xfs_repair)"
+        )
+    free = Extents.of(r for ag in range(sb.agcount) for r in _ag_free(read, sb, ag))
     return FsMap("xfs", free, fs_size=sb.dblocks * sb.block)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from p2pclone.volumes import btrfs, exfat, ext, fat, map_volume, ntfs, swap, xfs
+from p2pclone.volumes import map_volume, ntfs
 from p2pclone.volumes.extents import Extents
 
 from .builders import (
@@ -67,7 +67,7 @@ def test_ext_free_blocks_are_free_for_partclone_too(tmp_path: Path, case: str) -
     image = tmp_path / "fs.img"
     make_ext(image, size, *opts)
     read, length = reader(image)
-    got = ext.read_map(read, length)
+    got = map_volume(read, length)
     assert got.whole == "", got.whole
     assert got.fs == kind
     oracle = partclone_used(kind, image)
@@ -80,7 +80,7 @@ def test_ext_near_full_with_many_small_files(tmp_path: Path) -> None:
     image = tmp_path / "fs.img"
     make_ext(image, 64 * MiB, "-b", "4096", full=True)
     read, length = reader(image)
-    got = ext.read_map(read, length)
+    got = map_volume(read, length)
     oracle = partclone_used("ext4", image)
     assert got.whole == "" and not wrongly_free(got.free, oracle)
     assert length - got.free.total <= oracle.total + 64 * 1024
@@ -92,7 +92,7 @@ def test_ext4_bigalloc_matches_e2fsprogs(tmp_path: Path) -> None:
     image = tmp_path / "fs.img"
     make_ext(image, 128 * MiB, "-O", "bigalloc", "-C", "16384")
     read, length = reader(image)
-    got = ext.read_map(read, length)
+    got = map_volume(read, length)
     oracle = dumpe2fs_used(image)
     assert got.whole == "" and not wrongly_free(got.free, oracle)
     assert length - got.free.total <= oracle.total + 16384
@@ -103,7 +103,7 @@ def test_ext_with_a_journal_to_recover_is_copied_whole(tmp_path: Path) -> None:
     image = tmp_path / "fs.img"
     make_ext(image, 32 * MiB)
     run("debugfs", "-w", "-R", "feature needs_recovery", image)
-    got = ext.read_map(*reader(image))
+    got = map_volume(*reader(image))
     assert "journal that needs recovery" in got.whole and not got.free
 
 
@@ -114,7 +114,7 @@ def test_ext_unknown_incompat_flag_and_bad_counts_copy_whole(tmp_path: Path) -> 
     raw[1024 + 0x60 + 3] |= 0x40  # incompat bit 30: no such feature
     unknown = tmp_path / "unknown.img"
     unknown.write_bytes(raw)
-    got = ext.read_map(*reader(unknown))
+    got = map_volume(*reader(unknown))
     assert "unknown feature flags" in got.whole and not got.free
     # A group whose free count disagrees with its bitmap: the volume is copied whole.
     bs = 1024 << int.from_bytes(raw[1024 + 0x18 : 1024 + 0x1C], "little")
@@ -123,7 +123,7 @@ def test_ext_unknown_incompat_flag_and_bad_counts_copy_whole(tmp_path: Path) -> 
     raw[desc_at + 0x0C] ^= 0x01  # group 0's free count, off by one
     bad = tmp_path / "bad.img"
     bad.write_bytes(raw)
-    got = ext.read_map(*reader(bad))
+    got = map_volume(*reader(bad))
     assert "disagrees" in got.whole and not got.free
 
 
@@ -132,7 +132,7 @@ def test_fat_free_clusters_are_free_for_partclone_too(tmp_path: Path, bits: int,
     image = tmp_path / "fat.img"
     make_fat(image, size, bits)
     read, length = reader(image)
-    got = fat.read_map(read, length)
+    got = map_volume(read, length)
     assert got.whole == "" and got.fs == f"fat{bits}"
     oracle = partclone_used("fat", image)
     assert not wrongly_free(got.free, oracle)
@@ -145,7 +145,7 @@ def test_fat12_free_clusters_hold_no_file(tmp_path: Path) -> None:
     image = tmp_path / "fat.img"
     make_fat(image, 8 * MiB, 12)
     read, length = reader(image)
-    got = fat.read_map(read, length)
+    got = map_volume(read, length)
     oracle = mtools_used(image)
     assert got.whole == "" and got.fs == "fat12"
     assert not wrongly_free(got.free, oracle)
@@ -162,7 +162,7 @@ def test_fat_marked_dirty_is_copied_whole(tmp_path: Path) -> None:
         at = (reserved + copy * fat_sectors) * 512 + 3  # entry 1, high byte
         raw[at] &= 0x7F  # clear the "cleanly unmounted" bit
     image.write_bytes(raw)
-    got = fat.read_map(*reader(image))
+    got = map_volume(*reader(image))
     assert "not cleanly unmounted" in got.whole and not got.free
 
 
@@ -176,14 +176,14 @@ def test_fat32_whose_fsinfo_count_disagrees_is_copied_whole(tmp_path: Path) -> N
     raw = bytearray(image.read_bytes())
     at = int.from_bytes(raw[48:50], "little") * 512 + 488
     count = int.from_bytes(raw[at : at + 4], "little")
-    got = fat.read_map(*reader(image))
+    got = map_volume(*reader(image))
     cluster = raw[13] * 512
     assert got.whole == "" and count * cluster == pytest.approx(got.free.total, abs=cluster)
     raw[at : at + 4] = (count - 1).to_bytes(4, "little")
     image.write_bytes(raw)
     check = subprocess.run(["fsck.vfat", "-n", str(image)], capture_output=True, text=True)
     assert "free cluster summary wrong" in (check.stdout + check.stderr).lower()
-    got = fat.read_map(*reader(image))
+    got = map_volume(*reader(image))
     assert "FSInfo says" in got.whole and not got.free
 
 
@@ -199,14 +199,14 @@ def test_swap_keeps_only_its_header(tmp_path: Path) -> None:
     raw[4086:4096] = b"S1SUSPEND\0"
     image.write_bytes(raw)
     assert map_volume(*reader(image)).whole
-    assert swap.read_map(*reader(image)).whole
+    assert map_volume(*reader(image)).whole
 
 
 def test_ntfs_free_clusters_are_free_for_partclone_too(tmp_path: Path) -> None:
     image = tmp_path / "ntfs.img"
     make_ntfs(image, 160 * MiB)
     read, length = reader(image)
-    got = ntfs.read_map(read, length)
+    got = map_volume(read, length)
     assert got.whole == "" and got.fs == "ntfs"
     oracle = partclone_used("ntfs", image)
     assert not wrongly_free(got.free, oracle)
@@ -239,7 +239,7 @@ def test_ntfs_marked_dirty_is_copied_whole(tmp_path: Path) -> None:
             f.write(b"\x01")
     fix = subprocess.run(["ntfsfix", "-n", str(image)], capture_output=True, text=True)
     assert "dirty" in (fix.stdout + fix.stderr).lower()
-    got = ntfs.read_map(*reader(image))
+    got = map_volume(*reader(image))
     assert "marked dirty" in got.whole and not got.free
 
 
@@ -276,7 +276,7 @@ def test_ntfs_with_an_unclean_log_is_copied_whole(
     with open(image, "r+b") as f:
         f.seek(runs[0][0] * boot.cluster)
         f.write(restart_page(in_use, flags))
-    got = ntfs.read_map(*reader(image))
+    got = map_volume(*reader(image))
     if clean:
         assert got.whole == "" and got.free
     else:
@@ -297,7 +297,7 @@ def test_ntfs_bitmap_calling_the_mft_free_is_copied_whole(tmp_path: Path) -> Non
         byte = f.read(1)[0]
         f.seek(at)
         f.write(bytes([byte & ~(1 << boot.mft_lcn % 8)]))
-    got = ntfs.read_map(*reader(image))
+    got = map_volume(*reader(image))
     assert "calls its own metadata free" in got.whole and not got.free
 
 
@@ -305,7 +305,7 @@ def test_exfat_free_clusters_are_free_for_partclone_too(tmp_path: Path) -> None:
     image = tmp_path / "exfat.img"
     make_exfat(image, 96 * MiB)
     read, length = reader(image)
-    got = exfat.read_map(read, length)
+    got = map_volume(read, length)
     assert got.whole == "" and got.fs == "exfat"
     assert map_volume(read, length).fs == "exfat"  # found by its signature too
     oracle = partclone_used("exfat", image)
@@ -322,7 +322,7 @@ def test_exfat_marked_dirty_is_copied_whole(tmp_path: Path) -> None:
         flags = int.from_bytes(f.read(2), "little")
         f.seek(106)
         f.write((flags | 0x0002).to_bytes(2, "little"))
-    got = exfat.read_map(*reader(image))
+    got = map_volume(*reader(image))
     assert "not cleanly unmounted" in got.whole and not got.free
 
 
@@ -337,7 +337,7 @@ def test_exfat_whose_percent_in_use_disagrees_is_copied_whole(tmp_path: Path) ->
         assert percent <= 100  # the field is kept: the check runs on real volumes
         f.seek(112)
         f.write(bytes([(percent + 40) % 100]))
-    got = exfat.read_map(*reader(image))
+    got = map_volume(*reader(image))
     assert "where the boot sector says" in got.whole and not got.free
 
 
@@ -354,7 +354,7 @@ def test_xfs_free_extents_are_free_for_partclone_too(
     image = tmp_path / "xfs.img"
     make_xfs(image, size * MiB, *opts, fill=fill)
     read, length = reader(image)
-    got = xfs.read_map(read, length)
+    got = map_volume(read, length)
     assert got.whole == "" and got.fs == "xfs"
     oracle = partclone_used("xfs", image)
     assert not wrongly_free(got.free, oracle)
@@ -373,7 +373,7 @@ def test_xfs_with_a_dirty_log_is_copied_whole(tmp_path: Path) -> None:
         (root / "late").write_bytes(os.urandom(MiB))
     check = subprocess.run(["xfs_repair", "-n", str(image)], capture_output=True, text=True)
     assert "log" in (check.stdout + check.stderr).lower() and check.returncode != 0
-    got = xfs.read_map(*reader(image))
+    got = map_volume(*reader(image))
     assert "log with changes" in got.whole and not got.free
 
 
@@ -386,7 +386,7 @@ def test_btrfs_free_space_is_free_for_btrfs_progs_too(tmp_path: Path, opts: tupl
     image = tmp_path / "btrfs.img"
     make_btrfs(image, 400 * MiB, mkfs=opts)
     read, length = reader(image)
-    got = btrfs.read_map(read, length)
+    got = map_volume(read, length)
     assert got.whole == "" and got.fs == "btrfs"
     assert map_volume(read, length).fs == "btrfs"
     oracle = btrfs_used(image)
@@ -409,7 +409,7 @@ def test_btrfs_extents_that_disagree_with_the_superblock_are_copied_whole(
         used = int.from_bytes(f.read(8), "little")
         f.seek(0x10000 + 0x78)
         f.write((used + 4096).to_bytes(8, "little"))
-    got = btrfs.read_map(*reader(image))
+    got = map_volume(*reader(image))
     assert "extent tree that adds up to" in got.whole and not got.free
 
 
@@ -421,5 +421,5 @@ def test_btrfs_with_a_log_tree_to_replay_is_copied_whole(tmp_path: Path) -> None
     with open(image, "r+b") as f:
         f.seek(0x10000 + 0x60)
         f.write((0x1D00000).to_bytes(8, "little"))
-    got = btrfs.read_map(*reader(image))
+    got = map_volume(*reader(image))
     assert "log tree" in got.whole and not got.free
