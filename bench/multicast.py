@@ -52,7 +52,7 @@ import mkdisk  # noqa: E402
 from common import drop_caches, identical, publish  # noqa: E402
 
 MIB = 1 << 20
-CODE = "7-bench-multicast"
+CODE = "7-acoustic-garden-rocket"
 GROUP = "239.77.9.9"
 
 

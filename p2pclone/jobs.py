@@ -11,21 +11,17 @@ Each job does the same three things, in this order:
    sending or receiving session over a link's stream or an image's in-process pipe,
    or the multicast driver for a group.
 
-A receiver given ``tcp://`` alone (the CLI's default) listens on every address,
-announced over mDNS, and at the same time looks for a multicast sender announcing a
-group for its code: whichever comes first is the session (:func:`receive_anywhere`).
+A receiver given ``tcp://`` alone (the CLI's default) also looks for a multicast
+group announced for its code: p2pclone/anywhere.py.
 """
 
 from __future__ import annotations
 
-import functools
-import threading
 from typing import assert_never
 
 import trio
 
 from p2pclone.transports import Dial, LinkListener, Listen
-from p2pclone.transports.mdns import browse
 
 from .disks import Target
 from .endpoints import Disk, FarEnd, Group, Image, Link, Place, far_end, place
@@ -53,7 +49,7 @@ from .protocol import PROTOCOL_VERSION
 from .receiver import no_confirm, receive_stream
 from .sender import DEFAULT_CHUNK_SIZE, check_chunk_size, send_stream
 from .sender.source import open_source
-from .session import Connected, Done, GroupReporter, Listening, Notice, Report, Reporter, no_report
+from .session import Connected, Done, GroupReporter, Listening, Notice, Reporter, no_report
 
 #: how long a sender keeps trying a receiver that is not listening yet (tcp://), and
 #: how long a multicast group's door stays open, unless --wait says otherwise
@@ -305,71 +301,12 @@ def _target_is_a_disk(target: str) -> None:
         )
 
 
-async def receive_anywhere(
-    target: str,
-    options: ReceiveOptions,
-    *,
-    report: Reporter = no_report,
-    confirm: Confirm = no_confirm,
-) -> Done:
-    """A receiver given no URL: ``receive(target, "tcp://", …)`` (every address,
-    announced over mDNS), or, when a multicast sender announces a group for the code's
-    nameplate before any sender connects, ``receive(target, "multicast://GROUP:PORT",
-    …)``."""
-    plate = nameplate(options.code)
-    accepted = trio.Event()
-    stopping = threading.Event()  # the browse's, set from the event loop
-    outcome: list[Done] = []
-    group: list[str] = []
-
-    def watch(event: Report) -> None:
-        if isinstance(event, Connected):
-            accepted.set()  # a sender is here: no group any more
-            stopping.set()
-        report(event)
-
-    async with trio.open_nursery() as nursery:
-
-        async def unicast() -> None:
-            outcome.append(await receive(target, "tcp://", options, report=watch, confirm=confirm))
-            nursery.cancel_scope.cancel()
-
-        async def find_group() -> None:
-            # One browse for as long as we wait; stopped when a sender connects or the
-            # session ends, whichever first (its thread then returns within 50 ms).
-            try:
-                found = await trio.to_thread.run_sync(
-                    functools.partial(browse, float("inf"), plate, groups=True, stop=stopping),
-                    abandon_on_cancel=True,
-                )
-            finally:
-                stopping.set()
-            if len(found) > 1:
-                listing = ", ".join(f"{a.group} from {a.host}" for a in found)
-                raise UsageError(
-                    f"{len(found)} multicast senders announce the code {plate}-…: "
-                    f"{listing}; give the group you mean: multicast://GROUP"
-                )
-            if found and not accepted.is_set():
-                group.append(found[0].group)
-                nursery.cancel_scope.cancel()
-
-        nursery.start_soon(unicast)
-        nursery.start_soon(find_group)
-    if outcome:
-        return outcome[0]
-    url = f"multicast://{group[0]}"
-    report(Notice(f"joining the multicast group {url}, announced for this code"))
-    return await receive(target, url, options, report=report, confirm=confirm)
-
-
 __all__ = [
     "DEFAULT_WAIT",
     "check_receive",
     "check_send",
     "nameplate",
     "receive",
-    "receive_anywhere",
     "receive_honours",
     "send",
     "send_honours",

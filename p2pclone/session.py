@@ -216,30 +216,47 @@ def pick_error(exc: BaseException) -> BaseException:
 # -- pairing ---------------------------------------------------------------------------
 
 
-async def pair(channel: Channel, *, before_confirm: Callable[[], None] | None = None) -> None:
+async def greet(channel: Channel) -> None:
+    """HELLO both ways: pairing's first step, in which nothing tests the code (a
+    multicast sender waits for it before a connection may take a handshake turn)."""
+    conn = channel.conn
+    if conn.role is Role.SENDER:
+        await channel.send(conn.hello(SOFTWARE, ("zstd",)))
+        await channel.expect(Hello, "the receiver's HELLO")
+    else:
+        await channel.expect(Hello, "the sender's HELLO")
+        await channel.send(conn.hello(SOFTWARE, ("zstd",)))
+
+
+async def pair(
+    channel: Channel,
+    *,
+    before_confirm: Callable[[], Awaitable[None]] | None = None,
+    greeted: bool = False,
+) -> None:
     """HELLO, PAKE and CONFIRM both ways (docs/protocol.md); after it, all is sealed.
 
     The sender speaks first at each step; the receiver checks the sender's key
     confirmation before it gives its own, so a wrong code learns nothing more.
-    ``before_confirm`` (sender): called just before our CONFIRM goes out — the first
-    message with which the peer can test a guess of the code; it may raise to stop.
+    ``before_confirm`` (sender): awaited just before our CONFIRM goes out — the first
+    message with which the peer can test a guess of the code; it may wait for its turn,
+    or raise to stop.
+    ``greeted``: :func:`greet` ran already.
 
     Raises:
         AuthenticationError: wrong code, or someone in the middle.
     """
     conn = channel.conn
+    if not greeted:
+        await greet(channel)
     if conn.role is Role.SENDER:
-        await channel.send(conn.hello(SOFTWARE, ("zstd",)))
-        await channel.expect(Hello, "the receiver's HELLO")
         await channel.send(conn.pake())
         await channel.expect(Pake, "the receiver's PAKE message")
         if before_confirm is not None:
-            before_confirm()
+            await before_confirm()
         await channel.send(conn.confirmation())
         await channel.expect(Confirm, "the receiver's key confirmation")
     else:
-        await channel.expect(Hello, "the sender's HELLO")
-        await channel.send(conn.hello(SOFTWARE, ("zstd",)))
         await channel.expect(Pake, "the sender's PAKE message")
         await channel.send(conn.pake())
         await channel.expect(Confirm, "the sender's key confirmation")

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import math
 import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import url_host
@@ -31,6 +32,9 @@ SERVICE = "_p2pclone._tcp.local."
 #: after the first receiver with the nameplate answers, listen this long for a second
 #: one (two receivers under one nameplate is an error, never a guess)
 SETTLE = 0.2
+#: a name that did not resolve is asked about again after RETRY s, for at most RESOLVE s
+RETRY = 1.0
+RESOLVE = 1.5
 
 
 @dataclass
@@ -46,6 +50,9 @@ class Announced:
     version: str = ""
     since: float = 0.0  # when it started waiting (its clock, Unix time)
     group: str = ""  # a multicast sender's GROUP:PORT ("": a receiver)
+    #: what was wrong with the announcement and left out ("a size that is not a
+    #: number"): anyone on the LAN can announce anything
+    dropped: list[str] = field(default_factory=list)
 
     def urls(self) -> list[str]:
         return [f"tcp://{url_host(a)}:{self.port}" for a in self.addresses]
@@ -131,11 +138,12 @@ def browse(
     *,
     groups: bool = False,
     stop: threading.Event | None = None,
+    ignore: frozenset[str] = frozenset(),
 ) -> list[Announced]:
     """The receivers announcing ``_p2pclone._tcp`` within ``seconds`` (all of them, or
     those of ``nameplate``: then it returns SETTLE seconds after the first answers);
     ``groups``: the multicast senders announcing a group instead; ``stop``: set, it
-    returns what it has at once."""
+    returns what it has at once; ``ignore``: groups (GROUP:PORT) not to count."""
     from zeroconf import ServiceBrowser, ServiceStateChange
 
     names: list[str] = []
@@ -152,16 +160,27 @@ def browse(
         browser = ServiceBrowser(zc, SERVICE, handlers=[changed])
         found: dict[str, Announced] = {}
         resolved: set[str] = set()
+        tried: dict[str, float] = {}  # names that did not resolve: when last tried
         deadline = time.monotonic() + seconds
         first_match: float | None = None
         while True:
             with lock:
-                todo = [n for n in names if n not in resolved]
+                todo = [
+                    n
+                    for n in names
+                    if n not in resolved and time.monotonic() - tried.get(n, -RETRY) >= RETRY
+                ]
             for name in todo:
-                got = _resolve(zc, name)
+                # The deadline holds however many announced names never resolve: each
+                # try gets what is left of it (it once took 1.5 s each, on top).
+                left = deadline - time.monotonic()
+                if left <= 0 or (stop is not None and stop.is_set()):
+                    break
+                got = _resolve(zc, name, min(RESOLVE, left))
+                tried[name] = time.monotonic()
                 if got is not None:
                     resolved.add(name)
-                if got is not None and bool(got.group) == groups:
+                if got is not None and bool(got.group) == groups and got.group not in ignore:
                     found[name] = got
                     if nameplate and got.nameplate == nameplate and first_match is None:
                         first_match = time.monotonic()
@@ -176,15 +195,19 @@ def browse(
     return [a for a in found.values() if nameplate is None or a.nameplate == nameplate]
 
 
-def _resolve(zc: Zeroconf, name: str) -> Announced | None:
-    info = zc.get_service_info(SERVICE, name, timeout=1500)
+def _resolve(zc: Zeroconf, name: str, seconds: float) -> Announced | None:
+    info = zc.get_service_info(SERVICE, name, timeout=max(1, int(seconds * 1000)))
     if info is None or not info.port:
         return None
     props = info.decoded_properties
-    try:
-        size, since = int(props.get("size") or 0), float(props.get("t") or 0)
-    except ValueError:
-        size, since = 0, 0.0
+    dropped = []
+    number = _number(props.get("size"))
+    size = int(number) if number is not None and number.is_integer() else None
+    if size is None:
+        dropped.append("a target size that is not a number of bytes")
+    since = _number(props.get("t"))
+    if since is None:
+        dropped.append("a start time that is not a time")
     addresses = []
     for text in info.parsed_scoped_addresses():
         addr, _, zone = text.partition("%")
@@ -198,8 +221,20 @@ def _resolve(zc: Zeroconf, name: str) -> Announced | None:
         host=props.get("host") or "",
         port=info.port,
         addresses=addresses,
-        size=size,
+        size=size or 0,
         version=props.get("v") or "",
-        since=since,
+        since=since or 0.0,
         group=props.get("g") or "",
+        dropped=dropped,
     )
+
+
+def _number(text: str | None) -> float | None:
+    """A TXT value as a number >= 0 (absent: 0), or None when it is not one."""
+    if not text:
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None

@@ -28,16 +28,16 @@ from pathlib import Path
 import trio
 
 from .. import mapfile
-from ..endpoints import Image, Place, far_end, place
+from ..codes import WORDS_GROUP, WORDS_ONE, generate
+from ..endpoints import Group, Image, Place, far_end, place
 from ..errors import ExitCode, P2PCloneError, TargetError, TransportError, UsageError
 from ..options import ReceiveOptions, SendOptions
-from ..session import Done, pick_error
+from ..session import Done, Notice, pick_error
 from .output import Output
 from .parser import build_parser
 from .prompts import (
     NEW_PASSPHRASE_ENV,
     ask_code,
-    generate_code,
     image_passphrase,
     make_confirm,
     smb_password,
@@ -144,7 +144,8 @@ def _urls(*places: Place) -> list[str]:
 
 
 def cmd_receive(args: argparse.Namespace, out: Output) -> int:
-    from ..jobs import check_receive, receive, receive_anywhere
+    from ..anywhere import receive_anywhere
+    from ..jobs import check_receive, receive
 
     end = far_end(args.url)
     image = end if isinstance(end, Image) else None
@@ -167,8 +168,10 @@ def cmd_receive(args: argparse.Namespace, out: Output) -> int:
             password=smb_password(image.url),
         )
     else:
+        # A group pairs many times with one code: p2pclone makes longer ones for it.
+        words = WORDS_GROUP if isinstance(end, Group) else WORDS_ONE
         options = replace(
-            options, code=args.code or os.environ.get("P2PCLONE_CODE") or generate_code()
+            options, code=args.code or os.environ.get("P2PCLONE_CODE") or generate(words)
         )
     confirm = make_confirm(out)
     # No URL (or tcp:// alone): a unicast sender on any address, or a group for our code.
@@ -347,6 +350,9 @@ def cmd_peers(args: argparse.Namespace, out: Output) -> int:
             f"cannot look for receivers on the network ({exc.strerror or exc})"
         ) from None
     now = time.time()  # after the browse: how long each has waited by now
+    for a in found:
+        for what in a.dropped:  # anyone on the LAN can announce anything
+            out(Notice(f"the receiver {a.host} ({a.name}) announced {what}: left out"))
     if args.json:
         for a in found:
             out.emit(
@@ -355,7 +361,7 @@ def cmd_peers(args: argparse.Namespace, out: Output) -> int:
                 port=a.port,
                 addresses=a.addresses,
                 urls=a.urls(),
-                target_bytes=a.size,
+                target_bytes=a.size or None,
                 version=a.version,
                 age=round(max(0.0, now - a.since), 1) if a.since else None,
             )
@@ -366,7 +372,8 @@ def cmd_peers(args: argparse.Namespace, out: Output) -> int:
     out.line(f"{'CODE':<6} {'HOST':<20} {'TARGET':>10} {'WAITING':>8}  ADDRESSES")
     for a in found:
         age = f"{max(0.0, now - a.since):.0f} s" if a.since else "?"
-        out.line(f"{a.nameplate + '-…':<6} {a.host[:20]:<20} {human_bytes(a.size):>10} "
+        size = human_bytes(a.size) if a.size else "?"
+        out.line(f"{a.nameplate + '-…':<6} {a.host[:20]:<20} {size:>10} "
                  f"{age:>8}  {', '.join(a.urls())}")  # fmt: skip
     return 0
 

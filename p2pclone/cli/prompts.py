@@ -6,9 +6,7 @@ one is a usage or safety error that says what to pass instead.
 from __future__ import annotations
 
 import os
-import secrets
 import sys
-from importlib import resources
 
 from ..disks import Target
 from ..errors import SafetyError, UsageError, printable
@@ -20,12 +18,6 @@ from .output import Output
 #: where scripts put an image's passphrase (and a new one, for an image saved from one)
 PASSPHRASE_ENV = "P2PCLONE_PASSPHRASE"
 NEW_PASSPHRASE_ENV = "P2PCLONE_NEW_PASSPHRASE"
-
-
-def generate_code() -> str:
-    """A short speakable code: a number and two words (about 28 bits)."""
-    words = resources.files("p2pclone").joinpath("wordlist.txt").read_text().split()
-    return f"{secrets.randbelow(99) + 1}-{secrets.choice(words)}-{secrets.choice(words)}"
 
 
 def make_confirm(out: Output) -> Confirm:

@@ -11,18 +11,22 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from ..errors import AuthenticationError, ExitCode, P2PCloneError
-from ..session import Channel, pair
+from ..errors import AuthenticationError, ExitCode, P2PCloneError, TransportError
+from ..session import Channel, greet, pair
 from ..transports.multicast import MulticastGroup, encode_announce
 from .guard import PairingGuard
 from .members import Show
 
 ANNOUNCE_EVERY = 0.5
 #: Pairings in progress at once (the others wait their turn), and how long one may take
-#: from its turn to the receiver's key confirmation: a connection that never speaks
-#: holds its turn no longer than that (docs/security.md#multicast).
+#: from its turn to the receiver's key confirmation (docs/security.md#multicast).  A
+#: connection takes a turn only once it has said HELLO (within HELLO_TIMEOUT), and one
+#: address holds one turn at a time: silent connections, however many, hold none.
 HANDSHAKES = 4
 HANDSHAKE_TIMEOUT = 30.0
+HELLO_TIMEOUT = 30.0
+#: connections from one address that may wait for their HELLO at once (more: closed)
+GREETING_PER_ADDRESS = 64
 
 
 class Door:
@@ -36,16 +40,20 @@ class Door:
         receivers: int,
         show: Show,
         on_lock: Callable[[], None],
+        code: str = "",
     ) -> None:
         self.transport, self.session, self.receivers = transport, session, receivers
         self._show, self.on_lock = show, on_lock
         self.refused: dict[str, tuple[str, ExitCode]] = {}  # name -> why, its exit code
-        self.guard = PairingGuard(receivers)
+        self.guard = PairingGuard(receivers, code)
         self.handshakes = trio.CapacityLimiter(HANDSHAKES)
         self.blocked: set[str] = set()  # addresses refused for failed pairings (shown once)
         self.locked: list[AuthenticationError] = []  # the failed pairings reached the limit
         self.door = trio.CancelScope()  # announcing and accepting control connections
         self.pairing: set[trio.CancelScope] = set()  # handshakes in progress
+        self.turns: dict[str, trio.Lock] = {}  # one handshake turn per address at a time
+        self.ended = trio.Event()  # set (and replaced) when a counted pairing ends
+        self.greeting: dict[str, int] = {}  # connections waiting for their HELLO
 
     def admits(self, host: str, name: str) -> bool:
         """False for an address that failed too often (no more guesses); shown once."""
@@ -84,6 +92,24 @@ class Door:
                 sock.sendto(encode_announce(self.session, port), group)
             await trio.sleep(ANNOUNCE_EVERY)
 
+    async def _greet(self, channel: Channel, host: str) -> None:
+        """HELLO both ways before a handshake turn is taken (nothing in it tests the
+        code); at most GREETING_PER_ADDRESS connections from one address wait for it.
+
+        Raises:
+            P2PCloneError: too many from this address, or the HELLO did not come.
+        """
+        if self.greeting.get(host, 0) >= GREETING_PER_ADDRESS:
+            raise TransportError(f"more than {GREETING_PER_ADDRESS} silent connections")
+        self.greeting[host] = self.greeting.get(host, 0) + 1
+        try:
+            with trio.move_on_after(HELLO_TIMEOUT) as waited:
+                await greet(channel)
+            if waited.cancelled_caught:
+                raise TransportError(f"no HELLO within {HELLO_TIMEOUT:.0f} s")
+        finally:
+            self.greeting[host] -= 1
+
     def close(self) -> None:
         self.door.cancel()
         for scope in self.pairing:  # and pairings in progress, or waiting for their turn
@@ -98,7 +124,8 @@ class Door:
             AuthenticationError(
                 f"{guard.failures} pairings with this sender failed (from "
                 + ", ".join(f"{host} x{n}" for host, n in guard.worst())
-                + f"), the limit for {self.receivers} receivers: someone on the network may "
+                + f"), the limit for {self.receivers} receivers with this code: someone on "
+                "the network may "
                 "be guessing the code, so the sender stopped accepting receivers; check those "
                 "hosts, then run the receivers and the sender again with a new code (the "
                 "receivers resume)"
@@ -112,19 +139,25 @@ class Door:
         after our CONFIRM is a spent guess (guard.py), and too many stop the run."""
         spent = False
 
-        def confirm() -> None:
+        async def confirm() -> None:
+            # A guess may go out only while the run can afford it: with pairings in
+            # progress counted as spent, a code that allows few guesses makes the
+            # others wait for theirs to end (not refused: they may be right).
             nonlocal spent
-            if not self.guard.begin(host):
-                raise AuthenticationError("too many failed pairings: not paired")
+            while not self.guard.begin(host):
+                if not self.guard.admits(host):
+                    raise AuthenticationError("too many failed pairings: not paired")
+                await self.ended.wait()
             spent = True
 
         why = ""
         with trio.CancelScope() as scope:  # cancelled when the sender stops pairing
             self.pairing.add(scope)
             try:
-                async with self.handshakes:
+                await self._greet(channel, host)
+                async with self.turns.setdefault(host, trio.Lock()), self.handshakes:
                     with trio.fail_after(HANDSHAKE_TIMEOUT):
-                        await pair(channel, before_confirm=confirm)
+                        await pair(channel, before_confirm=confirm, greeted=True)
             except trio.TooSlowError:
                 why = f"no pairing within {HANDSHAKE_TIMEOUT:.0f} s"
             except P2PCloneError as exc:
@@ -135,6 +168,8 @@ class Door:
             why = "the sender stopped pairing"
         if spent:
             self.guard.end(host, paired=not why)
+            self.ended.set()  # a guess is no longer out: the next may go
+            self.ended = trio.Event()
         if not why:
             return True
         if spent:

@@ -13,8 +13,10 @@ and every one that comes back for unicast), so it counts the failures instead:
    garbage or a connection that never speaks costs a handshake slot until it closes or
    times out, and never counts.
 3. Per address: PER_ADDRESS failures; later connections from it are closed unpaired.
-4. Per run: 2 x the expected receivers + RUN_SLACK failures; then the sender stops
-   pairing altogether (docs/security.md#multicast).
+4. Per run: 2 x the expected receivers + RUN_SLACK failures, but never more than keep
+   an attacker's chance per run at or below one in a million for the code in use
+   (p2pclone/codes.py: 4 with a two-word code, the full count with three words); then
+   the sender stops pairing altogether (docs/security.md#multicast).
 5. A pairing past point 1 counts against both limits until it ends, so handshakes in
    progress at once cannot overshoot them.
 """
@@ -22,6 +24,8 @@ and every one that comes back for unicast), so it counts the failures instead:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from ..codes import guesses_allowed
 
 #: Failed pairings one address may make in a run (a receiver with a mistyped code
 #: fails once, and exits: it never retries).
@@ -35,6 +39,7 @@ class PairingGuard:
     """The failed pairings of one multicast run, by address (see the module's notes)."""
 
     receivers: int
+    code: str = ""  # the run's code: how many guesses it can afford
     per_address: int = PER_ADDRESS
     failures: int = 0
     pending: int = 0  # pairings past our CONFIRM, not ended yet
@@ -42,7 +47,8 @@ class PairingGuard:
 
     @property
     def per_run(self) -> int:
-        return 2 * self.receivers + RUN_SLACK
+        wanted = 2 * self.receivers + RUN_SLACK
+        return guesses_allowed(self.code, wanted) if self.code else wanted
 
     @property
     def exhausted(self) -> bool:

@@ -12,7 +12,9 @@ journal like any interrupted clone.
 
 from __future__ import annotations
 
+import math
 import socket
+from collections.abc import Callable
 
 import trio
 
@@ -36,15 +38,31 @@ async def receive_multicast(
     *,
     report: Reporter = no_report,
     confirm: Confirm = no_confirm,
+    paired: Callable[[], None] = lambda: None,
+    find_within: float = math.inf,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> Done:
-    """Join ``group`` and receive its clone into ``target`` (opened by the caller)."""
+    """Join ``group`` and receive its clone into ``target`` (opened by the caller).
+
+    ``paired()``: called once the group's sender has proven the code (it may raise to
+    stop); ``find_within``: how long to wait for the sender's ANNOUNCE.
+
+    Raises:
+        P2PCloneError: any failure (TransportError: no ANNOUNCE in ``find_within``).
+    """
     code = options.code
     sock = group.receiver_socket()
     try:
         report(Listening(group.url, code))
         task_status.started(group.url)
-        host, port = await _find_sender(sock)
+        host, port = "", 0
+        with trio.move_on_after(find_within):
+            host, port = await _find_sender(sock)
+        if not host:
+            raise TransportError(
+                f"no sender announced itself on the multicast group {group.where} within "
+                f"{find_within:g} s"
+            )
         url = f"tcp://{url_host(host)}:{port}"
         stream = await _connect(host, port, url)
         report(Connected(url))
@@ -57,6 +75,7 @@ async def receive_multicast(
                 url=url,
                 report=report,
                 confirm=confirm,
+                paired=paired,
                 feed=GroupFeed(ReceivePlane(sock)),
             )
         except Reconnect as exc:

@@ -126,7 +126,9 @@ class GroupSender:
         self.reports = Reports()
         self.returning: dict[str, trio.Event] = {}  # host -> its unicast session has ended
         self.finished_hosts: set[str] = set()  # hosts whose receiver confirmed its clone
-        self.door = Door(transport, self.session, self.receivers, self._show, self.joined.set)
+        self.door = Door(
+            transport, self.session, self.receivers, self._show, self.joined.set, self.code
+        )
         self.refused = self.door.refused  # name -> (why, its exit code)
         self.locked = self.door.locked  # the run's failed pairings reached the limit
         self.meters: dict[str, tuple[float, int]] = {}  # name -> (time, done_bytes) shown
