@@ -172,7 +172,7 @@ def test_the_installed_wheel_clones_and_saves_images(installed: Path, tmp_path: 
             "receive",
             str(restored),
             image,
-            "--code",
+            "--passphrase",
             secret,
             "--yes",
             "--state-dir",
