@@ -54,7 +54,8 @@ class Output:
         self._member_state: dict[str, str] = {}
         self._member_task: dict[str, Any] = {}
         self._member_said: dict[str, float] = {}
-        #: a peer is connected: the transfer has started (a hang-up no longer stops it)
+        #: a peer is connected, or the plan accepted: the transfer has started (a
+        #: hang-up no longer stops it)
         self.started = False
 
     def _write(self, text: str, stream: TextIO) -> None:
@@ -103,6 +104,7 @@ class Output:
             case Mapped() as m:
                 self._mapped(m)
             case Planned() as plan:
+                self.started = True  # clone has no link: its transfer starts here
                 self._planned(plan)
             case Progress() as p:
                 self._show_progress(p)
