@@ -33,9 +33,9 @@ from .errors import P2PCloneError, TransportError
 from .jobs import check_receive, nameplate
 from .journal import check_state_dir, default_state_dir
 from .multicast.receiver import receive_multicast
-from .options import Confirm, ReceiveOptions
+from .options import Approve, ReceiveOptions
 from .protocol import PROTOCOL_VERSION
-from .receiver import no_confirm, receive_stream
+from .receiver import approve_all, receive_stream
 from .session import Connected, Done, Listening, Notice, Reporter, no_report
 
 #: how long a group found by its announcement may take to show its sender's ANNOUNCE
@@ -47,7 +47,7 @@ async def receive_anywhere(
     options: ReceiveOptions,
     *,
     report: Reporter = no_report,
-    confirm: Confirm = no_confirm,
+    approve: Approve = approve_all,
 ) -> Done:
     """``receive(target, "tcp://", …)``, or a group announced for the code's nameplate:
     the first sender to pair (see the module docstring).
@@ -61,7 +61,7 @@ async def receive_anywhere(
         await trio.to_thread.run_sync(check_state_dir, options.state_dir or default_state_dir())
     disk = await trio.to_thread.run_sync(Target.open, target)
     try:
-        return await _Race(disk, transport, options, report, confirm).run()
+        return await _Race(disk, transport, options, report, approve).run()
     finally:
         disk.close()
 
@@ -76,10 +76,10 @@ class _Race:
         transport: TcpTransport,
         options: ReceiveOptions,
         report: Reporter,
-        confirm: Confirm,
+        approve: Approve,
     ) -> None:
         self.disk, self.transport, self.options = disk, transport, options
-        self.report, self.confirm = report, confirm
+        self.report, self.approve = report, approve
         self.plate = nameplate(options.code)
         self.winner = ""  # "unicast" or the group's URL, once its sender paired
         self.outcome: list[Done] = []
@@ -130,7 +130,7 @@ class _Race:
                         code=self.options.code,
                         url=url,
                         report=self.report,
-                        confirm=self.confirm,
+                        approve=self.approve,
                         paired=self.claim("unicast"),
                     )
                 )
@@ -183,7 +183,7 @@ class _Race:
                 MulticastGroup(url),
                 self.options,
                 report=self.report,
-                confirm=self.confirm,
+                approve=self.approve,
                 paired=self.claim(url),
                 find_within=FIND_SENDER,
             )

@@ -28,13 +28,13 @@ from .options import (
     DISK_SOURCE,
     RECEIVING_SESSION,
     SENDING_SESSION,
-    Confirm,
+    Approve,
     ReceiveOptions,
     SendOptions,
     refuse_unhonoured,
 )
 from .pipeline import DiskSource
-from .receiver import no_confirm, receive_stream
+from .receiver import approve_all, receive_stream
 from .sender import DEFAULT_CHUNK_SIZE, check_chunk_size, send_stream
 from .sender.source import open_source
 from .session import Done, Reporter, no_report
@@ -52,7 +52,7 @@ async def clone(
     receiving: ReceiveOptions,
     *,
     report: Reporter = no_report,
-    confirm: Confirm = no_confirm,
+    approve: Approve = approve_all,
 ) -> Done:
     """Copy ``source`` onto ``target``; return the receiving side's statistics.
 
@@ -75,7 +75,7 @@ async def clone(
     match origin:
         case Image():
             refuse_unhonoured(sending, (), f"a clone from {origin.name} (a restore)")
-            return await receive(target, source, receiving, report=report, confirm=confirm)
+            return await receive(target, source, receiving, report=report, approve=approve)
         case Disk():
             pass
         case _:
@@ -91,7 +91,7 @@ async def clone(
     try:
         source_, chunk_size = await open_source(origin, chunk_size, sending, report)
         try:
-            return await _run(source_, disk, chunk_size, sending, receiving, report, confirm)
+            return await _run(source_, disk, chunk_size, sending, receiving, report, approve)
         finally:
             source_.close()
     finally:
@@ -105,7 +105,7 @@ async def _run(
     sending: SendOptions,
     receiving: ReceiveOptions,
     report: Reporter,
-    confirm: Confirm,
+    approve: Approve,
 ) -> Done:
     code = secrets.token_hex(16)  # pairs the two ends of our own pipe; shown to nobody
     ours, theirs = pipe_pair()
@@ -132,7 +132,7 @@ async def _run(
                 code=code,
                 url="clone",
                 report=report,
-                confirm=confirm,
+                approve=approve,
                 seal=False,
             )
         )

@@ -40,13 +40,13 @@ from .options import (
     IMAGE_SOURCE,
     RECEIVING_SESSION,
     SENDING_SESSION,
-    Confirm,
+    Approve,
     ReceiveOptions,
     SendOptions,
     refuse_unhonoured,
 )
 from .protocol import PROTOCOL_VERSION
-from .receiver import no_confirm, receive_stream
+from .receiver import approve_all, receive_stream
 from .sender import DEFAULT_CHUNK_SIZE, check_chunk_size, send_stream
 from .sender.source import open_source
 from .session import Connected, Done, GroupReporter, Listening, Notice, Reporter, no_report
@@ -202,12 +202,12 @@ async def receive(
     options: ReceiveOptions,
     *,
     report: Reporter = no_report,
-    confirm: Confirm = no_confirm,
+    approve: Approve = approve_all,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> Done:
     """Receive one clone from the far end at ``url`` into ``target`` (a block device or a
     file); return the statistics.  ``task_status.started()`` gets the URL listened on
-    (with the real port).  ``confirm(plan, target)`` may raise to refuse the plan,
+    (with the real port).  ``approve(plan, target)`` may raise to refuse the plan,
     before anything is written (not called with ``options.yes``).
 
     Raises:
@@ -220,7 +220,7 @@ async def receive(
         await trio.to_thread.run_sync(check_state_dir, options.state_dir or default_state_dir())
     match end:
         case Group(group=group):
-            return await receive_group(target, group, options, report, confirm, task_status)
+            return await receive_group(target, group, options, report, approve, task_status)
         case Link() | Image():
             pass
         case _:
@@ -244,7 +244,7 @@ async def receive(
             code=listener.code if isinstance(listener, PlayerListener) else options.code,
             url=shown,
             report=report,
-            confirm=confirm,
+            approve=approve,
             seal=isinstance(end, Link),
         )
         if listener.caveat:

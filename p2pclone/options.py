@@ -65,7 +65,7 @@ class SendOptions:
 
 #: a target check before anything is written: may raise to refuse the plan (the CLI's
 #: question to the operator); not called with ``ReceiveOptions.yes``
-Confirm = Callable[[Plan, Target], None]
+Approve = Callable[[Plan, Target], None]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -170,7 +170,7 @@ __all__ = [
     "IMAGE_SOURCE",
     "RECEIVING_SESSION",
     "SENDING_SESSION",
-    "Confirm",
+    "Approve",
     "Options",
     "ReceiveOptions",
     "SendOptions",

@@ -123,7 +123,7 @@ class Done:
     # [offset, length] of each source range that could not be read (zeros on the
     # target), sorted and merged; not empty: the run ends with exit 7
     unreadable: list[list[int]] = field(default_factory=list)
-    # where those ranges are: "partition 2 (ext4)", … (units.partitions_hit)
+    # where those ranges are: "partition 2 (ext4)", … (volumes/layout.py)
     unreadable_in: list[str] = field(default_factory=list)
 
 
@@ -166,12 +166,13 @@ class GroupProgress:
     why: str = ""
 
 
-Report = Listening | Connected | Mapped | Planned | Progress | Verifying | Rescuing | Done | Notice
-Reporter = Callable[[Report], None]
+#: what the drivers tell the CLI (never printed by them): one of these
+Update = Listening | Connected | Mapped | Planned | Progress | Verifying | Rescuing | Done | Notice
+Reporter = Callable[[Update], None]
 GroupReporter = Callable[[GroupProgress], None]
 
 
-def no_report(_: Report) -> None:
+def no_report(_: Update) -> None:
     pass
 
 

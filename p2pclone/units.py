@@ -1,9 +1,9 @@
 """Sizes as people read them (binary units), for every message that shows one, and
-byte ranges as they are reported (unreadable source ranges, the partitions they hit)."""
+byte ranges as they are reported (unreadable source ranges)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 
 def human_bytes(n: float, *, small: str = "B") -> str:
@@ -26,27 +26,3 @@ def merged(ranges: Iterable[tuple[int, int]]) -> list[list[int]]:
         else:
             out.append([start, end - start])
     return out
-
-
-def partitions_hit(info: Mapping[str, object], ranges: list[list[int]]) -> list[str]:
-    """The partitions ``[offset, length]`` ranges fall in, as "partition 2 (ext4)", from
-    the layout the sender's scan put in the plan's source map (``start<n>``,
-    ``end<n>``, ``fs<n>``), and "outside the partitions" last for the rest; nothing when the
-    source was not scanned (``--exact``) or has no partition table."""
-    parts = sorted(
-        (start, end, int(k[5:]), str(info.get(f"fs{k[5:]}", "")))
-        for k, start in info.items()
-        if k.startswith("start") and k[5:].isdigit() and isinstance(start, int)
-        if isinstance(end := info.get(f"end{k[5:]}"), int)
-    )
-    if not parts:  # --exact, or a disk with no partition table
-        return []
-    hit: list[str] = []
-    outside = False
-    for offset, length in ranges:
-        end = offset + length
-        inside = [p for p in parts if p[0] < end and offset < p[1]]
-        names = [f"partition {n} ({fs})" if fs else f"partition {n}" for _s, _e, n, fs in inside]
-        outside |= sum(min(e, end) - max(s, offset) for s, e, _n, _f in inside) < length
-        hit += [name for name in names if name not in hit]
-    return hit + ["outside the partitions"] * outside

@@ -39,7 +39,7 @@ from .prompts import (
     NEW_PASSPHRASE_ENV,
     ask_code,
     image_passphrase,
-    make_confirm,
+    make_approve,
     smb_password,
 )
 from .tuning import tune_malloc
@@ -173,16 +173,16 @@ def cmd_receive(args: argparse.Namespace, out: Output) -> int:
         options = replace(
             options, code=args.code or os.environ.get("P2PCLONE_CODE") or generate(words)
         )
-    confirm = make_confirm(out)
+    approve = make_approve(out)
     # No URL (or tcp:// alone): a unicast sender on any address, or a group for our code.
     if args.url.rstrip("/") == "tcp:":
         return _run(
-            args, out, lambda: receive_anywhere(args.target, options, report=out, confirm=confirm)
+            args, out, lambda: receive_anywhere(args.target, options, report=out, approve=approve)
         )
     return _run(
         args,
         out,
-        lambda: receive(args.target, args.url, options, report=out, confirm=confirm),
+        lambda: receive(args.target, args.url, options, report=out, approve=approve),
     )
 
 
@@ -263,11 +263,11 @@ def cmd_clone(args: argparse.Namespace, out: Output) -> int:
             passphrase=image_passphrase(args.passphrase, origin.url, new=False),
             password=smb_password(origin.url),
         )
-    confirm = make_confirm(out)
+    approve = make_approve(out)
     return _run(
         args,
         out,
-        lambda: clone(args.source, args.target, sending, receiving, report=out, confirm=confirm),
+        lambda: clone(args.source, args.target, sending, receiving, report=out, approve=approve),
     )
 
 

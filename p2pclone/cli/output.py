@@ -30,8 +30,8 @@ from ..session import (
     Notice,
     Planned,
     Progress,
-    Report,
     Rescuing,
+    Update,
     Verifying,
 )
 from ..units import human_bytes
@@ -93,7 +93,7 @@ class Output:
             if stream.isatty():
                 _silence(stream)
 
-    def __call__(self, event: Report) -> None:
+    def __call__(self, event: Update) -> None:
         match event:
             case Listening(url=url, code=code):
                 self._listening(url, code)

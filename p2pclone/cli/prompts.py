@@ -10,7 +10,7 @@ import sys
 
 from ..disks import Target
 from ..errors import SafetyError, UsageError, printable
-from ..options import Confirm
+from ..options import Approve
 from ..protocol import Plan
 from ..units import human_bytes
 from .output import Output
@@ -20,11 +20,11 @@ PASSPHRASE_ENV = "P2PCLONE_PASSPHRASE"
 NEW_PASSPHRASE_ENV = "P2PCLONE_NEW_PASSPHRASE"
 
 
-def make_confirm(out: Output) -> Confirm:
+def make_approve(out: Output) -> Approve:
     """The question before a target is overwritten (not asked with --yes: the receiving
     session does not call it then)."""
 
-    def confirm(plan: Plan, target: Target) -> None:
+    def approve(plan: Plan, target: Target) -> None:
         # A new or empty file holds nothing to lose; anything else is overwritten
         # only with --yes or an explicit "yes" typed at a terminal.
         if not target.is_block and target.size == 0:
@@ -32,7 +32,7 @@ def make_confirm(out: Output) -> Confirm:
         if not sys.stdin.isatty():
             raise SafetyError(
                 f"the target {target.path} ({human_bytes(target.size)}) would be overwritten "
-                "and there is no terminal to ask: pass --yes to confirm; nothing was written"
+                "and there is no terminal to ask: pass --yes to say so; nothing was written"
             )
         from ..disks.describe import describe
 
@@ -50,9 +50,9 @@ def make_confirm(out: Output) -> Confirm:
         )
         answer = input("Type yes to overwrite it: ")
         if answer.strip().lower() != "yes":
-            raise SafetyError("not confirmed: the target was left untouched")
+            raise SafetyError("not approved: the target was left untouched")
 
-    return confirm
+    return approve
 
 
 def ask_secret(prompt: str, *, missing: str, twice: bool = False) -> str:

@@ -262,8 +262,8 @@ def check_header(data: bytes, keys: Keys | None, where: str) -> None:
         return
     if keys is not None:
         raise AuthenticationError(
-            f"wrong passphrase for {where} (or its header was altered): check the code "
-            "it was saved with"
+            f"wrong passphrase for {where} (or its header was altered): check the "
+            "passphrase it was saved with"
         )
     raise IntegrityError(f"the header of {where} is damaged (its checksum does not match)")
 

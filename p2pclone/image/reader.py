@@ -234,7 +234,8 @@ class ImageSource:
             else:
                 if not code:
                     raise AuthenticationError(
-                        f"{url} is encrypted: give its passphrase with --code"
+                        f"{url} is encrypted: give its passphrase with --passphrase (or set "
+                        "P2PCLONE_PASSPHRASE)"
                     )
                 keys = fmt.Keys.derive(code, header.encryption, url)
             fmt.check_header(raw, keys, url)

@@ -10,7 +10,8 @@ import trio
 from ..errors import IntegrityError
 from ..pipeline import default_threads
 from ..session import Done, Progress, Reporter, Verifying, no_report
-from ..units import merged, partitions_hit
+from ..units import merged
+from ..volumes.layout import partitions_hit
 from ..volumes.table import SCHEME_NAMES
 from . import format as fmt
 from .reader import DATA, MISSING, ImageSource, read_header, root_of

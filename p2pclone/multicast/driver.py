@@ -13,7 +13,7 @@ from ..endpoints import Place
 from ..options import (
     RECEIVING_SESSION,
     SENDING_SESSION,
-    Confirm,
+    Approve,
     ReceiveOptions,
     SendOptions,
 )
@@ -50,13 +50,13 @@ async def receive_group(
     group: MulticastGroup,
     options: ReceiveOptions,
     report: Reporter,
-    confirm: Confirm,
+    approve: Approve,
     task_status: trio.TaskStatus[str],
 ) -> Done:
     disk = await trio.to_thread.run_sync(Target.open, target)
     try:
         return await receive_multicast(
-            disk, group, options, report=report, confirm=confirm, task_status=task_status
+            disk, group, options, report=report, approve=approve, task_status=task_status
         )
     finally:
         disk.close()

@@ -15,8 +15,8 @@ import trio
 
 from ..errors import IntegrityError, RemoteProtocolError
 from ..protocol import HASH_SIZE, Chunk, Event, Evict, Group, Poll, Ref, Report
+from ..protocol.dataplane import DatagramError
 from ..receiver.feed import Feed, Reconnect, Sink
-from .dataplane import DatagramError
 from .plane import ReceivePlane, unpack_entries
 
 

@@ -11,9 +11,9 @@ import trio
 
 from ..errors import ExitCode, P2PCloneError, RemoteProtocolError
 from ..protocol import Error, Event, Result
+from ..protocol.dataplane import Member, RateGovernor
 from ..sender.runs import HaveMap
 from ..session import Channel
-from .dataplane import Member, RateGovernor
 
 #: report a member's state: show(name, state, why=..., done_bytes=..., repairs=...)
 Show = Callable[..., None]

@@ -21,7 +21,7 @@ from p2pclone.transports.multicast import receive_datagrams
 
 from ..errors import RemoteProtocolError
 from ..protocol import Chunk, bitmap
-from .dataplane import (
+from ..protocol.dataplane import (
     DGRAM_HEADER,
     FRAGMENT,
     MAX_FRAGMENTS,

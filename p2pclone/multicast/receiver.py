@@ -24,8 +24,9 @@ from p2pclone.transports.tcp import tune
 
 from ..disks import Target
 from ..errors import TransportError
-from ..options import Confirm, ReceiveOptions
-from ..receiver import Reconnect, no_confirm, receive_stream
+from ..options import Approve, ReceiveOptions
+from ..receiver import approve_all, receive_stream
+from ..receiver.feed import Reconnect
 from ..session import Connected, Done, Listening, Reporter, no_report
 from .feed import GroupFeed
 from .plane import ReceivePlane
@@ -37,7 +38,7 @@ async def receive_multicast(
     options: ReceiveOptions,
     *,
     report: Reporter = no_report,
-    confirm: Confirm = no_confirm,
+    approve: Approve = approve_all,
     paired: Callable[[], None] = lambda: None,
     find_within: float = math.inf,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
@@ -74,7 +75,7 @@ async def receive_multicast(
                 code=code,
                 url=url,
                 report=report,
-                confirm=confirm,
+                approve=approve,
                 paired=paired,
                 feed=GroupFeed(ReceivePlane(sock)),
             )

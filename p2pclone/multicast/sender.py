@@ -61,6 +61,7 @@ from ..protocol import (
     Result,
     Role,
 )
+from ..protocol.dataplane import Member, RateGovernor
 from ..sender import send_channel
 from ..sender.runs import HaveMap, answer_nak
 from ..sender.source import open_source
@@ -78,12 +79,12 @@ from ..session import (
 from ..transports import url_host
 from ..transports.multicast import BurstSender, MulticastGroup
 from ..transports.tcp import tune
-from ..units import merged, partitions_hit
+from ..units import merged
+from ..volumes.layout import partitions_hit
 from .announce import announced
-from .dataplane import Member, RateGovernor
 from .door import Door
 from .members import Clock, Paced, Peer, expel, tell_all
-from .slices import Reports, SliceStream, Wire
+from .slices import LossReports, SliceStream, Wire
 
 __all__ = ["GroupSender"]
 
@@ -123,7 +124,7 @@ class GroupSender:
         self.peers: dict[str, Peer] = {}
         self.joined = trio.Event()
         self.data_started = False
-        self.reports = Reports()
+        self.reports = LossReports()
         self.returning: dict[str, trio.Event] = {}  # host -> its unicast session has ended
         self.finished_hosts: set[str] = set()  # hosts whose receiver confirmed its clone
         self.door = Door(

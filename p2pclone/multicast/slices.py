@@ -22,12 +22,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ..errors import P2PCloneError, RemoteProtocolError
 from ..pipeline import DiskSource, default_threads
 from ..protocol import Chunk, Evict, Lost, Plan, Poll, Ref, Same, Zero
+from ..protocol.dataplane import RateGovernor, RepairState, check_bitmap
+from ..protocol.group import from_bitmap
 from ..protocol.root import zero_digest
 from ..sender.ahead import EncodeAhead, Slot
 from ..sender.runs import ChunkKind, Emit, Runs
 from ..session import Progress, Reporter
 from ..transports.multicast import BurstSender
-from .dataplane import RateGovernor, RepairState, check_bitmap, from_bitmap
 from .members import Clock, Peer, Show, tell
 from .plane import pack_entry, seal_slice
 
@@ -94,7 +95,7 @@ class Wire:
                 await trio.lowlevel.checkpoint()
 
 
-class Reports:
+class LossReports:
     """The members' REPORTs, per slice, and a way to wait for them (several slices are
     in their repair rounds at once)."""
 
@@ -198,7 +199,7 @@ class SliceStream:
         aead: AESGCM,
         session: int,
         wire: Wire,
-        reports: Reports,
+        reports: LossReports,
         show: Show,
     ) -> None:
         self.source, self.plan, self.peers = source, plan, peers

@@ -117,7 +117,7 @@ class Connection:
         self.have_expected = False
         #: ... and they cover chunks [0, have_covered) so far
         self.have_covered = 0
-        #: sub-block size of a delta (0: none), from STATE
+        #: sub-block size of a delta (0: none), from ACCEPT
         self.sub_size = 0
         #: chunks a NAK asked for and no repair has answered yet
         self._repairs: set[int] = set()
@@ -313,7 +313,7 @@ class Connection:
                 self.have_expected = event.have
                 self.sub_size = self._coverage().sub_size = event.sub
                 if event.cut and not 0 < event.cut < self._require_plan().source_size:
-                    raise exc(f"STATE cuts the source at byte {event.cut}, outside it")
+                    raise exc(f"ACCEPT cuts the source at byte {event.cut}, outside it")
             case Have():
                 self._check_have(event, exc)
             case Ack():
@@ -354,7 +354,7 @@ class Connection:
     ) -> None:
         plan = self._require_plan()
         if not self.have_expected:
-            raise exc("HAVE was sent although the STATE frame announced none")
+            raise exc("HAVE was sent although the ACCEPT frame announced none")
         if event.index != self.have_covered or event.index + event.count > plan.chunk_count:
             raise exc(
                 f"HAVE for chunks {event.index}..{event.index + event.count - 1} arrived "

@@ -25,7 +25,7 @@ class Coverage:
         self.plan = plan
         self.next_index = 0
         self.root = RootHash()
-        #: sub-block size of a delta (0: none), from STATE
+        #: sub-block size of a delta (0: none), from ACCEPT
         self.sub_size = 0
 
     def take(self, event: Event, exc: Exc) -> None:

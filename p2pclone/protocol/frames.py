@@ -66,7 +66,7 @@ MAX_CHUNK_SIZE = 64 * 1024 * 1024
 class FrameType(enum.IntEnum):
     HELLO = 1
     PLAN = 2
-    STATE = 3
+    ACCEPT = 3
     CHUNK = 4
     ZERO = 5
     END = 6

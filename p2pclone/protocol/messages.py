@@ -186,7 +186,7 @@ class Patch:
     """A chunk that differs from the target only in some sub-blocks (delta re-sync).
 
     ``changed`` is a bitmap (bit k of byte k // 8, least significant first) of the
-    sub-blocks (STATE's ``sub`` bytes each) that differ; the body encodes just those
+    sub-blocks (ACCEPT's ``sub`` bytes each) that differ; the body encodes just those
     sub-blocks, concatenated.  ``digest`` is the BLAKE3 of the whole chunk *after*
     the patch: the receiver checks it before writing anything.
     """
@@ -379,7 +379,7 @@ _META_PARSERS: dict[FrameType, Callable[[Mapping[str, Any]], Event]] = {
     FrameType.HELLO: Hello.from_meta,
     FrameType.PAKE: Pake.from_meta,
     FrameType.CONFIRM: Confirm.from_meta,
-    FrameType.STATE: Accept.from_meta,
+    FrameType.ACCEPT: Accept.from_meta,
     FrameType.HAVE: Have.from_meta,
     FrameType.SAME: Same.from_meta,
     FrameType.ACK: Ack.from_meta,

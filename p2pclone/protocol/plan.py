@@ -1,5 +1,5 @@
 """The session's set-up messages: PLAN (what is about to be sent; its body is the used
-map, freemap.py) and STATE (the receiver accepts it, as ``Accept``).  Checked as
+map, freemap.py) and ACCEPT (the receiver accepts it, as ``Accept``).  Checked as
 messages.py checks the others; docs/protocol.md §5 lists the fields."""
 
 from __future__ import annotations
@@ -87,16 +87,16 @@ class Plan:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Accept:
-    """Receiver -> sender (STATE frame): the plan is accepted, describing the target."""
+    """Receiver -> sender (ACCEPT frame): the plan is accepted, describing the target."""
 
-    TYPE: ClassVar[FrameType] = FrameType.STATE
+    TYPE: ClassVar[FrameType] = FrameType.ACCEPT
     target: dict[str, str | int] = field(default_factory=dict)
     #: HAVE frames follow, covering every chunk index in order (resume or delta)
     have: bool = False
     #: sub-block size of the HAVE frames' sub-hashes (delta), 0 if they carry none
     sub: int = 0
     #: the target is smaller: it keeps nothing from this byte on (0: it keeps it all);
-    #: both sides then treat [cut, size) as free (docs/protocol.md, STATE)
+    #: both sides then treat [cut, size) as free (docs/protocol.md, ACCEPT)
     cut: int = 0
 
     def to_meta(self) -> dict[str, Any]:
@@ -104,12 +104,12 @@ class Accept:
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Accept:
-        sub = _count(meta, "sub", "STATE", limit=MAX_CHUNK_SIZE)
+        sub = _count(meta, "sub", "ACCEPT", limit=MAX_CHUNK_SIZE)
         if sub and (sub < 4096 or sub % 4096):
-            raise RemoteProtocolError(f"the peer's STATE has a sub-block size of {sub} bytes")
+            raise RemoteProtocolError(f"the peer's ACCEPT has a sub-block size of {sub} bytes")
         return cls(
-            target=_info(meta, "tgt", "STATE"),
-            have=_need(meta, "have", bool, "STATE"),
+            target=_info(meta, "tgt", "ACCEPT"),
+            have=_need(meta, "have", bool, "ACCEPT"),
             sub=sub,
-            cut=_count(meta, "cut", "STATE"),
+            cut=_count(meta, "cut", "ACCEPT"),
         )

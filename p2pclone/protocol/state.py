@@ -9,8 +9,8 @@ Sender::
 
     START --send HELLO--> AWAIT_HELLO --recv HELLO--> PAKE --send PAKE--> AWAIT_PAKE
     AWAIT_PAKE --recv PAKE--> CONFIRM --send CONFIRM--> AWAIT_CONFIRM
-    AWAIT_CONFIRM --recv CONFIRM--> PLAN --send PLAN--> AWAIT_STATE
-    AWAIT_STATE --recv STATE--> DATA --send CHUNK|PATCH|ZERO|SAME|LOST|LATER--> DATA
+    AWAIT_CONFIRM --recv CONFIRM--> PLAN --send PLAN--> AWAIT_ACCEPT
+    AWAIT_ACCEPT --recv ACCEPT--> DATA --send CHUNK|PATCH|ZERO|SAME|LOST|LATER--> DATA
     DATA --send GROUP|REF|POLL--> DATA;  DATA --recv REPORT--> DATA        (multicast)
     DATA --send EVICT--> DONE                                              (multicast)
     DATA --send END--> AWAIT_RESULT
@@ -22,7 +22,8 @@ Receiver::
     START --recv HELLO--> HELLO --send HELLO--> AWAIT_PAKE --recv PAKE--> PAKE
     PAKE --send PAKE--> AWAIT_CONFIRM --recv CONFIRM--> CONFIRM
     CONFIRM --send CONFIRM--> AWAIT_PLAN --recv PLAN--> DECIDE
-    DECIDE --send STATE--> DATA --recv CHUNK|PATCH|ZERO|SAME|LOST|LATER--> DATA --recv END--> FINISH
+    DECIDE --send ACCEPT--> DATA --recv CHUNK|PATCH|ZERO|SAME|LOST|LATER--> DATA
+    DATA --recv END--> FINISH
     DATA --recv GROUP|REF|POLL--> DATA;  DATA --send REPORT--> DATA        (multicast)
     DATA --recv EVICT--> DONE                                              (multicast)
     DATA --send HAVE|ACK--> DATA;  FINISH --send ACK--> FINISH --send RESULT--> DONE
@@ -67,8 +68,8 @@ class State(enum.Enum):
     AWAIT_CONFIRM = "await-confirm"
     PLAN = "plan"  # sender: must send PLAN
     AWAIT_PLAN = "await-plan"  # receiver
-    AWAIT_STATE = "await-state"  # sender: PLAN sent, waiting for STATE (or ERROR)
-    DECIDE = "decide"  # receiver: must accept (STATE) or refuse (ERROR)
+    AWAIT_ACCEPT = "await-accept"  # sender: PLAN sent, waiting for ACCEPT (or ERROR)
+    DECIDE = "decide"  # receiver: must accept (ACCEPT) or refuse (ERROR)
     DATA = "data"  # chunks flow sender -> receiver until END
     AWAIT_RESULT = "await-result"  # sender: END sent
     FINISH = "finish"  # receiver: END received, must sync/verify and send RESULT
@@ -92,8 +93,8 @@ TRANSITIONS: dict[tuple[Role, State, Direction, FrameType], State] = {
     (S, State.AWAIT_PAKE, IN, FrameType.PAKE): State.CONFIRM,
     (S, State.CONFIRM, OUT, FrameType.CONFIRM): State.AWAIT_CONFIRM,
     (S, State.AWAIT_CONFIRM, IN, FrameType.CONFIRM): State.PLAN,
-    (S, State.PLAN, OUT, FrameType.PLAN): State.AWAIT_STATE,
-    (S, State.AWAIT_STATE, IN, FrameType.STATE): State.DATA,
+    (S, State.PLAN, OUT, FrameType.PLAN): State.AWAIT_ACCEPT,
+    (S, State.AWAIT_ACCEPT, IN, FrameType.ACCEPT): State.DATA,
     (S, State.DATA, OUT, FrameType.CHUNK): State.DATA,
     (S, State.DATA, OUT, FrameType.ZERO): State.DATA,
     (S, State.DATA, OUT, FrameType.SAME): State.DATA,
@@ -120,7 +121,7 @@ TRANSITIONS: dict[tuple[Role, State, Direction, FrameType], State] = {
     (R, State.AWAIT_CONFIRM, IN, FrameType.CONFIRM): State.CONFIRM,
     (R, State.CONFIRM, OUT, FrameType.CONFIRM): State.AWAIT_PLAN,
     (R, State.AWAIT_PLAN, IN, FrameType.PLAN): State.DECIDE,
-    (R, State.DECIDE, OUT, FrameType.STATE): State.DATA,
+    (R, State.DECIDE, OUT, FrameType.ACCEPT): State.DATA,
     (R, State.DATA, IN, FrameType.CHUNK): State.DATA,
     (R, State.DATA, IN, FrameType.ZERO): State.DATA,
     (R, State.DATA, IN, FrameType.SAME): State.DATA,

@@ -5,9 +5,9 @@ Order of a session, and why:
 1. The target is checked (and a block device opened exclusively) *before* listening,
    so a wrong path fails at once, not after the sender has connected.
 2. HELLO both ways, then the sender's PLAN.  The target refuses a plan it can't hold
-   (ERROR, exit 4) before a single byte is written; ``confirm`` (the CLI's question
+   (ERROR, exit 4) before a single byte is written; ``approve`` (the CLI's question
    to the operator) runs here too.  Only then does the target get created or sized
-   and the receiver answer STATE (accept).
+   and the receiver answer ACCEPT (accept).
 3. Data: each CHUNK is decompressed (bounded by its declared length), hashed and
    written by a worker thread; ZERO runs are zeroed (holes in a file, BLKZEROOUT on
    a device).  A semaphore bounds the chunks in flight, so memory does not grow with
@@ -29,7 +29,7 @@ from ..disks import Target
 from ..disks.grow import grow_filesystem
 from ..errors import IntegrityError, P2PCloneError, SafetyError, TargetError
 from ..journal import Header, Journal, default_state_dir
-from ..options import Confirm, ReceiveOptions
+from ..options import Approve, ReceiveOptions
 from ..pipeline import SUB_BLOCK, default_threads
 from ..protocol import Accept, Connection, End, Plan, Result, Role
 from ..session import (
@@ -42,10 +42,11 @@ from ..session import (
     pair,
     pick_error,
 )
-from ..units import human_bytes, merged, partitions_hit
+from ..units import human_bytes, merged
 from ..volumes.extents import Extents
+from ..volumes.layout import partitions_hit
 from .data import DataState
-from .feed import Feed, Reconnect
+from .feed import Feed
 from .verify import NullLog, repair, spans, verify_target
 
 
@@ -53,7 +54,7 @@ def _nothing() -> None:
     pass
 
 
-def no_confirm(plan: Plan, target: Target) -> None:
+def approve_all(plan: Plan, target: Target) -> None:
     """Ask nothing (scripts and tests; the CLI asks the operator)."""
 
 
@@ -65,13 +66,13 @@ async def receive_stream(
     code: str,
     url: str = "stream",
     report: Reporter = no_report,
-    confirm: Confirm = no_confirm,
+    approve: Approve = approve_all,
     paired: Callable[[], None] = _nothing,
     seal: bool = True,
     feed: Feed | None = None,
 ) -> Done:
     """Run a receiving session over an already open ``stream`` (closed on return),
-    paired with ``code``.  ``confirm(plan, target)`` may raise to refuse the plan before
+    paired with ``code``.  ``approve(plan, target)`` may raise to refuse the plan before
     anything is written (not called with ``options.yes``).  ``paired()`` is called once
     the sender has proven the code, before anything else: it may raise to stop (a
     receiver waiting for two kinds of sender takes the first that pairs).
@@ -81,7 +82,7 @@ async def receive_stream(
     """
     channel = Channel(Connection(Role.RECEIVER, code=code, seal=seal), stream, url)
     try:
-        return await _session(channel, target, options, report, confirm, paired, feed)
+        return await _session(channel, target, options, report, approve, paired, feed)
     except BaseException as exc:
         await channel.fail(pick_error(exc))
         raise
@@ -92,7 +93,7 @@ async def _session(
     target: Target,
     opts: ReceiveOptions,
     report: Reporter,
-    confirm: Confirm,
+    approve: Approve,
     paired: Callable[[], None],
     feed: Feed | None,
 ) -> Done:
@@ -100,7 +101,7 @@ async def _session(
     await pair(channel)
     paired()
     plan = await channel.expect(Plan, "the sender's PLAN")
-    cut, journal = await _prepare(target, plan, opts, report, confirm, group=feed is not None)
+    cut, journal = await _prepare(target, plan, opts, report, approve, group=feed is not None)
     delta = opts.delta or plan.delta
     try:
         await channel.send(
@@ -201,11 +202,11 @@ async def _prepare(
     plan: Plan,
     opts: ReceiveOptions,
     report: Reporter,
-    confirm: Confirm,
+    approve: Approve,
     *,
     group: bool,
 ) -> tuple[int, Journal | None]:
-    """Check the plan against the target (and the operator: ``confirm``) before a byte is
+    """Check the plan against the target (and the operator: ``approve``) before a byte is
     written, then size the target and open the journal; return where a smaller target
     cuts the source off (0: nowhere) and the journal."""
     cut = target.check_plan(plan.source_size, plan.source)
@@ -216,7 +217,7 @@ async def _prepare(
             "target at least as large; nothing was written"
         )
     if not opts.yes:
-        confirm(plan, target)
+        approve(plan, target)
     await trio.to_thread.run_sync(target.prepare, plan.source_size)
     # What no filesystem uses is neither written nor read back: everything below
     # (writes, zeroing, HAVE hashes, --verify) sees it as zeros.  Past a smaller
@@ -306,4 +307,4 @@ async def _data_phase(
             journal.close()
 
 
-__all__ = ["Reconnect", "no_confirm", "receive_stream"]
+__all__ = ["approve_all", "receive_stream"]

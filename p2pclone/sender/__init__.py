@@ -49,8 +49,8 @@ from ..session import (
     pair,
     pick_error,
 )
-from ..units import merged, partitions_hit
-from .ahead import READ_AHEAD_BYTES
+from ..units import merged
+from ..volumes.layout import partitions_hit
 from .runs import ChunkKind, HaveMap, answer_nak
 from .source import cut_off
 from .stream import stream_chunks
@@ -205,7 +205,6 @@ async def _watch(
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
-    "READ_AHEAD_BYTES",
     "check_chunk_size",
     "send_channel",
     "send_stream",

@@ -22,6 +22,7 @@ from ..options import SendOptions
 from ..pipeline import DiskSource
 from ..session import Mapped, Reporter, no_report
 from ..volumes import Extents, scan
+from ..volumes.layout import layout_info
 
 
 async def open_source(
@@ -88,17 +89,8 @@ def map_source(source: Source) -> tuple[Mapped, Extents]:
         time.monotonic() - started,
     )
     # The layout travels in the plan's source map: the receiver's question, its plan
-    # line and an image's `image info` show it.
-    # ``end<n>`` (where each partition ends) lets a smaller target accept the clone when
-    # every partition fits on it.
-    source.info["layout"] = disk.table.scheme
-    for v in disk.volumes:
-        n = v.partition.number if v.partition else 0
-        source.info[f"part{n}"] = v.describe()
-        if v.partition:
-            source.info[f"start{n}"] = v.partition.start
-            source.info[f"end{n}"] = v.partition.end
-            source.info[f"fs{n}"] = v.fs
+    # line and an image's `image info` show it (volumes/layout.py).
+    source.info.update(layout_info(disk))
     return mapped, disk.free
 
 

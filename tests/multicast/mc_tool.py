@@ -10,7 +10,7 @@ import struct
 import sys
 import time
 
-from p2pclone.multicast.dataplane import DatagramError, Fragment, split
+from p2pclone.protocol.dataplane import DatagramError, Fragment, split
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pclone.multicast.dataplane import (
+from p2pclone.protocol.dataplane import (
     FRAGMENT,
     Assembler,
     DatagramError,

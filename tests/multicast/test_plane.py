@@ -13,10 +13,11 @@ import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from p2pclone.errors import RemoteProtocolError
-from p2pclone.multicast.dataplane import Fragment, RateGovernor, bitmap, split
 from p2pclone.multicast.plane import AHEAD_BYTES, AHEAD_SLICES, ReceivePlane, seal
-from p2pclone.multicast.slices import Reports as _Reports
+from p2pclone.multicast.slices import LossReports as _Reports
 from p2pclone.multicast.slices import Wire as _Wire
+from p2pclone.protocol import bitmap
+from p2pclone.protocol.dataplane import Fragment, RateGovernor, split
 from p2pclone.transports.multicast import UDP_GRO, BurstSender, receive_datagrams
 
 

@@ -25,7 +25,7 @@ from p2pclone.clone import clone
 from p2pclone.errors import P2PCloneError, SafetyError
 from p2pclone.jobs import receive, send
 from p2pclone.options import ReceiveOptions, SendOptions
-from p2pclone.session import Done, GroupProgress, Notice, Report, pick_error
+from p2pclone.session import Done, GroupProgress, Notice, Update, pick_error
 
 CODE = "3-option-table"
 PASSPHRASE = "table passphrase"
@@ -85,9 +85,9 @@ async def run(spec: Spec) -> Outcome:
     out = Outcome()
     sending: SendOptions = _options(SendOptions, spec.send)
     receiving: ReceiveOptions = _options(ReceiveOptions, spec.receive)
-    confirm = _refusing if spec.refuse else (lambda plan, target: None)
+    approve = _refusing if spec.refuse else (lambda plan, target: None)
 
-    def note(event: Report) -> None:
+    def note(event: Update) -> None:
         if isinstance(event, Notice):
             out.notes.append(event.message)
 
@@ -98,7 +98,7 @@ async def run(spec: Spec) -> Outcome:
         try:
             if spec.far == "clone":
                 done = await clone(
-                    spec.source, spec.targets[0], sending, receiving, report=note, confirm=confirm
+                    spec.source, spec.targets[0], sending, receiving, report=note, approve=approve
                 )
             else:
                 done = await send(spec.source, spec.url, sending, report=note, group_report=member)
@@ -113,7 +113,7 @@ async def run(spec: Spec) -> Outcome:
                 spec.rx_url or spec.url,
                 receiving,
                 report=note,
-                confirm=confirm,
+                approve=approve,
                 task_status=task_status,
             )
             out.rx[k] = Outcome.of(done)

@@ -224,7 +224,7 @@ def all_events(p: Pair, role: Role) -> dict:
         FrameType.PAKE: peer.pake(),
         FrameType.CONFIRM: Confirm(mac=bytes(32)),
         FrameType.PLAN: Plan(source_size=MiB, chunk_size=MiB),
-        FrameType.STATE: Accept(),
+        FrameType.ACCEPT: Accept(),
         FrameType.CHUNK: Chunk(index=0, length=MiB, digest=bytes(32), encoding=1, body=b"z"),
         FrameType.ZERO: Zero(index=0, count=1),
         FrameType.LOST: Lost(index=0, count=1),

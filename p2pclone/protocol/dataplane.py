@@ -25,11 +25,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-# A REPORT's fragment numbers travel as the protocol's bitmap (one implementation, in
-# the protocol layer); re-exported here for the data plane's users.
-from ..protocol.group import bitmap as bitmap
-from ..protocol.group import from_bitmap as from_bitmap
-
 #: Datagram header: magic, version, flags, session id, slice, fragment, fragments in
 #: the slice, slice length.
 _DGRAM = struct.Struct("<2sBBQIHHI")
