@@ -114,3 +114,8 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     path = tmp_path_factory.mktemp("state")
     monkeypatch.setenv("P2PCLONE_STATE_DIR", str(path))
     return path
+
+
+# One Samba server for the whole session, whichever folder's tests use it (a conftest
+# per folder would start one each).
+from tests.samba import samba, smb_env  # noqa: E402, F401 - fixtures

@@ -26,7 +26,7 @@ from p2pclone.image import tools
 from p2pclone.jobs import receive, send
 from p2pclone.options import ReceiveOptions, SendOptions
 from tests.conftest import MiB, random_file, write_layout
-from tests.image.conftest import Samba
+from tests.samba import Samba
 
 CODE = "correct horse battery staple"
 CLI = [sys.executable, "-m", "p2pclone"]

@@ -1,5 +1,5 @@
-"""The option table's fixtures: the Samba server of the image tests, a network namespace
-for multicast on loopback, and the sources (a small ext4 disk, a failing disk)."""
+"""The option table's fixtures: a network namespace for multicast on loopback, and a
+way to run one spec inside it (the Samba server is tests/samba.py's, shared)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.image.conftest import Samba, samba, smb_env  # noqa: F401 - fixtures used here
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -41,9 +41,9 @@ from p2pclone.jobs import receive, send
 from p2pclone.options import ReceiveOptions, SendOptions, flag
 from tests.conftest import MiB, can_loop
 from tests.failing_disk import failing_disk
-from tests.image.conftest import Samba
 from tests.options.conftest import run_in_netns
 from tests.options.run import CODE, PASSPHRASE, Spec, run
+from tests.samba import Samba
 from tests.transports.test_serial import cable
 
 pytestmark = pytest.mark.slow

@@ -1,5 +1,6 @@
-"""A real Samba server for the image tests: smbd on 127.0.0.1 at a high port, with a
-throwaway configuration, share and user, started once per test session (as root)."""
+"""A real Samba server for the tests (images, the option table): smbd on 127.0.0.1 at a
+high port, with a throwaway configuration, share and user, started once per test
+session (as root)."""
 
 from __future__ import annotations
 
