@@ -11,8 +11,8 @@ the fields it honours (a link transport in its class, an image and a group besid
 drivers, the sessions below); :func:`refuse_unhonoured` turns a given option that the
 far end does not honour into a usage error (exit 2) naming the option and the far end,
 before anything is opened.  An option is never silently dropped:
-``tests/test_options.py`` runs every option against every far end, and each is either
-honoured, with an effect it checks, or refused.
+``tests/options/test_table.py`` runs every option against every far end, and each is
+either honoured, with an effect it checks, or refused.
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def refuse_unhonoured(
 HINTS: dict[str, str] = {
     "code": "an image has no pairing code; its passphrase is --passphrase "
     "(or $P2PCLONE_PASSPHRASE)",
-    "passphrase": "only an image has a passphrase; a link or a group pairs with --code",
+    "passphrase": "only an image has a passphrase; a link or a group pairs with its "
+    "code ($P2PCLONE_CODE, or the prompt)",
     "new_passphrase": "it sets the passphrase of an image saved from another image",
     "fresh": "on the sender it starts an interrupted image save over; a receiver "
     "starts over with its own --fresh",

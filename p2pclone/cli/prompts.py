@@ -32,7 +32,7 @@ def make_approve(out: Output) -> Approve:
         if not sys.stdin.isatty():
             raise SafetyError(
                 f"the target {target.path} ({human_bytes(target.size)}) would be overwritten "
-                "and there is no terminal to ask: pass --yes to say so; nothing was written"
+                "and there is no terminal to ask: pass --yes to confirm; nothing was written"
             )
         from ..disks.describe import describe
 
@@ -50,7 +50,7 @@ def make_approve(out: Output) -> Approve:
         )
         answer = input("Type yes to overwrite it: ")
         if answer.strip().lower() != "yes":
-            raise SafetyError("not approved: the target was left untouched")
+            raise SafetyError("not confirmed: the target was left untouched")
 
     return approve
 
