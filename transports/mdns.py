@@ -46,7 +46,7 @@ class Announced:
     host: str
     port: int
     addresses: list[str]  # IPv6 link-local ones with their zone: fe80::1%eth0
-    size: int = 0
+    size: int | None = 0  # None: it announced something that is not a size
     version: str = ""
     since: float = 0.0  # when it started waiting (its clock, Unix time)
     group: str = ""  # a multicast sender's GROUP:PORT ("": a receiver)
@@ -221,7 +221,7 @@ def _resolve(zc: Zeroconf, name: str, seconds: float) -> Announced | None:
         host=props.get("host") or "",
         port=info.port,
         addresses=addresses,
-        size=size or 0,
+        size=size,
         version=props.get("v") or "",
         since=since or 0.0,
         group=props.get("g") or "",

@@ -361,7 +361,7 @@ def cmd_peers(args: argparse.Namespace, out: Output) -> int:
                 port=a.port,
                 addresses=a.addresses,
                 urls=a.urls(),
-                target_bytes=a.size or None,
+                target_bytes=a.size,
                 version=a.version,
                 age=round(max(0.0, now - a.since), 1) if a.since else None,
             )
@@ -372,7 +372,7 @@ def cmd_peers(args: argparse.Namespace, out: Output) -> int:
     out.line(f"{'CODE':<6} {'HOST':<20} {'TARGET':>10} {'WAITING':>8}  ADDRESSES")
     for a in found:
         age = f"{max(0.0, now - a.since):.0f} s" if a.since else "?"
-        size = human_bytes(a.size) if a.size else "?"
+        size = "?" if a.size is None else human_bytes(a.size)
         out.line(f"{a.nameplate + '-…':<6} {a.host[:20]:<20} {size:>10} "
                  f"{age:>8}  {', '.join(a.urls())}")  # fmt: skip
     return 0
