@@ -36,6 +36,7 @@ from .image.reader import ImageSource
 from .journal import check_state_dir, default_state_dir
 from .multicast.driver import GROUP_RECEIVE, GROUP_SEND, receive_group, send_group
 from .options import (
+    DEFAULT_WAIT,
     DISK_SOURCE,
     IMAGE_SOURCE,
     RECEIVING_SESSION,
@@ -51,10 +52,6 @@ from .sender import DEFAULT_CHUNK_SIZE, check_chunk_size, send_stream
 from .sender.source import open_source
 from .session import Connected, Done, GroupReporter, Listening, Notice, Reporter, no_report
 
-#: how long a sender keeps trying a receiver that is not listening yet (tcp://), and
-#: how long a multicast group's door stays open, unless --wait says otherwise
-DEFAULT_WAIT = 60.0
-
 
 def nameplate(code: str) -> str:
     """The number of a pairing code (``7`` of ``7-guitar-remind``): all that is ever
@@ -65,7 +62,7 @@ def nameplate(code: str) -> str:
 # -- who honours what -------------------------------------------------------------------
 
 
-def send_honours(origin: Place, end: FarEnd, options: SendOptions) -> frozenset[str]:
+def send_honours(origin: Place, end: FarEnd) -> frozenset[str]:
     """The options a send from ``origin`` to ``end`` honours (the rest are refused)."""
     match origin:
         case Disk():
@@ -103,7 +100,7 @@ def receive_honours(end: FarEnd) -> frozenset[str]:
 def check_send(origin: Place, end: FarEnd, options: SendOptions) -> None:
     """Raises UsageError for an option given that this send does not honour."""
     refuse_unhonoured(
-        options, send_honours(origin, end, options), f"a send from {origin.name} to {end.name}"
+        options, send_honours(origin, end), f"a send from {origin.name} to {end.name}"
     )
 
 
@@ -302,7 +299,6 @@ def _target_is_a_disk(target: str) -> None:
 
 
 __all__ = [
-    "DEFAULT_WAIT",
     "check_receive",
     "check_send",
     "nameplate",

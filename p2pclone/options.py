@@ -28,6 +28,9 @@ from .protocol import Plan
 
 #: the defaults of a failing source's options (``--retries``, ``--read-timeout``)
 _RESCUE = RescueOptions()
+#: how long a sender keeps trying a receiver that is not listening yet (tcp://), and
+#: how long a multicast group's door stays open, unless --wait says otherwise
+DEFAULT_WAIT = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,6 +169,7 @@ IMAGE_SOURCE = frozenset({"passphrase", "password"})
 
 
 __all__ = [
+    "DEFAULT_WAIT",
     "DISK_SOURCE",
     "HINTS",
     "IMAGE_SOURCE",

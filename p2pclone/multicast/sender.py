@@ -45,7 +45,7 @@ from ..errors import (
     TransportError,
 )
 from ..image.reader import ImageSource
-from ..options import SendOptions
+from ..options import DEFAULT_WAIT, SendOptions
 from ..pipeline import DiskSource
 from ..protocol import (
     Accept,
@@ -87,10 +87,6 @@ from .members import Clock, Paced, Peer, expel, tell_all
 from .slices import LossReports, SliceStream, Wire
 
 __all__ = ["GroupSender"]
-
-#: how long the door stays open for receivers to join (and evicted ones to come back)
-#: unless --wait says otherwise
-DEFAULT_WAIT = 60.0
 
 
 class GroupSender:
