@@ -136,6 +136,30 @@ def _origin(args: argparse.Namespace) -> str:
     return "disk"
 
 
+def _reading(args: argparse.Namespace) -> SendOptions:
+    """The reading side's options, as ``send`` and ``clone`` share them."""
+    return SendOptions(
+        chunk_size=args.chunk_size,
+        exact=args.exact,
+        allow_mounted=args.allow_mounted,
+        retries=args.retries,
+        scrape=args.scrape,
+        read_timeout=args.read_timeout,
+    )
+
+
+def _writing(args: argparse.Namespace) -> ReceiveOptions:
+    """The writing side's options, as ``receive`` and ``clone`` share them."""
+    return ReceiveOptions(
+        yes=args.yes,
+        verify=args.verify,
+        delta=args.delta,
+        grow=args.grow,
+        discard=args.discard,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+    )
+
+
 def _urls(*places: Place) -> list[str]:
     return [p.url for p in places if isinstance(p, Image)]
 
@@ -149,16 +173,8 @@ def cmd_receive(args: argparse.Namespace, out: Output) -> int:
 
     end = far_end(args.url)
     image = end if isinstance(end, Image) else None
-    options = ReceiveOptions(
-        code=args.code or "",
-        passphrase=args.passphrase,
-        yes=args.yes,
-        verify=args.verify,
-        delta=args.delta,
-        grow=args.grow,
-        discard=args.discard,
-        fresh=args.fresh,
-        state_dir=Path(args.state_dir) if args.state_dir else None,
+    options = replace(
+        _writing(args), code=args.code or "", passphrase=args.passphrase, fresh=args.fresh
     )
     check_receive(end, options)  # before anything is asked
     if image is not None:
@@ -190,16 +206,11 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
     from ..jobs import check_send, send
 
     origin, end = place(args.source), far_end(args.url)
-    options = SendOptions(
+    options = replace(
+        _reading(args),
         code=args.code or "",
         passphrase=args.passphrase,
         new_passphrase=args.new_passphrase,
-        chunk_size=args.chunk_size,
-        exact=args.exact,
-        allow_mounted=args.allow_mounted,
-        retries=args.retries,
-        scrape=args.scrape,
-        read_timeout=args.read_timeout,
         delta=args.delta,
         fresh=args.fresh,
         receivers=args.receivers,
@@ -235,25 +246,15 @@ def cmd_clone(args: argparse.Namespace, out: Output) -> int:
 
     origin, dest = place(args.source), place(args.target)
     saving = isinstance(dest, Image)
-    sending = SendOptions(
+    sending = replace(
+        _reading(args),
         passphrase=args.passphrase if saving else None,
-        chunk_size=args.chunk_size,
-        exact=args.exact,
-        allow_mounted=args.allow_mounted,
-        retries=args.retries,
-        scrape=args.scrape,
-        read_timeout=args.read_timeout,
         fresh=args.fresh and saving,  # a save starts over; a disk's journal is the target's
     )
-    receiving = ReceiveOptions(
+    receiving = replace(
+        _writing(args),
         passphrase=None if saving else args.passphrase,
-        yes=args.yes,
-        verify=args.verify,
-        delta=args.delta,
-        grow=args.grow,
-        discard=args.discard,
         fresh=args.fresh and not saving,
-        state_dir=Path(args.state_dir) if args.state_dir else None,
     )
     if isinstance(dest, Image):
         sending = _image_secrets(sending, origin, dest)
