@@ -16,10 +16,9 @@ from p2pclone.protocol.dataplane import (
     Member,
     RateGovernor,
     RepairState,
-    bitmap,
-    from_bitmap,
     split,
 )
+from p2pclone.protocol.group import bitmap, from_bitmap
 
 
 def simulate(
