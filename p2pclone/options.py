@@ -84,6 +84,7 @@ class ReceiveOptions:
     verify: bool = False
     delta: bool = False  # hash the target first: only chunks that differ are sent
     grow: bool = False  # a bigger disk: extend the last partition and its filesystem
+    cut: bool = False  # a smaller disk: let the source's data past its end go
     discard: bool = False  # TRIM what the source's filesystems do not use
     fresh: bool = False  # ignore an interrupted run's journal
     state_dir: Path | None = None  # where the journal lives (None: the default)
@@ -155,13 +156,15 @@ HINTS: dict[str, str] = {
     "retries": "it is about reading a failing disk; an image is not a disk",
     "scrape": "it is about reading a failing disk; an image is not a disk",
     "read_timeout": "it is about reading a failing disk; an image is not a disk",
+    "cut": "a multicast group sends every member the same bytes: a smaller target needs "
+    "a unicast clone (tcp://)",
 }
 
 
 #: What every session honours, whatever carries it (sender/ and receiver/ read them).
 SENDING_SESSION = frozenset({"chunk_size", "delta"})
 RECEIVING_SESSION = frozenset(
-    {"yes", "verify", "delta", "grow", "discard", "fresh", "state_dir", "journal"}
+    {"yes", "verify", "delta", "grow", "cut", "discard", "fresh", "state_dir", "journal"}
 )
 #: What reading a disk or a file honours, and reading an image (sender/source.py).
 DISK_SOURCE = frozenset({"exact", "allow_mounted", "retries", "scrape", "read_timeout"})

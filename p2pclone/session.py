@@ -125,6 +125,12 @@ class Done:
     unreadable: list[list[int]] = field(default_factory=list)
     # where those ranges are: "partition 2 (ext4)", … (volumes/layout.py)
     unreadable_in: list[str] = field(default_factory=list)
+    # a smaller target kept nothing from this byte on (0: it kept everything): the
+    # clone, and its root, are of the bytes before it
+    cut_at: int = 0
+    # the sender's count of data (4 KiB blocks not all zero) past cut_at that the
+    # receiver let go with --cut (0 on the receiver, which never read it)
+    dropped_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,6 +155,7 @@ def _writing(args: argparse.Namespace) -> ReceiveOptions:
         verify=args.verify,
         delta=args.delta,
         grow=args.grow,
+        cut=args.cut,
         discard=args.discard,
         state_dir=Path(args.state_dir) if args.state_dir else None,
     )

@@ -141,14 +141,16 @@ class Output:
                     rate = d.source_bytes / d.seconds if d.seconds > 0 else 0.0
                     free = f"; {human_bytes(d.free_bytes)} free, not copied" if d.free_bytes else ""
                     ratio = d.wire_bytes / d.source_bytes if d.source_bytes else 0.0
+                    cut = _cut(d)
                     self.say(
                         f"Done: {human_bytes(d.source_bytes)} in {d.seconds:.1f} s "
                         f"({human_bytes(rate)}/s); {human_bytes(d.wire_bytes)} on the wire "
                         f"({ratio:.0%}); {d.chunks} chunks, {d.zero_chunks} zero, "
                         f"{d.same_chunks} already there"
                         f"{f', {d.repaired_chunks} repaired' if d.repaired_chunks else ''}"
-                        f"{free}; "
+                        f"{free}{cut}; "
                         f"{'verified, ' if d.verified else ''}root {d.digest[:16]}…"
+                        f"{' (of the bytes before the cut)' if d.cut_at else ''}"
                     )
             case _:
                 assert_never(event)
@@ -357,6 +359,19 @@ class Output:
         if self.json_mode:
             self.emit(event="error", code=exc.code, message=exc.message)
         self._write(f"p2pclone: error: {printable(exc.message)}", sys.stderr)
+
+
+def _cut(d: Done) -> str:
+    """What a smaller target did not take, for the done line ("" when it took all)."""
+    if not d.cut_at:
+        return ""
+    past = human_bytes(d.source_bytes - d.cut_at)
+    if d.dropped_bytes:
+        return (
+            f"; the {past} past byte {d.cut_at} not copied: "
+            f"{human_bytes(d.dropped_bytes)} of data there let go (--cut)"
+        )
+    return f"; the {past} past byte {d.cut_at} not copied (all zeros, or let go with --cut)"
 
 
 def _silence(stream: TextIO) -> None:

@@ -253,6 +253,13 @@ def _target_options(r: argparse.ArgumentParser) -> None:
         "filesystem (ext2/3/4, NTFS; XFS and btrfs: told how)",
     )
     r.add_argument(
+        "--cut",
+        action="store_true",
+        help="onto a smaller disk: let the source's data past this disk's end go (its "
+        "partitions must fit; without --cut such a clone is refused when anything past "
+        "the end is not zero)",
+    )
+    r.add_argument(
         "--discard",
         action="store_true",
         help="after the clone, discard (TRIM) the ranges no filesystem of the source uses: "

@@ -26,8 +26,10 @@ from .sender import GroupSender
 #: hashes its target first), its pairing ``code``, how many ``receivers`` it waits
 #: for and how long its door stays open (``wait``).  Not ``fresh``: nothing is saved.
 GROUP_SEND = SENDING_SESSION | {"code", "receivers", "wait"}
-#: A member honours every receiving session's option, and pairs with ``code``.
-GROUP_RECEIVE = RECEIVING_SESSION | {"code"}
+#: A member honours every receiving session's option but ``cut`` (a member must hold
+#: the whole source: the group sends every member the same bytes), and pairs with
+#: ``code``.
+GROUP_RECEIVE = RECEIVING_SESSION - {"cut"} | {"code"}
 
 
 async def send_group(

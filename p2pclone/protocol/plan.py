@@ -98,18 +98,26 @@ class Accept:
     #: the target is smaller: it keeps nothing from this byte on (0: it keeps it all);
     #: both sides then treat [cut, size) as free (docs/protocol.md, ACCEPT)
     cut: int = 0
+    #: with ``cut``: the receiver's operator lets the source's data past ``cut`` go
+    #: (``--cut``); without it a sender refuses to cut off bytes that are not zero
+    drop: bool = False
 
     def to_meta(self) -> dict[str, Any]:
-        return {"tgt": _clip_info(self.target), "have": self.have, "sub": self.sub, "cut": self.cut}
+        meta = {"tgt": _clip_info(self.target), "have": self.have, "sub": self.sub, "cut": self.cut}
+        if self.drop:  # absent for a peer that never lets data go (and for older ones)
+            meta["drop"] = True
+        return meta
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> Accept:
         sub = _count(meta, "sub", "ACCEPT", limit=MAX_CHUNK_SIZE)
         if sub and (sub < 4096 or sub % 4096):
             raise RemoteProtocolError(f"the peer's ACCEPT has a sub-block size of {sub} bytes")
+        drop = _need(meta, "drop", bool, "ACCEPT") if "drop" in meta else False
         return cls(
             target=_info(meta, "tgt", "ACCEPT"),
             have=_need(meta, "have", bool, "ACCEPT"),
             sub=sub,
             cut=_count(meta, "cut", "ACCEPT"),
+            drop=drop,
         )

@@ -110,6 +110,7 @@ async def _session(
                 have=delta or bool(journal and journal.have),
                 sub=SUB_BLOCK if delta else 0,
                 cut=cut,
+                drop=bool(cut) and opts.cut,
             )
         )
     except BaseException:
@@ -156,6 +157,7 @@ async def _session(
         free_bytes=plan.free.total,
         unreadable=merged(state.unreadable),
         unreadable_in=partitions_hit(plan.source, merged(state.unreadable)),
+        cut_at=cut,
     )
     await channel.close()
     return done

@@ -16,6 +16,7 @@ this package runs the session over the stream it is given.
 
 from __future__ import annotations
 
+import functools
 from typing import assert_never
 
 import trio
@@ -126,8 +127,18 @@ async def _session(
     )
     await channel.send(plan)
     accept = await channel.expect(Accept, "the receiver to accept the plan")
+    dropped = 0
     if accept.cut:
-        cut_off(source, accept.cut)
+        dropped = await trio.to_thread.run_sync(
+            functools.partial(
+                cut_off,
+                source,
+                accept.cut,
+                plan.chunk_size,
+                target=str(accept.target.get("name", "the receiver's")),
+                drop=accept.drop,
+            )
+        )
     report(Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, accept.target))
 
     result: list[Result] = []
@@ -165,6 +176,8 @@ async def _session(
         free_bytes=plan.free.total,
         unreadable=merged(runs.unreadable),
         unreadable_in=partitions_hit(plan.source, merged(runs.unreadable)),
+        cut_at=accept.cut,
+        dropped_bytes=dropped,
     )
     await channel.close()
     return done

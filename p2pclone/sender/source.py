@@ -16,11 +16,12 @@ import trio
 
 from ..disks import Source
 from ..endpoints import Disk, Image, Place
-from ..errors import RemoteProtocolError
+from ..errors import RemoteProtocolError, SafetyError
 from ..image.reader import ImageSource
 from ..options import SendOptions
 from ..pipeline import DiskSource
 from ..session import Mapped, Reporter, no_report
+from ..units import human_bytes
 from ..volumes import Extents, scan
 from ..volumes.layout import layout_info
 
@@ -94,13 +95,70 @@ def map_source(source: Source) -> tuple[Mapped, Extents]:
     return mapped, disk.free
 
 
-def cut_off(source: DiskSource, cut: int) -> None:
+def cut_off(source: DiskSource, cut: int, chunk_size: int, *, target: str, drop: bool) -> int:
     """The receiver's target is smaller and keeps nothing from ``cut`` on: send nothing
     from there either (it is free on both sides, so the hashes agree).  Only past the
-    last partition, which the receiver checked against our plan; we check it too."""
+    last partition, which the receiver checked against our plan; we check it too.
+
+    What lies there is read first (a blocking call): bytes that are not zero are lost
+    by the cut, which only ``drop`` (the receiver's ``--cut``) allows; a GPT's backup,
+    at the very end, is rebuilt on the target and does not count.  Returns the bytes
+    of data let go (in 4 KiB blocks that are not all zero).
+
+    Raises:
+        RemoteProtocolError: a cut inside a partition.
+        SafetyError: data past the cut, and no ``drop``.
+    """
     ends = [v for k, v in source.info.items() if k.startswith("end") and isinstance(v, int)]
     if not ends or cut < max(ends):
         raise RemoteProtocolError(
             f"the receiver asked to cut the source at byte {cut}, inside a partition"
         )
+    first, last, data = data_past(source, cut, chunk_size)
+    if data and not drop:
+        needed = last + (source.size - _tail_end(source))
+        raise SafetyError(
+            f"the source holds data past byte {cut}, where the target {target} ends: "
+            f"{human_bytes(data, small='bytes')} outside every partition, the first at "
+            f"byte {first}; this target would lose it. Clone onto a disk of at least "
+            f"{human_bytes(needed, small='bytes')}, or let it go with --cut on the "
+            "receiver; nothing was written"
+        )
     source.free = source.free.union(Extents(((cut, source.size),)))
+    return data
+
+
+def _tail_end(source: DiskSource) -> int:
+    """Where the tail that a cut may lose ends: before a GPT's backup (its array and
+    header, rebuilt at the target's end), else at the source's end."""
+    if source.info.get("layout") != "gpt":
+        return source.size
+    sector = source.info.get("sector") or 512
+    return source.size - (1 + -(-16384 // int(sector))) * int(sector)
+
+
+def data_past(source: DiskSource, cut: int, chunk_size: int) -> tuple[int, int, int]:
+    """(the first byte that is not zero, the end of the last, how many bytes of data)
+    in the source from ``cut`` to its tail's end, counted in 4 KiB blocks; zeros when
+    all of it is zeros.  Read a chunk at a time (an image is read in whole chunks), a
+    file's holes skipped."""
+    first = last = data = 0
+    end = _tail_end(source)
+    zero = bytes(4096)
+    index = cut // chunk_size
+    while index * chunk_size < end:
+        at = index * chunk_size
+        if source.next_data(at) >= at + chunk_size:  # a hole: zeros, not read
+            index += 1
+            continue
+        chunk = bytes(source.read(at, min(chunk_size, source.size - at)))
+        lo, hi = max(cut, at) - at, min(end, at + len(chunk)) - at
+        for k in range(lo - lo % 4096, hi, 4096):
+            a, b = max(k, lo), min(k + 4096, hi)
+            piece = chunk[a:b]
+            if piece != zero[: len(piece)]:
+                first = first or at + a + next(i for i, c in enumerate(piece) if c)
+                last = at + a + len(piece.rstrip(b"\0"))
+                data += len(piece)
+        index += 1
+    return first, last, data

@@ -79,6 +79,7 @@ RECEIVE_TABLE: dict[str, frozenset[str]] = {
     "verify": ALL,
     "delta": ALL,
     "grow": ALL,
+    "cut": ALL - {"multicast"},  # a group's members must hold the whole source
     "discard": ALL,
     "fresh": ALL,
     "state_dir": ALL,
@@ -114,6 +115,7 @@ GIVEN: dict[str, Any] = {
     "yes": True,
     "verify": True,
     "grow": True,
+    "cut": True,
     "discard": True,
     "state_dir": "/nonexistent/state",
     "journal": False,
@@ -527,6 +529,16 @@ class World:
             finally:
                 os.close(fd)
         assert table.partitions[-1].end > self.size + MiB  # the last partition was grown
+
+    async def receive_cut(self, far: str) -> None:
+        # the disk's tail past its partition is dirty: a smaller target would lose it
+        with _loop_target(self.tmp, self.size - 2 * MiB) as dev:
+            refused = await self.go(far, "receive", targets=[Path(dev)])
+            assert _side(refused, far)["exit"] == 4, refused
+            assert "--cut" in _side(refused, far)["message"]
+            cut = await self.go(far, "receive", targets=[Path(dev)], receive_options={"cut": True})
+            done = _done(_side(cut, far))
+        assert done["cut_at"] == self.size - 2 * MiB
 
     async def receive_discard(self, far: str) -> None:
         target = self.target()  # random bytes everywhere: nothing is a hole

@@ -368,3 +368,16 @@ def make_disk(
             vol.unlink()
             out.append((start, length, used.shift(start)))
     return out
+
+
+def zero_tail(path: Path, parts: list[tuple[int, int, Extents]]) -> None:
+    """Zeros between the last partition's end and the disk's end (a GPT's backup, in
+    the last 33 sectors, kept): unpartitioned space as a new disk has it, which a
+    smaller target may then cut off."""
+    end = max(start + size for start, size, _ in parts)
+    total = path.stat().st_size
+    with open(path, "r+b") as f:
+        head = f.read(1024)
+        stop = total - 33 * 512 if head[512:520] == b"EFI PART" else total
+        f.seek(end)
+        f.write(bytes(stop - end))

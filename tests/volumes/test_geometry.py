@@ -17,7 +17,7 @@ import pytest
 from p2pclone.volumes.geometry import GeometryError, relocate_gpt
 from p2pclone.volumes.table import read_table
 
-from .builders import MiB, make_disk, need, run
+from .builders import MiB, make_disk, need, run, zero_tail
 
 
 def sgdisk_ok(path: Path | str) -> bool:
@@ -114,6 +114,7 @@ def test_a_disk_cloned_onto_a_bigger_or_smaller_disk(
     need("e2fsck", "sgdisk")
     source = tmp_path / "source.img"
     parts = make_disk(source, 160 * MiB, LAYOUT)
+    zero_tail(source, parts)  # nothing past the partitions that a smaller disk would lose
     dev = loop_device(target_size, None)
     done = clone_cli(source, dev)
     assert done.returncode == 0, done.stderr
@@ -147,6 +148,7 @@ def test_an_image_restored_onto_a_smaller_disk(tmp_path: Path, loop_device) -> N
     need("e2fsck", "sgdisk")
     source, image = tmp_path / "source.img", tmp_path / "disk.p2pc"
     parts = make_disk(source, 160 * MiB, LAYOUT)
+    zero_tail(source, parts)
     env = {**os.environ, "P2PCLONE_PASSPHRASE": "image-pass-phrase"}
     saved = subprocess.run(
         [sys.executable, "-m", "p2pclone", "clone", str(source), f"file://{image}"],
@@ -237,6 +239,7 @@ def test_an_mbr_disk_onto_a_smaller_disk(tmp_path: Path, loop_device) -> None:
     need("sfdisk", "e2fsck")
     source = tmp_path / "source.img"
     parts = make_disk(source, 160 * MiB, LAYOUT, scheme="mbr")
+    zero_tail(source, parts)
     dev = loop_device(128 * MiB + 512 * 1024, None)
     done = clone_cli(source, dev)
     assert done.returncode == 0, done.stderr
