@@ -83,7 +83,8 @@ class ReceiveOptions:
     yes: bool = False  # overwrite without asking
     verify: bool = False
     delta: bool = False  # hash the target first: only chunks that differ are sent
-    grow: bool = False  # a bigger disk: extend the last partition and its filesystem
+    grow: int | None = None  # a larger disk: 0 grows the largest data partition, N that one
+    proportional: bool = False  # a larger disk: every data partition grows in proportion
     cut: bool = False  # a smaller disk: let the source's data past its end go
     discard: bool = False  # TRIM what the source's filesystems do not use
     fresh: bool = False  # ignore an interrupted run's journal
@@ -164,7 +165,18 @@ HINTS: dict[str, str] = {
 #: What every session honours, whatever carries it (sender/ and receiver/ read them).
 SENDING_SESSION = frozenset({"chunk_size", "delta"})
 RECEIVING_SESSION = frozenset(
-    {"yes", "verify", "delta", "grow", "cut", "discard", "fresh", "state_dir", "journal"}
+    {
+        "yes",
+        "verify",
+        "delta",
+        "grow",
+        "proportional",
+        "cut",
+        "discard",
+        "fresh",
+        "state_dir",
+        "journal",
+    }
 )
 #: What reading a disk or a file honours, and reading an image (sender/source.py).
 DISK_SOURCE = frozenset({"exact", "allow_mounted", "retries", "scrape", "read_timeout"})

@@ -396,7 +396,7 @@ async def test_grow_picks_its_tool_from_the_written_partition_not_the_sender(
             await receive_stream(
                 theirs,
                 target,
-                ReceiveOptions(grow=True, journal=False),
+                ReceiveOptions(grow=0, journal=False),
                 code="c",
                 report=lambda e: notes.append(e.message) if isinstance(e, Notice) else None,
             )

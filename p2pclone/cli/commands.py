@@ -149,12 +149,21 @@ def _reading(args: argparse.Namespace) -> SendOptions:
 
 
 def _writing(args: argparse.Namespace) -> ReceiveOptions:
-    """The writing side's options, as ``receive`` and ``clone`` share them."""
+    """The writing side's options, as ``receive`` and ``clone`` share them.
+
+    Raises:
+        UsageError: --grow and --proportional together.
+    """
+    if args.grow is not None and args.proportional:
+        raise UsageError(
+            "--grow and --proportional are two ways to share a larger disk's space: give one"
+        )
     return ReceiveOptions(
         yes=args.yes,
         verify=args.verify,
         delta=args.delta,
         grow=args.grow,
+        proportional=args.proportional,
         cut=args.cut,
         discard=args.discard,
         state_dir=Path(args.state_dir) if args.state_dir else None,

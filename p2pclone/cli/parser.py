@@ -248,9 +248,21 @@ def _target_options(r: argparse.ArgumentParser) -> None:
     )
     r.add_argument(
         "--grow",
+        nargs="?",
+        const=0,
+        type=int,
+        default=None,
+        metavar="N",
+        help="onto a larger disk: the largest data partition (or partition N) takes the new "
+        "space and the partitions after it (a recovery partition, say) move to the end; its "
+        "filesystem is grown with its own tool (ext2/3/4, NTFS, XFS, btrfs); GPT and MBR, "
+        "and a file target you made larger first",
+    )
+    r.add_argument(
+        "--proportional",
         action="store_true",
-        help="onto a bigger disk: extend the last partition to the end and grow its "
-        "filesystem (ext2/3/4, NTFS; XFS and btrfs: told how)",
+        help="onto a larger disk: every data partition grows in proportion to its size "
+        "(Clonezilla's -k1), their filesystems with them",
     )
     r.add_argument(
         "--cut",

@@ -1,18 +1,36 @@
-"""``--grow``: the last partition's filesystem grown to fill the partition extended for it.
+"""``--grow``: a grown partition's filesystem grown to fill it.
 
 The filesystem's own tool does the work, on a loop device over the partition's byte
 range (no partition node is needed: some kernels never create them for loop devices):
 ext2/3/4 with ``e2fsck -f -p`` then ``resize2fs``, NTFS with ``ntfsresize --force``.
-XFS and btrfs grow only while mounted, so the sentence returned says how.
+XFS and btrfs grow only while mounted: the partition is mounted for the moment of the
+grow in a private temporary folder (``xfs_growfs``, ``btrfs filesystem resize max``),
+then unmounted.  Where a tool or the kernel's driver is missing, the sentence returned
+says which command to run once the disk is in its machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 
 from ..errors import TargetError
 from ..units import human_bytes
+
+#: the tools each filesystem is grown with, unmounted (ext, NTFS) or mounted (XFS, btrfs)
+_OFFLINE = {
+    "ext2": [["e2fsck", "-f", "-p"], ["resize2fs"]],
+    "ext3": [["e2fsck", "-f", "-p"], ["resize2fs"]],
+    "ext4": [["e2fsck", "-f", "-p"], ["resize2fs"]],
+    "ntfs": [["ntfsresize", "--force", "--no-progress-bar"]],
+}
+_MOUNTED = {
+    "xfs": (["xfs_growfs"], "xfs_growfs MOUNTPOINT"),
+    "btrfs": (["btrfs", "filesystem", "resize", "max"], "btrfs filesystem resize max MOUNTPOINT"),
+}
 
 
 def grow_filesystem(device: str, number: int, start: int, size: int, fs: str) -> str:
@@ -25,32 +43,56 @@ def grow_filesystem(device: str, number: int, start: int, size: int, fs: str) ->
             filesystem keeps its old size).
     """
     where = f"partition {number}"
-    if fs in ("ext2", "ext3", "ext4"):
-        steps = [["e2fsck", "-f", "-p"], ["resize2fs"]]
-    elif fs == "ntfs":
-        steps = [["ntfsresize", "--force", "--no-progress-bar"]]
-    elif fs == "xfs":
-        return f"{where} was extended; grow its XFS after mounting it: xfs_growfs MOUNTPOINT"
-    elif fs == "btrfs":
-        return (
-            f"{where} was extended; grow its btrfs after mounting it: "
-            "btrfs filesystem resize max MOUNTPOINT"
-        )
-    else:
-        return f"{where} was extended; its filesystem ({fs or 'unknown'}) was left as it was"
+    if fs in _MOUNTED:
+        return _grow_mounted(device, where, start, size, fs)
+    steps = _OFFLINE.get(fs)
+    if steps is None:
+        return f"{where} was grown; its filesystem ({fs or 'unknown'}) was left as it was"
     for step in steps:
         if shutil.which(step[0]) is None:
-            return f"{where} was extended, but {step[0]} is not installed to grow its {fs}"
+            return f"{where} was grown, but {step[0]} is not installed to grow its {fs}"
+    with _loop(device, start, size) as loop:
+        for step in steps:
+            # e2fsck -p exits 1 when it fixed something, which is fine before a resize
+            _run([*step, loop], ok=(0, 1) if step[0] == "e2fsck" else (0,))
+    return f"{where}'s {fs} was grown to fill it ({human_bytes(size)})"
+
+
+def _grow_mounted(device: str, where: str, start: int, size: int, fs: str) -> str:
+    tool, later = _MOUNTED[fs]
+    if shutil.which(tool[0]) is None:
+        return (
+            f"{where} was grown, but {tool[0]} is not installed: grow its {fs} after "
+            f"mounting it: {later}"
+        )
+    with (
+        _loop(device, start, size) as loop,
+        tempfile.TemporaryDirectory(prefix="p2pclone-grow-") as mnt,
+    ):
+        mounted = subprocess.run(["mount", "-t", fs, loop, mnt], capture_output=True, text=True)
+        if mounted.returncode != 0:
+            why = (mounted.stderr or mounted.stdout).strip().splitlines()[-1:] or ["?"]
+            return (
+                f"{where} was grown, but its {fs} could not be mounted here to grow it "
+                f"({why[0]}): grow it after mounting it: {later}"
+            )
+        try:
+            _run([*tool, mnt])
+        finally:
+            subprocess.run(["umount", mnt], capture_output=True)
+    return f"{where}'s {fs} was grown to fill it ({human_bytes(size)}), through a temporary mount"
+
+
+@contextlib.contextmanager
+def _loop(device: str, start: int, size: int) -> Iterator[str]:
+    """A loop device over ``size`` bytes of ``device`` from ``start``."""
     loop = _run(
         ["losetup", "--find", "--show", "-o", str(start), "--sizelimit", str(size), device]
     ).strip()
     try:
-        for step in steps:
-            # e2fsck -p exits 1 when it fixed something, which is fine before a resize
-            _run([*step, loop], ok=(0, 1) if step[0] == "e2fsck" else (0,))
+        yield loop
     finally:
         subprocess.run(["losetup", "-d", loop], capture_output=True)
-    return f"{where}'s {fs} was grown to fill it ({human_bytes(size)})"
 
 
 def _run(argv: list[str], ok: tuple[int, ...] = (0,)) -> str:

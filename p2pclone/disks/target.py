@@ -25,8 +25,6 @@ from ..errors import SafetyError, TargetError
 from ..units import human_bytes
 from ..volumes import identify
 from ..volumes.extents import Extents
-from ..volumes.geometry import GeometryError, Grown, relocate_gpt
-from ..volumes.table import read_table
 from .device import (
     DeviceInfo,
     block_size_bytes,
@@ -292,29 +290,14 @@ class Target:
             done += end - start
         return done
 
-    def fit_gpt(self, source_size: int, *, grow: bool = False) -> Grown | None:
-        """After a clone of a GPT disk of ``source_size`` bytes onto this device of
-        another size: move the backup to our end, rewrite both headers, and check that
-        the table reads back whole (volumes/geometry.py).  ``grow``: also extend the
-        partition that ends last to the end (returned).
+    def read_raw(self, offset: int, length: int) -> bytes:
+        """Read ``length`` bytes at ``offset`` as they are, free ranges included (a
+        table being fitted, a partition being moved: disks/reshape.py)."""
+        return self._read(offset, length)
 
-        Raises:
-            TargetError: the table could not be fitted or does not read back.
-        """
-        try:
-            writes, grown = relocate_gpt(
-                self._read, source_size, self.size, self.sector_size, grow=grow
-            )
-        except GeometryError as exc:
-            raise TargetError(f"the GPT cloned onto {self.path} cannot be fitted: {exc}") from None
-        for offset, data in writes:
-            self._write(offset, data)
-        self.sync()
-        table = read_table(self._read, self.size, self.sector_size)
-        if not table.trusted or table.notes:
-            why = "; ".join(table.notes) or "it does not read back"
-            raise TargetError(f"the GPT rewritten on {self.path} is not valid ({why})")
-        return grown
+    def write_raw(self, offset: int, data: bytes | memoryview) -> None:
+        """Write at ``offset`` whatever the used map says (disks/reshape.py)."""
+        self._write(offset, data)
 
     def filesystem_at(self, start: int, size: int) -> str:
         """The filesystem on the ``size`` bytes at ``start`` as written here ("ext4",
@@ -329,8 +312,10 @@ class Target:
             return False
         return (st.st_dev, st.st_ino) == (lst.st_dev, lst.st_ino)
 
-    def prepare(self, source_size: int) -> None:
-        """Size a file target (block devices need nothing)."""
+    def prepare(self, source_size: int, *, keep_larger: bool = False) -> None:
+        """Size a file target (block devices need nothing): the source's size, or its
+        own when it is larger and ``keep_larger`` (a virtual machine's disk made larger
+        for ``--grow``)."""
         self.prepared = True
         if self.is_block:
             return
@@ -342,8 +327,10 @@ class Target:
             )
         try:
             # The target must end up equal to the source, so a larger old file is
-            # cut to the source's size; every byte below it is rewritten or punched.
-            os.ftruncate(self.fd, source_size)
+            # cut to the source's size; every byte below it is rewritten or punched
+            # (with --grow the space past it is the disk's to grow into).
+            if not (keep_larger and self.size > source_size):
+                os.ftruncate(self.fd, source_size)
         except OSError as exc:
             raise TargetError(f"cannot size the target {self.path}: {exc.strerror}") from None
 

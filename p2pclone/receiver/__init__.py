@@ -27,7 +27,8 @@ import trio
 
 from ..disks import Target
 from ..disks.grow import grow_filesystem
-from ..errors import IntegrityError, P2PCloneError, SafetyError, TargetError
+from ..disks.reshape import fit_table
+from ..errors import IntegrityError, P2PCloneError, SafetyError, TargetError, UsageError
 from ..journal import Header, Journal, default_state_dir
 from ..options import Approve, ReceiveOptions
 from ..pipeline import SUB_BLOCK, default_threads
@@ -45,6 +46,7 @@ from ..session import (
 from ..units import human_bytes, merged
 from ..volumes.extents import Extents
 from ..volumes.layout import partitions_hit
+from ..volumes.resize import Policy, ResizeError, check_policy
 from .data import DataState
 from .feed import Feed
 from .verify import NullLog, repair, spans, verify_target
@@ -129,8 +131,10 @@ async def _session(
             "its image is damaged or incomplete there; those ranges of the target were not "
             "written, everything else was written and checked"
         )
-    if target.is_block and target.size != plan.source_size and plan.source.get("layout") == "gpt":
-        await _fit_table(target, plan, opts, report)
+    policy = _policy(opts)
+    gpt = plan.source.get("layout") == "gpt"
+    if target.size != plan.source_size and (policy or (target.is_block and gpt)):
+        await _fit_table(target, plan, policy, report)
     if opts.discard and target.free:
         await _discard(target, report)
     why = await trio.to_thread.run_sync(target.reread_partitions)
@@ -163,21 +167,64 @@ async def _session(
     return done
 
 
-async def _fit_table(target: Target, plan: Plan, opts: ReceiveOptions, report: Reporter) -> None:
-    """A GPT disk cloned onto a device of another size: the table fitted to it (and
-    with ``--grow`` on a bigger one, the last partition and its filesystem grown)."""
-    grow = opts.grow and target.size > plan.source_size
-    grown = await trio.to_thread.run_sync(
-        functools.partial(target.fit_gpt, plan.source_size, grow=grow)
-    )
+def _policy(opts: ReceiveOptions) -> Policy | None:
+    """How a larger target's space is shared (``--grow [N]``, ``--proportional``)."""
+    if opts.proportional:
+        return Policy(proportional=True)
+    return None if opts.grow is None else Policy(number=opts.grow)
+
+
+def _check_growth(target: Target, plan: Plan, policy: Policy) -> None:
+    """``--grow``/``--proportional`` that cannot be done: refused before anything is
+    written, with what to do.
+
+    Raises:
+        UsageError: the target is not larger, or the layout does not allow it.
+    """
+    option = "--proportional" if policy.proportional else "--grow"
+    if target.size <= plan.source_size:
+        fix = (
+            f"; make it the size the disk should have first (truncate -s 20G {target.path})"
+            if not target.is_block
+            else ""
+        )
+        raise UsageError(
+            f"{option}: the target {target.path} ({human_bytes(target.size)}) is not larger "
+            f"than the source ({human_bytes(plan.source_size)}): there is no space to grow "
+            f"into{fix}; leave {option} out otherwise; nothing was written"
+        )
+    try:
+        check_policy(plan.source, policy)
+    except ResizeError as exc:
+        raise UsageError(f"{option}: {exc}; nothing was written") from None
+
+
+async def _fit_table(target: Target, plan: Plan, policy: Policy | None, report: Reporter) -> None:
+    """A disk cloned onto a target of another size: its GPT's backup moved to the new
+    end, or (``policy``) its partitions laid out on the larger disk and the grown ones'
+    filesystems grown (disks/reshape.py, disks/grow.py)."""
+    layout = str(plan.source.get("layout", ""))
+    resize = await trio.to_thread.run_sync(fit_table, target, plan.source_size, layout, policy)
+    larger = target.size > plan.source_size
     report(
         Notice(
             f"the target is {human_bytes(abs(target.size - plan.source_size))} "
-            f"{'larger' if target.size > plan.source_size else 'smaller'} than the source: "
-            "the GPT's backup was moved to its end and both headers rewritten"
+            f"{'larger' if larger else 'smaller'} than the source: "
+            + (
+                "the GPT's backup was moved to its end and both headers rewritten"
+                if layout == "gpt"
+                else "the MBR was rewritten"
+            )
         )
     )
-    if grown is not None:
+    for move in resize.moves:
+        report(
+            Notice(
+                f"partition {move.number} moved {human_bytes(move.to - move.start)} up, to "
+                f"byte {move.to} (its used bytes copied and read back)"
+            )
+        )
+    for grown in resize.grown:
         # Which tool runs is decided by what is on the written partition, never by what
         # the sender says is there (a sender that lies must not pick our tool).
         fs = await trio.to_thread.run_sync(target.filesystem_at, grown.start, grown.size)
@@ -218,9 +265,14 @@ async def _prepare(
             "every member the same bytes, so this one needs a unicast clone (tcp://) or a "
             "target at least as large; nothing was written"
         )
+    policy = _policy(opts)
+    if policy is not None:
+        _check_growth(target, plan, policy)
     if not opts.yes:
         approve(plan, target)
-    await trio.to_thread.run_sync(target.prepare, plan.source_size)
+    await trio.to_thread.run_sync(
+        functools.partial(target.prepare, plan.source_size, keep_larger=policy is not None)
+    )
     # What no filesystem uses is neither written nor read back: everything below
     # (writes, zeroing, HAVE hashes, --verify) sees it as zeros.  Past a smaller
     # target's end nothing is kept: the sender treats it as free too.

@@ -76,6 +76,10 @@ class Extents:
             out.append((pos, end))
         return Extents(tuple(out))
 
+    def subtract(self, other: Extents) -> Extents:
+        """What of these extents ``other`` does not cover."""
+        return Extents(tuple(r for s, e in self.ranges for r in other.invert(s, e)))
+
     def shrink_to(self, unit: int) -> Extents:
         """Each range cut inwards to whole ``unit``-aligned blocks (free ranges shrink,
         so nothing used is ever rounded into them)."""

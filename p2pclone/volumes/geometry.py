@@ -1,4 +1,5 @@
 """A cloned GPT fitted to a target of another size: the backup moved to the new end.
+(What grows or moves on a larger disk is volumes/resize.py's.)
 
 A GPT keeps a backup header in the disk's last sector and a backup partition array
 just before it, and both headers name each other's place and the last usable sector.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from .fs import Read
 from .table import _GPT_ENTRY, _GPT_HEADER, GPT_SIGNATURE
@@ -26,21 +27,21 @@ class GeometryError(Exception):
     """The table cannot be fitted (the message says why, as a sentence fragment)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Grown:
-    """The partition ``grow`` extended: its number, where it starts, its new size."""
-
-    number: int
-    start: int
-    size: int
+#: edits a GPT's partition array in place, given (array, entries, entry size, the new
+#: last usable LBA); the table is then checked and sealed around what it made
+EditArray = Callable[[bytearray, int, int, int], None]
 
 
 def relocate_gpt(
-    read: Read, old_size: int, new_size: int, sector: int, *, grow: bool = False
-) -> tuple[list[tuple[int, bytes]], Grown | None]:
+    read: Read, old_size: int, new_size: int, sector: int, *, edit: EditArray | None = None
+) -> list[tuple[int, bytes]]:
     """The writes that fit the GPT read through ``read`` (a disk that was ``old_size``
-    bytes) to a disk of ``new_size`` bytes; with ``grow``, the partition that ends last
-    is also extended to the new last usable sector (and returned)."""
+    bytes) to a disk of ``new_size`` bytes; ``edit`` changes the partitions first (a
+    resize, volumes/resize.py).
+
+    Raises:
+        GeometryError: no primary GPT, a damaged array, or a partition past the new end.
+    """
     raw = bytearray(read(sector, sector))
     if raw[:8] != GPT_SIGNATURE:
         raise GeometryError("the primary GPT header is missing")
@@ -55,6 +56,8 @@ def relocate_gpt(
     backup_lba = sectors - 1
     backup_array_lba = backup_lba - array_sectors
     last_usable = backup_array_lba - 1
+    if edit is not None:
+        edit(array, count, entry_size, last_usable)
     for k in range(count):
         type_guid, _u, _first, last, _a, _n = _GPT_ENTRY.unpack_from(array, k * entry_size)
         if type_guid != bytes(16) and last > last_usable:
@@ -62,7 +65,6 @@ def relocate_gpt(
                 f"partition {k + 1} ends at byte {(last + 1) * sector}, beyond the last "
                 f"usable byte {(last_usable + 1) * sector} of a {new_size}-byte disk"
             )
-    grown = _grow_last(array, count, entry_size, last_usable, sector) if grow else None
     hdr[6], hdr[8], hdr[13] = backup_lba, last_usable, zlib.crc32(array)  # alternate, last usable
     primary = _sealed(hdr, raw, hsize)
     hdr[5], hdr[6], hdr[10] = backup_lba, 1, backup_array_lba  # backup: mine, other, array
@@ -80,25 +82,7 @@ def relocate_gpt(
     mbr = _protective_mbr(read(0, 512), sectors)
     if mbr is not None:
         writes.append((0, mbr))
-    return writes, grown
-
-
-def _grow_last(
-    array: bytearray, count: int, entry_size: int, last_usable: int, sector: int
-) -> Grown | None:
-    """Extend, in ``array``, the partition that ends last to ``last_usable``."""
-    ends = []
-    for k in range(count):
-        type_guid, _u, first, last, _a, _n = _GPT_ENTRY.unpack_from(array, k * entry_size)
-        if type_guid != bytes(16):
-            ends.append((last, k, first))
-    if not ends:
-        return None
-    last, k, first = max(ends)
-    if last >= last_usable:
-        return None
-    struct.pack_into("<Q", array, k * entry_size + 40, last_usable)
-    return Grown(k + 1, first * sector, (last_usable - first + 1) * sector)
+    return writes
 
 
 def _sealed(hdr: list[int | bytes], base: bytearray, hsize: int) -> bytes:

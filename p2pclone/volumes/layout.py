@@ -3,9 +3,10 @@ by the sender's scan, read by whoever must name a partition.
 
 Keys: ``layout`` (gpt, mbr, none), and per volume ``part<n>`` (one line for people),
 ``start<n>`` and ``end<n>`` (bytes; ``end<n>`` lets a smaller target accept the clone
-when every partition fits) and ``fs<n>`` (what the sender's scan found: shown, never
-trusted to pick a tool on the receiver).  ``n`` is the partition's number, 0 for a
-volume on the whole disk.
+when every partition fits), ``type<n>`` (its GPT type GUID or MBR type byte: a
+receiver checks ``--grow`` against it before anything is written) and ``fs<n>`` (what
+the sender's scan found: shown, never trusted to pick a tool on the receiver).  ``n``
+is the partition's number, 0 for a volume on the whole disk.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def layout_info(disk: DiskMap) -> dict[str, str | int]:
         if v.partition:
             info[f"start{n}"] = v.partition.start
             info[f"end{n}"] = v.partition.end
+            info[f"type{n}"] = v.partition.type
             info[f"fs{n}"] = v.fs
     return info
 

@@ -79,6 +79,7 @@ RECEIVE_TABLE: dict[str, frozenset[str]] = {
     "verify": ALL,
     "delta": ALL,
     "grow": ALL,
+    "proportional": ALL,
     "cut": ALL - {"multicast"},  # a group's members must hold the whole source
     "discard": ALL,
     "fresh": ALL,
@@ -114,7 +115,8 @@ GIVEN: dict[str, Any] = {
     "wait": 3.0,
     "yes": True,
     "verify": True,
-    "grow": True,
+    "grow": 0,
+    "proportional": True,
     "cut": True,
     "discard": True,
     "state_dir": "/nonexistent/state",
@@ -521,7 +523,7 @@ class World:
         from p2pclone.volumes.table import read_table
 
         with _loop_target(self.tmp, 2 * self.size) as dev:
-            out = await self.go(far, "receive", targets=[Path(dev)], receive_options={"grow": True})
+            out = await self.go(far, "receive", targets=[Path(dev)], receive_options={"grow": 0})
             _done(_side(out, far))
             fd = os.open(dev, os.O_RDONLY)
             try:
@@ -529,6 +531,20 @@ class World:
             finally:
                 os.close(fd)
         assert table.partitions[-1].end > self.size + MiB  # the last partition was grown
+
+    async def receive_proportional(self, far: str) -> None:
+        from p2pclone.volumes.table import read_table
+
+        with _loop_target(self.tmp, 2 * self.size) as dev:
+            options = {"proportional": True}
+            out = await self.go(far, "receive", targets=[Path(dev)], receive_options=options)
+            _done(_side(out, far))
+            fd = os.open(dev, os.O_RDONLY)
+            try:
+                table = read_table(lambda o, n: os.pread(fd, n, o), 2 * self.size)
+            finally:
+                os.close(fd)
+        assert table.partitions[-1].end > self.size + MiB  # the one data partition grew
 
     async def receive_cut(self, far: str) -> None:
         # the disk's tail past its partition is dirty: a smaller target would lose it

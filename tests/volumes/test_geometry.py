@@ -43,7 +43,7 @@ def fitted(src: Path, dst: Path, new_size: int) -> None:
         f.truncate(new_size)
     fd = os.open(dst, os.O_RDWR)
     try:
-        writes, _ = relocate_gpt(lambda o, n: os.pread(fd, n, o), src.stat().st_size, new_size, 512)
+        writes = relocate_gpt(lambda o, n: os.pread(fd, n, o), src.stat().st_size, new_size, 512)
         for offset, chunk in writes:
             os.pwrite(fd, chunk, offset)
     finally:
