@@ -145,7 +145,7 @@ def _chosen(parts: list[_Part], number: int) -> _Part:
 def _gpt(read: Read, old_size: int, new_size: int, sector: int, policy: Policy) -> Resize:
     raw = read(sector, sector)
     hdr = _GPT_HEADER.unpack_from(raw)
-    old_last_usable, entries_lba, count, entry_size = hdr[8], hdr[10], hdr[11], hdr[12]
+    entries_lba, count, entry_size = hdr[10], hdr[11], hdr[12]
     array = read(entries_lba * sector, count * entry_size)
     parts = []
     for k in range(count):
