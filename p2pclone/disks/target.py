@@ -266,7 +266,10 @@ class Target:
                 raise SafetyError(
                     f"the target {self.path} holds {held}, but partition {number} of the "
                     f"source ends at byte {end}: the target needs at least "
-                    f"{human_bytes(end + reserve, small='bytes')}; nothing was written"
+                    f"{human_bytes(end + reserve, small='bytes')}, or partition {number} "
+                    "must shrink on the source (the sender says how far it could); nothing "
+                    "was written",
+                    code="too-small",
                 )
         return self.size
 

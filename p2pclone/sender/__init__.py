@@ -23,6 +23,7 @@ import trio
 
 from ..errors import (
     IntegrityError,
+    PeerError,
     TransportError,
     UsageError,
 )
@@ -53,6 +54,7 @@ from ..session import (
 from ..units import merged
 from ..volumes.layout import partitions_hit
 from .runs import ChunkKind, HaveMap, answer_nak
+from .shrink import shrink_advice
 from .source import cut_off
 from .stream import stream_chunks
 
@@ -126,7 +128,16 @@ async def _session(
         free=source.free,
     )
     await channel.send(plan)
-    accept = await channel.expect(Accept, "the receiver to accept the plan")
+    try:
+        accept = await channel.expect(Accept, "the receiver to accept the plan")
+    except PeerError as exc:
+        # A receiver whose disk is too small: say how far our last partition could
+        # shrink, and how (asked only now: the estimate reads the filesystem).
+        if exc.code == "too-small" and (advice := await trio.to_thread.run_sync(
+            shrink_advice, source
+        )):  # fmt: skip
+            raise PeerError(exc.message + advice, code=exc.code, exit_code=exc.exit_code) from None
+        raise
     dropped = 0
     if accept.cut:
         dropped = await trio.to_thread.run_sync(

@@ -279,3 +279,26 @@ def test_grow_that_cannot_be_done_is_refused_before_anything_is_written(
         assert "nothing was written" in r.stderr
         with open(dev, "rb") as f:
             assert f.read() == before
+
+
+def test_too_small_says_how_far_the_last_partition_could_shrink(
+    tmp_path: Path, loop_device
+) -> None:
+    """A target too small for the last partition: refused (exit 4), and the sentence now
+    says what to do — how far that ext4 could shrink by resize2fs's own estimate, and the
+    commands that would shrink it on the source.  Negative control (tried): without the
+    sender's shrink advice, the sentence stops at "the target needs at least"."""
+    need("resize2fs", "dumpe2fs")
+    source = tmp_path / "disk.img"
+    make_disk(source, 160 * MiB, [("fat32", 40 * MiB), ("ext4", 64 * MiB)])
+    before = b"\x33" * (96 * MiB)
+    dev = loop_device(96 * MiB, before)
+    r = clone(source, dev)
+    assert r.returncode == 4, r.stderr
+    assert "partition 2 of the source ends at byte" in r.stderr
+    said = r.stderr.split("could shrink to ")
+    assert len(said) == 2 and "resize2fs" in said[1] and "resizepart 2" in said[1], r.stderr
+    size, unit = said[1].split()[:2]
+    assert unit == "MiB" and float(size) < 64, said[1]
+    with open(dev, "rb") as f:
+        assert f.read() == before
