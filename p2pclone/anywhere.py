@@ -23,7 +23,7 @@ from collections.abc import Callable
 import trio
 
 from p2pclone.transports import Listen
-from p2pclone.transports.mdns import browse
+from p2pclone.transports.mdns import browse, interface_towards
 from p2pclone.transports.multicast import MulticastGroup
 from p2pclone.transports.tcp import TcpListener, TcpTransport
 
@@ -169,7 +169,13 @@ class _Race:
                         )
                     )
                     continue
-                if found and await self._join(f"multicast://{found[0].group}"):
+                # Join on the interface the announcement came from: a lab with no
+                # router has no route for the group, so the kernel cannot choose one.
+                iface = interface_towards(found[0].addresses) if found else None
+                url = f"multicast://{found[0].group}" if found else ""
+                if iface:
+                    url += f"?iface={iface}"
+                if found and await self._join(url):
                     everything.cancel()
                     return
 

@@ -85,6 +85,37 @@ def local_addresses() -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def ipv4_interfaces() -> dict[str, list[ipaddress.IPv4Network]]:
+    """Every up interface with IPv4 but loopback: its name -> its networks."""
+    import ifaddr
+
+    out: dict[str, list[ipaddress.IPv4Network]] = {}
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str) and not ipaddress.IPv4Address(ip.ip).is_loopback:
+                net = ipaddress.IPv4Network(f"{ip.ip}/{ip.network_prefix}", strict=False)
+                out.setdefault(adapter.nice_name, []).append(net)
+    return out
+
+
+def interface_towards(addresses: list[str]) -> str | None:
+    """The interface on whose link one of ``addresses`` lies: an IPv4 address inside
+    one of its networks, or an IPv6 link-local address's zone; None when none does."""
+    nets = ipv4_interfaces()
+    for text in addresses:
+        address, _, zone = text.partition("%")
+        if zone:
+            return zone
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            continue
+        for name, networks in nets.items():
+            if any(ip in net for net in networks):
+                return name
+    return None
+
+
 def link_local_zones() -> list[str]:
     """The interfaces with an IPv6 link-local address (up, IPv6): where an address of
     the form fe80::… can be, when its zone is not known."""

@@ -97,6 +97,9 @@ class MulticastGroup:
         if unknown:
             raise UsageError(f"unknown multicast:// option {sorted(unknown)[0]!r}: {hint}")
         self.iface = query.get("iface")
+        #: the interface chosen because the URL named none and no route goes to the
+        #: group ("" when the URL or the routing table decided)
+        self.picked = ""
         self.rate = parse_rate(query["rate"]) if "rate" in query else None
         if self.family == socket.AF_INET6:
             self.iface = self.iface or _only_ipv6_interface(url)
@@ -109,6 +112,11 @@ class MulticastGroup:
             self.address = "::"  # the control port: every address (the zone comes along)
         else:
             self.ifindex = 0
+            if not self.iface and _no_route(self.group):
+                # A lab with static addresses and no router has no route for the group:
+                # the kernel cannot pick an interface, so we do, when only one can be it.
+                self.iface = _only_ipv4_interface(url)
+                self.picked = self.iface
             self.address = iface_address(self.iface) if self.iface else "0.0.0.0"
 
     def sender_socket(self) -> socket.socket:
@@ -162,6 +170,31 @@ class MulticastGroup:
     def where(self) -> str:
         """GROUP:PORT as a person writes it (IPv6 in brackets)."""
         return f"{url_host(self.group)}:{self.port}"
+
+
+def _no_route(group: str) -> bool:
+    """Whether this machine has no route to the IPv4 ``group`` (no default route and no
+    multicast route: a lab LAN set up by hand)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((group, 9))
+        except OSError as exc:
+            return exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENODEV)
+    return False
+
+
+def _only_ipv4_interface(url: str) -> str:
+    """The one interface with IPv4 (loopback aside), for a group with no route."""
+    from .mdns import ipv4_interfaces
+
+    names = sorted(ipv4_interfaces())
+    if len(names) != 1:
+        raise UsageError(
+            f"{url!r}: no route goes to the group (no default route, no multicast route), "
+            f"and this machine has {len(names) or 'no'} interfaces with IPv4 "
+            f"({', '.join(names) or 'none up'}): add ?iface=NAME for the lab's"
+        )
+    return names[0]
 
 
 def _only_ipv6_interface(url: str) -> str:

@@ -27,7 +27,7 @@ from ..errors import TransportError
 from ..options import Approve, ReceiveOptions
 from ..receiver import approve_all, receive_stream
 from ..receiver.feed import Reconnect
-from ..session import Connected, Done, Listening, Reporter, no_report
+from ..session import Connected, Done, Listening, Notice, Reporter, no_report
 from .feed import GroupFeed
 from .plane import ReceivePlane
 
@@ -55,6 +55,13 @@ async def receive_multicast(
     sock = group.receiver_socket()
     try:
         report(Listening(group.url, code))
+        if group.picked:
+            report(
+                Notice(
+                    f"no route goes to the group {group.where} (a LAN with no router): "
+                    f"joining it on {group.picked}, the one interface with IPv4"
+                )
+            )
         task_status.started(group.url)
         host, port = "", 0
         with trio.move_on_after(find_within):

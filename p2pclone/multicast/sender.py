@@ -71,6 +71,7 @@ from ..session import (
     Done,
     GroupProgress,
     GroupReporter,
+    Notice,
     Planned,
     Progress,
     Reporter,
@@ -132,6 +133,7 @@ class GroupSender:
         self.stats: dict[str, int] = {"wire": 0, "zero": 0}
         self.plan = Plan(source_size=0, chunk_size=chunk_size)
         self._source: DiskSource | None = None  # the group's handle on the source
+        self.connections = 0  # control connections made to us: receivers heard us
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -150,6 +152,13 @@ class GroupSender:
         listeners = await trio.open_tcp_listeners(0, host=t.address)
         port = listeners[0].socket.getsockname()[1]
         self.report(Connected(f"{t.url} (control: tcp://{url_host(t.address)}:{port})"))
+        if t.picked:
+            self.report(
+                Notice(
+                    f"no route goes to the group {t.where} (a LAN with no router): sending "
+                    f"on {t.picked}, the one interface with IPv4 (iface= names another)"
+                )
+            )
         governor = RateGovernor(limit=t.rate, rate=t.rate or 50e6)
         wire = Wire(sock, BurstSender(sock, (t.group, t.port)), governor, self.stats, self.clock)
         try:
@@ -193,10 +202,7 @@ class GroupSender:
             await self._tell_error(self.locked[0], ExitCode.AUTH)
             raise self.locked[0]
         if not [p for p in self.peers.values() if not p.member.evicted]:
-            raise TransportError(
-                f"no receiver joined the multicast group {t.where} within "
-                f"{self.wait:.0f} s: start the receivers first (same group and code)"
-            )
+            raise TransportError(self._nobody_joined())
         self.data_started = True
         where = {"name": f"the multicast group {t.where}"}
         self.report(
@@ -239,6 +245,25 @@ class GroupSender:
             for p in self.peers.values():
                 if p.member.evicted and p.expelled is None:
                     await self.returning.setdefault(p.host, trio.Event()).wait()
+
+    def _nobody_joined(self) -> str:
+        """What the sender saw, when no receiver joined: nobody at all, or who failed."""
+        t = self.transport
+        if not self.connections:
+            return (
+                f"no receiver joined the multicast group {t.where} within {self.wait:.0f} s, "
+                "and none connected to the control port the group's announcements name: "
+                "either no receiver runs with this group, or its datagrams do not reach "
+                f"them (the announcements went out on {t.iface or 'the routed interface'}; "
+                "check iface= on both sides and that the switch passes multicast)"
+            )
+        why = "; ".join(f"{name}: {r}" for name, (r, _c) in list(self.refused.items())[:3])
+        return (
+            f"no receiver joined the multicast group {t.where} within {self.wait:.0f} s: "
+            f"{self.connections} connected to the control port but none joined"
+            + (f" ({why})" if why else "")
+            + "; see each receiver's own message"
+        )
 
     async def _tell_error(self, error: P2PCloneError, exit_code: ExitCode) -> None:
         for p in list(self.peers.values()):
@@ -316,6 +341,7 @@ class GroupSender:
         tune(stream)  # a receiver that vanishes is noticed (keepalive, user timeout)
         addr = stream.socket.getpeername()
         name = f"{addr[0]}:{addr[1]}"
+        self.connections += 1
         if not self.door.admits(addr[0], name):  # it failed too often: no more guesses
             await stream.aclose()
             return

@@ -84,7 +84,9 @@ def lan() -> Iterator[Callable[[int], Lan]]:
         pytest.skip(reason)
     made: list[Lan] = []
 
-    def make(n_hosts: int) -> Lan:
+    def make(n_hosts: int, *, multicast_route: bool = True) -> Lan:
+        """``multicast_route`` False: a lab as people set one up by hand — static
+        addresses, no default route, no route for 224.0.0.0/4 either."""
         net = Lan(uuid.uuid4().hex[:6])
         made.append(net)
         sh("ip", "netns", "add", net.switch)
@@ -101,7 +103,8 @@ def lan() -> Iterator[Callable[[int], Lan]]:
             sh("ip", "-n", host, "addr", "add", f"{net.addr(k)}/24", "dev", "eth0")
             sh("ip", "-n", host, "link", "set", "eth0", "up")
             sh("ip", "-n", host, "link", "set", "lo", "up")
-            sh("ip", "-n", host, "route", "add", "224.0.0.0/4", "dev", "eth0")
+            if multicast_route:
+                sh("ip", "-n", host, "route", "add", "224.0.0.0/4", "dev", "eth0")
         return net
 
     yield make
