@@ -41,10 +41,12 @@ from ..volumes.table import SCHEME_NAMES
 class Output:
     """Renders driver reports: JSON lines, a live rich display, or quiet text."""
 
-    def __init__(self, *, json_mode: bool, role: str, stream: TextIO = sys.stdout) -> None:
+    def __init__(self, *, json_mode: bool, role: str, stream: TextIO | None = None) -> None:
         self.json_mode = json_mode
         self.role = role
-        self.stream = stream
+        # sys.stdout as it is now (not when this module was imported: a test's capture,
+        # a redirection made since)
+        self.stream = stream if stream is not None else sys.stdout
         self.live = not json_mode and sys.stderr.isatty()
         self._progress: Any = None
         self._task: Any = None
