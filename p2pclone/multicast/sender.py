@@ -37,7 +37,6 @@ from ..endpoints import Place
 from ..errors import (
     AuthenticationError,
     ExitCode,
-    GroupError,
     IntegrityError,
     P2PCloneError,
     PeerError,
@@ -86,6 +85,7 @@ from .announce import announced
 from .door import Door
 from .members import Clock, Paced, Peer, expel, tell_all
 from .slices import LossReports, SliceStream, Wire
+from .verdict import nobody_joined, unfinished
 
 __all__ = ["GroupSender"]
 
@@ -202,7 +202,9 @@ class GroupSender:
             await self._tell_error(self.locked[0], ExitCode.AUTH)
             raise self.locked[0]
         if not [p for p in self.peers.values() if not p.member.evicted]:
-            raise TransportError(self._nobody_joined())
+            raise TransportError(
+                nobody_joined(self.transport, self.wait, self.connections, self.refused)
+            )
         self.data_started = True
         where = {"name": f"the multicast group {t.where}"}
         self.report(
@@ -246,25 +248,6 @@ class GroupSender:
                 if p.member.evicted and p.expelled is None:
                     await self.returning.setdefault(p.host, trio.Event()).wait()
 
-    def _nobody_joined(self) -> str:
-        """What the sender saw, when no receiver joined: nobody at all, or who failed."""
-        t = self.transport
-        if not self.connections:
-            return (
-                f"no receiver joined the multicast group {t.where} within {self.wait:.0f} s, "
-                "and none connected to the control port the group's announcements name: "
-                "either no receiver runs with this group, or its datagrams do not reach "
-                f"them (the announcements went out on {t.iface or 'the routed interface'}; "
-                "check iface= on both sides and that the switch passes multicast)"
-            )
-        why = "; ".join(f"{name}: {r}" for name, (r, _c) in list(self.refused.items())[:3])
-        return (
-            f"no receiver joined the multicast group {t.where} within {self.wait:.0f} s: "
-            f"{self.connections} connected to the control port but none joined"
-            + (f" ({why})" if why else "")
-            + "; see each receiver's own message"
-        )
-
     async def _tell_error(self, error: P2PCloneError, exit_code: ExitCode) -> None:
         for p in list(self.peers.values()):
             with trio.move_on_after(5), contextlib.suppress(P2PCloneError):
@@ -275,31 +258,9 @@ class GroupSender:
     def _outcome(self, started_at: float) -> Done:
         if self.locked:
             raise self.locked[0]
-        failed = [
-            (
-                p.name,
-                p.member.evicted or "it did not confirm its clone",
-                p.expelled or ExitCode.LINK,
-            )
-            for p in self.peers.values()
-            if p.host not in self.finished_hosts
-        ] + [
-            (name, f"refused: {why}", code)
-            for name, (why, code) in self.refused.items()
-            if name.rsplit(":", 1)[0] not in self.finished_hosts
-        ]
-        if failed:
-            details = "; ".join(f"{name}: {why}" for name, why, _ in failed[:3]) + (
-                f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
-            )
-            codes = {code for _, _, code in failed}
-            raise GroupError(
-                f"{len(failed)} of {len(self.peers) + len(self.refused)} receivers did not "
-                f"finish ({details}); the sender waited {self.wait:.0f} s for them to come "
-                "back: see each receiver's own message, then start them again and run the "
-                "sender again",
-                codes.pop() if len(codes) == 1 else ExitCode.LINK,
-            )
+        failed = unfinished(self.peers.values(), self.refused, self.finished_hosts, self.wait)
+        if failed is not None:
+            raise failed
         ok = [p for p in self.peers.values() if p.result is not None]
         return Done(
             source_bytes=self.plan.source_size,

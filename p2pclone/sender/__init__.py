@@ -128,28 +128,7 @@ async def _session(
         free=source.free,
     )
     await channel.send(plan)
-    try:
-        accept = await channel.expect(Accept, "the receiver to accept the plan")
-    except PeerError as exc:
-        # A receiver whose disk is too small: say how far our last partition could
-        # shrink, and how (asked only now: the estimate reads the filesystem).
-        if exc.code == "too-small" and (advice := await trio.to_thread.run_sync(
-            shrink_advice, source
-        )):  # fmt: skip
-            raise PeerError(exc.message + advice, code=exc.code, exit_code=exc.exit_code) from None
-        raise
-    dropped = 0
-    if accept.cut:
-        dropped = await trio.to_thread.run_sync(
-            functools.partial(
-                cut_off,
-                source,
-                accept.cut,
-                plan.chunk_size,
-                target=str(accept.target.get("name", "the receiver's")),
-                drop=accept.drop,
-            )
-        )
+    accept, dropped = await _accepted(channel, source, plan)
     report(Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, accept.target))
 
     result: list[Result] = []
@@ -192,6 +171,38 @@ async def _session(
     )
     await channel.close()
     return done
+
+
+async def _accepted(channel: Channel, source: DiskSource, plan: Plan) -> tuple[Accept, int]:
+    """The receiver's ACCEPT, and the bytes of data a smaller target lets go (``--cut``).
+
+    Raises:
+        PeerError: the receiver refused the plan (a target too small: with how far our
+            last partition could shrink, and how).
+        SourceError: data past a smaller target's end that it did not let go.
+    """
+    try:
+        accept = await channel.expect(Accept, "the receiver to accept the plan")
+    except PeerError as exc:
+        # Asked only now: the estimate reads the filesystem.
+        if exc.code == "too-small" and (advice := await trio.to_thread.run_sync(
+            shrink_advice, source
+        )):  # fmt: skip
+            raise PeerError(exc.message + advice, code=exc.code, exit_code=exc.exit_code) from None
+        raise
+    if not accept.cut:
+        return accept, 0
+    dropped = await trio.to_thread.run_sync(
+        functools.partial(
+            cut_off,
+            source,
+            accept.cut,
+            plan.chunk_size,
+            target=str(accept.target.get("name", "the receiver's")),
+            drop=accept.drop,
+        )
+    )
+    return accept, dropped
 
 
 async def _watch(
