@@ -37,7 +37,7 @@ from .pipeline import DiskSource
 from .receiver import approve_all, receive_stream
 from .sender import DEFAULT_CHUNK_SIZE, check_chunk_size, send_stream
 from .sender.source import open_source
-from .session import Done, Reporter, no_report
+from .session import Done, Notice, Reporter, no_report
 from .transports.pipe import pipe_pair
 
 #: a disk onto a disk: how the source is read, and a sending session's options but
@@ -91,11 +91,14 @@ async def clone(
     try:
         source_, chunk_size = await open_source(origin, chunk_size, sending, report)
         try:
-            return await _run(source_, disk, chunk_size, sending, receiving, report, approve)
+            done = await _run(source_, disk, chunk_size, sending, receiving, report, approve)
         finally:
             source_.close()
     finally:
         disk.close()
+    if disk.is_block and _is_block(source) and not receiving.new_ids:
+        report(Notice(twins(source, target)))
+    return done
 
 
 async def _run(
@@ -139,6 +142,17 @@ async def _run(
     return done[0]
 
 
+def twins(source: str, target: str) -> str:
+    """The sentence after a disk cloned onto another disk of this machine, keeping its
+    IDs (the default: see docs/architecture.md, "New identities")."""
+    return (
+        f"{target} has the same disk and filesystem IDs as {source}: while both stay in "
+        "this machine, Linux may mount either one by UUID and Windows takes one offline; "
+        "take one out, or clone with --new-ids (which Windows' boot configuration does not "
+        "follow: see docs/cloning.md)"
+    )
+
+
 def _not_the_same(source_path: str, target_path: str) -> None:
     """Refuse to copy a disk or file onto itself (or a device onto its own node)."""
     try:
@@ -160,3 +174,10 @@ def _not_the_same(source_path: str, target_path: str) -> None:
             f"the source {source_path} and the target {target_path} are the same "
             f"{'disk' if same_dev else 'file'}: give the new disk as TARGET"
         )
+
+
+def _is_block(path: str) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False

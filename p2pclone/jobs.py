@@ -17,6 +17,7 @@ group announced for its code: p2pclone/anywhere.py.
 
 from __future__ import annotations
 
+import functools
 from typing import assert_never
 
 import trio
@@ -49,6 +50,7 @@ from .options import (
 from .protocol import PROTOCOL_VERSION
 from .receiver import approve_all, receive_stream
 from .sender import DEFAULT_CHUNK_SIZE, check_chunk_size, send_stream
+from .sender.select import choose_partitions
 from .sender.source import open_source
 from .session import Connected, Done, GroupReporter, Listening, Notice, Reporter, no_report
 
@@ -271,6 +273,9 @@ async def _open_sending_end(
                 passphrase=options.passphrase or "",
                 password=options.password or end.password,
                 play=_play,
+                choose=functools.partial(
+                    choose_partitions, partitions=options.partitions, skip=options.skip, zero=False
+                ),
             )
         case _:
             assert_never(end)

@@ -46,6 +46,11 @@ class SendOptions:
     #: an SMB share's password (else the URL's, or $P2PCLONE_SMB_PASSWORD)
     password: str | None = None
     chunk_size: int | None = None  # None: the far end's own (1 MiB; 256 KiB over serial)
+    #: copy only these partitions (numbered as the kernel numbers them), or all but
+    #: ``skip``: the others are not sent (left as they are on the target; zeroed with
+    #: ``exact``)
+    partitions: tuple[int, ...] = ()
+    skip: tuple[int, ...] = ()
     exact: bool = False  # every byte, free space included
     allow_mounted: bool = False  # a source mounted read-write
     retries: int | None = None  # a failing source (None: 1)
@@ -80,12 +85,17 @@ class ReceiveOptions:
     #: the passphrase of an image restored from
     passphrase: str | None = None
     password: str | None = None  # an SMB share's password
+    #: an image restored: only these partitions, or all but ``skip`` (the others left
+    #: as they are on the target); over a link or a group the sender chooses
+    partitions: tuple[int, ...] = ()
+    skip: tuple[int, ...] = ()
     yes: bool = False  # overwrite without asking
     verify: bool = False
     delta: bool = False  # hash the target first: only chunks that differ are sent
     grow: int | None = None  # a larger disk: 0 grows the largest data partition, N that one
     proportional: bool = False  # a larger disk: every data partition grows in proportion
     cut: bool = False  # a smaller disk: let the source's data past its end go
+    new_ids: bool = False  # new table and filesystem IDs, references rewritten
     discard: bool = False  # TRIM what the source's filesystems do not use
     fresh: bool = False  # ignore an interrupted run's journal
     state_dir: Path | None = None  # where the journal lives (None: the default)
@@ -159,6 +169,10 @@ HINTS: dict[str, str] = {
     "read_timeout": "it is about reading a failing disk; an image is not a disk",
     "cut": "a multicast group sends every member the same bytes: a smaller target needs "
     "a unicast clone (tcp://)",
+    "partitions": "the sender chooses what it sends: give --partitions to p2pclone send "
+    "(a receiver chooses only when it restores an image)",
+    "skip": "the sender chooses what it sends: give --skip to p2pclone send (a receiver "
+    "chooses only when it restores an image)",
 }
 
 
@@ -172,18 +186,22 @@ RECEIVING_SESSION = frozenset(
         "grow",
         "proportional",
         "cut",
+        "new_ids",
         "discard",
         "fresh",
         "state_dir",
         "journal",
     }
 )
-#: What reading a disk or a file honours, and reading an image (sender/source.py).
-DISK_SOURCE = frozenset({"exact", "allow_mounted", "retries", "scrape", "read_timeout"})
-IMAGE_SOURCE = frozenset({"passphrase", "password"})
+#: What reading a disk or a file honours, and reading an image (sender/source.py):
+#: either is read whole or by the partitions chosen (sender/select.py).
+CHOOSING = frozenset({"partitions", "skip"})
+DISK_SOURCE = CHOOSING | {"exact", "allow_mounted", "retries", "scrape", "read_timeout"}
+IMAGE_SOURCE = CHOOSING | {"passphrase", "password"}
 
 
 __all__ = [
+    "CHOOSING",
     "DEFAULT_WAIT",
     "DISK_SOURCE",
     "HINTS",

@@ -131,6 +131,9 @@ class Done:
     # the sender's count of data (4 KiB blocks not all zero) past cut_at that the
     # receiver let go with --cut (0 on the receiver, which never read it)
     dropped_bytes: int = 0
+    # --new-ids: each old ID → its new one, as blkid spells them (filesystem UUIDs and
+    # serials, PARTUUIDs, the disk's GUID or signature); the root is of the clone before
+    new_ids: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,6 +123,9 @@ FOREIGN = {
     "--setro",  # blockdev
     "--setrw",  # blockdev
     "--info",  # ntfsresize (the shrink estimate)
+    "--disk-id",  # sfdisk (an MBR's signature)
+    "--new-serial",  # ntfslabel
+    "--regenerate-all",  # dracut
 }
 
 

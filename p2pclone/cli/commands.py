@@ -140,6 +140,8 @@ def _reading(args: argparse.Namespace) -> SendOptions:
     """The reading side's options, as ``send`` and ``clone`` share them."""
     return SendOptions(
         chunk_size=args.chunk_size,
+        partitions=args.partitions,
+        skip=args.skip,
         exact=args.exact,
         allow_mounted=args.allow_mounted,
         retries=args.retries,
@@ -165,6 +167,9 @@ def _writing(args: argparse.Namespace) -> ReceiveOptions:
         grow=args.grow,
         proportional=args.proportional,
         cut=args.cut,
+        new_ids=args.new_ids,
+        partitions=getattr(args, "partitions", ()) if args.command == "receive" else (),
+        skip=getattr(args, "skip", ()) if args.command == "receive" else (),
         discard=args.discard,
         state_dir=Path(args.state_dir) if args.state_dir else None,
     )
@@ -269,11 +274,16 @@ def cmd_clone(args: argparse.Namespace, out: Output) -> int:
     if isinstance(dest, Image):
         sending = _image_secrets(sending, origin, dest)
     elif isinstance(origin, Image):
+        # A restore: the image is read by the receiving side (its player), which
+        # chooses the partitions.
         receiving = replace(
             receiving,
             passphrase=image_passphrase(args.passphrase, origin.url, new=False),
             password=smb_password(origin.url),
+            partitions=sending.partitions,
+            skip=sending.skip,
         )
+        sending = replace(sending, partitions=(), skip=())
     approve = make_approve(out)
     return _run(
         args,

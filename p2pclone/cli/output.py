@@ -35,6 +35,7 @@ from ..session import (
     Verifying,
 )
 from ..units import human_bytes
+from ..volumes.layout import left_out
 from ..volumes.table import SCHEME_NAMES
 
 
@@ -153,6 +154,7 @@ class Output:
                         f"{free}{cut}; "
                         f"{'verified, ' if d.verified else ''}root {d.digest[:16]}…"
                         f"{' (of the bytes before the cut)' if d.cut_at else ''}"
+                        f"{', before the new IDs' if d.new_ids else ''}"
                     )
             case _:
                 assert_never(event)
@@ -271,6 +273,8 @@ class Output:
             f"{human_bytes(p.source_bytes)} from {p.source.get('name', '?')} "
             f"to {p.target.get('name', '?')}"
         )
+        if skipped := left_out(p.source):
+            self.say(f"  {printable(skipped)}")
         if self.live:
             from rich.progress import (
                 BarColumn,

@@ -103,6 +103,7 @@ def _add_receive(sub: _Subcommands) -> None:
     )
     _passphrase(r, "restoring an image: its passphrase")
     _target_options(r)
+    _choice(r, "restoring an image: ")
     _common(r)
 
 
@@ -272,6 +273,14 @@ def _target_options(r: argparse.ArgumentParser) -> None:
         "the end is not zero)",
     )
     r.add_argument(
+        "--new-ids",
+        action="store_true",
+        help="give the clone its own IDs: new GPT GUIDs or MBR signature, new filesystem "
+        "UUIDs and serials (each filesystem's own tool); /etc/fstab, /etc/crypttab and "
+        "GRUB's grub.cfg on the clone are rewritten to name them, and what still names the "
+        "old ones is listed (Windows' boot configuration does not follow: docs/cloning.md)",
+    )
+    r.add_argument(
         "--discard",
         action="store_true",
         help="after the clone, discard (TRIM) the ranges no filesystem of the source uses: "
@@ -291,8 +300,43 @@ def _target_options(r: argparse.ArgumentParser) -> None:
     _mapfile(r)
 
 
+def _numbers(text: str) -> tuple[int, ...]:
+    """``1,3`` as (1, 3): partition numbers as the kernel numbers them (sda1, sda3)."""
+    try:
+        numbers = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        numbers = ()
+    if not numbers or min(numbers) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of partition numbers: write them with commas, as 1,3"
+        )
+    return tuple(sorted(set(numbers)))
+
+
+def _choice(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """Which partitions to copy (send, clone, receive from an image)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--partitions",
+        type=_numbers,
+        default=(),
+        metavar="N,N",
+        help=prefix + "copy only these partitions (numbers as in sda1, sda3: 1,3); the "
+        "table is copied as it is, the others' space is left as it was on the target "
+        "(zeroed with --exact)",
+    )
+    g.add_argument(
+        "--skip",
+        type=_numbers,
+        default=(),
+        metavar="N,N",
+        help=prefix + "copy every partition but these",
+    )
+
+
 def _source_options(s: argparse.ArgumentParser) -> None:
     """What a reading end takes (send, clone)."""
+    _choice(s)
     s.add_argument(
         "--exact",
         action="store_true",

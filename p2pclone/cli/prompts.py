@@ -35,6 +35,7 @@ def make_approve(out: Output) -> Approve:
                 "and there is no terminal to ask: pass --yes to confirm; nothing was written"
             )
         from ..disks.describe import describe
+        from ..volumes.layout import left_out
 
         out.pause()
         layout = "".join(
@@ -42,10 +43,12 @@ def make_approve(out: Output) -> Approve:
             for k, v in plan.source.items()
             if k.startswith("part") and k[4:].isdigit()
         )
+        skipped = left_out(plan.source)
         print(
             f"About to OVERWRITE this target with {human_bytes(plan.source_size)} from "
             f"{printable(str(plan.source.get('name', 'the sender')))}{layout}\n"
-            f"{describe(target.path, target.size, target.device)}",
+            + (f"  ({printable(skipped)})\n" if skipped else "")
+            + describe(target.path, target.size, target.device),
             file=sys.stderr,
         )
         answer = input("Type yes to overwrite it: ")

@@ -11,14 +11,13 @@ says which command to run once the disk is in its machine.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
 
 from ..errors import TargetError
 from ..units import human_bytes
+from .tools import loop_over, said
 
 #: the tools each filesystem is grown with, unmounted (ext, NTFS) or mounted (XFS, btrfs)
 _OFFLINE = {
@@ -42,6 +41,16 @@ def grow_filesystem(device: str, number: int, start: int, size: int, fs: str) ->
         TargetError: the tool exists but failed (the data is cloned and verified; the
             filesystem keeps its old size).
     """
+    try:
+        return _grow(device, number, start, size, fs)
+    except OSError as exc:  # no loop device
+        raise TargetError(
+            f"growing the filesystem failed: {exc}; the clone itself is complete and "
+            "verified, the filesystem keeps its old size"
+        ) from None
+
+
+def _grow(device: str, number: int, start: int, size: int, fs: str) -> str:
     where = f"partition {number}"
     if fs in _MOUNTED:
         return _grow_mounted(device, where, start, size, fs)
@@ -51,7 +60,7 @@ def grow_filesystem(device: str, number: int, start: int, size: int, fs: str) ->
     for step in steps:
         if shutil.which(step[0]) is None:
             return f"{where} was grown, but {step[0]} is not installed to grow its {fs}"
-    with _loop(device, start, size) as loop:
+    with loop_over(device, start, size) as loop:
         for step in steps:
             # e2fsck -p exits 1 when it fixed something, which is fine before a resize
             _run([*step, loop], ok=(0, 1) if step[0] == "e2fsck" else (0,))
@@ -66,15 +75,14 @@ def _grow_mounted(device: str, where: str, start: int, size: int, fs: str) -> st
             f"mounting it: {later}"
         )
     with (
-        _loop(device, start, size) as loop,
+        loop_over(device, start, size) as loop,
         tempfile.TemporaryDirectory(prefix="p2pclone-grow-") as mnt,
     ):
         mounted = subprocess.run(["mount", "-t", fs, loop, mnt], capture_output=True, text=True)
         if mounted.returncode != 0:
-            why = (mounted.stderr or mounted.stdout).strip().splitlines()[-1:] or ["?"]
             return (
                 f"{where} was grown, but its {fs} could not be mounted here to grow it "
-                f"({why[0]}): grow it after mounting it: {later}"
+                f"({said(mounted)}): grow it after mounting it: {later}"
             )
         try:
             _run([*tool, mnt])
@@ -83,24 +91,11 @@ def _grow_mounted(device: str, where: str, start: int, size: int, fs: str) -> st
     return f"{where}'s {fs} was grown to fill it ({human_bytes(size)}), through a temporary mount"
 
 
-@contextlib.contextmanager
-def _loop(device: str, start: int, size: int) -> Iterator[str]:
-    """A loop device over ``size`` bytes of ``device`` from ``start``."""
-    loop = _run(
-        ["losetup", "--find", "--show", "-o", str(start), "--sizelimit", str(size), device]
-    ).strip()
-    try:
-        yield loop
-    finally:
-        subprocess.run(["losetup", "-d", loop], capture_output=True)
-
-
 def _run(argv: list[str], ok: tuple[int, ...] = (0,)) -> str:
     done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode not in ok:
-        why = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         raise TargetError(
-            f"growing the filesystem failed: {argv[0]} said {why[0]!r}; the clone itself is "
+            f"growing the filesystem failed: {argv[0]} said {said(done)!r}; the clone itself is "
             "complete and verified, the filesystem keeps its old size"
         )
     return done.stdout

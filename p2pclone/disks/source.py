@@ -68,6 +68,9 @@ class Source:
         #: ranges no filesystem uses (set by the sender from the used map): read as
         #: zeros without touching the disk
         self.free = Extents()
+        #: ranges read as zeros but sent (partitions left out with --exact: zeroed on
+        #: the target; sender/select.py)
+        self.zeroed = Extents()
         #: how a failing area is narrowed down (``--retries``, ``--scrape``)
         self.rescue_options = RescueOptions()
         #: sectors whose read failed in this run: not read again (but by a retry pass)
@@ -149,7 +152,12 @@ class Source:
         Raises:
             SourceError: a read error, or the source ended early (it shrank).
         """
+        if self.zeroed:
+            return masked_read(self._unzeroed, self.free, offset, length)
         return masked_read(self._read, self.free, offset, length)
+
+    def _unzeroed(self, offset: int, length: int) -> bytes:
+        return masked_read(self._read, self.zeroed, offset, length)
 
     def _read(self, offset: int, length: int) -> bytes:
         if self._rescuing.locked():  # an area is being narrowed down: its outcome first
@@ -242,7 +250,7 @@ class Source:
         out = bytearray(length)
         bad: list[tuple[int, int]] = []
         with self._rescuing, DirectReader(self.path, sector) as reader:
-            for a, b in self.free.invert(offset, offset + length):
+            for a, b in self.free.union(self.zeroed).invert(offset, offset + length):
                 start, end = a - a % sector, min(-(-b // sector) * sector, self.size)
                 got = rescue_area(
                     reader.read, start, end, sector,

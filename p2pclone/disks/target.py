@@ -334,6 +334,7 @@ class Target:
             # (with --grow the space past it is the disk's to grow into).
             if not (keep_larger and self.size > source_size):
                 os.ftruncate(self.fd, source_size)
+                self.size = source_size
         except OSError as exc:
             raise TargetError(f"cannot size the target {self.path}: {exc.strerror}") from None
 

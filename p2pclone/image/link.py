@@ -21,7 +21,7 @@ import trio
 from p2pclone.transports import LinkListener
 from p2pclone.transports.pipe import pipe_pair
 
-from ..options import RECEIVING_SESSION
+from ..options import CHOOSING, RECEIVING_SESSION
 from .reader import ImageSource
 from .recorder import Recorder
 from .urls import Image
@@ -34,8 +34,9 @@ Play = Callable[[trio.abc.Stream, ImageSource, str, str], Awaitable[object]]
 #: chunk size and resumes (``fresh`` starts over); it always sends only the chunks
 #: that changed since the last save to it, so ``delta`` has nothing to add.
 SAVE_HONOURS = frozenset({"chunk_size", "fresh", "passphrase", "password"})
-#: What a restore honours: all of a receiving session's options, and the image's own.
-RESTORE_HONOURS = RECEIVING_SESSION | {"passphrase", "password"}
+#: What a restore honours: all of a receiving session's options, the image's own, and
+#: which of its partitions to restore (the player reads them: it is this process).
+RESTORE_HONOURS = RECEIVING_SESSION | CHOOSING | {"passphrase", "password"}
 
 
 def _pairing_code() -> str:
@@ -65,11 +66,21 @@ class PlayerListener(LinkListener):
     ``play`` (the sending driver's session, passed in: the image package does not
     import the drivers)."""
 
-    def __init__(self, image: Image, *, passphrase: str, password: str | None, play: Play) -> None:
+    def __init__(
+        self,
+        image: Image,
+        *,
+        passphrase: str,
+        password: str | None,
+        play: Play,
+        choose: Callable[[ImageSource], None] | None = None,
+    ) -> None:
         self.url = image.url
         self.passphrase = passphrase
         self.password = password
         self.play = play
+        #: narrows the image to the partitions to restore (``--partitions``), or refuses
+        self.choose = choose
         #: the code the receiving session pairs with
         self.code = _pairing_code()
 
@@ -80,6 +91,12 @@ class PlayerListener(LinkListener):
             ImageSource.open, self.url, self.passphrase, self.password
         )
         self.caveat = source.salvage_note()
+        if self.choose is not None:
+            try:
+                self.choose(source)
+            except BaseException:
+                source.close()
+                raise
         ours, theirs = pipe_pair()
         trio.lowlevel.spawn_system_task(self._play, theirs, source)
         return ours

@@ -11,7 +11,7 @@ from ..errors import IntegrityError
 from ..pipeline import default_threads
 from ..session import Done, Progress, Reporter, Verifying, no_report
 from ..units import merged
-from ..volumes.layout import partitions_hit
+from ..volumes.layout import left_out, partitions_hit
 from ..volumes.table import SCHEME_NAMES
 from . import format as fmt
 from .reader import DATA, MISSING, ImageSource, read_header, root_of
@@ -222,6 +222,9 @@ def _layout(src: dict[str, Any]) -> list[str]:
         return []
     table = SCHEME_NAMES.get(src["layout"], "?")
     parts = sorted((int(k[4:]), v) for k, v in src.items() if k[4:].isdigit() and k[:4] == "part")
-    return [f"Layout:     {table}"] + [
-        f"  {n:>2}  {text}" if n else f"  {text}" for n, text in parts
-    ]
+    skipped = left_out(src)
+    return (
+        [f"Layout:     {table}"]
+        + [f"  {n:>2}  {text}" if n else f"  {text}" for n, text in parts]
+        + ([f"Left out:   {skipped}"] if skipped else [])
+    )

@@ -27,6 +27,7 @@ import trio
 
 from ..disks import Target
 from ..disks.grow import grow_filesystem
+from ..disks.identity import renew_ids
 from ..disks.reshape import fit_table
 from ..errors import IntegrityError, P2PCloneError, SafetyError, TargetError, UsageError
 from ..journal import Header, Journal, default_state_dir
@@ -137,6 +138,7 @@ async def _session(
         await _fit_table(target, plan, policy, report)
     if opts.discard and target.free:
         await _discard(target, report)
+    renamed = await _new_ids(target, report) if opts.new_ids else {}
     why = await trio.to_thread.run_sync(target.reread_partitions)
     if why is not None:
         report(
@@ -162,6 +164,7 @@ async def _session(
         unreadable=merged(state.unreadable),
         unreadable_in=partitions_hit(plan.source, merged(state.unreadable)),
         cut_at=cut,
+        new_ids=renamed,
     )
     await channel.close()
     return done
@@ -232,6 +235,22 @@ async def _fit_table(target: Target, plan: Plan, policy: Policy | None, report: 
             grow_filesystem, target.path, grown.number, grown.start, grown.size, fs
         )
         report(Notice(said))
+
+
+async def _new_ids(target: Target, report: Reporter) -> dict[str, str]:
+    """``--new-ids``: the clone's table and filesystems given new IDs and the references
+    to the old ones rewritten (disks/identity.py); every change, rewrite and leftover
+    said, one notice each."""
+    renewed = await trio.to_thread.run_sync(renew_ids, target)
+    if renewed.changed:
+        report(Notice("new IDs: " + "; ".join(renewed.changed)))
+    if renewed.rewritten:
+        report(Notice("rewritten to name the new IDs: " + ", ".join(renewed.rewritten)))
+    for sentence in renewed.left:
+        report(Notice(sentence))
+    if not renewed.renamed:
+        report(Notice(f"--new-ids: nothing on {target.path} has an ID that could be changed"))
+    return renewed.renamed
 
 
 async def _discard(target: Target, report: Reporter) -> None:

@@ -24,6 +24,7 @@ from ..session import Mapped, Reporter, no_report
 from ..units import human_bytes
 from ..volumes import Extents, scan
 from ..volumes.layout import layout_info
+from .select import choose_partitions
 
 
 async def open_source(
@@ -40,7 +41,8 @@ async def open_source(
     A disk or file is mapped (reported as :class:`Mapped`) unless ``options.exact``: its
     free ranges are then read as zeros and sent as nothing.  ``free``: a map made before
     (the same source opened again), used as it is.  A disk is read as ``options`` say
-    (``allow_mounted``, a failing disk's ``rescue``), an image with its passphrase."""
+    (``allow_mounted``, a failing disk's ``rescue``), an image with its passphrase.
+    Either is then narrowed to the partitions chosen (``--partitions``, ``--skip``)."""
     match origin:
         case Image():
             image = await trio.to_thread.run_sync(
@@ -49,6 +51,11 @@ async def open_source(
                 options.passphrase or "",
                 options.password or origin.password,
             )
+            try:
+                choose_partitions(image, options.partitions, options.skip, zero=False)
+            except BaseException:
+                image.close()
+                raise
             return image, image.chunk_size
         case Disk(path=path):
             pass
@@ -70,6 +77,11 @@ async def open_source(
             source.close()
             raise
         report(mapped)
+    try:
+        choose_partitions(source, options.partitions, options.skip, zero=options.exact)
+    except BaseException:
+        source.close()
+        raise
     # Timed from here: the map's many small metadata reads go without a thread each.
     source.read_timeout = rescue.read_timeout
     return source, chunk_size

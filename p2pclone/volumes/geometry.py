@@ -33,11 +33,18 @@ EditArray = Callable[[bytearray, int, int, int], None]
 
 
 def relocate_gpt(
-    read: Read, old_size: int, new_size: int, sector: int, *, edit: EditArray | None = None
+    read: Read,
+    old_size: int,
+    new_size: int,
+    sector: int,
+    *,
+    edit: EditArray | None = None,
+    disk_guid: bytes | None = None,
 ) -> list[tuple[int, bytes]]:
     """The writes that fit the GPT read through ``read`` (a disk that was ``old_size``
     bytes) to a disk of ``new_size`` bytes; ``edit`` changes the partitions first (a
-    resize, volumes/resize.py).
+    resize, volumes/resize.py; new partition GUIDs, volumes/identity.py), and
+    ``disk_guid`` (16 bytes, as stored) replaces the disk's GUID in both headers.
 
     Raises:
         GeometryError: no primary GPT, a damaged array, or a partition past the new end.
@@ -66,6 +73,8 @@ def relocate_gpt(
                 f"usable byte {(last_usable + 1) * sector} of a {new_size}-byte disk"
             )
     hdr[6], hdr[8], hdr[13] = backup_lba, last_usable, zlib.crc32(array)  # alternate, last usable
+    if disk_guid is not None:
+        hdr[9] = disk_guid
     primary = _sealed(hdr, raw, hsize)
     hdr[5], hdr[6], hdr[10] = backup_lba, 1, backup_array_lba  # backup: mine, other, array
     backup = _sealed(hdr, bytearray(sector), hsize)

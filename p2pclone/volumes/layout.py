@@ -30,6 +30,24 @@ def layout_info(disk: DiskMap) -> dict[str, str | int]:
     return info
 
 
+def left_out(info: Mapping[str, object]) -> str:
+    """A phrase for the partitions the sender left out (``--partitions``, ``--skip``),
+    "" when it sends them all: "partitions 2 and 4 are not copied (left as they are on
+    the target)"."""
+    skipped = str(info.get("skipped", ""))
+    numbers = [n for n in skipped.split(",") if n.isdigit()]
+    if not numbers:
+        return ""
+    named = numbers[0] if len(numbers) == 1 else ", ".join(numbers[:-1]) + " and " + numbers[-1]
+    many = len(numbers) > 1
+    kept = "left as they are" if many else "left as it is"
+    how = "zeroed" if info.get("skipped_as") == "zeros" else kept
+    return (
+        f"partition{'s' if many else ''} {named} {'are' if many else 'is'} not copied "
+        f"({how} on the target)"
+    )
+
+
 def partitions_hit(info: Mapping[str, object], ranges: list[list[int]]) -> list[str]:
     """The partitions ``[offset, length]`` ranges fall in, as "partition 2 (ext4)", and
     "outside the partitions" last for the rest; nothing when the source was not scanned
@@ -53,4 +71,4 @@ def partitions_hit(info: Mapping[str, object], ranges: list[list[int]]) -> list[
     return hit + ["outside the partitions"] * outside
 
 
-__all__ = ["layout_info", "partitions_hit"]
+__all__ = ["layout_info", "left_out", "partitions_hit"]

@@ -61,6 +61,8 @@ SEND_TABLE: dict[str, frozenset[str]] = {
     "new_passphrase": frozenset(),  # only an image saved from an image (below)
     "password": frozenset({"smb"}),
     "chunk_size": ALL,
+    "partitions": ALL,
+    "skip": ALL,
     "exact": ALL,
     "allow_mounted": ALL,
     "retries": ALL,
@@ -75,12 +77,15 @@ RECEIVE_TABLE: dict[str, frozenset[str]] = {
     "code": frozenset({*LINKS, "multicast"}),
     "passphrase": frozenset(IMAGES),
     "password": frozenset({"smb"}),
+    "partitions": frozenset(IMAGES),  # a restore: the receiver reads the image itself
+    "skip": frozenset(IMAGES),
     "yes": ALL,
     "verify": ALL,
     "delta": ALL,
     "grow": ALL,
     "proportional": ALL,
     "cut": ALL - {"multicast"},  # a group's members must hold the whole source
+    "new_ids": ALL,
     "discard": ALL,
     "fresh": ALL,
     "state_dir": ALL,
@@ -90,6 +95,8 @@ RECEIVE_TABLE: dict[str, frozenset[str]] = {
 IMAGE_SOURCE_TABLE: dict[str, frozenset[str]] = {
     "passphrase": frozenset({*LINKS, *IMAGES, "multicast"}),
     "new_passphrase": frozenset(IMAGES),
+    "partitions": frozenset({*LINKS, *IMAGES, "multicast"}),
+    "skip": frozenset({*LINKS, *IMAGES, "multicast"}),
     "exact": frozenset(),
     "allow_mounted": frozenset(),
     "retries": frozenset(),
@@ -104,6 +111,8 @@ GIVEN: dict[str, Any] = {
     "new_passphrase": "the new one",
     "password": "not the password",
     "chunk_size": 65536,
+    "partitions": (1,),
+    "skip": (1,),
     "exact": True,
     "allow_mounted": True,
     "retries": 0,
@@ -118,6 +127,7 @@ GIVEN: dict[str, Any] = {
     "grow": 0,
     "proportional": True,
     "cut": True,
+    "new_ids": True,
     "discard": True,
     "state_dir": "/nonexistent/state",
     "journal": False,
@@ -373,6 +383,61 @@ class World:
         exact = await self.go(far, "send", send_options={"exact": True})
         assert _done(exact["tx"])["free_bytes"] == 0
 
+    async def send_partitions(self, far: str) -> None:
+        await self._choose(far, "send", {"partitions": (1,)})
+
+    async def send_skip(self, far: str) -> None:
+        await self._choose(far, "send", {"skip": (2,)})
+
+    async def receive_partitions(self, far: str) -> None:
+        await self._choose(far, "receive", {"partitions": (1,)})
+
+    async def receive_skip(self, far: str) -> None:
+        await self._choose(far, "receive", {"skip": (2,)})
+
+    async def image_source_partitions(self, far: str) -> None:
+        await self._choose(far, "image", {"partitions": (1,)})
+
+    async def image_source_skip(self, far: str) -> None:
+        await self._choose(far, "image", {"skip": (2,)})
+
+    async def _choose(self, far: str, side: str, options: dict[str, Any]) -> None:
+        """Partition 2 (8 MiB of random bytes) left out: not sent, and a target keeps
+        what it had there; partition 1 and the table are copied."""
+        from p2pclone.volumes.table import read_table
+        from tests.volumes.builders import make_disk
+
+        disk = self.tmp / "two.img"
+        if not disk.exists():
+            make_disk(disk, self.size, [("ext4", 12 * MiB), ("raw", 8 * MiB)])
+        src = disk.read_bytes()
+        p1, p2 = read_table(lambda o, n: src[o : o + n], len(src)).partitions
+        target = self.target()
+        before = target.read_bytes()
+        if side == "image":  # an image of the two partitions, read by the sender
+            image = self.image_url("file")
+            await send(str(disk), image, SendOptions(passphrase=PASSPHRASE))
+            out = await self.go(
+                far, "send", source=image, targets=[target],
+                send_options={**options, "passphrase": PASSPHRASE},
+            )  # fmt: skip
+        elif side == "send":
+            out = await self.go(
+                far, "send", source=str(disk), targets=[target], send_options=options
+            )
+        else:
+            out = await self.go(
+                far, "receive", source=str(disk), targets=[target], receive_options=options
+            )
+        done = _done(out["tx"] if side != "receive" else _side(out, far))
+        assert done["free_bytes"] >= p2.size, done  # not sent
+        if side != "receive" and far in IMAGES:
+            return  # saved to an image: nothing written to a disk
+        after = target.read_bytes()
+        assert after[p2.start : p2.end] == before[p2.start : p2.end]  # left as it was
+        assert after[:MiB] == src[:MiB]  # the table (and the gap before partition 1)
+        assert after[p1.start : p1.start + 4096] == src[p1.start : p1.start + 4096]
+
     async def send_allow_mounted(self, far: str) -> None:
         with _mounted_copy(self.disk, self.tmp) as dev:
             refused = await self.go(far, "send", source=dev)
@@ -555,6 +620,21 @@ class World:
             cut = await self.go(far, "receive", targets=[Path(dev)], receive_options={"cut": True})
             done = _done(_side(cut, far))
         assert done["cut_at"] == self.size - 2 * MiB
+
+    async def receive_new_ids(self, far: str) -> None:
+        target = self.target()
+        out = await self.go(far, "receive", targets=[target], receive_options={"new_ids": True})
+        renamed = _done(_side(out, far))["new_ids"]
+        disk, copy = self.disk.read_bytes(), target.read_bytes()
+        fs = MiB + 1024 + 0x68  # the ext4's UUID, in its superblock (RFC 4122 order)
+        gpt = 512 + 56  # the GPT's disk GUID, in its header (mixed endian)
+        assert disk[fs : fs + 16] != copy[fs : fs + 16]
+        assert renamed[str(uuid.UUID(bytes=disk[fs : fs + 16]))] == str(
+            uuid.UUID(bytes=copy[fs : fs + 16])
+        )
+        assert renamed[str(uuid.UUID(bytes_le=disk[gpt : gpt + 16]))] == str(
+            uuid.UUID(bytes_le=copy[gpt : gpt + 16])
+        )
 
     async def receive_discard(self, far: str) -> None:
         target = self.target()  # random bytes everywhere: nothing is a hole

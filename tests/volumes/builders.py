@@ -302,8 +302,9 @@ def wrongly_free(free: Extents, oracle_used: Extents) -> Extents:
 #: sgdisk type codes / sfdisk MBR types of the volume kinds below
 _GPT_CODES = {"fat32": "ef00", "ext4": "8300", "swap": "8200", "raw": "8300", "fat16": "0700"}
 _GPT_CODES.update(ntfs="0700", msr="0c01", recovery="2700", xfs="8300", btrfs="8300")
+_GPT_CODES.update(exfat="0700")
 _MBR_CODES = {"fat32": "c", "ext4": "83", "swap": "82", "raw": "83", "fat16": "e", "ntfs": "7"}
-_MBR_CODES.update(recovery="27", xfs="83", btrfs="83")
+_MBR_CODES.update(recovery="27", xfs="83", btrfs="83", exfat="7")
 
 
 def make_volume(path: Path, kind: str, size: int, seed: int) -> Extents:
@@ -317,6 +318,9 @@ def make_volume(path: Path, kind: str, size: int, seed: int) -> Extents:
     if kind in ("ntfs", "recovery"):  # a Windows recovery partition is an NTFS
         make_ntfs(path, size, seed=seed)
         return partclone_used("ntfs", path)
+    if kind == "exfat":
+        make_exfat(path, size, seed=seed)
+        return partclone_used("exfat", path)
     if kind == "msr":  # Microsoft reserved: no filesystem, zeros
         with open(path, "wb") as f:
             f.truncate(size)
