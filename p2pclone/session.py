@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from p2pclone.transports import link_errors
+from p2pclone.transports import delivered, link_errors
 
 from . import __version__
 from .errors import (
@@ -53,6 +53,10 @@ E = TypeVar("E")
 # -- reports to the CLI ---------------------------------------------------------
 
 
+#: how often a session reports its progress (--json prints it at most once a second)
+TICK = 0.25
+
+
 @dataclass(frozen=True, slots=True)
 class Listening:
     url: str
@@ -71,6 +75,8 @@ class Planned:
     chunks: int
     source: dict[str, Any]
     target: dict[str, Any] = field(default_factory=dict)
+    #: the bytes to copy: the source less its free ranges (what progress counts)
+    copy_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +291,10 @@ class Channel:
         self.url = url
         self._mid_frame = False  # a send was interrupted: the stream is unusable
         self._send_lock = trio.Lock()
+        #: bytes the stream has taken (each send_all returned)
+        self.handed = 0
+        #: bytes of every frame whose sending has begun (``handed`` once it is done)
+        self.framed = 0
         # An in-process pipe hands over whole buffers: taking them whole saves a copy.
         self._receive_size: int | None = getattr(stream, "receive_size", RECEIVE_SIZE)
 
@@ -298,15 +308,24 @@ class Channel:
         """
         async with self._send_lock:  # frames from several tasks never interleave
             buffers = self.conn.send(event)
+            self.framed = self.handed + sum(len(b) for b in buffers)
             with link_errors(self.url, "sending"), trio.CancelScope(shield=True):
                 self._mid_frame = True
                 if sum(len(b) for b in buffers) < 65536:  # small frame: one write
-                    await self.stream.send_all(b"".join(buffers))
+                    joined = b"".join(buffers)
+                    await self.stream.send_all(joined)
+                    self.handed += len(joined)
                 else:  # keep a big body uncopied
                     for buf in buffers:
                         await self.stream.send_all(buf)
+                        self.handed += len(buf)
                 self._mid_frame = False
         await trio.lowlevel.checkpoint_if_cancelled()
+
+    def delivered(self) -> int:
+        """Bytes sent that have reached the far end, as far as the link can tell
+        (transports.delivered): what a sender's progress follows (meter.py)."""
+        return delivered(self.stream, self.handed)
 
     async def receive(self) -> Event | None:
         """The next event, or ``None`` if the peer closed the link."""

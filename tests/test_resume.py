@@ -580,7 +580,9 @@ def test_clone_on_one_machine_interrupted_then_rerun_resumes(tmp_path: Path, sig
     image = tmp_path / "s.img"
     data = random_file(image, 64 * MiB, seed=11)
     target = tmp_path / "t.img"
-    with failing_disk(image, [], pace=0.005) as (disk, _log):
+    # 20 ms a read: about 9 MiB/s, so 24 MiB is seconds in, past two journal commits
+    # (one a second), which a SIGKILL'd run keeps.
+    with failing_disk(image, [], pace=0.02) as (disk, _log):
         argv = [sys.executable, "-m", "p2pclone", "clone", str(disk), str(target), "--yes",
                 "--exact", "--json"]  # fmt: skip
         first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -590,7 +592,7 @@ def test_clone_on_one_machine_interrupted_then_rerun_resumes(tmp_path: Path, sig
             event = json.loads(first.stdout.readline() or '{"event": "eof"}')
             if event["event"] == "eof":
                 break
-            if event["event"] == "progress" and event["done_bytes"] >= 16 * MiB:
+            if event["event"] == "progress" and event["done_bytes"] >= 24 * MiB:
                 stopped_at = event["done_bytes"]
                 first.send_signal(sig)
                 break

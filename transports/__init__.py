@@ -18,16 +18,21 @@ sockets, which p2pclone's multicast driver runs.  See docs/transports.md.
 from __future__ import annotations
 
 import abc
+import fcntl
 import re
-from collections.abc import Callable, Iterator
+import struct
+import termios
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 from urllib.parse import SplitResult, urlsplit
 
 import trio
 
 from p2pclone.errors import TransportError, UsageError
+
+T = TypeVar("T")
 
 
 class LinkListener(abc.ABC):
@@ -140,6 +145,46 @@ def split_url(url: str, how: str) -> SplitResult:
     return parts
 
 
+def delivered(stream: trio.abc.Stream, handed: int) -> int:
+    """Of the ``handed`` bytes whose ``stream.send_all`` returned, those that reached
+    the far end as far as the link can tell: a stream's own count (``delivered()``: the
+    serial link's acknowledged bytes), less a TCP socket's send queue (SIOCOUTQ: bytes
+    the peer's TCP has not acknowledged), else all (in-process pipes hand over at once)."""
+    own = getattr(stream, "delivered", None)
+    if callable(own):
+        return int(own())
+    if isinstance(stream, trio.SocketStream):
+        try:
+            got = fcntl.ioctl(stream.socket.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except OSError:
+            return handed
+        return max(0, handed - int(struct.unpack("i", got)[0]))
+    return handed
+
+
+async def said_after(delay: float, say: Callable[[], None], wait: Callable[[], Awaitable[T]]) -> T:
+    """``await wait()``; if it takes longer than ``delay`` seconds, ``say()`` once (a
+    wait long enough to wonder is told what it waits for).  Its exceptions come out
+    as they are, not in an exception group."""
+    got: list[T] = []
+    failed: list[BaseException] = []
+
+    async def later() -> None:
+        await trio.sleep(delay)
+        say()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(later)
+        try:
+            got.append(await wait())
+        except Exception as exc:  # re-raised below, outside the nursery
+            failed.append(exc)
+        nursery.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
+    return got[0]
+
+
 def url_host(host: str) -> str:
     """A host as it goes into a URL: an IPv6 address in brackets (``[fe80::1%eth0]``)."""
     return f"[{host}]" if ":" in host else host
@@ -151,6 +196,8 @@ __all__ = [
     "Listen",
     "Transport",
     "link_errors",
+    "delivered",
+    "said_after",
     "split_url",
     "url_host",
 ]

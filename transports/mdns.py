@@ -170,11 +170,13 @@ def browse(
     groups: bool = False,
     stop: threading.Event | None = None,
     ignore: frozenset[str] = frozenset(),
+    others: list[Announced] | None = None,
 ) -> list[Announced]:
     """The receivers announcing ``_p2pclone._tcp`` within ``seconds`` (all of them, or
     those of ``nameplate``: then it returns SETTLE seconds after the first answers);
     ``groups``: the multicast senders announcing a group instead; ``stop``: set, it
-    returns what it has at once; ``ignore``: groups (GROUP:PORT) not to count."""
+    returns what it has at once; ``ignore``: groups (GROUP:PORT) not to count;
+    ``others``: filled with those announcing another nameplate (a mistyped number)."""
     from zeroconf import ServiceBrowser, ServiceStateChange
 
     names: list[str] = []
@@ -223,6 +225,8 @@ def browse(
         browser.cancel()
     finally:
         zc.close()
+    if others is not None and nameplate is not None:
+        others.extend(a for a in found.values() if a.nameplate != nameplate)
     return [a for a in found.values() if nameplate is None or a.nameplate == nameplate]
 
 

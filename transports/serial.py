@@ -171,6 +171,10 @@ class SerialStream(trio.abc.HalfCloseableStream):
         finally:
             self._sending = False
 
+    def delivered(self) -> int:
+        """Bytes given to ``send_all`` that the far end has acknowledged."""
+        return self.link.acknowledged
+
     async def _wait(self) -> None:
         event = self._changed
         self._check()

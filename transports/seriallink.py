@@ -88,6 +88,7 @@ class Link:
         self.stats = LinkStats()
         # sending
         self._queue = bytearray()  # application bytes not yet framed
+        self._given = 0  # application bytes ever given to send()
         self._fin_queued = False
         self._fin_seq: int | None = None
         self._next_seq = 0
@@ -111,6 +112,7 @@ class Link:
         if self._fin_queued:
             raise ValueError("send() after finish()")
         self._queue += data
+        self._given += len(data)
 
     def finish(self) -> None:
         """No more data: the peer will read end-of-stream after what was sent."""
@@ -139,6 +141,13 @@ class Link:
     @property
     def buffered(self) -> int:
         return len(self._queue)
+
+    @property
+    def acknowledged(self) -> int:
+        """Application bytes the far end has acknowledged: all given to the link but
+        those queued, or sent and not acknowledged yet."""
+        waiting = len(self._queue) + sum(len(o.payload) for o in self._unacked.values())
+        return self._given - waiting
 
     # -- line side --------------------------------------------------------------
 

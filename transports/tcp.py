@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import ipaddress
 import os
 import socket
@@ -22,7 +23,7 @@ import trio
 
 from p2pclone.errors import TransportError, UsageError
 
-from . import Dial, LinkListener, Listen, Transport, split_url, url_host
+from . import Dial, LinkListener, Listen, Transport, said_after, split_url, url_host
 
 DEFAULT_PORT = 7411
 
@@ -149,6 +150,8 @@ def _scoped(host: str) -> list[str]:
 
 #: how long a sender with no host looks for its receiver at least (send --wait: longer)
 FIND_WAIT = 5.0
+#: seconds of looking before the sender says what it looks for
+SAY_AFTER = 3.0
 #: Happy Eyeballs (RFC 8305): start the next address this long after the previous one
 NEXT_ADDRESS = 0.25
 
@@ -356,13 +359,36 @@ class TcpTransport(Transport):
         if not nameplate:
             raise UsageError("give the receiver's address, tcp://HOST[:PORT], or its code")
         wait = max(dial.wait, FIND_WAIT)
+        others: list[Any] = []
+        looking = (
+            f"looking for the receiver with the code {nameplate}-… on the network "
+            f"(up to {wait:g} s)"
+        )
         try:
-            found = await trio.to_thread.run_sync(browse, wait, nameplate)
+            found = await said_after(
+                SAY_AFTER,
+                lambda: dial.notice(looking),
+                functools.partial(
+                    trio.to_thread.run_sync,
+                    functools.partial(browse, wait, nameplate, others=others),
+                ),
+            )
         except OSError as exc:
             raise TransportError(
                 f"cannot look for the receiver on the network ({exc.strerror or exc}): give "
                 f"its address, p2pclone send SOURCE tcp://ADDRESS:{DEFAULT_PORT}"
             ) from None
+        if not found and others:
+            codes = sorted({f"{a.nameplate}-… (on {a.host})" for a in others})
+            waiting = (
+                f"a receiver with the code {codes[0]} is waiting"
+                if len(codes) == 1
+                else f"receivers with the codes {', '.join(codes)} are waiting"
+            )
+            raise TransportError(
+                f"no receiver with the code {nameplate}-… answered, but {waiting}: check "
+                "the number (give the code the receiver shows)"
+            )
         if not found:
             raise TransportError(
                 f"no receiver with the code {nameplate}-… answered on the links around within "

@@ -266,36 +266,28 @@ class Output:
                 chunks=p.chunks,
                 source=p.source,
                 target=p.target,
+                copy_bytes=p.copy_bytes,
             )
             return
+        free = p.source_bytes - p.copy_bytes if p.copy_bytes else 0
         self.say(
             f"{ {'send': 'Sending', 'clone': 'Copying'}.get(self.role, 'Receiving') } "
-            f"{human_bytes(p.source_bytes)} from {p.source.get('name', '?')} "
+            + (f"{human_bytes(p.copy_bytes)} of " if free else "")
+            + f"{human_bytes(p.source_bytes)} from {p.source.get('name', '?')} "
             f"to {p.target.get('name', '?')}"
+            + (f" ({human_bytes(free)} free: not sent)" if free else "")
         )
         if skipped := left_out(p.source):
             self.say(f"  {printable(skipped)}")
         if self.live:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-            from rich.progress import (
-                Progress as RichProgress,
-            )
+            from rich.progress import Progress as RichProgress
 
-            self._progress = RichProgress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                transient=True,
-            )
+            from .bars import columns
+
+            self._progress = RichProgress(*columns(), transient=True)
             self._progress.start()
-            self._task = self._progress.add_task("copying", total=p.source_bytes)
+            # the total is the bytes to copy, which the first progress report brings
+            self._task = self._progress.add_task("copying", total=None)
 
     def _show_progress(self, p: Progress) -> None:
         if self._progress is not None:
@@ -305,7 +297,10 @@ class Output:
                 else ""
             )
             self._progress.update(
-                self._task, completed=p.done_bytes, description=f"{self._phase}{bad}"
+                self._task,
+                completed=p.done_bytes,
+                total=p.total_bytes,
+                description=f"{self._phase}{bad}",
             )
         elif self.json_mode:
             now = time.monotonic()

@@ -32,7 +32,7 @@ from ..crypto import Pairing, SessionKeys, choose_cipher, cpu_has_aes, transcrip
 from ..errors import LocalProtocolError, P2PCloneError, RemoteProtocolError
 from .coverage import Coverage
 from .fields import SUB_HASH_SIZE
-from .frames import MAX_CHUNK_SIZE, FrameDecoder, encode_frame
+from .frames import MAX_CHUNK_SIZE, FrameDecoder, FrameType, encode_frame
 from .freemap import MAX_PLAN_BODY
 from .group import Ref
 from .messages import (
@@ -129,6 +129,16 @@ class Connection:
     def bytes_in(self) -> int:
         """Bytes of complete frames received so far."""
         return self._decoder.bytes_in
+
+    @property
+    def bytes_arrived(self) -> int:
+        """Bytes received so far, a frame under way included."""
+        return self._decoder.bytes_in + self._decoder.buffered
+
+    def chunk_arriving(self) -> tuple[int, int]:
+        """A CHUNK frame under way: (bytes of it arrived, its size); (0, 0) for none."""
+        ftype, have, size = self._decoder.in_flight()
+        return (have, size) if ftype == FrameType.CHUNK else (0, 0)
 
     @property
     def chunks_done(self) -> int:

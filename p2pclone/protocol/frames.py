@@ -163,6 +163,15 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def in_flight(self) -> tuple[FrameType | None, int, int]:
+        """The frame under way: its type (None before its header is read), the bytes of
+        it buffered, and its whole size (0 before its header)."""
+        if self._pending is None:
+            return None, len(self._buf), 0
+        ftype, meta_len, body_len, _seq, _header = self._pending
+        trailer = TAG_SIZE if self.key is not None else TRAILER_SIZE
+        return ftype, len(self._buf), HEADER_SIZE + meta_len + body_len + trailer
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         self._buf += data
 

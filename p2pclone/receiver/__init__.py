@@ -121,7 +121,14 @@ async def _session(
             journal.close()
         raise
     report(
-        Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, target.describe())
+        Planned(
+            plan.source_size,
+            plan.chunk_size,
+            plan.chunk_count,
+            plan.source,
+            target.describe(),
+            plan.source_size - (target.free or plan.free).total,
+        )
     )
     state, end, repaired = await _data_phase(channel, target, plan, journal, opts, report, feed)
     if state.lost:

@@ -28,6 +28,7 @@ from ..errors import (
     UsageError,
 )
 from ..image.reader import ImageSource
+from ..meter import Meter
 from ..options import SendOptions
 from ..pipeline import DiskSource, default_threads
 from ..protocol import (
@@ -45,20 +46,28 @@ from ..protocol import (
 from ..session import (
     Channel,
     Done,
+    Notice,
     Planned,
     Reporter,
     no_report,
     pair,
     pick_error,
 )
+from ..transports import said_after
 from ..units import merged
 from ..volumes.layout import partitions_hit
 from .runs import ChunkKind, HaveMap, answer_nak
 from .shrink import shrink_advice
 from .source import cut_off
-from .stream import stream_chunks
+from .stream import Ticker, stream_chunks
 
 DEFAULT_CHUNK_SIZE = 1024 * 1024
+#: seconds of silence before a waiting sender says what it waits for
+WAIT_SAY = 3.0
+WAITING_FOR_ACCEPT = (
+    "waiting for the receiver to accept the plan: its operator is asked to confirm that "
+    "the target may be overwritten (or it is checking what the target holds)"
+)
 
 
 async def send_stream(
@@ -128,16 +137,29 @@ async def _session(
         free=source.free,
     )
     await channel.send(plan)
-    accept, dropped = await _accepted(channel, source, plan)
-    report(Planned(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, accept.target))
+    accept, dropped = await _accepted(channel, source, plan, report)
+    report(
+        Planned(
+            plan.source_size,
+            plan.chunk_size,
+            plan.chunk_count,
+            plan.source,
+            accept.target,
+            plan.source_size - source.free.total,
+        )
+    )
 
     result: list[Result] = []
     acks: list[int] = []
     have = HaveMap(accept.have, plan, accept.sub)
+    ticker = Ticker(channel, Meter(plan.source_size, source.free), report)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch, channel, source, plan, have, acks, result)
-            runs = await stream_chunks(channel, source, plan, have, threads, nursery, report)
+            nursery.start_soon(ticker.run, result)
+            runs = await stream_chunks(
+                channel, source, plan, have, threads, nursery, report, ticker
+            )
             # A salvaged image over a real link: the receiver must not call its copy
             # done either, so the session ends in this error, not in END.
             if (
@@ -173,8 +195,11 @@ async def _session(
     return done
 
 
-async def _accepted(channel: Channel, source: DiskSource, plan: Plan) -> tuple[Accept, int]:
-    """The receiver's ACCEPT, and the bytes of data a smaller target lets go (``--cut``).
+async def _accepted(
+    channel: Channel, source: DiskSource, plan: Plan, report: Reporter
+) -> tuple[Accept, int]:
+    """The receiver's ACCEPT, and the bytes of data a smaller target lets go (``--cut``);
+    after WAIT_SAY seconds without it, what we wait for is said.
 
     Raises:
         PeerError: the receiver refused the plan (a target too small: with how far our
@@ -182,7 +207,11 @@ async def _accepted(channel: Channel, source: DiskSource, plan: Plan) -> tuple[A
         SourceError: data past a smaller target's end that it did not let go.
     """
     try:
-        accept = await channel.expect(Accept, "the receiver to accept the plan")
+        accept = await said_after(
+            WAIT_SAY,
+            lambda: report(Notice(WAITING_FOR_ACCEPT)),
+            functools.partial(channel.expect, Accept, "the receiver to accept the plan"),
+        )
     except PeerError as exc:
         # Asked only now: the estimate reads the filesystem.
         if exc.code == "too-small" and (advice := await trio.to_thread.run_sync(

@@ -1,17 +1,49 @@
 """The data phase of a unicast send: every chunk in order (the first pass), then the
-chunks a failing disk left for later (the second pass)."""
+chunks a failing disk left for later (the second pass); and the progress the person
+sees, which follows what the receiver has taken, not what was queued (meter.py)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import trio
 
 from ..disks import Source
+from ..meter import Meter
 from ..pipeline import DiskSource, encode_repair
-from ..protocol import Plan
+from ..protocol import Plan, Result
 from ..protocol.root import zero_digest
-from ..session import Channel, Progress, Reporter, Rescuing
+from ..session import TICK, Channel, Progress, Reporter, Rescuing
 from .ahead import EncodeAhead, Slot
 from .runs import ChunkKind, HaveMap, Runs, run_frame
+
+
+@dataclass
+class Ticker:
+    """Reports the progress the receiver has taken, every :data:`TICK` seconds, until
+    its RESULT arrives (``finished``); paused while a failing disk's second pass
+    reports its own."""
+
+    channel: Channel
+    meter: Meter
+    report: Reporter
+    unreadable: list[tuple[int, int]] = field(default_factory=list)
+    paused: bool = False
+    #: the disk position the frame being sent now covers up to
+    upcoming: int = 0
+
+    async def run(self, finished: list[Result]) -> None:
+        while not finished:
+            if not self.paused:
+                self.report(self.progress())
+            await trio.sleep(TICK)
+        self.report(Progress.of(self.meter.total, self.meter.total, self.channel.handed,
+                                self.unreadable))  # fmt: skip
+
+    def progress(self) -> Progress:
+        delivered = self.channel.delivered()
+        done = self.meter.taken(delivered, (self.channel.framed, self.upcoming))
+        return Progress.of(done, self.meter.total, delivered, self.unreadable)
 
 
 async def stream_chunks(
@@ -22,6 +54,7 @@ async def stream_chunks(
     threads: int,
     nursery: trio.Nursery,
     report: Reporter,
+    ticker: Ticker,
 ) -> Runs:
     async def emit(kind: ChunkKind, first: int, count: int, hashes: bytes) -> None:
         await channel.send(run_frame(kind, first, count, hashes))
@@ -32,7 +65,7 @@ async def stream_chunks(
         defer = True
     slots = EncodeAhead(source, plan, threads, have, defer=defer).start(nursery)
     runs = Runs(emit)
-    last_report = -1.0
+    ticker.unreadable = runs.unreadable
     async with slots:
         while True:
             # Never sit on an open ZERO/SAME run while waiting: the receiver paces
@@ -50,15 +83,14 @@ async def stream_chunks(
                 break
             if not slot.ready.is_set():
                 await runs.flush()
+            covered = min(plan.source_size, (slot.index + max(slot.zero_run, 1)) * plan.chunk_size)
+            ticker.upcoming = covered
             await _send_slot(channel, plan, have, runs, slot)
-            now = trio.current_time()
-            if now - last_report >= 0.1:
-                last_report = now
-                done = min(plan.source_size, (slot.index + max(slot.zero_run, 1)) * plan.chunk_size)
-                out = channel.conn.bytes_out
-                report(Progress.of(done, plan.source_size, out, runs.unreadable))
+            ticker.meter.mark(channel.handed, covered)
         await runs.flush()
-    report(Progress(plan.source_size, plan.source_size, channel.conn.bytes_out))
+    ticker.meter.mark(channel.handed, plan.source_size)
+    if runs.later:
+        ticker.paused = True
     await _second_pass(channel, source, plan, runs, report)
     return runs
 

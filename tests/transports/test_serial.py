@@ -18,7 +18,7 @@ import trio.testing
 
 from p2pclone.jobs import receive, send
 from p2pclone.options import ReceiveOptions, SendOptions
-from p2pclone.session import Done
+from p2pclone.session import Done, Progress
 from p2pclone.transports import Dial
 from tests.conftest import MiB, random_file, write_layout
 
@@ -88,8 +88,16 @@ async def cable(
         os.close(slave)
 
 
-async def clone_over(a: str, b: str, source: Path, target: Path) -> tuple[Done, Done]:
+async def clone_over(
+    a: str, b: str, source: Path, target: Path, progress: list[Progress] | None = None
+) -> tuple[Done, Done]:
+    """Receive on ``b``, send from ``a``; ``progress``: the sender's progress reports."""
     out: dict[str, Done] = {}
+
+    def report(what: object) -> None:
+        if progress is not None and isinstance(what, Progress):
+            progress.append(what)
+
     async with trio.open_nursery() as nursery:
 
         async def rx(task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -102,7 +110,10 @@ async def clone_over(a: str, b: str, source: Path, target: Path) -> tuple[Done, 
 
         await nursery.start(rx)
         out["tx"] = await send(
-            str(source), f"serial://{a}?baud=921600", SendOptions(code="6-s-t", chunk_size=65536)
+            str(source),
+            f"serial://{a}?baud=921600",
+            SendOptions(code="6-s-t", chunk_size=65536),
+            report=report,
         )
     return out["tx"], out["rx"]
 
@@ -162,13 +173,19 @@ async def json_events(proc: trio.Process) -> AsyncIterator[dict]:
 
 
 async def cli_clone(
-    source: Path, target: Path, *, pull_at: float | None = None, noise: float = 0.0
+    source: Path,
+    target: Path,
+    *,
+    pull_at: float | None = None,
+    noise: float = 0.0,
+    rate: int = 100_000,
 ) -> tuple[int, int, list[dict], list[dict]]:
     """Receiver and sender as two CLI processes on the two ends of a pty cable; the
-    cable is pulled once the receiver reports ``pull_at`` of the disk done."""
+    cable is pulled once the receiver reports ``pull_at`` of the disk done.  Each
+    event gets ``"at"``: when it was read (trio's clock)."""
     pulled = trio.Event()
     events: dict[str, list[dict]] = {"rx": [], "tx": []}
-    async with cable(rate=100_000, noise=noise, pulled=pulled) as (a, b), trio.open_nursery() as n:
+    async with cable(rate=rate, noise=noise, pulled=pulled) as (a, b), trio.open_nursery() as n:
         rx = await trio.lowlevel.open_process(
             [*CLI, "receive", str(target), f"serial://{b}", "--code", "5-cli", "--yes", "--json"],
             stdin=subprocess.DEVNULL,
@@ -184,6 +201,7 @@ async def cli_clone(
 
         async def watch(name: str, proc: trio.Process) -> None:
             async for event in json_events(proc):
+                event["at"] = trio.current_time()
                 events[name].append(event)
                 if (
                     name == "rx"
@@ -221,6 +239,34 @@ async def test_cli_over_serial_survives_a_pulled_cable_and_resumes(tmp_path: Pat
     assert done["wire_bytes"] < 0.8 * len(data)  # the chunks already there were not resent
 
 
+async def test_progress_on_a_slow_cable_follows_what_the_far_end_has(tmp_path: Path) -> None:
+    """Issue 24 §5 at 115200 baud (11.5 KB/s here): 192 KiB of random data, one chunk
+    taking some 17 s to cross.  The sender's bar reaches the
+    end only once the receiver has the data (before: "done" at once, counted when
+    queued, for the whole crossing); the receiver's bar moves while the chunk arrives
+    (before: 0 until done); both count the bytes to copy (used, not the disk).
+    Negative controls tried: the sender counting what it handed to the link (its full
+    bar came 7 s before the receiver's), the receiver counting whole chunks (no step).
+    That the total is the used bytes: test_a_real_disk_over_a_pty_cable_sends_only_used_blocks."""
+    source = tmp_path / "s.img"
+    source.write_bytes(os.urandom(192 * 1024))
+    target = tmp_path / "t.img"
+    with trio.fail_after(90):
+        tx_code, rx_code, tx, rx = await cli_clone(source, target, rate=11_520)
+    assert (tx_code, rx_code) == (0, 0)
+    tx_p = [e for e in tx if e["event"] == "progress"]
+    rx_p = [e for e in rx if e["event"] == "progress"]
+    total = tx_p[-1]["total_bytes"]
+    assert rx_p[-1]["total_bytes"] == total == 192 * 1024
+    tx_full = min(e["at"] for e in tx_p if e["done_bytes"] >= total)
+    rx_full = min(e["at"] for e in rx_p if e["done_bytes"] >= total)
+    assert tx_full >= rx_full - 2.0, (tx_full, rx_full)
+    # Each bar moved along the way: at least five distinct values between 0 and the end.
+    for events in (tx_p, rx_p):
+        assert len({e["done_bytes"] for e in events if 0 < e["done_bytes"] < total}) >= 5
+    assert target.read_bytes() == source.read_bytes()
+
+
 async def test_a_real_disk_over_a_pty_cable_sends_only_used_blocks(tmp_path: Path) -> None:
     """Issue 14 on the slowest link: an ext4 disk whose free space holds old random
     data crosses the cable by its used blocks only; used bytes identical, free bytes of
@@ -231,12 +277,15 @@ async def test_a_real_disk_over_a_pty_cable_sends_only_used_blocks(tmp_path: Pat
     source, target = tmp_path / "s.img", tmp_path / "t.img"
     make_ext(source, 24 * MiB)
     target.write_bytes(b"\x5a" * (24 * MiB))
+    progress: list[Progress] = []
     with trio.fail_after(120):
         async with cable() as (a, b):
-            tx, rx = await clone_over(a, b, source, target)
+            tx, rx = await clone_over(a, b, source, target, progress)
     with open(source, "rb") as f:
         free = scan(lambda o, n: os.pread(f.fileno(), n, o), 24 * MiB).free
     assert rx.free_bytes == tx.free_bytes == free.total > 4 * MiB
+    # The progress counts the bytes to copy: the used ones (issue 24 §5).
+    assert progress[-1].done_bytes == progress[-1].total_bytes == 24 * MiB - free.total
     assert tx.wire_bytes < (24 * MiB - free.total) * 1.1
     src, dst = source.read_bytes(), target.read_bytes()
     assert all(dst[a:b] == src[a:b] for a, b in free.invert(0, 24 * MiB))
