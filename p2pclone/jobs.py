@@ -47,6 +47,7 @@ from .options import (
     SendOptions,
     refuse_unhonoured,
 )
+from .pacing import Paced
 from .protocol import PROTOCOL_VERSION
 from .receiver import approve_all, receive_stream
 from .sender import DEFAULT_CHUNK_SIZE, check_chunk_size, send_stream
@@ -89,8 +90,8 @@ def send_honours(origin: Place, end: FarEnd) -> frozenset[str]:
 def receive_honours(end: FarEnd) -> frozenset[str]:
     """The options a receive from ``end`` honours."""
     match end:
-        case Link():
-            return RECEIVING_SESSION | {"code"}
+        case Link(transport=transport):
+            return RECEIVING_SESSION | {"code"} | transport.receive_honours
         case Image():
             return RESTORE_HONOURS if end.scheme == "smb" else RESTORE_HONOURS - {"password"}
         case Group():
@@ -145,6 +146,8 @@ async def send(
     source_, chunk_size = await open_source(origin, chunk_size, options, report)
     try:
         stream, shown, code = await _open_receiving_end(end, origin, options, report)
+        if options.limit_rate:
+            stream = Paced(stream, options.limit_rate)
         report(Connected(shown))
         done = await send_stream(
             stream,
@@ -232,6 +235,8 @@ async def receive(
             report(Listening(listener.url, options.code if isinstance(end, Link) else ""))
             task_status.started(listener.url)
             stream = await listener.accept()
+            if options.limit_rate:  # read at the rate: TCP's flow control holds the sender
+                stream = Paced(stream, options.limit_rate, read=True)
             shown = listener.url  # the link by its real address from now on
         finally:
             await listener.aclose()

@@ -58,6 +58,8 @@ class SendOptions:
     read_timeout: float | None = None  # seconds (None: 10; 0: wait forever)
     delta: bool = False  # the receiver hashes its target first
     fresh: bool = False  # an image save: start over instead of resuming
+    #: bytes/s the link or the image save is held to (None: as fast as it goes)
+    limit_rate: float | None = None
     receivers: int | None = None  # a group: start once this many joined (None: 1)
     wait: float | None = None  # tcp: reach a receiver that is late; a group: its door
 
@@ -98,6 +100,8 @@ class ReceiveOptions:
     new_ids: bool = False  # new table and filesystem IDs, references rewritten
     discard: bool = False  # TRIM what the source's filesystems do not use
     fresh: bool = False  # ignore an interrupted run's journal
+    #: bytes/s the link or the image restore is read at (None: as fast as it goes)
+    limit_rate: float | None = None
     state_dir: Path | None = None  # where the journal lives (None: the default)
     journal: bool = True  # journal progress so that an interruption resumes
 
@@ -167,6 +171,9 @@ HINTS: dict[str, str] = {
     "retries": "it is about reading a failing disk; an image is not a disk",
     "scrape": "it is about reading a failing disk; an image is not a disk",
     "read_timeout": "it is about reading a failing disk; an image is not a disk",
+    "limit_rate": "it holds a TCP link or an image to a rate; a serial line's rate is "
+    "its ?baud=, a multicast group's is rate= in its URL (multicast://GROUP?rate=100m), "
+    "and a clone on one machine crosses no network",
     "cut": "a multicast group sends every member the same bytes: a smaller target needs "
     "a unicast clone (tcp://)",
     "partitions": "the sender chooses what it sends: give --partitions to p2pclone send "

@@ -140,6 +140,9 @@ class Done:
     # --new-ids: each old ID → its new one, as blkid spells them (filesystem UUIDs and
     # serials, PARTUUIDs, the disk's GUID or signature); the root is of the clone before
     new_ids: dict[str, str] = field(default_factory=dict)
+    # a multicast sender: the receivers that confirmed their clone, by host name and
+    # address ("pc07 (192.0.2.7)")
+    receivers: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

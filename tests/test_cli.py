@@ -290,3 +290,45 @@ def test_the_done_line_counts_repaired_chunks(capsys: pytest.CaptureFixture[str]
     out(Done(source_bytes=MiB, wire_bytes=MiB, chunks=1, zero_chunks=0, digest="ab" * 32,
              seconds=1.0, verified=True, repaired_chunks=2))  # fmt: skip
     assert "2 repaired" in capsys.readouterr().out
+
+
+def test_the_multicast_done_line_names_every_receiver(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 24 §5: a group sender's last lines say "3 of 3 receivers done" by name."""
+    from p2pclone.cli import Output
+    from p2pclone.session import Done
+
+    out = Output(json_mode=False, role="send")
+    names = ["pc1 (10.0.0.2)", "pc2 (10.0.0.3)", "pc3 ([fd00::4])"]
+    out(Done(source_bytes=MiB, wire_bytes=MiB, chunks=1, zero_chunks=0, digest="ab" * 32,
+             seconds=1.0, receivers=names))  # fmt: skip
+    assert "3 of 3 receivers done: pc1 (10.0.0.2), pc2 (10.0.0.3) and pc3 ([fd00::4])" in (
+        capsys.readouterr().out
+    )
+
+
+def test_log_writes_the_whole_run_beside_the_terminal(tmp_path: Path) -> None:
+    """Issue 24 §5, --log FILE: a clone shown as text on the terminal writes its every
+    event, as --json would print them and stamped with the time, to the file; a second
+    run appends its own (here an error, with its exit code); a log that cannot be
+    written is a usage error before anything is done."""
+    source, target, log = tmp_path / "s.img", tmp_path / "t.img", tmp_path / "run.log"
+    data = write_layout(source, 6 * MiB)
+    ok = run("clone", str(source), str(target), "--yes", "--log", str(log))
+    assert ok.returncode == 0, ok.stderr
+    assert "Done:" in ok.stdout and not ok.stdout.lstrip().startswith("{")  # text on screen
+    assert target.read_bytes() == data
+    first = json_lines(log.read_text())
+    assert [e["event"] for e in first][0] == "run" and first[-1]["event"] == "done"
+    assert {"map", "plan", "progress"} <= {e["event"] for e in first}
+    assert all(e["time"].startswith("20") for e in first)
+    assert first[-1]["digest"] and first[-1]["source_bytes"] == len(data)
+
+    bad = run("clone", str(tmp_path / "missing.img"), str(target), "--yes", "--log", str(log))
+    assert bad.returncode != 0
+    second = json_lines(log.read_text())[len(first) :]
+    assert second[0]["event"] == "run" and second[-1]["event"] == "error"
+    assert second[-1]["exit"] == bad.returncode and "missing.img" in second[-1]["message"]
+
+    nowhere = run("clone", str(source), str(target), "--yes", "--log", "/nonexistent/x.log")
+    assert nowhere.returncode == 2 and "cannot write the log /nonexistent/x.log" in nowhere.stderr
+    assert target.read_bytes() == data

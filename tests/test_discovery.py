@@ -316,3 +316,30 @@ def test_the_receiver_prints_its_addresses_without_its_zone(cable, tmp_path: Pat
     hint = lines[2]
     assert "or give one of this machine's addresses: tcp://[fe80::" in hint, lines
     assert "%" not in hint and "THIS-HOST" not in "".join(lines), lines
+
+
+def test_a_mistyped_number_names_the_receiver_that_is_waiting(cable, tmp_path: Path) -> None:
+    """Issue 24 §7: the receiver shows 66-…, the sender types 65-…: after saying what it
+    looks for, the sender stops (exit 5) naming the number that is announced, so the
+    person checks the number — not "start the receiver first" (it had).  The target
+    is untouched.  Negative control (tried): without the others collected by browse(),
+    the old sentence came ("no receiver with the code 65-… answered … start …")."""
+    a, b = cable
+    source, target = tmp_path / "s.img", tmp_path / "t.img"
+    random_file(source, MiB)
+    target.write_bytes(b"untouched" * 1000)
+    rx = receiver(b, target, "66-quiet-harbor", tmp_path / "state")
+    try:
+        tx = sender(a, source, "65-quiet-harbor", "--wait", "5")
+    finally:
+        rx.kill()
+        rx.wait()
+    assert tx.returncode == 5, tx.stderr
+    events = [json.loads(x) for x in tx.stdout.splitlines()]
+    assert any(
+        e["event"] == "notice" and "looking for the receiver with the code 65-…" in e["message"]
+        for e in events
+    ), events
+    assert "a receiver with the code 66-… (on " in events[-1]["message"]
+    assert "check the number" in events[-1]["message"]
+    assert target.read_bytes() == b"untouched" * 1000

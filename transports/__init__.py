@@ -91,6 +91,8 @@ class Transport(abc.ABC):
     #: the options (p2pclone.options field names) this link honours beyond what every
     #: session over a link does: a sender's ``wait`` reaches ``Dial.wait`` only here
     honours: ClassVar[frozenset[str]] = frozenset()
+    #: the same, on the receiving side
+    receive_honours: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -153,6 +155,9 @@ def delivered(stream: trio.abc.Stream, handed: int) -> int:
     own = getattr(stream, "delivered", None)
     if callable(own):
         return int(own())
+    inner = getattr(stream, "inner", None)  # a wrapper (a paced stream): what it wraps
+    if isinstance(inner, trio.abc.Stream):
+        return delivered(inner, handed)
     if isinstance(stream, trio.SocketStream):
         try:
             got = fcntl.ioctl(stream.socket.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")

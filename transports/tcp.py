@@ -221,7 +221,8 @@ class TcpListener(LinkListener):
 
 class TcpTransport(Transport):
     scheme = "tcp"
-    honours = frozenset({"wait"})  # a receiver not listening yet, or one to find
+    honours = frozenset({"wait", "limit_rate"})  # wait: a receiver late, or to be found
+    receive_honours = frozenset({"limit_rate"})
 
     def __init__(self, url: str) -> None:
         super().__init__(url)

@@ -33,6 +33,7 @@ from ..endpoints import Group, Image, Place, far_end, place
 from ..errors import ExitCode, P2PCloneError, TargetError, TransportError, UsageError
 from ..options import ReceiveOptions, SendOptions
 from ..session import Done, Notice, pick_error
+from .log import open_log
 from .output import Output
 from .parser import build_parser
 from .prompts import (
@@ -172,6 +173,8 @@ def _writing(args: argparse.Namespace) -> ReceiveOptions:
         skip=getattr(args, "skip", ()) if args.command == "receive" else (),
         discard=args.discard,
         state_dir=Path(args.state_dir) if args.state_dir else None,
+        # receive; a clone's goes to the side that crosses a network (cmd_clone)
+        limit_rate=args.limit_rate if args.command == "receive" else None,
     )
 
 
@@ -230,6 +233,7 @@ def cmd_send(args: argparse.Namespace, out: Output) -> int:
         fresh=args.fresh,
         receivers=args.receivers,
         wait=args.wait,
+        limit_rate=args.limit_rate,
     )
     check_send(origin, end, options)  # before anything is asked
     options = _image_secrets(options, origin, end if isinstance(end, Image) else None)
@@ -265,6 +269,9 @@ def cmd_clone(args: argparse.Namespace, out: Output) -> int:
         _reading(args),
         passphrase=args.passphrase if saving else None,
         fresh=args.fresh and saving,  # a save starts over; a disk's journal is the target's
+        # an image restore reads at the rate (below); anything else is the sender's to
+        # honour or refuse (a clone from disk to disk crosses no network)
+        limit_rate=None if isinstance(origin, Image) else args.limit_rate,
     )
     receiving = replace(
         _writing(args),
@@ -282,6 +289,7 @@ def cmd_clone(args: argparse.Namespace, out: Output) -> int:
             password=smb_password(origin.url),
             partitions=sending.partitions,
             skip=sending.skip,
+            limit_rate=args.limit_rate,
         )
         sending = replace(sending, partitions=(), skip=())
     approve = make_approve(out)
@@ -429,6 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             role=args.command,
             stream=sys.stderr if getattr(args, "action", "") == "export" else sys.stdout,
         )
+        if getattr(args, "log", None):
+            out.log = open_log(args.log, args.command)
         return COMMANDS[args.command](args, out)
     except P2PCloneError as exc:
         out.error(exc)

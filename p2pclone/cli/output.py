@@ -60,6 +60,8 @@ class Output:
         #: a peer is connected, or the plan accepted: the transfer has started (a
         #: hang-up no longer stops it)
         self.started = False
+        #: --log: every report, error and member line goes there too (cli/log.py)
+        self.log: Output | None = None
 
     def _write(self, text: str, stream: TextIO) -> None:
         """One line to ``stream``, best-effort (see the module docstring)."""
@@ -97,6 +99,8 @@ class Output:
                 _silence(stream)
 
     def __call__(self, event: Update) -> None:
+        if self.log is not None:
+            self.log(event)
         match event:
             case Listening(url=url, code=code):
                 self._listening(url, code)
@@ -141,6 +145,8 @@ class Output:
                     # Every field of Done, so the line can't drift from the stats.
                     self.emit(event="done", **{**asdict(d), "seconds": round(d.seconds, 3)})
                 else:
+                    if n := len(d.receivers):  # a multicast run ends only when all did
+                        self.say(f"{n} of {n} receivers done: {_and(d.receivers)}")
                     rate = d.source_bytes / d.seconds if d.seconds > 0 else 0.0
                     free = f"; {human_bytes(d.free_bytes)} free, not copied" if d.free_bytes else ""
                     ratio = d.wire_bytes / d.source_bytes if d.source_bytes else 0.0
@@ -216,6 +222,8 @@ class Output:
                 f"the clone is complete except for {total} the source could not read, "
                 f"in {where}, written as zeros: {again}"
             )
+        if self.log is not None:
+            self.log.emit(event="notice", message=sentence)
         if self.json_mode:
             self.emit(event="notice", message=sentence)
             self(done)
@@ -312,6 +320,8 @@ class Output:
     def member(self, gp: Any) -> None:
         """Multicast: one receiver's state or progress (joined, receiving, evicted,
         unicast, done...): a line per change, and its own bar on a terminal."""
+        if self.log is not None:
+            self.log.member(gp)
         if self.json_mode:  # every field, as for Done
             self.emit(event="receiver", **{**asdict(gp), "rate": round(gp.rate)})
             return
@@ -356,6 +366,8 @@ class Output:
 
     def error(self, exc: P2PCloneError) -> None:
         """The one place an error is printed: one sentence, escaped."""
+        if self.log is not None:
+            self.log.error(exc)
         self._stop()
         if self.json_mode:
             self.emit(event="error", code=exc.code, message=exc.message)

@@ -9,21 +9,20 @@ from typing import NoReturn, TypeAlias
 
 from .. import __version__
 from ..errors import UsageError
+from .flags import (
+    choice,
+    common,
+    limit,
+    mapfile,
+    parse_size,
+    passphrase,
+    source_options,
+    target_options,
+)
 
 EPILOG_EXIT = """exit codes: 0 done, 1 other error, 2 usage or bad URL, 3 authentication failed,
 4 refused for safety, 5 link lost or transfer interrupted, 6 integrity failure,
 7 complete except for unreadable source ranges (docs/errors.md)"""
-
-
-def parse_size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1M, 4M, 65536)") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,21 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="one JSON object per line on stdout (last: done or error)",
-    )
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    p.add_argument(
-        "--stop-on-hangup",
-        action="store_true",
-        help="a closed terminal (SIGHUP) stops the run as Ctrl-C does (by default, once "
-        "the transfer has started it goes on, and what it would print is dropped)",
-    )
-
-
 def _add_receive(sub: _Subcommands) -> None:
     r = sub.add_parser(
         "receive",
@@ -101,10 +85,11 @@ def _add_receive(sub: _Subcommands) -> None:
         help="the pairing code to show (default: $P2PCLONE_CODE, else generated); prefer "
         "the variable: other users of this machine can see a command line",
     )
-    _passphrase(r, "restoring an image: its passphrase")
-    _target_options(r)
-    _choice(r, "restoring an image: ")
-    _common(r)
+    passphrase(r, "restoring an image: its passphrase")
+    target_options(r)
+    choice(r, "restoring an image: ")
+    limit(r)
+    common(r)
 
 
 def _add_send(sub: _Subcommands) -> None:
@@ -142,7 +127,7 @@ def _add_send(sub: _Subcommands) -> None:
         "prefer the variable or the prompt: other users of this machine can see a "
         "command line",
     )
-    _passphrase(
+    passphrase(
         s,
         "an image as SOURCE: its passphrase; saving an image: the passphrase to encrypt it with",
     )
@@ -152,12 +137,13 @@ def _add_send(sub: _Subcommands) -> None:
         "$P2PCLONE_NEW_PASSPHRASE, else the same as --passphrase)",
     )
     _send_options(s)
-    _common(s)
+    limit(s)
+    common(s)
 
 
 def _send_options(s: argparse.ArgumentParser) -> None:
-    _source_options(s)
-    _mapfile(s)
+    source_options(s)
+    mapfile(s)
     s.add_argument(
         "--fresh",
         action="store_true",
@@ -215,9 +201,9 @@ def _add_clone(sub: _Subcommands) -> None:
     c.add_argument(
         "target", metavar="TARGET", help="block device or file to overwrite, or an image to save"
     )
-    _passphrase(c, "an image as SOURCE or TARGET: its passphrase")
-    _target_options(c)
-    _source_options(c)
+    passphrase(c, "an image as SOURCE or TARGET: its passphrase")
+    target_options(c)
+    source_options(c)
     c.add_argument(
         "--allow-mounted",
         action="store_true",
@@ -230,161 +216,8 @@ def _add_clone(sub: _Subcommands) -> None:
         metavar="SIZE",
         help="chunk size, a multiple of 4K (default 1M)",
     )
-    _common(c)
-
-
-def _target_options(r: argparse.ArgumentParser) -> None:
-    """What a receiving end takes (receive, clone)."""
-    r.add_argument("--yes", action="store_true", help="overwrite the target without asking")
-    r.add_argument(
-        "--verify",
-        action="store_true",
-        help="after fsync, re-read the whole target and check every chunk; chunks that "
-        "read back wrong are fetched again and re-checked",
-    )
-    r.add_argument(
-        "--delta",
-        action="store_true",
-        help="hash the target first and receive only the chunks that differ",
-    )
-    r.add_argument(
-        "--grow",
-        nargs="?",
-        const=0,
-        type=int,
-        default=None,
-        metavar="N",
-        help="onto a larger disk: the largest data partition (or partition N) takes the new "
-        "space and the partitions after it (a recovery partition, say) move to the end; its "
-        "filesystem is grown with its own tool (ext2/3/4, NTFS, XFS, btrfs); GPT and MBR, "
-        "and a file target you made larger first",
-    )
-    r.add_argument(
-        "--proportional",
-        action="store_true",
-        help="onto a larger disk: every data partition grows in proportion to its size "
-        "(Clonezilla's -k1), their filesystems with them",
-    )
-    r.add_argument(
-        "--cut",
-        action="store_true",
-        help="onto a smaller disk: let the source's data past this disk's end go (its "
-        "partitions must fit; without --cut such a clone is refused when anything past "
-        "the end is not zero)",
-    )
-    r.add_argument(
-        "--new-ids",
-        action="store_true",
-        help="give the clone its own IDs: new GPT GUIDs or MBR signature, new filesystem "
-        "UUIDs and serials (each filesystem's own tool); /etc/fstab, /etc/crypttab and "
-        "GRUB's grub.cfg on the clone are rewritten to name them, and what still names the "
-        "old ones is listed (Windows' boot configuration does not follow: docs/cloning.md)",
-    )
-    r.add_argument(
-        "--discard",
-        action="store_true",
-        help="after the clone, discard (TRIM) the ranges no filesystem of the source uses: "
-        "an SSD then knows they are free",
-    )
-    r.add_argument(
-        "--fresh",
-        action="store_true",
-        help="ignore an interrupted earlier run's journal and start over",
-    )
-    r.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        help="where the resume journal lives (default: $P2PCLONE_STATE_DIR, else "
-        "/var/lib/p2pclone for root, ~/.local/state/p2pclone for others)",
-    )
-    _mapfile(r)
-
-
-def _numbers(text: str) -> tuple[int, ...]:
-    """``1,3`` as (1, 3): partition numbers as the kernel numbers them (sda1, sda3)."""
-    try:
-        numbers = tuple(int(n) for n in text.split(","))
-    except ValueError:
-        numbers = ()
-    if not numbers or min(numbers) < 1:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a list of partition numbers: write them with commas, as 1,3"
-        )
-    return tuple(sorted(set(numbers)))
-
-
-def _choice(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    """Which partitions to copy (send, clone, receive from an image)."""
-    g = p.add_mutually_exclusive_group()
-    g.add_argument(
-        "--partitions",
-        type=_numbers,
-        default=(),
-        metavar="N,N",
-        help=prefix + "copy only these partitions (numbers as in sda1, sda3: 1,3); the "
-        "table is copied as it is, the others' space is left as it was on the target "
-        "(zeroed with --exact)",
-    )
-    g.add_argument(
-        "--skip",
-        type=_numbers,
-        default=(),
-        metavar="N,N",
-        help=prefix + "copy every partition but these",
-    )
-
-
-def _source_options(s: argparse.ArgumentParser) -> None:
-    """What a reading end takes (send, clone)."""
-    _choice(s)
-    s.add_argument(
-        "--exact",
-        action="store_true",
-        help="copy every byte, free space included (forensics); by default the blocks no "
-        "filesystem uses are neither sent nor written",
-    )
-    s.add_argument(
-        "--retries",
-        type=int,
-        default=None,
-        metavar="N",
-        help="a failing source: trim each bad stretch N more times from both ends, "
-        "reading its first and last failed sectors again (default 1; 0: never read a "
-        "failed sector again in this run)",
-    )
-    s.add_argument(
-        "--scrape",
-        action="store_true",
-        help="a failing source: also read every sector between a bad stretch's trimmed "
-        "ends, once each (GNU ddrescue's scraping; slow on a long bad stretch); by "
-        "default they count as unreadable unread, as after ddrescue -n",
-    )
-    s.add_argument(
-        "--read-timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="a failing source: give up a read that has not answered after this long and "
-        "count its range as unreadable (default 10; 0: wait forever)",
-    )
-
-
-def _passphrase(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument(
-        "--passphrase",
-        help=f"{what} (default: $P2PCLONE_PASSPHRASE, else asked; an image URL with "
-        "?plain=1 needs none); prefer the variable or the prompt: other users of this "
-        "machine can see a command line",
-    )
-
-
-def _mapfile(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--mapfile",
-        metavar="FILE",
-        help="also write the outcome in GNU ddrescue's mapfile format (unreadable source "
-        "ranges as bad sectors), for ddrescuelog and ddrescueview",
-    )
+    limit(c)
+    common(c)
 
 
 def _add_image(sub: _Subcommands) -> None:
@@ -401,8 +234,8 @@ def _add_image(sub: _Subcommands) -> None:
     im.add_argument(
         "url", metavar="URL", help="file:///PATH or smb://[USER@]HOST[:PORT]/SHARE/PATH"
     )
-    _passphrase(im, "the image's passphrase (not for info)")
-    _common(im)
+    passphrase(im, "the image's passphrase (not for info)")
+    common(im)
 
 
 def _add_disks(sub: _Subcommands) -> None:

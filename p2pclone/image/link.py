@@ -33,10 +33,10 @@ Play = Callable[[trio.abc.Stream, ImageSource, str, str], Awaitable[object]]
 #: What an image save honours besides reading its source: the recorder keeps the
 #: chunk size and resumes (``fresh`` starts over); it always sends only the chunks
 #: that changed since the last save to it, so ``delta`` has nothing to add.
-SAVE_HONOURS = frozenset({"chunk_size", "fresh", "passphrase", "password"})
+SAVE_HONOURS = frozenset({"chunk_size", "fresh", "passphrase", "password", "limit_rate"})
 #: What a restore honours: all of a receiving session's options, the image's own, and
 #: which of its partitions to restore (the player reads them: it is this process).
-RESTORE_HONOURS = RECEIVING_SESSION | CHOOSING | {"passphrase", "password"}
+RESTORE_HONOURS = RECEIVING_SESSION | CHOOSING | {"passphrase", "password", "limit_rate"}
 
 
 def _pairing_code() -> str:

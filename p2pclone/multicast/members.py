@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 import trio
 
 from ..errors import ExitCode, P2PCloneError, RemoteProtocolError
+from ..meter import Meter
 from ..protocol import Error, Event, Result
-from ..protocol.dataplane import Member, RateGovernor
+from ..protocol.dataplane import Member
 from ..sender.runs import HaveMap
-from ..session import Channel
+from ..session import Channel, GroupProgress, GroupReporter
 
 #: report a member's state: show(name, state, why=..., done_bytes=..., repairs=...)
 Show = Callable[..., None]
@@ -36,6 +37,54 @@ class Peer:
     @property
     def host(self) -> str:
         return self.name.rsplit(":", 1)[0]
+
+
+class Board:
+    """What the display is told about each member (``show``): its state, how far it is
+    in the bytes to copy, its rate, and its name as a person knows it: the host name
+    its ACCEPT gave, with its address (IPv6 in brackets), once known."""
+
+    def __init__(self, report: GroupReporter | None, clock: Clock) -> None:
+        self.report, self.clock = report, clock
+        self.meter: Meter | None = None  # the plan's, once made
+        self.rates: dict[str, tuple[float, int]] = {}  # name -> (time, done) last shown
+        self.labels: dict[str, str] = {}  # address -> "pc07 (192.0.2.7)"
+
+    def named(self, name: str, target: dict[str, str | int]) -> None:
+        """A member's ACCEPT told its host name."""
+        address = name.rsplit(":", 1)[0]
+        if host := str(target.get("host", "")):
+            self.labels[address] = f"{host} ({address})"
+
+    def label(self, name: str) -> str:
+        return self.labels.get(name.rsplit(":", 1)[0], name)
+
+    def show(
+        self,
+        name: str,
+        state: str,
+        *,
+        why: str = "",
+        done_bytes: int | None = None,
+        at: int | None = None,
+        repairs: int = 0,
+    ) -> None:
+        """``done_bytes``: bytes to copy it has (a unicast session's progress); ``at``:
+        the disk position it holds up to (the group's slices)."""
+        if self.report is None:
+            return
+        now = self.clock()
+        total = self.meter.total if self.meter else 0
+        if at is not None and self.meter is not None:
+            done_bytes = self.meter.used_before(at)
+        if state == "done":
+            done_bytes = total
+        then, before = self.rates.get(name, (now, 0))
+        done = before if done_bytes is None else done_bytes
+        moving = state in ("receiving", "unicast") and now > then and done >= before
+        rate = (done - before) / (now - then) if moving else 0.0
+        self.rates[name] = (now, done)
+        self.report(GroupProgress(self.label(name), state, done, total, rate, repairs, why))
 
 
 async def tell(p: Peer, event: Event, show: Show) -> None:
@@ -67,35 +116,3 @@ async def expel(channel: Channel, exc: RemoteProtocolError) -> None:
         if channel.conn.can_send_error:
             await channel.send(Error(code=exc.code, message=message, exit=int(exc.exit_code)))
     await channel.close()
-
-
-class Paced(trio.abc.HalfCloseableStream):
-    """A stream whose sending is held to ``rate`` bytes per second (a token bucket)."""
-
-    def __init__(self, inner: trio.SocketStream, rate: float, clock: Clock) -> None:
-        self.inner = inner
-        self.clock = clock
-        self.bucket = RateGovernor(rate=rate, limit=rate)
-        self.piece = max(1024, min(64 * 1024, int(rate * 0.05)))  # fits the 50 ms burst
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            piece = view[: self.piece]
-            while self.bucket.allowance(self.clock(), burst=0.05) < len(piece):
-                await trio.sleep(self.bucket.wait_for(len(piece)))
-            self.bucket.spend(len(piece))
-            await self.inner.send_all(piece)
-            view = view[len(piece) :]
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def send_eof(self) -> None:
-        await self.inner.send_eof()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()

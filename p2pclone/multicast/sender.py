@@ -44,7 +44,9 @@ from ..errors import (
     TransportError,
 )
 from ..image.reader import ImageSource
+from ..meter import Meter
 from ..options import DEFAULT_WAIT, SendOptions
+from ..pacing import Paced
 from ..pipeline import DiskSource
 from ..protocol import (
     Accept,
@@ -68,7 +70,6 @@ from ..session import (
     Channel,
     Connected,
     Done,
-    GroupProgress,
     GroupReporter,
     Notice,
     Planned,
@@ -83,7 +84,7 @@ from ..units import merged
 from ..volumes.layout import partitions_hit
 from .announce import announced
 from .door import Door
-from .members import Clock, Paced, Peer, expel, tell_all
+from .members import Board, Clock, Peer, expel, tell_all
 from .slices import LossReports, SliceStream, Wire
 from .verdict import nobody_joined, unfinished
 
@@ -124,12 +125,13 @@ class GroupSender:
         self.reports = LossReports()
         self.returning: dict[str, trio.Event] = {}  # host -> its unicast session has ended
         self.finished_hosts: set[str] = set()  # hosts whose receiver confirmed its clone
+        self.board = Board(group_report, clock)
+        self._show = self.board.show
         self.door = Door(
             transport, self.session, self.receivers, self._show, self.joined.set, self.code
         )
         self.refused = self.door.refused  # name -> (why, its exit code)
         self.locked = self.door.locked  # the run's failed pairings reached the limit
-        self.meters: dict[str, tuple[float, int]] = {}  # name -> (time, done_bytes) shown
         self.stats: dict[str, int] = {"wire": 0, "zero": 0}
         self.plan = Plan(source_size=0, chunk_size=chunk_size)
         self._source: DiskSource | None = None  # the group's handle on the source
@@ -148,6 +150,7 @@ class GroupSender:
             delta=self.options.delta,  # every member hashes its target first
             free=source.free,
         )
+        self.board.meter = Meter(source.size, source.free)
         sock = t.sender_socket()
         listeners = await trio.open_tcp_listeners(0, host=t.address)
         port = listeners[0].socket.getsockname()[1]
@@ -279,28 +282,8 @@ class GroupSender:
             free_bytes=self.plan.free.total,
             unreadable=merged(self.unreadable),
             unreadable_in=partitions_hit(self.plan.source, merged(self.unreadable)),
+            receivers=sorted(self.board.labels.get(h, h) for h in self.finished_hosts),
         )
-
-    def _show(
-        self,
-        name: str,
-        state: str,
-        *,
-        why: str = "",
-        done_bytes: int | None = None,
-        repairs: int = 0,
-    ) -> None:
-        if self.group_report is None:
-            return
-        now, total = self.clock(), self.plan.source_size
-        if state == "done":
-            done_bytes = total
-        then, before = self.meters.get(name, (now, 0))
-        done = before if done_bytes is None else done_bytes
-        moving = state in ("receiving", "unicast") and now > then and done >= before
-        rate = (done - before) / (now - then) if moving else 0.0
-        self.meters[name] = (now, done)
-        self.group_report(GroupProgress(name, state, done, total, rate, repairs, why))
 
     # -- control connections ----------------------------------------------------------
 
@@ -308,7 +291,7 @@ class GroupSender:
         """One control connection: pair, then join the group, or a unicast session."""
         tune(stream)  # a receiver that vanishes is noticed (keepalive, user timeout)
         addr = stream.socket.getpeername()
-        name = f"{addr[0]}:{addr[1]}"
+        name = f"{url_host(addr[0])}:{addr[1]}"
         self.connections += 1
         if not self.door.admits(addr[0], name):  # it failed too often: no more guesses
             await stream.aclose()
@@ -321,7 +304,12 @@ class GroupSender:
         if not await self.door.handshake(channel, addr[0], name):
             return
         if by_unicast:
-            await self._unicast(channel, name)
+            why = (
+                "came after the group started: served alone by unicast, from its journal"
+                if self.data_started
+                else f"the group is full ({self.receivers} receivers): served alone by unicast"
+            )
+            await self._unicast(channel, name, why)
             return
         peer = await self._join(channel, name)
         if peer is not None:
@@ -347,6 +335,7 @@ class GroupSender:
         have = HaveMap(accept.have, plan, accept.sub)
         peer = Peer(name, channel, Member(name, heard=self.clock()), have)
         self.peers[name] = peer
+        self.board.named(name, accept.target)
         self._show(name, "joined")
         if len(self.peers) >= self.receivers:
             self.joined.set()
@@ -402,15 +391,17 @@ class GroupSender:
             peer.have.close()
             self.reports.wake_all()  # nobody waits for its reports any more
 
-    async def _unicast(self, channel: Channel, name: str) -> None:
+    async def _unicast(self, channel: Channel, name: str, why: str) -> None:
         """A member that came back (evicted, restarted, late): an ordinary session from a
         second handle on the source, resuming from its journal."""
         host = name.rsplit(":", 1)[0]
-        self._show(name, "unicast")
         back = self.returning.setdefault(host, trio.Event())
         shown = [self.clock()]
 
         def progress(event: object) -> None:
+            if isinstance(event, Planned):  # its ACCEPT named its host
+                self.board.named(name, event.target)
+                self._show(name, "unicast", why=why)
             if isinstance(event, Progress) and self.clock() - shown[0] >= 1.0:
                 shown[0] = self.clock()
                 self._show(name, "unicast", done_bytes=event.done_bytes)

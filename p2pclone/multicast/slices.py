@@ -237,7 +237,7 @@ class SliceStream:
         for p in self.peers.values():
             if not p.member.evicted:
                 held = self.reports.held.get(p.name, 0)
-                self.show(p.name, "receiving", done_bytes=held, repairs=p.member.repairs)
+                self.show(p.name, "receiving", at=held, repairs=p.member.repairs)
 
     async def _produce(self, out: trio.MemorySendChannel[Slice]) -> None:
         """Encode (the shared encode-ahead), pack and seal the next slice while the last

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import socket
 import tempfile
 from collections.abc import Callable
 
@@ -109,7 +110,7 @@ async def _session(
     try:
         await channel.send(
             Accept(
-                target=target.describe(),
+                target={**target.describe(), "host": socket.gethostname().split(".")[0]},
                 have=delta or bool(journal and journal.have),
                 sub=SUB_BLOCK if delta else 0,
                 cut=cut,
@@ -139,21 +140,7 @@ async def _session(
             "its image is damaged or incomplete there; those ranges of the target were not "
             "written, everything else was written and checked"
         )
-    policy = _policy(opts)
-    gpt = plan.source.get("layout") == "gpt"
-    if target.size != plan.source_size and (policy or (target.is_block and gpt)):
-        await _fit_table(target, plan, policy, report)
-    if opts.discard and target.free:
-        await _discard(target, report)
-    renamed = await _new_ids(target, report) if opts.new_ids else {}
-    why = await trio.to_thread.run_sync(target.reread_partitions)
-    if why is not None:
-        report(
-            Notice(
-                f"the kernel did not re-read the partition table of {target.path} ({why}): "
-                f"its new partitions appear after `partprobe {target.path}` or a reboot"
-            )
-        )
+    renamed = await _finish_target(target, plan, opts, report)
     # Our own root (equal to END's, checked above): the sender checks it against its own.
     await channel.send(Result(root=channel.conn.root_digest(), verified=opts.verify))
     done = Done(
@@ -175,6 +162,29 @@ async def _session(
     )
     await channel.close()
     return done
+
+
+async def _finish_target(
+    target: Target, plan: Plan, opts: ReceiveOptions, report: Reporter
+) -> dict[str, str]:
+    """After the data: the table fitted to a target of another size (and the space
+    shared as asked), TRIM, new IDs (old -> new), the kernel told of the table."""
+    policy = _policy(opts)
+    gpt = plan.source.get("layout") == "gpt"
+    if target.size != plan.source_size and (policy or (target.is_block and gpt)):
+        await _fit_table(target, plan, policy, report)
+    if opts.discard and target.free:
+        await _discard(target, report)
+    renamed = await _new_ids(target, report) if opts.new_ids else {}
+    why = await trio.to_thread.run_sync(target.reread_partitions)
+    if why is not None:
+        report(
+            Notice(
+                f"the kernel did not re-read the partition table of {target.path} ({why}): "
+                f"its new partitions appear after `partprobe {target.path}` or a reboot"
+            )
+        )
+    return renamed
 
 
 def _policy(opts: ReceiveOptions) -> Policy | None:

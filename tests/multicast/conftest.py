@@ -37,8 +37,19 @@ class Lan:
     def port(self, k: int) -> str:
         return f"p{self.tag}{k}"  # the bridge side of host k's veth (<= 15 chars)
 
+    def name(self, k: int) -> str:
+        """Host ``k``'s host name (its own UTS namespace: a lab machine's name)."""
+        return f"pc{k}"
+
+    def member(self, k: int) -> str:
+        """How a multicast sender names host ``k``'s receiver: host name and address."""
+        return f"{self.name(k)} ({self.addr(k)})"
+
     def run(self, k: int, *argv: str, **kw) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(["ip", "netns", "exec", self.hosts[k], *argv], **kw)
+        """``argv`` on host ``k``: in its network namespace, under its own host name
+        (each ``exec``s the next: the process is ``argv``'s, signals reach it)."""
+        named = ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"', self.name(k)]
+        return subprocess.Popen(["ip", "netns", "exec", self.hosts[k], *named, *argv], **kw)
 
     def loss(self, k: int, percent: int) -> None:
         """Drop ``percent`` % of the frames the switch forwards to host ``k``."""

@@ -61,6 +61,8 @@ def test_three_receivers_get_one_multicast_copy(lan, tmp_path: Path) -> None:
         assert t.read_bytes() == data
     # One copy on the wire for all three: the multicast bytes are about the data once.
     assert done["wire_bytes"] < 1.2 * (len(data) - done["zero_chunks"] * MiB)
+    # The closing line's receivers, as the lab names them (issue 24 §5).
+    assert done["receivers"] == [net.member(k) for k in (1, 2, 3)]
 
 
 def test_the_senders_delta_makes_the_group_send_only_what_changed(lan, tmp_path: Path) -> None:
@@ -122,22 +124,21 @@ def test_loss_a_killed_receiver_and_a_slow_one_all_end_byte_identical(lan, tmp_p
         assert r.returncode == 0, (k, r_err.decode())
     for k, t in targets.items():
         assert t.read_bytes() == data, k
-    states = {
-        (e["name"].split(":")[0], e["state"]) for e in events(out) if e["event"] == "receiver"
-    }
-    assert (net.addr(4), "evicted") in states  # the slow one left the group...
-    assert (net.addr(4), "unicast") in states  # ...and finished by unicast
-    assert (net.addr(3), "unicast") in states  # the restarted one resumed by unicast
-    assert (net.addr(2), "evicted") not in states  # 3 % loss is repaired in the group
+    # Members are named as the lab knows them: host name and address (issue 24 §5).
+    states = {(e["name"], e["state"]) for e in events(out) if e["event"] == "receiver"}
+    assert (net.member(4), "evicted") in states  # the slow one left the group...
+    assert (net.member(4), "unicast") in states  # ...and finished by unicast
+    assert (net.member(3), "unicast") in states  # the restarted one resumed by unicast
+    assert (net.member(2), "evicted") not in states  # 3 % loss is repaired in the group
     # Each receiver's own progress: how far it is, at what rate; then done.
     seen = [e for e in events(out) if e["event"] == "receiver"]
-    mine = [e for e in seen if e["name"].startswith(net.addr(1) + ":")]
+    mine = [e for e in seen if e["name"] == net.member(1)]
     assert any(
         e["state"] == "receiving" and 0 < e["done_bytes"] < e["total_bytes"] and e["rate"] > 0
         for e in mine
     )
     assert mine[-1]["state"] == "done" and mine[-1]["done_bytes"] == len(data)
-    slow = [e for e in seen if e["name"].startswith(net.addr(4) + ":")]
+    slow = [e for e in seen if e["name"] == net.member(4)]
     assert any(e["state"] == "unicast" and e["done_bytes"] > 0 for e in slow)
 
 
@@ -366,7 +367,13 @@ def test_a_latecomer_finishes_by_unicast_within_the_rate(lan, tmp_path: Path) ->
     assert events(l_out)[-1]["seconds"] > 4.0
     f_out, f_err = first.communicate(timeout=60)
     assert first.returncode == 0, f_err.decode()
-    assert tx.wait(60) == 0
+    out, err = tx.communicate(timeout=60)
+    assert tx.returncode == 0, err.decode()
+    # The sender said why this one is served alone (issue 24 §5).
+    late_lines = [e for e in events(out) if e.get("name") == net.member(2)]
+    assert any(
+        e["state"] == "unicast" and "after the group started" in e["why"] for e in late_lines
+    ), late_lines
 
 
 # A group member that answers every POLL with a one-byte bitmap, whatever the slice's

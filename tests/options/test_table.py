@@ -17,7 +17,9 @@ Negative controls (each tried once, then undone):
 * the multicast driver's ``delta=self.options.delta`` taken out of the group's PLAN:
   the cell ``send delta multicast`` fails (same_chunks 0: every chunk sent again);
 * ``refuse_unhonoured`` made a no-op: every refused cell fails ("no usage error");
-* ``GROUP_SEND`` given ``fresh``: ``send fresh multicast`` fails the same way.
+* ``GROUP_SEND`` given ``fresh``: ``send fresh multicast`` fails the same way;
+* the sender's stream not wrapped in ``Paced`` for ``--limit-rate``: the three
+  ``send limit_rate`` cells fail (the bytes crossed faster than the rate).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ SEND_TABLE: dict[str, frozenset[str]] = {
     "fresh": frozenset(IMAGES),
     "receivers": frozenset({"multicast"}),
     "wait": frozenset({"tcp", "multicast"}),
+    "limit_rate": frozenset({"tcp", *IMAGES}),  # serial: its baud; a group: rate=
 }
 RECEIVE_TABLE: dict[str, frozenset[str]] = {
     "code": frozenset({*LINKS, "multicast"}),
@@ -90,6 +93,7 @@ RECEIVE_TABLE: dict[str, frozenset[str]] = {
     "fresh": ALL,
     "state_dir": ALL,
     "journal": ALL,
+    "limit_rate": frozenset({"tcp", *IMAGES}),
 }
 # An image as SOURCE: what reads a disk is refused everywhere, its passphrase honoured.
 IMAGE_SOURCE_TABLE: dict[str, frozenset[str]] = {
@@ -103,6 +107,9 @@ IMAGE_SOURCE_TABLE: dict[str, frozenset[str]] = {
     "scrape": frozenset(),
     "read_timeout": frozenset(),
 }
+
+#: --limit-rate in the cells: bytes/s (the disk's used blocks take seconds at it)
+LIMIT = 512 * 1024
 
 # a value that counts as given, for each option
 GIVEN: dict[str, Any] = {
@@ -131,6 +138,7 @@ GIVEN: dict[str, Any] = {
     "discard": True,
     "state_dir": "/nonexistent/state",
     "journal": False,
+    "limit_rate": LIMIT,
 }
 
 
@@ -517,6 +525,20 @@ class World:
             )
             _done(out["tx"])
             assert out["seconds"] < 30, out
+
+    async def send_limit_rate(self, far: str) -> None:
+        await self._limited(far, "send")
+
+    async def receive_limit_rate(self, far: str) -> None:
+        await self._limited(far, "receive")
+
+    async def _limited(self, far: str, side: str) -> None:
+        """The bytes that crossed took at least as long as the rate allows (a burst of
+        50 ms aside), and the side that limits does not go faster than it."""
+        out = await self.go(far, side, **{f"{side}_options": {"limit_rate": LIMIT}})
+        done = _done(_side(out, far) if side == "receive" else out["tx"])
+        assert done["wire_bytes"] > 2 * LIMIT, done  # seconds of it
+        assert done["seconds"] >= done["wire_bytes"] / LIMIT - 0.2, done
 
     # -- an image as SOURCE --------------------------------------------------------
 

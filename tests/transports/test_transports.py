@@ -256,3 +256,47 @@ async def test_the_in_process_pipe_passes_trios_stream_checks() -> None:
         return pipe_pair(limit=64 * 1024)
 
     await trio.testing.check_half_closeable_stream(make, None)
+
+
+async def test_a_sender_says_it_waits_for_the_receivers_operator(tmp_path: Path) -> None:
+    """Issue 24 §5: while the receiver's operator is asked to confirm the overwrite, the
+    sender says what it waits for (after 3 s) instead of falling silent; the clone then
+    goes on.  The receiver runs in its own thread and trio loop, its question a 4 s
+    sleep.  Negative control (tried): without said_after around the wait for ACCEPT,
+    no notice came."""
+    import threading
+    import time
+
+    from p2pclone.jobs import receive, send
+    from p2pclone.options import ReceiveOptions, SendOptions
+    from p2pclone.session import Notice
+
+    source, target = tmp_path / "s.img", tmp_path / "t.img"
+    source.write_bytes(os.urandom(256 * 1024))
+    listening: list[str] = []
+    ready = threading.Event()
+
+    async def rx() -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(
+                lambda task_status: receive(
+                    str(target), "tcp://127.0.0.1:0", ReceiveOptions(code="5-ask-me"),
+                    approve=lambda plan, disk: time.sleep(4), task_status=task_status,
+                )
+            )  # fmt: skip
+            listening.append(url)
+            ready.set()
+
+    thread = threading.Thread(target=trio.run, args=(rx,))
+    thread.start()
+    await trio.to_thread.run_sync(ready.wait, 10)
+    said: list[str] = []
+    await send(
+        str(source),
+        listening[0],
+        SendOptions(code="5-ask-me"),
+        report=lambda e: said.append(e.message) if isinstance(e, Notice) else None,
+    )
+    await trio.to_thread.run_sync(thread.join, 30)
+    assert any("its operator is asked to confirm" in s for s in said), said
+    assert target.read_bytes() == source.read_bytes()
