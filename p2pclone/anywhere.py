@@ -30,7 +30,7 @@ from p2pclone.transports.tcp import TcpListener, TcpTransport
 from .disks import Target
 from .endpoints import Link
 from .errors import P2PCloneError, TransportError
-from .jobs import check_receive, nameplate
+from .jobs import Typos, check_receive, nameplate
 from .journal import check_state_dir, default_state_dir
 from .multicast.receiver import receive_multicast
 from .options import Approve, ReceiveOptions
@@ -98,8 +98,8 @@ class _Race:
 
         return paired
 
-    async def run(self) -> Done:
-        listener = await self.transport.listen(
+    async def _listen(self) -> TcpListener:
+        return await self.transport.listen(
             Listen(
                 nameplate=self.plate,
                 size=self.disk.size,
@@ -107,6 +107,9 @@ class _Race:
                 notice=lambda sentence: self.report(Notice(sentence)),
             )
         )
+
+    async def run(self) -> Done:
+        listener = await self._listen()
         self.report(Listening(listener.url, self.options.code))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._unicast, listener, nursery.cancel_scope)
@@ -116,25 +119,30 @@ class _Race:
         return self.outcome[0]
 
     async def _unicast(self, listener: TcpListener, everything: trio.CancelScope) -> None:
+        typos = Typos(self.options.code, self.report)
         try:
             with self.unicast:
-                stream = await listener.accept()
-                url = listener.url
-                await listener.aclose()  # one sender: no more listening, announcing
-                self.report(Connected(url))
-                self.outcome.append(
-                    await receive_stream(
-                        stream,
-                        self.disk,
-                        self.options,
-                        code=self.options.code,
-                        url=url,
-                        report=self.report,
-                        approve=self.approve,
-                        paired=self.claim("unicast"),
-                    )
-                )
-                everything.cancel()
+                while True:
+                    stream = await listener.accept()
+                    url = listener.url
+                    await listener.aclose()  # one sender: no more listening, announcing
+                    self.report(Connected(url))
+                    with typos.another_try():
+                        self.outcome.append(
+                            await receive_stream(
+                                stream,
+                                self.disk,
+                                self.options,
+                                code=self.options.code,
+                                url=url,
+                                report=self.report,
+                                approve=self.approve,
+                                paired=self.claim("unicast"),
+                            )
+                        )
+                        everything.cancel()
+                        return
+                    listener = await self._listen()  # a typo: the same code, again
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()

@@ -20,6 +20,7 @@ from typing import assert_never
 import trio
 
 from .disks import Target
+from .disks.tools import missing
 from .endpoints import Disk, Image, place
 from .errors import SafetyError, SourceError
 from .jobs import receive, send
@@ -158,7 +159,7 @@ def _not_the_same(source_path: str, target_path: str) -> None:
     try:
         src = os.stat(source_path)
     except FileNotFoundError:
-        raise SourceError(f"the source {source_path} does not exist: check the path") from None
+        raise SourceError(missing("source", source_path)) from None
     except OSError:
         return  # Source.open names the problem
     try:

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 from spake2 import SPAKE2_A, SPAKE2_B
 
-from .errors import AuthenticationError, RemoteProtocolError
+from .errors import AuthenticationError, RemoteProtocolError, WrongCode
 
 AES_GCM = "aes-256-gcm"
 CHACHA = "chacha20-poly1305"
@@ -55,8 +55,8 @@ REKEY_BYTES = 1 << 34
 REKEY_RECORDS = 1 << 20
 
 WRONG_CODE = (
-    "the pairing failed: wrong code, or someone in the middle; check the code the "
-    "receiver shows and start both sides again (the receiver makes a new code each run)"
+    "the pairing failed: wrong code (a typo?), or someone in the middle; check the code "
+    "the receiver shows and type it again"
 )
 
 
@@ -144,7 +144,7 @@ class SessionKeys:
     def check_peer_confirmation(self, mac: bytes) -> None:
         """Raises AuthenticationError unless ``mac`` proves the peer derived our keys."""
         if not hmac.compare_digest(mac, self._mac(not self.sender)):
-            raise AuthenticationError(WRONG_CODE)
+            raise WrongCode(WRONG_CODE)
 
 
 class RecordKey:

@@ -83,6 +83,11 @@ class AuthenticationError(P2PCloneError):
     code = "auth"
 
 
+class WrongCode(AuthenticationError):
+    """The pairing failed: the codes differ (a typo, most likely) or someone in the
+    middle altered the handshake.  A receiver may take another try (jobs.Typos)."""
+
+
 class TransportError(P2PCloneError):
     """A link could not be opened, or it broke mid-session."""
 

@@ -17,16 +17,19 @@ group announced for its code: p2pclone/anywhere.py.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from typing import assert_never
 
 import trio
 
 from p2pclone.transports import Dial, LinkListener, Listen
 
+from .codes import guesses_allowed
 from .disks import Target
 from .endpoints import Disk, FarEnd, Group, Image, Link, Place, far_end, place
-from .errors import IntegrityError, UsageError
+from .errors import IntegrityError, UsageError, WrongCode
 from .image.link import (
     RESTORE_HONOURS,
     SAVE_HONOURS,
@@ -228,32 +231,36 @@ async def receive(
         case _:
             assert_never(end)
     disk = await trio.to_thread.run_sync(Target.open, target)
+    typos = Typos(options.code if isinstance(end, Link) else "", report)
     try:
-        listener = await _open_sending_end(end, disk, options, report)
-        try:
-            # An image's passphrase is nobody's business on the screen.
-            report(Listening(listener.url, options.code if isinstance(end, Link) else ""))
-            task_status.started(listener.url)
-            stream = await listener.accept()
-            if options.limit_rate:  # read at the rate: TCP's flow control holds the sender
-                stream = Paced(stream, options.limit_rate, read=True)
-            shown = listener.url  # the link by its real address from now on
-        finally:
-            await listener.aclose()
-        report(Connected(shown))
-        done = await receive_stream(
-            stream,
-            disk,
-            options,
-            code=listener.code if isinstance(listener, PlayerListener) else options.code,
-            url=shown,
-            report=report,
-            approve=approve,
-            seal=isinstance(end, Link),
-        )
-        if listener.caveat:
-            raise IntegrityError(listener.caveat, code="salvaged")
-        return done
+        while True:
+            listener = await _open_sending_end(end, disk, options, report)
+            try:
+                # An image's passphrase is nobody's business on the screen.
+                report(Listening(listener.url, options.code if isinstance(end, Link) else ""))
+                if not typos.failed:
+                    task_status.started(listener.url)
+                stream = await listener.accept()
+                if options.limit_rate:  # read at the rate: TCP's flow control holds the sender
+                    stream = Paced(stream, options.limit_rate, read=True)
+                shown = listener.url  # the link by its real address from now on
+            finally:
+                await listener.aclose()
+            report(Connected(shown))
+            with typos.another_try():
+                done = await receive_stream(
+                    stream,
+                    disk,
+                    options,
+                    code=listener.code if isinstance(listener, PlayerListener) else options.code,
+                    url=shown,
+                    report=report,
+                    approve=approve,
+                    seal=isinstance(end, Link),
+                )
+                if listener.caveat:
+                    raise IntegrityError(listener.caveat, code="salvaged")
+                return done
     finally:
         disk.close()
 
@@ -297,6 +304,41 @@ async def _play(stream: trio.abc.Stream, source: ImageSource, url: str, code: st
         url=url,
         seal=False,
     )
+
+
+#: failed pairings a receiver lets a sender make (typos), within what its code can
+#: afford against guessing (codes.guesses_allowed)
+TYPO_TRIES = 3
+
+
+class Typos:
+    """A wrong code is a typo far more often than an attack: a receiver takes another
+    try, with the same code, while ``codes.guesses_allowed`` lets it (at most
+    TYPO_TRIES failed pairings; a weak code, or an image's: one)."""
+
+    def __init__(self, code: str, report: Reporter) -> None:
+        self.allowed = guesses_allowed(code, TYPO_TRIES) if code else 1
+        self.failed = 0
+        self.report = report
+
+    @contextlib.contextmanager
+    def another_try(self) -> Iterator[None]:
+        """Around one session: a wrong code with tries left is a notice, and the
+        receiver listens again; the last one is raised, saying so."""
+        try:
+            yield
+        except WrongCode as exc:
+            self.failed += 1
+            left = self.allowed - self.failed
+            if left <= 0:
+                raise WrongCode(
+                    f"{exc.message}; that was the last try this code allows (against "
+                    "guessing): start the receiver again for a new code"
+                ) from None
+            self.report(Notice(
+                f"a sender gave a wrong code (a typo?); still listening with the same "
+                f"code for {left} more tr{'y' if left == 1 else 'ies'}"
+            ))  # fmt: skip
 
 
 def _target_is_a_disk(target: str) -> None:

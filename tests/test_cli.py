@@ -332,3 +332,50 @@ def test_log_writes_the_whole_run_beside_the_terminal(tmp_path: Path) -> None:
     nowhere = run("clone", str(source), str(target), "--yes", "--log", "/nonexistent/x.log")
     assert nowhere.returncode == 2 and "cannot write the log /nonexistent/x.log" in nowhere.stderr
     assert target.read_bytes() == data
+
+
+@pytest.mark.parametrize("command", ["clone-from", "clone-onto", "receive"])
+def test_a_mistyped_disk_points_to_p2pclone_disks(tmp_path: Path, command: str) -> None:
+    """Issue 24 §7: /dev/sdz (no such disk) as SOURCE or TARGET: one sentence naming it
+    and `p2pclone disks`; never a file made in /dev (before, `clone s.img /dev/sdz`
+    wrote the clone into a new regular file /dev/sdz, in RAM).  Negative control
+    (tried): without the /dev check in Target.open, /dev/sdz was created."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a file in /dev needs root: the check is what stops it")
+    missing = "/dev/p2pclone-no-such-disk"
+    source = tmp_path / "s.img"
+    write_layout(source, MiB)
+    argv = {
+        "clone-from": ["clone", missing, str(tmp_path / "t.img"), "--yes"],
+        "clone-onto": ["clone", str(source), missing, "--yes"],
+        "receive": ["receive", missing, "tcp://127.0.0.1:0", "--code", "5-a-b", "--yes"],
+    }[command]
+    done = run(*argv)
+    assert done.returncode == 1, done.stderr
+    assert f"{missing} does not exist: this machine has no such disk" in done.stderr
+    assert "`p2pclone disks` lists its disks" in done.stderr
+    assert not os.path.exists(missing)
+
+
+def test_disks_shows_partitions_filesystems_and_labels(tmp_path: Path, loop_device) -> None:
+    """Issue 24 §7: `p2pclone disks` lists each disk's partitions with size, filesystem
+    and labels (read by blkid -p from the device), as text and as JSON."""
+    table = tmp_path / "table.img"
+    table.write_bytes(bytes(64 * MiB))
+    subprocess.run(["sgdisk", "-n1:2048:+20M", "-t1:ef00", "-c1:EFI system", "-n2:0:0",
+                    "-c2:root", str(table)], check=True, capture_output=True)  # fmt: skip
+    dev = loop_device(64 * MiB, table.read_bytes())
+    subprocess.run(["partx", "-a", dev], check=True, capture_output=True)
+    try:
+        subprocess.run(["mkfs.ext4", "-q", "-L", "lab-root", f"{dev}p2"], check=True)
+        text = run("disks")
+        assert text.returncode == 0, text.stderr
+        line = next(x for x in text.stdout.splitlines() if f"{dev}p2" in x)
+        assert "ext4" in line and "label 'lab-root'" in line and "partlabel 'root'" in line
+        mine = next(d for d in json_lines(run("disks", "--json").stdout) if d["path"] == dev)
+        assert mine["table"] == "gpt"
+        vols = {v["path"]: v for v in mine["volumes"]}
+        assert vols[f"{dev}p2"]["fs"] == "ext4" and vols[f"{dev}p2"]["label"] == "lab-root"
+        assert vols[f"{dev}p1"]["partlabel"] == "EFI system"
+    finally:
+        subprocess.run(["partx", "-d", dev], capture_output=True)

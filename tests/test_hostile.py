@@ -292,7 +292,7 @@ async def test_a_downgraded_hello_fails_pairing(
     trailer, so both ends would settle on ChaCha20-Poly1305.  The handshake transcript
     (which salts the session keys) covers the HELLOs as sent and as received, so the
     ends derive different keys: the receiver refuses the sender's key confirmation
-    (exit 3, "wrong code, or someone in the middle"), the sender exits 3 too, and the
+    (exit 3, "wrong code (a typo?), or someone in the middle"), the sender exits 3 too, and the
     target is untouched.
 
     Negative control: with HELLO left out of the transcript (no ``transcript_update``
@@ -321,6 +321,6 @@ async def test_a_downgraded_hello_fails_pairing(
     )
     assert stripped == ["sender", "receiver"]
     assert isinstance(rx, AuthenticationError) and rx.exit_code == ExitCode.AUTH, rx
-    assert "wrong code, or someone in the middle" in str(rx)
+    assert "wrong code (a typo?), or someone in the middle" in str(rx)
     assert isinstance(tx, PeerError) and tx.exit_code == ExitCode.AUTH, tx
     assert old_target[0].read_bytes() == old_target[1]

@@ -6,6 +6,7 @@ and that the target is byte-for-byte untouched where nothing should be written.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -151,9 +152,11 @@ async def test_right_code_clones_and_the_wire_is_encrypted(source, dirty_target)
 async def test_wrong_code_ends_both_sides_with_exit_3(source, dirty_target) -> None:
     out = await session(source[0], dirty_target[0], tx_code="5-alpha-gamma")
     tx, rx = out["tx"], out["rx"]
-    assert isinstance(rx, AuthenticationError) and "wrong code, or someone in the middle" in str(rx)
+    assert isinstance(
+        rx, AuthenticationError
+    ) and "wrong code (a typo?), or someone in the middle" in str(rx)
     assert isinstance(tx, PeerError) and tx.exit_code == ExitCode.AUTH
-    assert "wrong code, or someone in the middle" in str(tx)
+    assert "wrong code (a typo?), or someone in the middle" in str(tx)
     assert dirty_target[0].read_bytes() == dirty_target[1]
 
 
@@ -290,44 +293,73 @@ async def test_mounted_read_write_source_needs_an_explicit_flag(tmp_path, loop_d
         subprocess.run(["umount", str(mnt)], check=False)
 
 
-def test_cli_wrong_code_exits_3_on_both_sides(tmp_path: Path) -> None:
-    src = tmp_path / "s.img"
-    write_layout(src, 2 * MiB)
-    target = tmp_path / "t.img"
-    junk = random_file(target, 3 * MiB)
+def _cli_receiver(target: Path, port: int, code: str) -> subprocess.Popen[str]:
+    rx = subprocess.Popen(
+        [sys.executable, "-m", "p2pclone", "receive", str(target), f"tcp://127.0.0.1:{port}",
+         "--code", code, "--yes", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert rx.stdout is not None
+    assert json.loads(rx.stdout.readline())["event"] == "listening"
+    return rx
+
+
+def _cli_send(src: Path, port: int, code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "p2pclone", "send", str(src), f"tcp://127.0.0.1:{port}",
+         "--code", code],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cli = [sys.executable, "-m", "p2pclone"]
-    rx = subprocess.Popen(
-        [
-            *cli,
-            "receive",
-            str(target),
-            f"tcp://127.0.0.1:{port}",
-            "--code",
-            "3-one-two",
-            "--yes",
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+        return int(s.getsockname()[1])
+
+
+def test_cli_a_typo_in_the_code_gets_another_try(tmp_path: Path) -> None:
+    """Issue 24 §7: a mistyped code ends the sender with exit 3 and "wrong code (a
+    typo?)"; the receiver says so and keeps listening with the same code (its guess
+    budget, codes.guesses_allowed, allows 3 failed pairings for two words of the list);
+    the right code then clones.  Nothing was written by the failed try.  Negative
+    control (tried): without Typos.another_try the receiver exited 3 at the typo and
+    the second sender found nobody listening."""
+    src, target = tmp_path / "s.img", tmp_path / "t.img"
+    data = write_layout(src, 2 * MiB)
+    junk = random_file(target, 3 * MiB)
+    port = _port()
+    rx = _cli_receiver(target, port, "3-one-two")
+    typo = _cli_send(src, port, "3-one-too")
+    assert typo.returncode == 3
+    assert "wrong code (a typo?), or someone in the middle" in typo.stderr
+    assert rx.poll() is None and target.read_bytes() == junk
     assert rx.stdout is not None
-    rx.stdout.readline()
-    tx = subprocess.run(
-        [*cli, "send", str(src), f"tcp://127.0.0.1:{port}", "--code", "3-one-three"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
+    said = json.loads(rx.stdout.readline())
+    while said["event"] == "connected":
+        said = json.loads(rx.stdout.readline())
+    assert said["event"] == "notice" and "wrong code (a typo?)" in said["message"], said
+    assert "2 more tries" in said["message"], said
+    right = _cli_send(src, port, "3-one-two")
+    _out, rx_err = rx.communicate(timeout=30)
+    assert (right.returncode, rx.returncode) == (0, 0), right.stderr + rx_err
+    assert target.read_bytes()[: len(data)] == data
+
+
+def test_cli_wrong_code_exits_3_on_both_sides(tmp_path: Path) -> None:
+    """A code too weak to afford another guess (17 bits: one failed pairing) ends both
+    sides at the first wrong code, the receiver saying it was the last try."""
+    src, target = tmp_path / "s.img", tmp_path / "t.img"
+    write_layout(src, 2 * MiB)
+    junk = random_file(target, 3 * MiB)
+    port = _port()
+    rx = _cli_receiver(target, port, "4-cli-test")
+    tx = _cli_send(src, port, "4-cli-tent")
     _, rx_err = rx.communicate(timeout=30)
     assert (tx.returncode, rx.returncode) == (3, 3)
-    assert "wrong code, or someone in the middle" in tx.stderr
-    assert "wrong code, or someone in the middle" in rx_err
+    assert "wrong code (a typo?), or someone in the middle" in tx.stderr
+    assert "wrong code (a typo?), or someone in the middle" in rx_err
+    assert "the last try this code allows" in rx_err
     assert target.read_bytes() == junk
 
 

@@ -147,3 +147,24 @@ def test_a_hangup_before_the_transfer_stops_the_receiver(tmp_path: Path) -> None
     _out, err = rx.communicate(timeout=30)
     assert rx.returncode == 5 and "interrupted (the terminal closed)" in err, err
     assert not (tmp_path / "t.img").exists()
+
+
+def test_ctrl_c_on_a_receiver_that_wrote_nothing_says_so(tmp_path: Path) -> None:
+    """Issue 24 §7: Ctrl-C on a receiver still waiting for its sender exits 5 saying
+    nothing was written — not "the target is incomplete" (it is as it was).
+    Negative control (tried): with the sentence not depending on a plan accepted, the
+    old "the target is incomplete" came."""
+    target = tmp_path / "t.img"
+    junk = random_file(target, MiB)
+    rx = subprocess.Popen(
+        [*CLI, "receive", str(target), "tcp://127.0.0.1:0", "--code", "5-wait-here", "--yes",
+         "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert rx.stdout is not None
+    assert json.loads(rx.stdout.readline())["event"] == "listening"
+    rx.send_signal(signal.SIGINT)
+    _out, err = rx.communicate(timeout=30)
+    assert rx.returncode == 5, err
+    assert "before any transfer began: nothing was written" in err, err
+    assert "incomplete" not in err and target.read_bytes() == junk

@@ -327,6 +327,7 @@ class TcpTransport(Transport):
                 f"({exc.strerror or exc}): choose another port or address"
             ) from None
         sockname = listeners[0].socket.getsockname()
+        self.port = sockname[1]  # listening again (another try after a typo): the same port
         host = self.host or "0.0.0.0"
         found = TcpListener(listeners, f"tcp://{url_host(host)}:{sockname[1]}")
         if not self.host and how.nameplate:

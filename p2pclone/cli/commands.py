@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 import traceback
@@ -38,17 +37,16 @@ from .output import Output
 from .parser import build_parser
 from .prompts import (
     NEW_PASSPHRASE_ENV,
+    PASSPHRASE_ENV,
     ask_code,
     image_passphrase,
     make_approve,
     smb_password,
 )
+from .running import interrupted, watch_signals
 from .tuning import tune_malloc
 
 Job = Callable[[], Awaitable[Done]]
-
-#: the signals that stop a run (SIGHUP only before the transfer starts, by default)
-STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _run(args: argparse.Namespace, out: Output, job: Job) -> int:
@@ -61,7 +59,7 @@ def _run(args: argparse.Namespace, out: Output, job: Job) -> int:
 
     async def watched() -> Done | None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_signals, nursery.cancel_scope, stopped_by, out, args)
+            nursery.start_soon(watch_signals, nursery.cancel_scope, stopped_by, out, args)
             done = await job()
             nursery.cancel_scope.cancel()
             return done
@@ -70,7 +68,7 @@ def _run(args: argparse.Namespace, out: Output, job: Job) -> int:
         done = trio.run(watched)
     except BaseException as exc:
         if stopped_by or isinstance(exc, KeyboardInterrupt):
-            raise _interrupted(args, stopped_by) from None
+            raise interrupted(args, stopped_by, out.planned) from None
         err = pick_error(exc)
         if isinstance(err, P2PCloneError):
             if args.debug:
@@ -78,32 +76,8 @@ def _run(args: argparse.Namespace, out: Output, job: Job) -> int:
             raise err from None
         raise
     if stopped_by or done is None:
-        raise _interrupted(args, stopped_by)
+        raise interrupted(args, stopped_by, out.planned)
     return _finish(args, out, done)
-
-
-async def _watch_signals(
-    scope: trio.CancelScope, stopped_by: list[int], out: Output, args: argparse.Namespace
-) -> None:
-    with trio.open_signal_receiver(*STOPPING) as signals:
-        async for number in signals:
-            if number == signal.SIGHUP and out.started and not args.stop_on_hangup:
-                out.hung_up()  # the terminal is gone: the job goes on, unseen
-                continue
-            stopped_by.append(number)
-            scope.cancel()  # the job unwinds: the receiver commits its journal
-            return
-
-
-def _interrupted(args: argparse.Namespace, stopped_by: list[int]) -> TransportError:
-    again = "run the same command again" if args.command == "clone" else "run both sides again"
-    why: dict[int, str] = {signal.SIGTERM: " (SIGTERM)", signal.SIGHUP: " (the terminal closed)"}
-    how = why.get(stopped_by[0] if stopped_by else signal.SIGINT, "")
-    return TransportError(
-        f"interrupted{how}: the transfer was stopped and the target is incomplete; {again} "
-        "(what was written is kept and not sent again)",
-        code="interrupted",
-    )
 
 
 def _finish(args: argparse.Namespace, out: Output, done: Done) -> int:
@@ -307,10 +281,8 @@ def cmd_image(args: argparse.Namespace, out: Output) -> int:
     target = image(args.url)
     password = smb_password(target.url)
     if args.action == "info":
-        if args.passphrase:
-            raise UsageError("image info needs no passphrase (the header is readable): leave "
-                             "--passphrase out")  # fmt: skip
-        facts = tools.info(args.url, password)
+        # No prompt: the header needs none; a passphrase given shows the root hash.
+        facts = tools.info(args.url, password, args.passphrase or os.environ.get(PASSPHRASE_ENV))
         if args.json:
             out.emit(event="image", **facts)
         else:
@@ -334,6 +306,7 @@ def cmd_image(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_disks(args: argparse.Namespace, out: Output) -> int:
     from ..disks import list_block_devices
+    from ..disks.listing import contents, table
     from ..units import human_bytes
 
     disks = list_block_devices()
@@ -354,6 +327,8 @@ def cmd_disks(args: argparse.Namespace, out: Output) -> int:
                 holders=d.holders,
                 partitions=d.partitions,
                 in_use=d.in_use,
+                table=table(d),
+                volumes=contents(d),
             )
         return 0
     if not disks:
@@ -365,6 +340,11 @@ def cmd_disks(args: argparse.Namespace, out: Output) -> int:
             f"{d.path:<14} {human_bytes(d.size):>10}  {d.model[:24]:<24} {d.serial[:20]:<20} "
             f"{d.describe_use() or 'no'}"
         )
+        for v in contents(d):
+            named = ", ".join(f"{k} {v[k]!r}" for k in ("label", "partlabel") if v[k])
+            out.line(
+                f"  {v['path']:<12} {human_bytes(int(v['size'])):>10}  {v['fs'] or '?':<8} {named}"
+            )
     return 0
 
 

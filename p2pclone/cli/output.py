@@ -60,6 +60,8 @@ class Output:
         #: a peer is connected, or the plan accepted: the transfer has started (a
         #: hang-up no longer stops it)
         self.started = False
+        #: a plan was accepted: from here on a target may hold part of a clone
+        self.planned = False
         #: --log: every report, error and member line goes there too (cli/log.py)
         self.log: Output | None = None
 
@@ -112,6 +114,7 @@ class Output:
                 self._mapped(m)
             case Planned() as plan:
                 self.started = True  # clone has no link: its transfer starts here
+                self.planned = True
                 self._planned(plan)
             case Progress() as p:
                 self._show_progress(p)

@@ -234,7 +234,7 @@ def _add_image(sub: _Subcommands) -> None:
     im.add_argument(
         "url", metavar="URL", help="file:///PATH or smb://[USER@]HOST[:PORT]/SHARE/PATH"
     )
-    passphrase(im, "the image's passphrase (not for info)")
+    passphrase(im, "the image's passphrase (info: optional, shows the root hash)")
     common(im)
 
 

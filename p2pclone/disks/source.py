@@ -18,6 +18,7 @@ from ..volumes.extents import Extents
 from .device import block_size_bytes, device_info, logical_sector_size
 from .masked import masked_read, next_used
 from .rescue import MEDIA_ERRORS, DirectReader, RescueOptions, SkipAhead, rescue_area
+from .tools import missing
 
 
 def within(
@@ -102,7 +103,7 @@ class Source:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise SourceError(f"the source {path} does not exist: check the path") from None
+            raise SourceError(missing("source", path)) from None
         except PermissionError:
             raise SourceError(
                 f"no permission to read the source {path}: run as root or fix its permissions"

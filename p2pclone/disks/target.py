@@ -41,6 +41,7 @@ from .device import (
     zero_out,
 )
 from .masked import masked_read, used_parts
+from .tools import missing
 
 
 def _cannot_write(path: str, exc: OSError) -> TargetError:
@@ -91,6 +92,8 @@ class Target:
         try:
             lst = os.lstat(path)
         except FileNotFoundError:
+            if os.path.realpath(path).startswith("/dev/"):  # a mistyped disk: never a file there
+                raise TargetError(missing("target", path)) from None
             return cls._create(path)
         except OSError as exc:
             raise TargetError(f"cannot open the target {path}: {exc.strerror}") from None

@@ -8,6 +8,7 @@ Used by ``--grow`` (disks/grow.py) and ``--new-ids`` (disks/identity.py).
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 from collections.abc import Iterator
 
@@ -39,9 +40,20 @@ def said(done: subprocess.CompletedProcess[str]) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
+def missing(role: str, path: str) -> str:
+    """The sentence for a SOURCE or TARGET that does not exist: under /dev, a disk
+    this machine does not have (and `p2pclone disks` lists those it has)."""
+    if os.path.realpath(path).startswith("/dev/"):
+        return (
+            f"the {role} {path} does not exist: this machine has no such disk; "
+            "`p2pclone disks` lists its disks with their partitions, filesystems and labels"
+        )
+    return f"the {role} {path} does not exist: check the path"
+
+
 def run(argv: list[str], *, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run a tool, capturing what it says (never raises for its exit status)."""
     return subprocess.run(argv, capture_output=True, text=True, input=stdin)
 
 
-__all__ = ["loop_over", "run", "said"]
+__all__ = ["loop_over", "missing", "run", "said"]

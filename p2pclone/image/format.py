@@ -25,7 +25,8 @@ An image is what a sender sends, kept in a file (docs/image-format.md)::
   associated data, so a record can be neither altered nor moved to another place or
   another image.  The digest is sealed on its own so an interrupted save can resume
   by reading only record headers and digests.  Unencrypted: ``digest | payload``.
-* **Footer**: ``b"P2PCEND\\n"``, offset and length of the INDEX record, CRC-32.
+* **Footer**: ``b"P2PCEND\\n"``, offset and length of the INDEX record, when the save
+  ended (u32 Unix seconds; 0: unknown), CRC-32.
 
 Records may repeat a chunk (a resumed save re-sends what changed): the last one wins,
 in file order and in the index.  Every record is independently checkable (its header
@@ -475,9 +476,18 @@ def index_record_limit(count: int) -> int:
     return RECORD_HEADER_SIZE + NONCE_SIZE + TAG_SIZE + HASH_SIZE + table + table // 1000 + 64
 
 
-def encode_footer(index_offset: int, index_len: int) -> bytes:
-    head = _FOOTER.pack(FOOTER_MAGIC, index_offset, index_len, 0)
+def encode_footer(index_offset: int, index_len: int, saved: int = 0) -> bytes:
+    """``saved``: when the save ended (Unix seconds; the footer's u32 that was
+    reserved, 0 in images made before it: unknown)."""
+    head = _FOOTER.pack(FOOTER_MAGIC, index_offset, index_len, saved & 0xFFFFFFFF)
     return head + _CRC.pack(zlib.crc32(head))
+
+
+def footer_saved(data: bytes) -> int:
+    """When the save that wrote this footer ended (Unix seconds), 0 if unknown."""
+    if decode_footer(data) is None:
+        return 0
+    return int(_FOOTER.unpack_from(data)[3])
 
 
 def decode_footer(data: bytes) -> tuple[int, int] | None:

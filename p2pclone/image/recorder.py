@@ -15,6 +15,7 @@ from its last record.
 from __future__ import annotations
 
 import functools
+import time
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from typing import assert_never
@@ -394,6 +395,6 @@ class _Writing:
             list(self.offsets), bytes(self.hashes), root, fit_ranges(bad, self.plan.chunk_count)
         )
         at = self.end
-        store.write(at, index + fmt.encode_footer(at, len(index)))
+        store.write(at, index + fmt.encode_footer(at, len(index), int(time.time())))
         store.truncate(at + len(index) + fmt.FOOTER_SIZE)
         store.sync()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 from typing import IO, Any
 
 import trio
 
-from ..errors import IntegrityError
+from ..errors import IntegrityError, P2PCloneError
 from ..pipeline import default_threads
 from ..session import Done, Progress, Reporter, Verifying, no_report
 from ..units import merged
@@ -18,8 +19,10 @@ from .reader import DATA, MISSING, ImageSource, read_header, root_of
 from .urls import open_store
 
 
-def info(url: str, password: str | None = None) -> dict[str, Any]:
-    """What the image says about itself; needs no passphrase.  Blocking."""
+def info(url: str, password: str | None = None, passphrase: str | None = None) -> dict[str, Any]:
+    """What the image says about itself; needs no passphrase, but its root hash is in
+    its index, which only its passphrase opens (or ``?plain=1`` for an unencrypted
+    one).  Blocking."""
     store = open_store(url, create=False, password=password)
     url = store.url  # without a password that the URL may hold
     try:
@@ -45,6 +48,8 @@ def info(url: str, password: str | None = None) -> dict[str, Any]:
         "stored_bytes": stored,
         "ratio": round(stored / header.source_size, 4) if header.source_size else 0.0,
         "complete": fmt.decode_footer(tail) is not None,
+        "saved": _when(fmt.footer_saved(tail)),
+        "root": _root(url, header.encryption is not None, passphrase, password),
         "encrypted": enc is not None,
         "cipher": enc["cipher"] if enc else None,
         "kdf": (
@@ -53,6 +58,31 @@ def info(url: str, password: str | None = None) -> dict[str, Any]:
             else None
         ),
     }
+
+
+def _in(where: str) -> str:
+    return where if where.startswith("outside") else f"in {where}"
+
+
+def _when(seconds: int) -> str | None:
+    if not seconds:
+        return None
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="seconds")
+
+
+def _root(url: str, encrypted: bool, passphrase: str | None, password: str | None) -> str | None:
+    """The root hash the image's index holds, when it can be opened and trusted: with
+    the passphrase, or an unencrypted image given ``?plain=1``; else None."""
+    if encrypted and not passphrase:
+        return None
+    try:
+        source = ImageSource.open(url, passphrase or "", password)
+    except P2PCloneError:
+        return None
+    try:
+        return source.index.root.hex() if source.index.root else None
+    finally:
+        source.close()
 
 
 def ranges(source: ImageSource, indices: list[int]) -> str:
@@ -113,10 +143,14 @@ async def verify(
                     await in_flight.acquire()
                     nursery.start_soon(one, i)
         if damaged:
+            at = source.chunk_size
+            spans = merged((i * at, i * at + source.header.chunk_length(i)) for i in damaged)
+            hit = partitions_hit(source.header.source, spans)
             raise IntegrityError(
                 f"the image {url} is damaged: {len(damaged)} of {n} chunks are unreadable "
-                f"or missing ({ranges(source, damaged)}); restoring it would leave "
-                "those ranges unwritten — save the source again"
+                f"or missing ({ranges(source, damaged)}"
+                + (f"; {', '.join(_in(h) for h in hit)}" if hit else "")
+                + "); restoring it would leave those ranges unwritten — save the source again"
             )
         root = source.index.root
         if root is not None and root_of(bytes(source.index.hashes)) != root:
@@ -212,6 +246,18 @@ def describe(facts: dict[str, Any]) -> list[str]:
         ),
         "Complete:   "
         + ("yes" if facts["complete"] else "no (an interrupted save: run the same send again)"),
+        f"Saved:      {facts['saved'] or 'unknown (an image from before p2pclone kept it)'}"
+        if facts["complete"]
+        else "Saved:      never completed",
+        "Root:       "
+        + (
+            facts["root"]
+            or (
+                "in the encrypted index: give --passphrase to show it"
+                if facts["encrypted"]
+                else "add ?plain=1 to the URL to read the index of an unencrypted image"
+            )
+        ),
         *_layout(src),
     ]
 

@@ -404,3 +404,49 @@ def test_the_smb_connection_notices_a_silent_server(tmp_path: Path, smb_env: Sam
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 60_000
     finally:
         store.close()
+
+
+def test_info_says_when_it_was_saved_and_its_root_and_verify_names_the_partition(
+    tmp_path: Path,
+) -> None:
+    """Issue 24 §7: `image info` shows when the last save ended (in the footer, readable
+    without the passphrase) and, given the passphrase, the root hash the save ended
+    with; `image verify` of an image damaged inside partition 2 names that partition.
+    Negative control (tried): with the footer's save time left 0, "saved" was None."""
+    from tests.volumes.builders import make_disk
+
+    disk = tmp_path / "disk.img"
+    parts = make_disk(disk, 24 * MiB, [("ext4", 12 * MiB), ("raw", 8 * MiB)])
+    url = f"file://{tmp_path}/two.p2pc"
+    before = time.time()
+    saved = run("send", str(disk), url, "--passphrase", CODE, "--json")
+    assert saved.returncode == 0, saved.stderr
+    digest = json.loads(saved.stdout.splitlines()[-1])["digest"]
+
+    bare = json.loads(run("image", "info", url, "--json").stdout)
+    assert bare["root"] is None  # in the encrypted index
+    when = bare["saved"]
+    assert when and int(before) - 1 <= datetime_seconds(when) <= time.time() + 1
+    opened = json.loads(run("image", "info", url, "--json", "--passphrase", CODE).stdout)
+    assert opened["root"] == digest
+    text = run("image", "info", url, "--passphrase", CODE).stdout.decode()
+    assert f"Root:       {digest}" in text and f"Saved:      {when}" in text
+
+    from p2pclone.image.reader import ImageSource
+
+    source = ImageSource.open(url, CODE)
+    chunk = (parts[1][0] + 2 * MiB) // source.chunk_size  # well inside partition 2
+    at = source.index.offsets[chunk]
+    source.close()
+    with open(tmp_path / "two.p2pc", "r+b") as f:  # its record, garbled
+        f.seek(at + 200)
+        f.write(os.urandom(4096))
+    bad = run("image", "verify", url, "--passphrase", CODE)
+    assert bad.returncode == 6, bad.stderr
+    assert b"in partition 2" in bad.stderr, bad.stderr
+
+
+def datetime_seconds(iso: str) -> float:
+    import datetime
+
+    return datetime.datetime.fromisoformat(iso).timestamp()

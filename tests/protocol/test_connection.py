@@ -303,7 +303,9 @@ def test_wrong_code_fails_key_confirmation_and_nothing_else_is_accepted() -> Non
     p.send(Role.RECEIVER, r.hello("t"))
     p.send(Role.SENDER, s.pake())
     p.send(Role.RECEIVER, r.pake())
-    with pytest.raises(AuthenticationError, match="wrong code, or someone in the middle"):
+    with pytest.raises(
+        AuthenticationError, match=r"wrong code \(a typo\?\), or someone in the middle"
+    ):
         p.send(Role.SENDER, s.confirmation())
     assert r.state is State.ERROR and r.keys is not None
     # The receiver may tell the sender why, once, in the clear (it never confirmed keys).
