@@ -11,6 +11,7 @@ restore (``receive TARGET IMAGE``), run by those drivers.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import stat
@@ -20,6 +21,7 @@ from typing import assert_never
 import trio
 
 from .disks import Target
+from .disks.hit import files_hit
 from .disks.tools import missing
 from .endpoints import Disk, Image, place
 from .errors import SafetyError, SourceError
@@ -93,6 +95,9 @@ async def clone(
         source_, chunk_size = await open_source(origin, chunk_size, sending, report)
         try:
             done = await _run(source_, disk, chunk_size, sending, receiving, report, approve)
+            if done.unreadable:  # the receiving side's Done: the reader names the files
+                hit = functools.partial(files_hit, source, source_.info, done.unreadable)
+                done = replace(done, unreadable_files=await trio.to_thread.run_sync(hit))
         finally:
             source_.close()
     finally:

@@ -131,6 +131,9 @@ class Done:
     unreadable: list[list[int]] = field(default_factory=list)
     # where those ranges are: "partition 2 (ext4)", … (volumes/layout.py)
     unreadable_in: list[str] = field(default_factory=list)
+    # the files they fall in, where the source's filesystem can say (disks/hit.py):
+    # "/home/ann/thesis.odt (partition 2)"; only a side that reads the source knows
+    unreadable_files: list[str] = field(default_factory=list)
     # a smaller target kept nothing from this byte on (0: it kept everything): the
     # clone, and its root, are of the bytes before it
     cut_at: int = 0

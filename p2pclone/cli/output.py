@@ -203,6 +203,7 @@ class Output:
             f"{ranges[0][0]}"
             + (f"; in {_and(done.unreadable_in)}" if done.unreadable_in else "")
             + ")"
+            + (f" — files hit: {', '.join(done.unreadable_files)}" if done.unreadable_files else "")
         )
         again = (
             "run the same commands again to retry only those (after letting the disk "

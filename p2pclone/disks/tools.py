@@ -14,14 +14,24 @@ from collections.abc import Iterator
 
 
 @contextlib.contextmanager
-def loop_over(device: str, start: int, size: int) -> Iterator[str]:
+def loop_over(device: str, start: int, size: int, *, read_only: bool = False) -> Iterator[str]:
     """A loop device over ``size`` bytes of ``device`` from ``start``.
 
     Raises:
         OSError: losetup failed (no free loop device, not root).
     """
     made = subprocess.run(
-        ["losetup", "--find", "--show", "-o", str(start), "--sizelimit", str(size), device],
+        [
+            "losetup",
+            "--find",
+            "--show",
+            *(["--read-only"] if read_only else []),
+            "-o",
+            str(start),
+            "--sizelimit",
+            str(size),
+            device,
+        ],  # fmt: skip
         capture_output=True,
         text=True,
     )

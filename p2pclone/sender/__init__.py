@@ -21,6 +21,8 @@ from typing import assert_never
 
 import trio
 
+from ..disks import Source
+from ..disks.hit import files_hit
 from ..errors import (
     IntegrityError,
     PeerError,
@@ -188,11 +190,19 @@ async def _session(
         free_bytes=plan.free.total,
         unreadable=merged(runs.unreadable),
         unreadable_in=partitions_hit(plan.source, merged(runs.unreadable)),
+        unreadable_files=await _files_hit(source, plan, merged(runs.unreadable)),
         cut_at=accept.cut,
         dropped_bytes=dropped,
     )
     await channel.close()
     return done
+
+
+async def _files_hit(source: DiskSource, plan: Plan, ranges: list[list[int]]) -> list[str]:
+    """The files a disk's unreadable ranges fall in (disks/hit.py); none for an image."""
+    if not ranges or not isinstance(source, Source):
+        return []
+    return await trio.to_thread.run_sync(files_hit, source.path, plan.source, ranges)
 
 
 async def _accepted(

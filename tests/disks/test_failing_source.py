@@ -367,3 +367,80 @@ def test_an_image_of_a_failing_disk_records_its_holes(tmp_path: Path) -> None:
     code, done, said = cli("clone", saved, str(target), "--yes")
     assert code == 0 and not done["unreadable"], said
     assert target.read_bytes() == data
+
+
+def test_the_files_hit_by_unreadable_sectors_are_named(tmp_path: Path) -> None:
+    """Issue 24 §6: an ext4 partition whose file /docs/thesis.odt sits on a bad sector:
+    exit 7, and the done line and the sentence name that file (debugfs icheck/ncheck on
+    the partition, read-only through a loop device), not only "partition 1".
+    Negative control (tried): with files_hit returning nothing, unreadable_files was
+    empty and the sentence named the partition alone."""
+    need_fuse()
+    tree = tmp_path / "tree"
+    (tree / "docs").mkdir(parents=True)
+    (tree / "docs" / "thesis.odt").write_bytes(os.urandom(MiB))
+    (tree / "notes.txt").write_text("fine\n" * 100)
+    volume = tmp_path / "vol.img"
+    subprocess.run(["mkfs.ext4", "-q", "-b", "4096", "-d", str(tree), str(volume), "16M"],
+                   check=True)  # fmt: skip
+    listed = subprocess.run(["debugfs", "-R", "blocks /docs/thesis.odt", str(volume)],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    block = int(listed.split()[100])  # somewhere inside the file
+    image = tmp_path / "disk.img"
+    random_file(image, 20 * MiB)
+    subprocess.run(["sgdisk", "-n", "1:2048:+16M", str(image)], check=True, capture_output=True)
+    with open(image, "r+b") as f:
+        f.seek(MiB)
+        f.write(volume.read_bytes())
+    bad = (MiB + block * 4096 + 512, 512)
+    with failing_disk(image, [(*bad, -1)]) as (disk, _log):
+        done = subprocess.run(
+            [sys.executable, "-m", "p2pclone", "clone", str(disk), str(tmp_path / "t.img"),
+             "--yes", "--json"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        text = subprocess.run(
+            [sys.executable, "-m", "p2pclone", "clone", str(disk), str(tmp_path / "t2.img"),
+             "--yes"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 7, done.stderr
+    last = json.loads(done.stdout.splitlines()[-1])
+    assert last["unreadable"] == [list(bad)]
+    assert last["unreadable_files"] == ["/docs/thesis.odt (partition 1)"], last
+    assert "files hit: /docs/thesis.odt (partition 1)" in text.stderr, text.stderr
+
+
+def test_the_files_hit_on_ntfs_are_named(tmp_path: Path) -> None:
+    """Issue 24 §6 on a Windows partition: the NTFS file holding a bad sector is named
+    (ntfscluster on the partition, read-only through a loop device)."""
+    need_fuse()
+    for tool in ("mkntfs", "ntfscp", "ntfscluster"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} (ntfs-3g) is not installed")
+    volume = tmp_path / "vol.img"
+    with open(volume, "wb") as f:
+        f.truncate(16 * MiB)
+    subprocess.run(["mkntfs", "-F", "-q", "-f", str(volume)], check=True, capture_output=True)
+    content = os.urandom(MiB)
+    (tmp_path / "report.docx").write_bytes(content)
+    subprocess.run(["ntfscp", str(volume), str(tmp_path / "report.docx"), "report.docx"],
+                   check=True, capture_output=True)  # fmt: skip
+    at = volume.read_bytes().find(content[8192 : 8192 + 4096])
+    assert at > 0
+    image = tmp_path / "disk.img"
+    random_file(image, 20 * MiB)
+    subprocess.run(["sgdisk", "-n", "1:2048:+16M", "-t", "1:0700", str(image)],
+                   check=True, capture_output=True)  # fmt: skip
+    with open(image, "r+b") as f:
+        f.seek(MiB)
+        f.write(volume.read_bytes())
+    with failing_disk(image, [(MiB + at, 512, -1)]) as (disk, _log):
+        done = subprocess.run(
+            [sys.executable, "-m", "p2pclone", "clone", str(disk), str(tmp_path / "t.img"),
+             "--yes", "--json"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 7, done.stderr
+    last = json.loads(done.stdout.splitlines()[-1])
+    assert last["unreadable_files"] == ["/report.docx (partition 1)"], last
