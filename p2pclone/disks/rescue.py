@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -182,7 +183,8 @@ class SkipAhead:
 
 class DirectReader:
     """Reads whole logical sectors of a disk with ``O_DIRECT`` into an aligned buffer
-    (one page-aligned mmap buffer, reused), so nothing is read ahead or cached."""
+    (one page-aligned mmap buffer, reused; ``read_span`` has one per thread, for the
+    first pass's read-ahead threads), so nothing is read ahead or cached."""
 
     def __init__(self, path: str, sector: int) -> None:
         self.sector = sector
@@ -193,6 +195,7 @@ class DirectReader:
                 raise
             self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._buf = mmap.mmap(-1, max(sector, mmap.PAGESIZE))
+        self._spans = threading.local()  # each thread's buffer for read_span
 
     def read(self, offset: int, length: int) -> bytes:
         if offset % self.sector or length != self.sector:
@@ -205,11 +208,15 @@ class DirectReader:
         (short at the end of the disk)."""
         start = offset - offset % self.sector
         end = -(-(offset + length) // self.sector) * self.sector
-        if len(self._buf) < end - start:
-            self._buf.close()
-            self._buf = mmap.mmap(-1, -(-(end - start) // mmap.PAGESIZE) * mmap.PAGESIZE)
-        n = os.preadv(self.fd, [memoryview(self._buf)[: end - start]], start)
-        return bytes(self._buf[offset - start : min(n, offset - start + length)])
+        buf: mmap.mmap | None = getattr(self._spans, "buf", None)
+        if buf is None or len(buf) < end - start:
+            if buf is not None:
+                buf.close()
+            buf = self._spans.buf = mmap.mmap(
+                -1, -(-(end - start) // mmap.PAGESIZE) * mmap.PAGESIZE
+            )
+        n = os.preadv(self.fd, [memoryview(buf)[: end - start]], start)
+        return bytes(buf[offset - start : min(n, offset - start + length)])
 
     def close(self) -> None:
         if self.fd >= 0:

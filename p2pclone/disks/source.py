@@ -215,6 +215,11 @@ class Source:
                     with self._noting:
                         self.skip.failed(offset, length)
                         self.suspect = self.suspect.union(Extents(((offset, offset + length),)))
+                        # From the first failure on, read with O_DIRECT: a buffered read
+                        # into a failing area costs the kernel's page-by-page retries
+                        # (through a loop device: a 4 KiB failed read per page).
+                        if self.direct is None:
+                            self.direct = DirectReader(self.path, self._sector())
                 raise UnreadableError(
                     f"reading the source {self.path} failed between bytes {offset} and "
                     f"{offset + length - 1}: {exc.strerror}; the disk is failing",
@@ -235,7 +240,8 @@ class Source:
     def second_pass(self) -> None:
         """Back to the chunks the first pass left: read with O_DIRECT, nothing skipped."""
         self.skip = None
-        self.direct = DirectReader(self.path, self._sector())
+        if self.direct is None:
+            self.direct = DirectReader(self.path, self._sector())
 
     def _sector(self) -> int:
         sector = self.info.get("sector", 512)
