@@ -193,6 +193,9 @@ class Journal:
         count = -(-header.source_size // header.chunk_size)
         #: chunk index -> hash of what is durably on the target
         self.have = HashTable(count)
+        #: chunks written with unreadable source sectors (zeros there): not held; a
+        #: rerun reads only these and what is not held (ACCEPT ``rescue``)
+        self.bad: set[int] = set()
         #: a journal of this target's path and plan was found, but for another medium
         #: (the file was deleted and created again since): it was discarded
         self.replaced = False
@@ -222,7 +225,16 @@ class Journal:
         return journal
 
     def _apply(self, rec: dict[str, object]) -> bool:
-        """Apply one record: a commit ``{i, h}`` or a retraction ``{f}``."""
+        """Apply one record: a commit ``{i, h}``, a retraction ``{f}``, or chunks
+        written with unreadable sectors ``{b}``."""
+        bad = rec.get("b")
+        if isinstance(bad, list):
+            if not all(isinstance(i, int) for i in bad):
+                return False
+            for i in bad:
+                self.have.pop(i)
+                self.bad.add(i)
+            return True
         forgotten = rec.get("f")
         if isinstance(forgotten, list):
             if not all(isinstance(i, int) for i in forgotten):
@@ -237,6 +249,7 @@ class Journal:
             return False
         for k, i in enumerate(indices):
             self.have[i] = hashes[32 * k : 32 * k + 32]
+            self.bad.discard(i)
         return True
 
     def _start(self, *, keep: bool, records: list[dict[str, object]]) -> None:
@@ -290,17 +303,25 @@ class Journal:
                 f"cannot write the resume journal {self.path} ({exc.strerror})"
             ) from None
 
-    def commit(self, entries: list[tuple[int, bytes]]) -> None:
-        """Append chunks that are already fsynced on the target; fsync the journal."""
+    def commit(self, entries: list[tuple[int, bytes | None]]) -> None:
+        """Append chunks that are already fsynced on the target (hash ``None``: written
+        with unreadable sectors, so not held); fsync the journal."""
         if not entries:
             return
+        good = [(i, h) for i, h in entries if h is not None]
+        bad = [i for i, h in entries if h is None]
         records: list[dict[str, object]] = []
-        for k in range(0, len(entries), RECORD_ENTRIES):
-            part = entries[k : k + RECORD_ENTRIES]
+        for k in range(0, len(good), RECORD_ENTRIES):
+            part = good[k : k + RECORD_ENTRIES]
             records.append({"i": [i for i, _ in part], "h": b"".join(h for _, h in part)})
+        records += [{"b": bad[k : k + RECORD_ENTRIES]} for k in range(0, len(bad), RECORD_ENTRIES)]
         self._append(records)
-        for i, h in entries:
+        for i, h in good:
             self.have[i] = h
+            self.bad.discard(i)
+        for i in bad:
+            self.have.pop(i)
+            self.bad.add(i)
 
     def finish(self) -> None:
         """The clone is complete: the journal has nothing left to say."""

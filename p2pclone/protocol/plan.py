@@ -101,11 +101,17 @@ class Accept:
     #: with ``cut``: the receiver's operator lets the source's data past ``cut`` go
     #: (``--cut``); without it a sender refuses to cut off bytes that are not zero
     drop: bool = False
+    #: with ``have``: the held chunks were written by an earlier run of this clone that
+    #: ended with unreadable ranges (those chunks are not held): a rerun reads only
+    #: what is not held, as GNU ddrescue with its mapfile (docs/protocol.md, ACCEPT)
+    rescue: bool = False
 
     def to_meta(self) -> dict[str, Any]:
         meta = {"tgt": _clip_info(self.target), "have": self.have, "sub": self.sub, "cut": self.cut}
         if self.drop:  # absent for a peer that never lets data go (and for older ones)
             meta["drop"] = True
+        if self.rescue:  # absent unless a rescue resumes (older peers never send it)
+            meta["rescue"] = True
         return meta
 
     @classmethod
@@ -114,10 +120,12 @@ class Accept:
         if sub and (sub < 4096 or sub % 4096):
             raise RemoteProtocolError(f"the peer's ACCEPT has a sub-block size of {sub} bytes")
         drop = _need(meta, "drop", bool, "ACCEPT") if "drop" in meta else False
+        rescue = _need(meta, "rescue", bool, "ACCEPT") if "rescue" in meta else False
         return cls(
             target=_info(meta, "tgt", "ACCEPT"),
             have=_need(meta, "have", bool, "ACCEPT"),
             sub=sub,
             cut=_count(meta, "cut", "ACCEPT"),
             drop=drop,
+            rescue=rescue,
         )

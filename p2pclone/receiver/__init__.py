@@ -115,6 +115,7 @@ async def _session(
                 sub=SUB_BLOCK if delta else 0,
                 cut=cut,
                 drop=bool(cut) and opts.cut,
+                rescue=not delta and bool(journal and journal.have and journal.bad),
             )
         )
     except BaseException:

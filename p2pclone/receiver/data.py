@@ -85,7 +85,7 @@ class DataState:
         self.limiter = trio.CapacityLimiter(threads)
         # Chunks received but not yet written: a few per thread, at most ~32 MiB of them.
         self.room = trio.Semaphore(max(2, min(2 * threads + 4, (32 << 20) // plan.chunk_size)))
-        self.pending: list[tuple[int, bytes]] = []  # written, not yet journaled
+        self.pending: list[tuple[int, bytes | None]] = []  # not journaled yet (None: bad)
         self.pending_bytes = 0
         self.commit_now = trio.Event()
         self.commit_lock = trio.Lock()
@@ -126,8 +126,7 @@ class DataState:
         return end
 
     async def _tick(self) -> None:
-        """The progress, every TICK seconds: what has arrived, a chunk under way by its
-        share of bytes (a 256 KiB chunk takes 23 s on a 115200-baud cable)."""
+        """The progress every TICK seconds; a chunk under way by its bytes arrived."""
         while True:
             self.report(self._progress())
             await trio.sleep(TICK)
@@ -272,7 +271,9 @@ class DataState:
 
     async def _write(self, chunk: Chunk) -> None:
         await self._in_thread(write_chunk, self.target, chunk, self.plan)
-        self._written([(chunk.index, chunk.digest)], chunk.length)
+        # A chunk with unreadable source sectors is journaled as such: a rerun reads
+        # it again (and, the rest held, nothing else: ACCEPT's rescue).
+        self._written([(chunk.index, None if chunk.unreadable else chunk.digest)], chunk.length)
 
     async def _write_delivered(self, chunk: Chunk) -> None:
         """A chunk from the feed: anyone holding a multicast group's key can seal one,
@@ -324,7 +325,7 @@ class DataState:
 
     # -- the journal ----------------------------------------------------------------------
 
-    def _written(self, entries: list[tuple[int, bytes]], nbytes: int) -> None:
+    def _written(self, entries: Sequence[tuple[int, bytes | None]], nbytes: int) -> None:
         self.pending += entries
         self.pending_bytes += nbytes
         if self.pending_bytes >= COMMIT_BYTES:

@@ -153,7 +153,7 @@ async def _session(
 
     result: list[Result] = []
     acks: list[int] = []
-    have = HaveMap(accept.have, plan, accept.sub)
+    have = HaveMap(accept.have, plan, accept.sub, rescue=accept.rescue)
     ticker = Ticker(channel, Meter(plan.source_size, source.free), report)
     try:
         async with trio.open_nursery() as nursery:

@@ -89,6 +89,13 @@ class EncodeAhead:
                     continue
                 slot = Slot(index)
                 held = await have.get(index) if have else None
+                if held is not None and have is not None and have.rescue:
+                    # A rescue resumed: what the earlier run wrote is not read again.
+                    slot.result = Encoded(index, same=held)
+                    slot.ready.set()
+                    await self._send.send(slot)
+                    index += 1
+                    continue
                 await self._send.send(slot)
                 nursery.start_soon(self._work, slot, held, have.subs(index) if have else b"")
                 index += 1

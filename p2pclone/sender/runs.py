@@ -107,10 +107,14 @@ class HaveMap:
     report runs ahead of the sender (32 bytes a chunk at most).
     """
 
-    def __init__(self, expected: bool, plan: Plan, sub: int = 0) -> None:
+    def __init__(self, expected: bool, plan: Plan, sub: int = 0, rescue: bool = False) -> None:
         self.expected = expected
         self.plan = plan
         self.sub = sub
+        #: the held chunks are an earlier run's of this clone, which ended with
+        #: unreadable ranges: they are taken as they are, not read again (ddrescue's
+        #: mapfile), and only what is not held is read
+        self.rescue = rescue
         self.covered = 0
         self._hashes: dict[int, bytes] = {}
         self._subs: dict[int, bytes] = {}

@@ -465,3 +465,29 @@ def test_two_bad_stretches_cost_a_few_failed_reads_each(tmp_path: Path, via_loop
     assert code == 7 and done["unreadable"] == [list(r) for r in bad], said
     assert len(failed) <= (10 if via_loop else 8), failed
     assert sum(n == "4096" for _o, n, _e in failed) <= 1, failed
+
+
+def test_a_rerun_after_exit_7_reads_only_the_chunks_that_failed(tmp_path: Path) -> None:
+    """Issue 24 §6: the same command again after an exit-7 run reads only the chunks the
+    receiver's journal marks as written with unreadable sectors (and what it does not
+    hold), as ddrescue with its mapfile: here 2 of 32 MiB, not the whole disk again;
+    the disk still fails there, so it ends with exit 7 naming the same ranges.
+    Negative control (tried): with ACCEPT's rescue left false, the rerun read all
+    32 MiB again."""
+    need_fuse()
+    image = tmp_path / "disk.img"
+    data = random_file(image, 32 * MiB)
+    target = tmp_path / "t.img"
+    bad = [(5 * MiB + 4096, 512), (20 * MiB + 8192, 4096)]
+    with failing_disk(image, [(s, n, -1) for s, n in bad]) as (disk, _log):
+        code, done, said = clone_json(str(disk), target)
+    assert code == 7, said
+    with failing_disk(image, [(s, n, -1) for s, n in bad]) as (disk, log):
+        code, again, said = clone_json(str(disk), target)
+        read = sum(int(line.split()[1]) for line in log.read_text().splitlines())
+    assert code == 7 and again["unreadable"] == done["unreadable"], said
+    assert read <= 2 * MiB + 256 * 1024, read
+    assert again["same_chunks"] == 30, again
+    got = target.read_bytes()
+    holes = Extents.of((s, s + n) for s, n in bad)
+    assert all(got[a:b] == data[a:b] for a, b in holes.invert(0, len(data)))
