@@ -44,6 +44,7 @@ from .protocol import (
     Sentinel,
 )
 from .units import merged
+from .volumes.extents import Extents
 
 RECEIVE_SIZE = 256 * 1024
 SOFTWARE = f"p2pclone {__version__}"
@@ -77,6 +78,14 @@ class Planned:
     target: dict[str, Any] = field(default_factory=dict)
     #: the bytes to copy: the source less its free ranges (what progress counts)
     copy_bytes: int = 0
+
+    @classmethod
+    def of(cls, plan: Plan, target: dict[str, Any], free: Extents | None = None) -> Planned:
+        """The report of ``plan`` accepted for ``target``; ``free``: what is not copied
+        (default the plan's free map; a smaller target's cut adds to it)."""
+        free = plan.free if free is None else free
+        return cls(plan.source_size, plan.chunk_size, plan.chunk_count, plan.source, target,
+                   plan.source_size - free.total)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ import re
 import shutil
 from collections.abc import Mapping
 
+from ..volumes.layout import partitions
 from .tools import loop_over, run
 
 #: at most this many blocks are asked about per partition (a long dead stretch)
@@ -32,7 +33,7 @@ def files_hit(path: str, info: Mapping[str, object], ranges: list[list[int]]) ->
     if not ranges or not shutil.which("losetup"):
         return []
     names: list[str] = []
-    for number, start, end, fs in _partitions(info):
+    for start, end, number, fs in partitions(info):
         spans = [(max(o, start) - start, min(o + n, end) - start)
                  for o, n in ranges if o < end and start < o + n]  # fmt: skip
         if not spans or not (fs.startswith("ext") or fs == "ntfs"):
@@ -46,18 +47,6 @@ def files_hit(path: str, info: Mapping[str, object], ranges: list[list[int]]) ->
     if len(names) > MAX_NAMES:
         return [*names[:MAX_NAMES], f"and {len(names) - MAX_NAMES} more"]
     return names
-
-
-def _partitions(info: Mapping[str, object]) -> list[tuple[int, int, int, str]]:
-    """(number, start, end, filesystem) of each partition in the source map."""
-    out = []
-    for key, start in info.items():
-        n = key[5:]
-        if key.startswith("start") and n.isdigit() and isinstance(start, int):
-            end = info.get(f"end{n}")
-            if isinstance(end, int):
-                out.append((int(n), start, end, str(info.get(f"fs{n}", ""))))
-    return sorted(out)
 
 
 def _ext(dev: str, spans: list[tuple[int, int]]) -> list[str]:

@@ -210,16 +210,7 @@ class GroupSender:
             )
         self.data_started = True
         where = {"name": f"the multicast group {t.where}"}
-        self.report(
-            Planned(
-                plan.source_size,
-                plan.chunk_size,
-                plan.chunk_count,
-                plan.source,
-                where,
-                plan.source_size - plan.free.total,
-            )
-        )
+        self.report(Planned.of(plan, where))
         await tell_all(self.peers, lambda p: Group(key=self.key, session=self.session), self._show)
         aead = AESGCM(self.key)
         stream = SliceStream(

@@ -122,16 +122,7 @@ async def _session(
         if journal is not None:
             journal.close()
         raise
-    report(
-        Planned(
-            plan.source_size,
-            plan.chunk_size,
-            plan.chunk_count,
-            plan.source,
-            target.describe(),
-            plan.source_size - (target.free or plan.free).total,
-        )
-    )
+    report(Planned.of(plan, target.describe(), target.free or plan.free))
     state, end, repaired = await _data_phase(channel, target, plan, journal, opts, report, feed)
     if state.lost:
         # Everything else is written, durable and journaled: a run from a repaired

@@ -140,16 +140,7 @@ async def _session(
     )
     await channel.send(plan)
     accept, dropped = await _accepted(channel, source, plan, report)
-    report(
-        Planned(
-            plan.source_size,
-            plan.chunk_size,
-            plan.chunk_count,
-            plan.source,
-            accept.target,
-            plan.source_size - source.free.total,
-        )
-    )
+    report(Planned.of(plan, accept.target))
 
     result: list[Result] = []
     acks: list[int] = []

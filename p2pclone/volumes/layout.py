@@ -48,16 +48,22 @@ def left_out(info: Mapping[str, object]) -> str:
     )
 
 
-def partitions_hit(info: Mapping[str, object], ranges: list[list[int]]) -> list[str]:
-    """The partitions ``[offset, length]`` ranges fall in, as "partition 2 (ext4)", and
-    "outside the partitions" last for the rest; nothing when the source was not scanned
-    (``--exact``) or has no partition table."""
-    parts = sorted(
+def partitions(info: Mapping[str, object]) -> list[tuple[int, int, int, str]]:
+    """(start, end, number, filesystem) of each partition in the source map, in disk
+    order; none when the source was not scanned (``--exact``) or has no table."""
+    return sorted(
         (start, end, int(k[5:]), str(info.get(f"fs{k[5:]}", "")))
         for k, start in info.items()
         if k.startswith("start") and k[5:].isdigit() and isinstance(start, int)
         if isinstance(end := info.get(f"end{k[5:]}"), int)
     )
+
+
+def partitions_hit(info: Mapping[str, object], ranges: list[list[int]]) -> list[str]:
+    """The partitions ``[offset, length]`` ranges fall in, as "partition 2 (ext4)", and
+    "outside the partitions" last for the rest; nothing when the source was not scanned
+    (``--exact``) or has no partition table."""
+    parts = partitions(info)
     if not parts:  # --exact, or a disk with no partition table
         return []
     hit: list[str] = []
@@ -71,4 +77,4 @@ def partitions_hit(info: Mapping[str, object], ranges: list[list[int]]) -> list[
     return hit + ["outside the partitions"] * outside
 
 
-__all__ = ["layout_info", "left_out", "partitions_hit"]
+__all__ = ["layout_info", "left_out", "partitions", "partitions_hit"]
